@@ -1,0 +1,121 @@
+//! Running another plugin (usually IPAM) from CNI_PATH with the same stdin
+//! and environment, as the spec requires; only CNI_COMMAND changes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command as Process, Stdio};
+
+use serde_json::Value;
+
+use crate::error::{Error, ErrorCode};
+use crate::result::CniResult;
+use crate::skel::{Command, Request};
+
+/// Locate plugin `kind` on CNI_PATH. Resolving this before any change lets a
+/// plugin fail cleanly when its IPAM binary is missing.
+pub fn find(kind: &str, cni_path: &[PathBuf]) -> Result<PathBuf, Error> {
+    if kind.is_empty() || kind.contains('/') || kind.contains('\\') || kind == "." || kind == ".." {
+        return Err(Error::config(format!("plugin type \"{}\" is not a valid plugin name", kind.escape_debug())));
+    }
+    if cni_path.is_empty() {
+        return Err(Error::env(format!("CNI_PATH is not set; cannot find plugin \"{kind}\"")));
+    }
+    cni_path
+        .iter()
+        .map(|dir| dir.join(kind))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            let dirs: Vec<String> = cni_path.iter().map(|p| p.display().to_string()).collect();
+            Error::config(format!("plugin \"{kind}\" not found in CNI_PATH {}", dirs.join(":")))
+        })
+}
+
+/// Run `binary` for `command` with `stdin`; the rest of the environment is
+/// inherited. Returns the plugin's stdout JSON, if any.
+pub fn exec(binary: &Path, command: Command, stdin: &[u8]) -> Result<Option<Value>, Error> {
+    let name = binary.display().to_string();
+    let mut child = Process::new(binary)
+        .env("CNI_COMMAND", command.as_str())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::new(ErrorCode::DelegateFailed, format!("cannot run plugin {name}: {e}")))?;
+    if let Some(mut pipe) = child.stdin.take() {
+        // A plugin may exit without reading stdin; its exit status tells.
+        let _ = pipe.write_all(stdin);
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::new(ErrorCode::DelegateFailed, format!("plugin {name} failed: {e}")))?;
+    let parsed: Option<Value> = serde_json::from_slice(&out.stdout).ok();
+    if out.status.success() {
+        if parsed.is_none() && !out.stdout.iter().all(u8::is_ascii_whitespace) {
+            return Err(Error::new(ErrorCode::DelegateFailed, format!("plugin {name} printed output that is not JSON")));
+        }
+        return Ok(parsed);
+    }
+    match parsed.as_ref().and_then(|v| v.get("code").and_then(Value::as_u64).map(|c| (c, v))) {
+        Some((code, v)) => Err(Error::Delegated {
+            code: u32::try_from(code).unwrap_or(ErrorCode::DelegateFailed.as_u32()),
+            msg: v.get("msg").and_then(Value::as_str).unwrap_or("").to_string(),
+            details: v.get("details").and_then(Value::as_str).unwrap_or("").to_string(),
+        }),
+        None => Err(Error::new(
+            ErrorCode::DelegateFailed,
+            format!("plugin {name} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+        )),
+    }
+}
+
+/// A delegated plugin, found once and then invoked per command.
+pub struct Delegate {
+    binary: PathBuf,
+}
+
+impl Delegate {
+    pub fn find(kind: &str, req: &Request) -> Result<Delegate, Error> {
+        Ok(Delegate { binary: find(kind, &req.cni_path)? })
+    }
+
+    pub fn add(&self, stdin: &[u8]) -> Result<CniResult, Error> {
+        let out = exec(&self.binary, Command::Add, stdin)?;
+        let value = out.ok_or_else(|| {
+            Error::new(ErrorCode::DelegateFailed, format!("plugin {} printed no result", self.binary.display()))
+        })?;
+        CniResult::from_value(&value)
+    }
+
+    pub fn run(&self, command: Command, stdin: &[u8]) -> Result<(), Error> {
+        exec(&self.binary, command, stdin).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_rejects_paths_and_reports_search_dirs() {
+        let path = vec![PathBuf::from("/nonexistent-a"), PathBuf::from("/nonexistent-b")];
+        assert_eq!(find("../x", &path).unwrap_err().code(), 7);
+        let e = find("host-local", &path).unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("/nonexistent-a:/nonexistent-b"), "{e}");
+        assert_eq!(find("host-local", &[]).unwrap_err().code(), 4);
+    }
+
+    #[test]
+    fn exec_passes_through_a_delegate_error() {
+        let dir = std::env::temp_dir().join(format!("weft-cni-delegate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("failing");
+        std::fs::write(&script, "#!/bin/sh\ncat >/dev/null\necho '{\"code\":101,\"msg\":\"full\",\"details\":\"d\"}'\nexit 1\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = exec(&script, Command::Add, b"{}").unwrap_err();
+        assert_eq!(e.code(), 101);
+        assert_eq!(e.to_string(), "full");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
