@@ -156,7 +156,14 @@ func run(command string, o *options) error {
 		if err != nil {
 			return err
 		}
-		return result.Print()
+		if err := recordNetns(o.cacheDir, list.Name, rt); err != nil {
+			return err
+		}
+		if err := result.Print(); err != nil {
+			return err
+		}
+		fmt.Println()
+		return nil
 	case "check":
 		return cni.CheckNetworkList(ctx, list, rt)
 	case "del":
@@ -251,6 +258,29 @@ type cachedAttachment struct {
 	CapabilityArgs map[string]interface{} `json:"capabilityArgs,omitempty"`
 }
 
+// recordNetns adds the "netns" key that libcni >= 1.2 keeps in its result
+// cache (1.1.2 does not), so gc can pass CNI_NETNS on stale-attachment DELs
+// as newer runtimes do.
+func recordNetns(cacheDir, network string, rt *libcni.RuntimeConf) error {
+	if cacheDir == "" {
+		cacheDir = libcni.CacheDir
+	}
+	file := filepath.Join(cacheDir, "results", fmt.Sprintf("%s-%s-%s", network, rt.ContainerID, rt.IfName))
+	b, err := ioutil.ReadFile(file)
+	if err != nil {
+		return fmt.Errorf("reading libcni cache: %w", err)
+	}
+	cached := map[string]interface{}{}
+	if err := json.Unmarshal(b, &cached); err != nil {
+		return fmt.Errorf("parsing libcni cache %s: %w", file, err)
+	}
+	cached["netns"] = rt.NetNS
+	if b, err = json.Marshal(cached); err != nil {
+		return err
+	}
+	return ioutil.WriteFile(file, b, 0600)
+}
+
 func cachedAttachments(cacheDir, network string) ([]cachedAttachment, error) {
 	if cacheDir == "" {
 		cacheDir = libcni.CacheDir
@@ -331,18 +361,17 @@ func gcNetworkList(ctx context.Context, cni *libcni.CNIConfig, list *libcni.Netw
 	}
 
 	delList := list
-	if cur := version.Current(); !atLeast(cur, list.CNIVersion) {
-		fmt.Fprintf(os.Stderr, "libcni-driver: gc: libcni %s cannot handle cniVersion %s; stale DELs use %s\n",
-			cur, list.CNIVersion, cur)
-		capped := *list
-		capped.CNIVersion = cur
-		delList = &capped
-	}
-
 	var errs []error
 	for _, c := range cached {
 		if keep[attachment{ContainerID: c.ContainerID, IfName: c.IfName}] {
 			continue
+		}
+		if cur := version.Current(); delList == list && !atLeast(cur, list.CNIVersion) {
+			fmt.Fprintf(os.Stderr, "libcni-driver: gc: libcni %s cannot handle cniVersion %s; stale DELs use %s\n",
+				cur, list.CNIVersion, cur)
+			capped := *list
+			capped.CNIVersion = cur
+			delList = &capped
 		}
 		rt := &libcni.RuntimeConf{
 			ContainerID:    c.ContainerID,

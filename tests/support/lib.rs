@@ -1,1 +1,101 @@
+//! Test harness for weft's black-box tests.
+//!
+//! Every test works inside network namespaces it creates (via `ip netns`),
+//! named from [`unique_prefix`], and removed again by `Drop` guards, also
+//! when the test panics. Nothing here touches the root namespace's links,
+//! routes or firewall.
+//!
+//! Typical use:
+//!
+//! ```no_run
+//! use weft_tests::*;
+//! use serde_json::json;
+//!
+//! if !require_root() { return; }
+//! let node = Node::new();
+//! let pod = node.pod();
+//! let data = TempDir::new();
+//! let conf = json!({"cniVersion": "1.0.0", "name": "net", "type": "bridge",
+//!                   "ipam": {"type": "host-local", "dataDir": data.path(),
+//!                            "ranges": [[{"subnet": "10.244.1.0/24"}]]}});
+//! let out = CniCall::add(&pod, conf.clone()).run_in(&node, &plugin_path("bridge"));
+//! let result = out.expect_ok();
+//! assert_eq!(veths_on_host(&node).len(), 1);
+//! CniCall::del(&pod, conf).run_in(&node, &plugin_path("bridge")).expect_ok();
+//! ```
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod cni;
+mod driver;
+mod inspect;
+mod netns;
+mod process;
+
+pub use cni::{plugin_dir, plugin_path, reference_plugin_dir, workspace_root, CniCall, CniOutput};
+pub use driver::{driver_path, Driver};
+pub use inspect::{addrs, ipv4_addrs, link, links, routes, routes6, veths_on_host};
+pub use netns::{sweep_stale, Background, Netns, Node, TempDir};
+pub use process::{run_with_timeout, DEFAULT_TIMEOUT};
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Environment variable that turns "skip when not root" into a failure (CI).
+pub const REQUIRE_ROOT_ENV: &str = "WEFT_REQUIRE_ROOT";
+
+/// True when the tests run as root. Otherwise prints
+/// `skipping <test>: needs root` and returns false, or panics when
+/// `WEFT_REQUIRE_ROOT=1` is set, so CI cannot silently skip.
+///
+/// ```no_run
+/// if !weft_tests::require_root() { return; }
+/// ```
+pub fn require_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("test");
+    if root_required_by_env() {
+        panic!("{test}: needs root, and {REQUIRE_ROOT_ENV}=1 forbids skipping");
+    }
+    eprintln!("skipping {test}: needs root");
+    false
+}
+
+/// Whether `WEFT_REQUIRE_ROOT` asks root-only tests to fail instead of skip.
+pub fn root_required_by_env() -> bool {
+    matches!(
+        std::env::var(REQUIRE_ROOT_ENV).as_deref().map(str::trim),
+        Ok("1" | "true" | "yes")
+    )
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh, short name prefix: `wt<pid hex>x<counter hex>`, unique per
+/// process and call, at most 15 bytes (usually ~8), so that a suffix of a
+/// few characters still fits an interface name (IFNAMSIZ - 1 = 15).
+///
+/// The pid is part of the name so that leftovers of a killed test process
+/// can be recognised and removed by [`sweep_stale`]; the first call in a
+/// process runs that sweep.
+pub fn unique_prefix() -> String {
+    netns::sweep_once();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("wt{:x}x{:x}", std::process::id(), n)
+}
+
+/// Parses a name made by [`unique_prefix`] (possibly with a suffix) into the
+/// pid of the process that made it.
+pub fn prefix_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("wt")?;
+    let (pid, rest) = rest.split_once('x')?;
+    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        return None;
+    }
+    let counter: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
+    if counter.is_empty() {
+        return None;
+    }
+    u32::from_str_radix(pid, 16).ok()
+}

@@ -1,1 +1,61 @@
-fn main() {}
+//! bridge: a Linux bridge on the node and a veth pair whose container end is
+//! born inside the pod's netns, addressed through a delegated IPAM plugin.
+
+mod add;
+mod check;
+mod config;
+mod del;
+mod firewall;
+mod gc;
+
+use std::process::ExitCode;
+
+use weft_cni::delegate::Delegate;
+use weft_cni::{CniResult, Command, Error, Plugin, Request};
+use weft_netlink::{Netlink, Netns};
+
+use config::BridgeConfig;
+
+struct Bridge;
+
+impl Plugin for Bridge {
+    fn add(&self, req: &Request) -> Result<CniResult, Error> {
+        add::add(req, &BridgeConfig::parse(req)?)
+    }
+    fn del(&self, req: &Request) -> Result<(), Error> {
+        del::del(req, &BridgeConfig::parse(req)?)
+    }
+    fn check(&self, req: &Request) -> Result<(), Error> {
+        check::check(req, &BridgeConfig::parse(req)?)
+    }
+    fn gc(&self, req: &Request) -> Result<(), Error> {
+        gc::gc(req, &BridgeConfig::parse(req)?)
+    }
+    fn status(&self, req: &Request) -> Result<(), Error> {
+        let config = BridgeConfig::parse(req)?;
+        match ipam(req, &config)? {
+            Some(ipam) => ipam.run(Command::Status, &req.stdin),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The configured IPAM plugin, located on CNI_PATH.
+fn ipam(req: &Request, config: &BridgeConfig) -> Result<Option<Delegate>, Error> {
+    config.ipam_type.as_deref().map(|kind| Delegate::find(kind, req)).transpose()
+}
+
+fn host_netlink() -> Result<Netlink, Error> {
+    Netlink::new().map_err(|e| Error::kernel("open netlink", e))
+}
+
+fn open_netns(req: &Request) -> Result<(Netns, Netlink), Error> {
+    let path = req.netns_path()?;
+    let ns = Netns::open(path).map_err(|e| Error::env(format!("CNI_NETNS \"{}\": {e}", path.display())))?;
+    let nl = Netlink::in_netns(&ns).map_err(|e| Error::kernel("open netlink in the pod netns", e))?;
+    Ok((ns, nl))
+}
+
+fn main() -> ExitCode {
+    weft_cni::skel::main(&Bridge)
+}

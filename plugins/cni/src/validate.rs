@@ -76,7 +76,7 @@ mod tests {
     fn interface_names() {
         assert!(interface_name("eth0").is_ok());
         assert!(interface_name("a23456789012345").is_ok());
-        for bad in ["", ".", "..", "a/b", "a:b", "a b", "a\tb", "a234567890123456", "é2345678901234"] {
+        for bad in ["", ".", "..", "a/b", "a:b", "a b", "a\tb", "a234567890123456", "é23456789012345"] {
             assert_eq!(interface_name(bad).unwrap_err().code(), 4, "{bad:?}");
         }
     }

@@ -1,0 +1,45 @@
+//! GC: forward to IPAM, then remove host veths on this bridge whose pod end
+//! no longer exists. Every step runs; all failures are reported.
+
+use weft_cni::{Command, Error, Request};
+
+use crate::config::BridgeConfig;
+use crate::{host_netlink, ipam};
+
+pub fn gc(req: &Request, config: &BridgeConfig) -> Result<(), Error> {
+    let mut errors = Vec::new();
+    match ipam(req, config) {
+        Ok(Some(ipam)) => {
+            if let Err(e) = ipam.run(Command::Gc, &req.stdin) {
+                errors.push(e);
+            }
+        }
+        Ok(None) => {}
+        Err(e) => errors.push(e),
+    }
+    if let Err(e) = remove_orphan_veths(config) {
+        errors.push(e);
+    }
+    Error::from_list(errors)
+}
+
+fn remove_orphan_veths(config: &BridgeConfig) -> Result<(), Error> {
+    let mut host = host_netlink()?;
+    let Some(bridge) = host.link_by_name(&config.bridge).map_err(|e| Error::kernel("look up the bridge", e))? else {
+        return Ok(());
+    };
+    let links = host.links().map_err(|e| Error::kernel("list links", e))?;
+    let mut errors = Vec::new();
+    for link in links.iter().filter(|l| l.master == Some(bridge.index) && l.kind.as_deref() == Some("veth")) {
+        // A veth whose peer is gone reports no peer index and no peer netns.
+        let orphan = link.link.is_none_or(|peer| peer == 0) && link.link_netnsid.is_none();
+        if orphan {
+            if let Err(e) = host.delete_link(link.index) {
+                if !e.is_not_found() {
+                    errors.push(Error::kernel(format!("delete orphan veth {}", link.name), e));
+                }
+            }
+        }
+    }
+    Error::from_list(errors)
+}
