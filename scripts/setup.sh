@@ -18,10 +18,10 @@ packages=(
     iproute2 iptables nftables iperf3 protobuf-compiler jq time
     ca-certificates curl build-essential pkg-config
 )
+# build-essential: gcc as linker and libc6-dev's static glibc (crt-static).
 missing=()
 for p in "${packages[@]}"; do
-    if ! dpkg -s "$p" >/dev/null 2>&1 ||
-        ! dpkg -s "$p" 2>/dev/null | grep -q '^Status: install ok installed'; then
+    if [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) != "install ok installed" ]]; then
         missing+=("$p")
     fi
 done

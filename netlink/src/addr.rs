@@ -1,6 +1,6 @@
 //! Interface addresses.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
@@ -74,7 +74,7 @@ pub(crate) fn addr_msg(index: u32, net: IpNetwork, with_broadcast: bool) -> Addr
         IpNetwork::V6(_) => AddressFamily::Inet6,
     };
     let ip = net.ip();
-    if let IpAddr::V4(_) = ip {
+    if ip.is_ipv4() {
         m.attributes.push(AddressAttribute::Local(ip));
     }
     m.attributes.push(AddressAttribute::Address(ip));
@@ -123,7 +123,8 @@ impl Netlink {
     pub fn add_address_nodad(&mut self, index: u32, net: IpNetwork) -> Result<(), Error> {
         let mut m = addr_msg(index, net, true);
         m.header.flags = AddressHeaderFlags::Nodad;
-        m.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        m.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
         self.sock
             .request(
                 RouteNetlinkMessage::NewAddress(m),

@@ -87,8 +87,9 @@ impl Error {
         )
     }
 
-    /// Replace the operation description (keeps errno and extack).
-    pub(crate) fn with_op(self, new_op: impl Into<String>) -> Self {
+    /// Replace the operation description, keeping errno and extack; lets a
+    /// caller say "add address 10.244.0.2/24 on eth0" instead of "#7".
+    pub fn with_op(self, new_op: impl Into<String>) -> Self {
         match self {
             Error::Os { errno, extack, .. } => Error::Os {
                 op: new_op.into(),
@@ -112,7 +113,12 @@ mod tests {
     fn classification() {
         assert!(Error::os("x", Errno::EEXIST).is_exists());
         assert!(!Error::os("x", Errno::EEXIST).is_not_found());
-        for e in [Errno::ENODEV, Errno::ENOENT, Errno::ESRCH, Errno::EADDRNOTAVAIL] {
+        for e in [
+            Errno::ENODEV,
+            Errno::ENOENT,
+            Errno::ESRCH,
+            Errno::EADDRNOTAVAIL,
+        ] {
             assert!(Error::os("x", e).is_not_found());
         }
         assert!(Error::io("open", std::io::Error::from_raw_os_error(libc::ENOENT)).is_not_found());

@@ -19,7 +19,7 @@ mod addr;
 mod error;
 mod link;
 mod neigh;
-mod netns;
+pub mod netns;
 mod route;
 mod socket;
 
@@ -119,8 +119,14 @@ mod tests {
     fn mac_roundtrip() {
         let m = parse_mac("0A:1b:2c:3D:4e:5f");
         assert_eq!(m, Some([0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f]));
-        assert_eq!(format_mac(&[0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f]), "0a:1b:2c:3d:4e:5f");
-        assert_eq!(parse_mac("00-11-22-33-44-55"), Some([0, 0x11, 0x22, 0x33, 0x44, 0x55]));
+        assert_eq!(
+            format_mac(&[0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f]),
+            "0a:1b:2c:3d:4e:5f"
+        );
+        assert_eq!(
+            parse_mac("00-11-22-33-44-55"),
+            Some([0, 0x11, 0x22, 0x33, 0x44, 0x55])
+        );
         for bad in [
             "",
             "00:11:22:33:44",

@@ -2,7 +2,7 @@
 //! port options and bridge VLANs.
 
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 
 use netlink_packet_core::{DefaultNla, NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::link::{
@@ -170,7 +170,8 @@ pub(crate) fn veth_msg(
     // The peer is born in its namespace (IFLA_NET_NS_FD on the peer), so
     // it never shows up, even briefly, next to host interfaces.
     let mut peer = LinkMessage::default();
-    peer.attributes.push(LinkAttribute::IfName(peer_name.to_string()));
+    peer.attributes
+        .push(LinkAttribute::IfName(peer_name.to_string()));
     if let Some(mtu) = mtu {
         peer.attributes.push(LinkAttribute::Mtu(mtu));
     }
@@ -238,10 +239,11 @@ fn check_vid(vid: u16) -> Result<(), Error> {
 
 impl Netlink {
     fn get_link(&mut self, m: LinkMessage, what: &str) -> Result<Option<Link>, Error> {
-        match self
-            .sock
-            .request(RouteNetlinkMessage::GetLink(m), 0, &format!("get link {what}"))
-        {
+        match self.sock.request(
+            RouteNetlinkMessage::GetLink(m),
+            0,
+            &format!("get link {what}"),
+        ) {
             Ok(msgs) => Ok(msgs.iter().find_map(|r| match r {
                 RouteNetlinkMessage::NewLink(l) => Some(link_from_msg(l)),
                 _ => None,
@@ -277,9 +279,10 @@ impl Netlink {
     }
 
     pub fn links(&mut self) -> Result<Vec<Link>, Error> {
-        let msgs = self
-            .sock
-            .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()), "dump links")?;
+        let msgs = self.sock.dump(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            "dump links",
+        )?;
         Ok(msgs
             .iter()
             .filter_map(|r| match r {
@@ -291,7 +294,11 @@ impl Netlink {
 
     fn create(&mut self, m: LinkMessage, op: &str) -> Result<(), Error> {
         self.sock
-            .request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL, op)
+            .request(
+                RouteNetlinkMessage::NewLink(m),
+                NLM_F_CREATE | NLM_F_EXCL,
+                op,
+            )
             .map(drop)
     }
 
@@ -317,7 +324,10 @@ impl Netlink {
                 InfoBridge::VlanFiltering(true),
             ])));
         }
-        self.create(new_link_msg(name, mtu, None, info), &format!("create bridge {name}"))
+        self.create(
+            new_link_msg(name, mtu, None, info),
+            &format!("create bridge {name}"),
+        )
     }
 
     /// Turn VLAN filtering on or off on an existing bridge.
@@ -374,11 +384,17 @@ impl Netlink {
     }
 
     pub fn set_up(&mut self, index: u32) -> Result<(), Error> {
-        self.change(flag_msg(index, LinkFlags::Up, true), &format!("set link #{index} up"))
+        self.change(
+            flag_msg(index, LinkFlags::Up, true),
+            &format!("set link #{index} up"),
+        )
     }
 
     pub fn set_down(&mut self, index: u32) -> Result<(), Error> {
-        self.change(flag_msg(index, LinkFlags::Up, false), &format!("set link #{index} down"))
+        self.change(
+            flag_msg(index, LinkFlags::Up, false),
+            &format!("set link #{index} down"),
+        )
     }
 
     pub fn set_promisc(&mut self, index: u32, on: bool) -> Result<(), Error> {
@@ -423,7 +439,12 @@ impl Netlink {
     }
 
     /// Bridge port options: hairpin mode and port isolation.
-    pub fn set_bridge_port(&mut self, index: u32, hairpin: bool, isolated: bool) -> Result<(), Error> {
+    pub fn set_bridge_port(
+        &mut self,
+        index: u32,
+        hairpin: bool,
+        isolated: bool,
+    ) -> Result<(), Error> {
         let mut m = msg_for(index);
         // AF_BRIDGE + nested IFLA_PROTINFO is handled by the bridge driver
         // (br_setlink); the crate has no typed variants for these two.
@@ -445,7 +466,13 @@ impl Netlink {
     }
 
     /// Add VLAN `vid` to a bridge port (bridge needs vlan_filtering).
-    pub fn bridge_vlan_add(&mut self, port: u32, vid: u16, pvid: bool, untagged: bool) -> Result<(), Error> {
+    pub fn bridge_vlan_add(
+        &mut self,
+        port: u32,
+        vid: u16,
+        pvid: bool,
+        untagged: bool,
+    ) -> Result<(), Error> {
         check_vid(vid)?;
         let mut flags = BridgeVlanInfoFlags::empty();
         if pvid {
@@ -489,12 +516,16 @@ impl Netlink {
             .dump(RouteNetlinkMessage::GetLink(m), "dump bridge vlans")?;
         let mut out = Vec::new();
         for r in &msgs {
-            let RouteNetlinkMessage::NewLink(l) = r else { continue };
+            let RouteNetlinkMessage::NewLink(l) = r else {
+                continue;
+            };
             if l.header.index != index {
                 continue;
             }
             for a in &l.attributes {
-                let LinkAttribute::AfSpecBridge(spec) = a else { continue };
+                let LinkAttribute::AfSpecBridge(spec) = a else {
+                    continue;
+                };
                 for s in spec {
                     if let AfSpecBridge::VlanInfo(v) = s {
                         out.push(BridgeVlan {
@@ -519,7 +550,10 @@ mod tests {
 
     fn roundtrip(m: LinkMessage) -> Option<LinkMessage> {
         let b = encode(RouteNetlinkMessage::NewLink(m), NLM_F_REQUEST, 1);
-        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&b).ok()?.payload {
+        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&b)
+            .ok()?
+            .payload
+        {
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => Some(l),
             _ => None,
         }
@@ -578,6 +612,40 @@ mod tests {
         let down = flag_msg(5, LinkFlags::Up, false);
         assert!(down.header.flags.is_empty());
         assert_eq!(down.header.change_mask, LinkFlags::Up);
+    }
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn bridge_vlan_message_bytes() {
+        let m = bridge_vlan_msg(
+            5,
+            100,
+            BridgeVlanInfoFlags::Pvid | BridgeVlanInfoFlags::Untagged,
+        );
+        let b = encode(RouteNetlinkMessage::SetLink(m), NLM_F_REQUEST, 1);
+        // nlmsghdr(16) + ifinfomsg(16) + IFLA_AF_SPEC{ IFLA_BRIDGE_VLAN_INFO{flags, vid} }
+        assert_eq!(b.len(), 16 + 16 + 4 + 8);
+        assert_eq!(b[16], 7); // AF_BRIDGE
+        assert_eq!(&b[20..24], &5u32.to_ne_bytes());
+        assert_eq!(&b[32..36], &[12, 0, 26, 0]); // len 12, IFLA_AF_SPEC
+        let mut want = vec![8, 0, 2, 0]; // len 8, IFLA_BRIDGE_VLAN_INFO
+        want.extend_from_slice(&6u16.to_ne_bytes()); // PVID|UNTAGGED
+        want.extend_from_slice(&100u16.to_ne_bytes());
+        assert_eq!(&b[36..44], want.as_slice());
+    }
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn bridge_port_message_is_nested_protinfo() {
+        let mut m = msg_for(5);
+        m.header.interface_family = AddressFamily::Bridge;
+        m.attributes.push(LinkAttribute::ProtoInfoBridge(vec![
+            LinkProtoInfoBridge::Other(DefaultNla::new(IFLA_BRPORT_MODE, vec![1])),
+        ]));
+        let b = encode(RouteNetlinkMessage::SetLink(m), NLM_F_REQUEST, 1);
+        // IFLA_PROTINFO (12) with NLA_F_NESTED, holding IFLA_BRPORT_MODE=1.
+        assert_eq!(&b[32..36], &[12, 0, 12, 0x80]);
+        assert_eq!(&b[36..41], &[5, 0, 4, 0, 1]);
     }
 
     #[test]

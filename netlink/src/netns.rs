@@ -111,7 +111,9 @@ pub(crate) fn sysctl_path(key: &str) -> Result<PathBuf, Error> {
     };
     let bad = rel.is_empty()
         || rel.starts_with('/')
-        || rel.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+        || rel
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
         || rel.contains('\0');
     if bad {
         return Err(Error::Invalid(format!("bad sysctl key {key:?}")));
@@ -128,7 +130,8 @@ pub fn write_sysctl(key: &str, value: &str) -> Result<(), Error> {
         .write(true)
         .open(&path)
         .map_err(|e| Error::io(op(), e))?;
-    f.write_all(value.as_bytes()).map_err(|e| Error::io(op(), e))
+    f.write_all(value.as_bytes())
+        .map_err(|e| Error::io(op(), e))
 }
 
 /// Read a sysctl (trailing newline removed).

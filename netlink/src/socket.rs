@@ -91,7 +91,10 @@ impl Socket {
                 return Ok(msgs);
             }
         }
-        Err(Error::os(format!("{op} (dump kept being interrupted)"), Errno::EAGAIN))
+        Err(Error::os(
+            format!("{op} (dump kept being interrupted)"),
+            Errno::EAGAIN,
+        ))
     }
 
     fn next_seq(&mut self) -> u32 {
@@ -214,7 +217,12 @@ pub(crate) fn split(buf: &[u8]) -> impl Iterator<Item = Result<(Header, &[u8]), 
             return None;
         }
         let rest = buf.get(off..)?;
-        let hdr = match (u32_at(rest, 0), u16_at(rest, 4), u16_at(rest, 6), u32_at(rest, 8)) {
+        let hdr = match (
+            u32_at(rest, 0),
+            u16_at(rest, 4),
+            u16_at(rest, 6),
+            u32_at(rest, 8),
+        ) {
             (Some(len), Some(kind), Some(flags), Some(seq)) => Header {
                 len: len as usize,
                 kind,
@@ -358,7 +366,11 @@ mod tests {
     fn encode_sets_header() -> TestResult {
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName("eth0".into()));
-        let b = encode(RouteNetlinkMessage::GetLink(m), NLM_F_REQUEST | NLM_F_ACK, 7);
+        let b = encode(
+            RouteNetlinkMessage::GetLink(m),
+            NLM_F_REQUEST | NLM_F_ACK,
+            7,
+        );
         let (hdr, raw) = first(&b)?;
         assert_eq!(hdr.len, b.len());
         assert_eq!(raw.len(), b.len());
@@ -406,11 +418,99 @@ mod tests {
         Ok(())
     }
 
+    /// Random payloads under real RTM_* types must decode or error, never panic.
+    #[test]
+    fn random_replies_do_not_panic() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..20_000u32 {
+            let kind = [16u16, 20, 24, 28, 2, 3][(rnd() % 6) as usize];
+            let len = (rnd() % 96) as usize;
+            let mut payload: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
+            // Make some of them look like well-formed attribute lists.
+            if i % 2 == 0 && len >= 24 {
+                payload[16] = (len - 16) as u8;
+                payload[17] = 0;
+            }
+            let raw = nlmsg(kind, (rnd() & 0xffff) as u16, 1, &payload);
+            for (h, m) in split(&raw).flatten() {
+                let _ = parse_reply(&h, m, "fuzz");
+            }
+        }
+    }
+
+    /// Well-formed messages with a few corrupted bytes: decode or error, never panic.
+    #[test]
+    fn mutated_messages_do_not_panic() -> TestResult {
+        use crate::link::{veth_msg, vxlan_msg, VxlanSpec};
+        let spec = VxlanSpec {
+            name: "weft.1".into(),
+            vni: 1,
+            local: Some("198.51.100.1".parse()?),
+            dev: Some(2),
+            port: 8472,
+            mtu: Some(1450),
+            mac: Some([2, 0, 0, 0, 0, 1]),
+        };
+        let mut route = crate::Route::new("10.244.1.0/24".parse()?);
+        route.gateway = Some("198.51.100.2".parse()?);
+        route.mtu = Some(1400);
+        let bases = [
+            encode(RouteNetlinkMessage::NewLink(vxlan_msg(&spec)), 0, 1),
+            encode(
+                RouteNetlinkMessage::NewLink(veth_msg("a", Some(1), None, "b", 3)),
+                0,
+                1,
+            ),
+            encode(
+                RouteNetlinkMessage::NewRoute(crate::route::route_msg(
+                    &route,
+                    crate::route::Purpose::Add,
+                )?),
+                0,
+                1,
+            ),
+            encode(
+                RouteNetlinkMessage::NewNeighbour(crate::neigh::fdb_msg(
+                    1,
+                    [1; 6],
+                    "198.51.100.2".parse()?,
+                )),
+                0,
+                1,
+            ),
+        ];
+        let mut x: u64 = 0x1234_5678_9abc_def1;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as usize
+        };
+        for i in 0..40_000usize {
+            let mut b = bases[i % bases.len()].clone();
+            for _ in 0..1 + rnd() % 4 {
+                // Keep the netlink header intact so the payload gets parsed.
+                let at = NLMSG_HDRLEN + rnd() % (b.len() - NLMSG_HDRLEN);
+                b[at] = rnd() as u8;
+            }
+            for (h, m) in split(&b).flatten() {
+                let _ = parse_reply(&h, m, "fuzz");
+            }
+        }
+        Ok(())
+    }
+
     #[test]
     fn split_rejects_garbage_without_panicking() {
         for bad in [
             vec![1u8, 2, 3],
-            vec![0u8; 16],                      // length 0
+            vec![0u8; 16],                                // length 0
             nlmsg(3, 0, 0, &[1, 2, 3, 4])[..18].to_vec(), // claims more than present
             vec![0xffu8; 40],
         ] {

@@ -58,8 +58,16 @@ pub fn require_root() -> bool {
     if root_required_by_env() {
         panic!("{test}: needs root, and {REQUIRE_ROOT_ENV}=1 forbids skipping");
     }
-    eprintln!("skipping {test}: needs root");
+    note(&format!("skipping {test}: needs root"));
     false
+}
+
+/// Prints a line on the real stderr, bypassing libtest's output capture
+/// (which swallows `eprintln!` of passing tests), so skips and cleanup
+/// warnings are always visible.
+pub fn note(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// Whether `WEFT_REQUIRE_ROOT` asks root-only tests to fail instead of skip.
@@ -90,7 +98,11 @@ pub fn unique_prefix() -> String {
 pub fn prefix_owner(name: &str) -> Option<u32> {
     let rest = name.strip_prefix("wt")?;
     let (pid, rest) = rest.split_once('x')?;
-    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+    if pid.is_empty()
+        || !pid
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
         return None;
     }
     let counter: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();

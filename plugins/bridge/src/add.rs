@@ -312,7 +312,7 @@ fn configure_container(
         };
         pod.add_route(&kernel_route)
             .or_else(|e| if e.is_exists() { Ok(()) } else { Err(e) })
-            .map_err(|e| Error::kernel(format!("add route {} via {:?} on {ifname}", route.dst, gateway), e))?;
+            .map_err(|e| Error::kernel(format!("add route {}{} on {ifname}", route.dst, gateway.map(|g| format!(" via {g}")).unwrap_or_default()), e))?;
     }
     Ok(())
 }

@@ -83,10 +83,12 @@ fn check_addresses_and_routes(prev: &CniResult, container_pos: usize, pod: &mut 
     routes.extend(pod.routes(IpFamily::V6).map_err(|e| Error::kernel("list routes", e))?);
     for want in &prev.routes {
         let found = routes.iter().any(|r| {
-            r.dst == want.dst && (want.gw.is_none() || r.gateway == want.gw) && r.oif.is_none_or(|o| o == container.index)
+            // Another interface may carry the route (later plugins, several attachments).
+            r.dst == want.dst && (want.gw.is_none() || r.gateway == want.gw)
         });
         if !found {
-            return Err(mismatch(format!("route to {} via {:?} is missing", want.dst, want.gw)));
+            let via = want.gw.map(|g| format!(" via {g}")).unwrap_or_default();
+            return Err(mismatch(format!("route to {}{via} is missing", want.dst)));
         }
     }
     Ok(())
