@@ -216,7 +216,10 @@ fn stale_namespaces_of_dead_processes_are_swept() {
     // Another weft test process starting right now may sweep it first;
     // either way it must be gone afterwards.
     let removed = sweep_stale();
-    assert!(!netns_exists(&stale_name), "{stale_name} not swept: {removed:?}");
+    assert!(
+        !netns_exists(&stale_name),
+        "{stale_name} not swept: {removed:?}"
+    );
     assert!(netns_exists(&live.name), "a live process's netns was swept");
 }
 
@@ -348,4 +351,23 @@ fn libcni_driver_add_check_gc_del_status() {
     v11["cniVersion"] = json!("1.1.0");
     driver.set_conflist(&v11);
     assert!(!driver.status(&node).success());
+}
+
+#[test]
+fn hung_commands_are_killed_at_the_deadline() {
+    let start = std::time::Instant::now();
+    let err = catch_unwind(|| {
+        run_with_timeout(
+            Command::new("sleep").arg("30"),
+            None,
+            std::time::Duration::from_millis(200),
+        )
+    })
+    .unwrap_err();
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("did not finish"), "{msg}");
+    // stdin is delivered and output captured.
+    let out = run_with_timeout(&mut Command::new("cat"), Some(b"abc"), DEFAULT_TIMEOUT);
+    assert_eq!(out.stdout, b"abc");
 }
