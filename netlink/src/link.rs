@@ -39,6 +39,8 @@ pub struct Link {
     /// IFLA_LINK_NETNSID: set when the peer lives in another namespace.
     pub link_netnsid: Option<i32>,
     pub vxlan: Option<VxlanInfo>,
+    /// IFLA_IFALIAS: free text; the bridge plugin records the attachment here.
+    pub alias: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +90,7 @@ pub(crate) fn link_from_msg(m: &LinkMessage) -> Link {
         link: None,
         link_netnsid: None,
         vxlan: None,
+        alias: None,
     };
     for a in &m.attributes {
         match a {
@@ -98,6 +101,7 @@ pub(crate) fn link_from_msg(m: &LinkMessage) -> Link {
             LinkAttribute::Controller(v) if *v != 0 => l.master = Some(*v),
             LinkAttribute::Link(v) if *v != 0 => l.link = Some(*v),
             LinkAttribute::LinkNetNsId(v) => l.link_netnsid = Some(*v),
+            LinkAttribute::IfAlias(a) if !a.is_empty() => l.alias = Some(a.clone()),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     match i {
@@ -402,6 +406,13 @@ impl Netlink {
             flag_msg(index, LinkFlags::Promisc, on),
             &format!("set promisc {on} on #{index}"),
         )
+    }
+
+    /// Set the interface alias (`ip link set ... alias`).
+    pub fn set_alias(&mut self, index: u32, alias: &str) -> Result<(), Error> {
+        let mut m = msg_for(index);
+        m.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
+        self.change(m, &format!("set alias on #{index}"))
     }
 
     /// Attach to a bridge (or other master).

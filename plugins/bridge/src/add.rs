@@ -210,6 +210,8 @@ fn create_veth(
                     .map_err(|e| Error::kernel(format!("look up {peer}"), e))?
                     .ok_or_else(|| Error::new(ErrorCode::Kernel, format!("host veth {peer} vanished")))?;
                 undo.host_veth = Some(host_veth.index);
+                host.set_alias(host_veth.index, &crate::attachment_alias(req))
+                    .map_err(|e| Error::kernel(format!("label {peer}"), e))?;
                 let container = pod
                     .link_by_name(&req.ifname)
                     .map_err(|e| Error::kernel(format!("look up {}", req.ifname), e))?

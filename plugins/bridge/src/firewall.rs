@@ -22,7 +22,34 @@ fn fail(msg: String) -> Error {
 
 /// The tag stored in each rule's comment.
 fn tag(req: &Request) -> String {
-    format!("weft net={} id={}", req.name, req.container_id)
+    tag_for(&req.name, &req.container_id)
+}
+
+fn tag_for(network: &str, container_id: &str) -> String {
+    format!("weft net={network} id={container_id}")
+}
+
+/// The container ID in a rule comment of `network`, if it is one of ours.
+fn tagged_container<'a>(comment: &'a str, network: &str) -> Option<&'a str> {
+    comment.strip_prefix("weft net=")?.strip_prefix(network)?.strip_prefix(" id=")
+}
+
+/// GC: remove the rules of every container of this network that is not in
+/// `valid_ids`, including those whose veth (and netns) vanished long ago.
+pub fn gc(req: &Request, config: &BridgeConfig, valid_ids: &[&str]) -> Result<(), Error> {
+    let stale = |comment: &str| tagged_container(comment, &req.name).is_some_and(|id| !valid_ids.contains(&id));
+    let mut errors = Vec::new();
+    if config.ip_masq {
+        let r = match backend(config) {
+            MasqBackend::Nftables => nft_delete_where("inet", NFT_MASQ_TABLE, "postrouting", stale),
+            MasqBackend::Iptables => iptables_masq_gc(req, &stale),
+        };
+        errors.extend(r.err());
+    }
+    if config.mac_spoof_check {
+        errors.extend(nft_delete_where("bridge", NFT_SPOOF_TABLE, "prerouting", stale).err());
+    }
+    Error::from_list(errors)
 }
 
 fn backend(config: &BridgeConfig) -> MasqBackend {
@@ -115,6 +142,10 @@ fn nft_masq_setup(req: &Request, result: &CniResult) -> Result<(), Error> {
 /// Delete every rule of `table`/`chain` whose comment is `tag`; a missing
 /// table or chain means there is nothing to delete.
 fn nft_delete_tagged(family: &str, table: &str, chain: &str, tag: &str) -> Result<(), Error> {
+    nft_delete_where(family, table, chain, |comment| comment == tag)
+}
+
+fn nft_delete_where(family: &str, table: &str, chain: &str, matches: impl Fn(&str) -> bool) -> Result<(), Error> {
     let tables = run("nft", &["-j", "list", "tables", family], "")?;
     let has_table = serde_json::from_str::<Value>(&tables)
         .ok()
@@ -133,7 +164,7 @@ fn nft_delete_tagged(family: &str, table: &str, chain: &str, tag: &str) -> Resul
                 .iter()
                 .filter_map(|i| i.get("rule"))
                 .filter(|r| r.get("chain").and_then(Value::as_str) == Some(chain))
-                .filter(|r| r.get("comment").and_then(Value::as_str) == Some(tag))
+                .filter(|r| r.get("comment").and_then(Value::as_str).is_some_and(&matches))
                 .filter_map(|r| r.get("handle").and_then(Value::as_u64))
                 .collect()
         })
@@ -151,8 +182,12 @@ fn nft_delete_tagged(family: &str, table: &str, chain: &str, tag: &str) -> Resul
 /// A per-container chain name; FNV-1a keeps it short and stable without a
 /// hashing crate.
 fn iptables_chain(req: &Request) -> String {
+    iptables_chain_for(&req.name, &req.container_id)
+}
+
+fn iptables_chain_for(network: &str, container_id: &str) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in req.name.bytes().chain([0u8]).chain(req.container_id.bytes()) {
+    for b in network.bytes().chain([0u8]).chain(container_id.bytes()) {
         hash ^= u64::from(b);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
@@ -184,8 +219,27 @@ fn iptables_masq_setup(req: &Request, result: &CniResult) -> Result<(), Error> {
     Ok(())
 }
 
+fn iptables_masq_gc(req: &Request, stale: &dyn Fn(&str) -> bool) -> Result<(), Error> {
+    let Ok(current) = run("iptables", &["-w", "-t", "nat", "-S", "POSTROUTING"], "") else {
+        return Ok(());
+    };
+    let mut errors = Vec::new();
+    let prefix = format!("weft net={} id=", req.name);
+    for line in current.lines() {
+        let Some(start) = line.find(&prefix) else { continue };
+        let id: String = line[start + prefix.len()..].chars().take_while(|c| *c != '"' && *c != ' ').collect();
+        if stale(&tag_for(&req.name, &id)) {
+            errors.extend(iptables_masq_teardown_chain(&iptables_chain_for(&req.name, &id)).err());
+        }
+    }
+    Error::from_list(errors)
+}
+
 fn iptables_masq_teardown(req: &Request) -> Result<(), Error> {
-    let chain = iptables_chain(req);
+    iptables_masq_teardown_chain(&iptables_chain(req))
+}
+
+fn iptables_masq_teardown_chain(chain: &str) -> Result<(), Error> {
     let mut errors = Vec::new();
     for (list, restore) in [("iptables", "iptables-restore"), ("ip6tables", "ip6tables-restore")] {
         let Ok(current) = run(list, &["-w", "-t", "nat", "-S"], "") else { continue };

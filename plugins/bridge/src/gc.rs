@@ -1,10 +1,13 @@
-//! GC: forward to IPAM, then remove host veths on this bridge whose pod end
-//! no longer exists. Every step runs; all failures are reported.
+//! GC: forward to IPAM, then remove this network's host veths whose
+//! attachment is not in `cni.dev/valid-attachments` (read from the alias
+//! ADD gave them) or whose pod end no longer exists. Every step runs; all
+//! failures are reported.
 
 use weft_cni::{Command, Error, Request};
 
 use crate::config::BridgeConfig;
-use crate::{host_netlink, ipam};
+use crate::{firewall, host_netlink, ipam};
+
 
 pub fn gc(req: &Request, config: &BridgeConfig) -> Result<(), Error> {
     let mut errors = Vec::new();
@@ -17,13 +20,21 @@ pub fn gc(req: &Request, config: &BridgeConfig) -> Result<(), Error> {
         Ok(None) => {}
         Err(e) => errors.push(e),
     }
-    if let Err(e) = remove_orphan_veths(config) {
+    if let Err(e) = remove_stale_veths(req, config) {
         errors.push(e);
+    }
+    match req.valid_attachments() {
+        Ok(valid) => {
+            let ids: Vec<&str> = valid.iter().map(|(id, _)| id.as_str()).collect();
+            errors.extend(firewall::gc(req, config, &ids).err());
+        }
+        Err(e) => errors.push(e),
     }
     Error::from_list(errors)
 }
 
-fn remove_orphan_veths(config: &BridgeConfig) -> Result<(), Error> {
+fn remove_stale_veths(req: &Request, config: &BridgeConfig) -> Result<(), Error> {
+    let valid = req.valid_attachments()?;
     let mut host = host_netlink()?;
     let Some(bridge) = host.link_by_name(&config.bridge).map_err(|e| Error::kernel("look up the bridge", e))? else {
         return Ok(());
@@ -33,7 +44,10 @@ fn remove_orphan_veths(config: &BridgeConfig) -> Result<(), Error> {
     for link in links.iter().filter(|l| l.master == Some(bridge.index) && l.kind.as_deref() == Some("veth")) {
         // A veth whose peer is gone reports no peer index and no peer netns.
         let orphan = link.link.is_none_or(|peer| peer == 0) && link.link_netnsid.is_none();
-        if orphan {
+        let stale = link.alias.as_deref().and_then(crate::parse_attachment_alias).is_some_and(|(net, id, ifname)| {
+            net == req.name && !valid.iter().any(|(v_id, v_if)| v_id == id && v_if == ifname)
+        });
+        if orphan || stale {
             if let Err(e) = host.delete_link(link.index) {
                 if !e.is_not_found() {
                     errors.push(Error::kernel(format!("delete orphan veth {}", link.name), e));

@@ -45,6 +45,21 @@ fn ipam(req: &Request, config: &BridgeConfig) -> Result<Option<Delegate>, Error>
     config.ipam_type.as_deref().map(|kind| Delegate::find(kind, req)).transpose()
 }
 
+/// The host veth's alias names its attachment, so GC can tell which
+/// veths belong to attachments the runtime no longer knows.
+fn attachment_alias(req: &Request) -> String {
+    format!("weft/{}/{}/{}", req.name, req.container_id, req.ifname)
+}
+
+/// (network, containerID, ifname) from a host veth's alias.
+fn parse_attachment_alias(alias: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = alias.strip_prefix("weft/")?.split('/');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(net), Some(id), Some(ifname), None) => Some((net, id, ifname)),
+        _ => None,
+    }
+}
+
 fn host_netlink() -> Result<Netlink, Error> {
     Netlink::new().map_err(|e| Error::kernel("open netlink", e))
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::Error;
@@ -97,6 +98,31 @@ impl Request {
     /// The netns path, which ADD and CHECK are guaranteed to have.
     pub fn netns_path(&self) -> Result<&Path, Error> {
         self.netns.as_deref().ok_or_else(|| Error::env("CNI_NETNS is not set"))
+    }
+
+    /// GC's `cni.dev/valid-attachments` as (containerID, ifname) pairs. The
+    /// older key `cni.dev/attachments` is read too (libcni sends both); a
+    /// missing or null list means no attachment is valid.
+    pub fn valid_attachments(&self) -> Result<Vec<(String, String)>, Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Attachment {
+            #[serde(rename = "containerID")]
+            container_id: String,
+            ifname: String,
+        }
+        let mut valid = Vec::new();
+        for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
+            match self.config.get(key) {
+                None | Some(Value::Null) => {}
+                Some(v) => {
+                    let list = Vec::<Attachment>::deserialize(v)
+                        .map_err(|e| Error::decode(format!("\"{key}\" is not a list of {{containerID, ifname}}: {e}")))?;
+                    valid.extend(list.into_iter().map(|a| (a.container_id, a.ifname)));
+                }
+            }
+        }
+        Ok(valid)
     }
 
     /// Whether the runtime's netns still exists (DEL must cope when it does not).
@@ -358,6 +384,24 @@ mod tests {
             let ok = run_with(&[("CNI_COMMAND", cmd)], r#"{"cniVersion":"1.1.0","name":"n"}"#);
             assert_eq!(ok, Outcome { exit_code: 0, stdout: None });
         }
+    }
+
+    #[test]
+    fn valid_attachments_accepts_both_keys_and_null() {
+        let req = |conf: Value| build_request(Command::Gc, &|k| (k == "CNI_COMMAND").then(|| "GC".into()), conf.to_string().as_bytes()).unwrap();
+        let base = json!({"cniVersion": "1.1.0", "name": "n"});
+        assert!(req(base.clone()).valid_attachments().unwrap().is_empty());
+        let mut with_null = base.clone();
+        with_null["cni.dev/valid-attachments"] = Value::Null;
+        assert!(req(with_null).valid_attachments().unwrap().is_empty());
+        let mut both = base.clone();
+        both["cni.dev/valid-attachments"] = json!([{"containerID": "a", "ifname": "eth0"}]);
+        both["cni.dev/attachments"] = json!([{"containerID": "b", "ifname": "eth1"}]);
+        let v = req(both).valid_attachments().unwrap();
+        assert!(v.contains(&("a".into(), "eth0".into())) && v.contains(&("b".into(), "eth1".into())));
+        let mut bad = base;
+        bad["cni.dev/valid-attachments"] = json!("nope");
+        assert_eq!(req(bad).valid_attachments().unwrap_err().code(), 6);
     }
 
     #[test]
