@@ -1,0 +1,545 @@
+//! The network config stored at `<prefix>/config`, lease keys and lease
+//! values. Everything here is pure: parsing, flannel's defaults, validation
+//! and IPv4 subnet arithmetic.
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::net::Ipv4Addr;
+
+/// Bytes VXLAN over IPv4 adds to every packet (outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14).
+pub const VXLAN_OVERHEAD_V4: u32 = 50;
+/// The same over an IPv6 underlay (outer header 40 instead of 20).
+pub const VXLAN_OVERHEAD_V6: u32 = 70;
+/// flannel's (and the Linux kernel's) VXLAN port.
+pub const DEFAULT_VXLAN_PORT: u16 = 8472;
+
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("network config is not valid JSON: {0}")]
+    Json(String),
+    #[error("network config: {0}")]
+    Invalid(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(msg.into())
+}
+
+/// The validated config with every default filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    pub network: Ipv4Network,
+    pub subnet_len: u8,
+    pub subnet_min: Ipv4Addr,
+    pub subnet_max: Ipv4Addr,
+    pub backend: VxlanBackend,
+    pub enable_ipv6: bool,
+    pub ipv6_network: Option<ipnetwork::Ipv6Network>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanBackend {
+    pub vni: u32,
+    /// UDP port; flannel's 0 means the kernel default, 8472.
+    pub port: u16,
+    /// Underlay MTU override (flannel's `Backend.MTU`); `None` = the interface's MTU.
+    pub mtu: Option<u32>,
+}
+
+/// Case-insensitive field lookup, as Go's encoding/json does it.
+fn field<'a>(obj: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a Value> {
+    obj.get(name).or_else(|| {
+        obj.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    })
+}
+
+fn get_str(obj: &serde_json::Map<String, Value>, name: &str) -> Result<Option<String>, ConfigError> {
+    match field(obj, name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(v) => Err(invalid(format!("{name} must be a string, got {v}"))),
+    }
+}
+
+fn get_uint(obj: &serde_json::Map<String, Value>, name: &str) -> Result<Option<u64>, ConfigError> {
+    match field(obj, name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| invalid(format!("{name} must be a non-negative integer, got {n}"))),
+        Some(v) => Err(invalid(format!("{name} must be a number, got {v}"))),
+    }
+}
+
+fn get_bool(obj: &serde_json::Map<String, Value>, name: &str) -> Result<Option<bool>, ConfigError> {
+    match field(obj, name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(v) => Err(invalid(format!("{name} must be true or false, got {v}"))),
+    }
+}
+
+fn parse_v4_cidr(name: &str, s: &str) -> Result<Ipv4Network, ConfigError> {
+    let n: Ipv4Network = s
+        .parse()
+        .map_err(|_| invalid(format!("{name} {s:?} is not an IPv4 CIDR")))?;
+    // Host bits are masked off, as flannel does.
+    Ipv4Network::new(n.network(), n.prefix()).map_err(|e| invalid(format!("{name}: {e}")))
+}
+
+fn parse_v4_addr(name: &str, s: &str) -> Result<Ipv4Addr, ConfigError> {
+    // flannel's IP4 type accepts a plain address; tolerate a CIDR too.
+    let a = s.split('/').next().unwrap_or(s);
+    a.parse()
+        .map_err(|_| invalid(format!("{name} {s:?} is not an IPv4 address")))
+}
+
+/// Parse and validate `<prefix>/config`, applying flannel's defaults.
+pub fn parse_config(json: &str) -> Result<NetConfig, ConfigError> {
+    let v: Value = serde_json::from_str(json).map_err(|e| ConfigError::Json(e.to_string()))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| invalid("must be a JSON object"))?;
+
+    let enable_ipv4 = get_bool(obj, "EnableIPv4")?.unwrap_or(true);
+    let enable_ipv6 = get_bool(obj, "EnableIPv6")?.unwrap_or(false);
+    if !enable_ipv4 {
+        return Err(invalid("EnableIPv4=false (IPv6-only) is not supported by weft"));
+    }
+    let ipv6_network = match get_str(obj, "IPv6Network")? {
+        Some(s) => Some(
+            s.parse::<ipnetwork::Ipv6Network>()
+                .map_err(|_| invalid(format!("IPv6Network {s:?} is not an IPv6 CIDR")))?,
+        ),
+        None => None,
+    };
+    if enable_ipv6 {
+        if ipv6_network.is_none() {
+            return Err(invalid("EnableIPv6 is true but IPv6Network is missing"));
+        }
+        return Err(invalid(
+            "EnableIPv6=true (dual stack) is not supported by weft yet; remove it or set it to false",
+        ));
+    }
+
+    let network = match get_str(obj, "Network")? {
+        Some(s) => parse_v4_cidr("Network", &s)?,
+        None => return Err(invalid("Network is missing (required when IPv4 is enabled)")),
+    };
+    let plen = network.prefix();
+    if plen > 28 {
+        return Err(invalid(format!(
+            "Network {network} is too small: the prefix must be /28 or shorter"
+        )));
+    }
+
+    let subnet_len = match get_uint(obj, "SubnetLen")? {
+        None | Some(0) => {
+            if plen <= 22 {
+                24
+            } else {
+                plen + 2
+            }
+        }
+        Some(n) => {
+            let n = u8::try_from(n).map_err(|_| invalid(format!("SubnetLen {n} is out of range")))?;
+            if n > 30 {
+                return Err(invalid(format!("SubnetLen {n} is too long: at most 30")));
+            }
+            if n < plen + 2 {
+                return Err(invalid(format!(
+                    "SubnetLen {n} is too short for Network {network}: at least {}",
+                    plen + 2
+                )));
+            }
+            n
+        }
+    };
+    let size = subnet_size(subnet_len);
+    let net_start = u32::from(network.network());
+    let net_last_subnet = u32::from(network.broadcast()) - (size - 1);
+
+    let check_bound = |name: &str, a: Ipv4Addr| -> Result<Ipv4Addr, ConfigError> {
+        if !network.contains(a) {
+            return Err(invalid(format!("{name} {a} is not inside Network {network}")));
+        }
+        if u32::from(a) % size != 0 {
+            return Err(invalid(format!(
+                "{name} {a} is not aligned to SubnetLen /{subnet_len}"
+            )));
+        }
+        Ok(a)
+    };
+    let subnet_min = match get_str(obj, "SubnetMin")? {
+        Some(s) => check_bound("SubnetMin", parse_v4_addr("SubnetMin", &s)?)?,
+        None => Ipv4Addr::from(net_start + size),
+    };
+    let subnet_max = match get_str(obj, "SubnetMax")? {
+        Some(s) => check_bound("SubnetMax", parse_v4_addr("SubnetMax", &s)?)?,
+        None => Ipv4Addr::from(net_last_subnet),
+    };
+    if u32::from(subnet_min) > u32::from(subnet_max) {
+        return Err(invalid(format!(
+            "SubnetMin {subnet_min} is above SubnetMax {subnet_max}"
+        )));
+    }
+
+    let backend = parse_backend(field(obj, "Backend"))?;
+    Ok(NetConfig {
+        network,
+        subnet_len,
+        subnet_min,
+        subnet_max,
+        backend,
+        enable_ipv6,
+        ipv6_network,
+    })
+}
+
+fn parse_backend(v: Option<&Value>) -> Result<VxlanBackend, ConfigError> {
+    let obj = match v {
+        None | Some(Value::Null) => {
+            // flannel's code defaults a missing Backend to "udp" (its docs say vxlan).
+            return Err(invalid(
+                "Backend is missing; flannel then defaults to type \"udp\", which weft does not support: \
+                 set \"Backend\": {\"Type\": \"vxlan\"}",
+            ));
+        }
+        Some(Value::Object(o)) => o,
+        Some(v) => return Err(invalid(format!("Backend must be an object, got {v}"))),
+    };
+    let ty = get_str(obj, "Type")?.unwrap_or_else(|| "udp".to_string());
+    if ty != "vxlan" {
+        return Err(invalid(format!(
+            "Backend.Type {ty:?} is not supported: weft supports only \"vxlan\""
+        )));
+    }
+    let vni = get_uint(obj, "VNI")?.unwrap_or(1);
+    if vni == 0 || vni >= 1 << 24 {
+        return Err(invalid(format!("Backend.VNI {vni} is out of range 1..16777215")));
+    }
+    let port = match get_uint(obj, "Port")?.unwrap_or(0) {
+        0 => DEFAULT_VXLAN_PORT,
+        p => u16::try_from(p).map_err(|_| invalid(format!("Backend.Port {p} is out of range")))?,
+    };
+    let mtu = match get_uint(obj, "MTU")?.unwrap_or(0) {
+        0 => None,
+        m if (VXLAN_OVERHEAD_V4 as u64 + 68..=65535).contains(&m) => Some(m as u32),
+        m => return Err(invalid(format!("Backend.MTU {m} is out of range 118..65535"))),
+    };
+    for unsupported in ["DirectRouting", "GBP"] {
+        if get_bool(obj, unsupported)?.unwrap_or(false) {
+            return Err(invalid(format!(
+                "Backend.{unsupported}=true is not supported by weft"
+            )));
+        }
+    }
+    Ok(VxlanBackend {
+        vni: vni as u32,
+        port,
+        mtu,
+    })
+}
+
+pub fn subnet_size(len: u8) -> u32 {
+    1u32 << (32 - u32::from(len))
+}
+
+impl NetConfig {
+    /// Does this subnet belong to the current config (inside the range, right length)?
+    pub fn fits(&self, s: &Ipv4Network) -> bool {
+        s.prefix() == self.subnet_len
+            && u32::from(s.network()) >= u32::from(self.subnet_min)
+            && u32::from(s.network()) <= u32::from(self.subnet_max)
+            && self.network.contains(s.network())
+    }
+
+    /// Up to `limit` subnets in [SubnetMin, SubnetMax] that overlap none of `taken`.
+    pub fn free_subnets(&self, taken: &[Ipv4Network], limit: usize) -> Vec<Ipv4Network> {
+        let size = subnet_size(self.subnet_len);
+        let mut out = Vec::new();
+        let mut a = u64::from(u32::from(self.subnet_min));
+        let max = u64::from(u32::from(self.subnet_max));
+        while a <= max && out.len() < limit {
+            let ip = Ipv4Addr::from(a as u32);
+            if let Ok(s) = Ipv4Network::new(ip, self.subnet_len) {
+                if !taken.iter().any(|t| overlaps(t, &s)) {
+                    out.push(s);
+                }
+            }
+            a += u64::from(size);
+        }
+        out
+    }
+}
+
+pub fn overlaps(a: &Ipv4Network, b: &Ipv4Network) -> bool {
+    a.contains(b.network()) || b.contains(a.network())
+}
+
+/// The gateway address flannel writes as FLANNEL_SUBNET: first address + 1.
+pub fn gateway_cidr(s: &Ipv4Network) -> String {
+    let gw = Ipv4Addr::from(u32::from(s.network()).wrapping_add(1));
+    format!("{gw}/{}", s.prefix())
+}
+
+/// `10.5.52.0/24` -> `10.5.52.0-24`.
+pub fn lease_key_name(s: &Ipv4Network) -> String {
+    format!("{}-{}", s.network(), s.prefix())
+}
+
+/// Parse the last path element of a lease key: `10.5.52.0-24`, or the
+/// dual-stack form `10.5.52.0-24&fd00::-64` (only the IPv4 part is used).
+/// Like flannel, the address must be the network address and hex is lowercase.
+pub fn parse_lease_key_name(name: &str) -> Option<Ipv4Network> {
+    let v4 = match name.split_once('&') {
+        Some((v4, v6)) => {
+            let (a, l) = v6.rsplit_once('-')?;
+            if a.chars().any(|c| c.is_ascii_uppercase()) {
+                return None;
+            }
+            let _: std::net::Ipv6Addr = a.parse().ok()?;
+            let _: u8 = l.parse().ok().filter(|l| *l <= 128)?;
+            v4
+        }
+        None => name,
+    };
+    let (a, l) = v4.split_once('-')?;
+    if l.is_empty() || l.len() > 2 || !l.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let ip: Ipv4Addr = a.parse().ok()?;
+    let len: u8 = l.parse().ok()?;
+    let n = Ipv4Network::new(ip, len).ok()?;
+    (n.network() == ip).then_some(n)
+}
+
+/// A subnet key below `<prefix>/subnets/`, from its full etcd key.
+pub fn parse_lease_key(prefix: &str, key: &str) -> Option<Ipv4Network> {
+    let rest = key.strip_prefix(&subnets_prefix(prefix))?;
+    parse_lease_key_name(rest)
+}
+
+/// `<prefix>/subnets/` with exactly one slash between the parts.
+pub fn subnets_prefix(prefix: &str) -> String {
+    format!("{}/subnets/", prefix.trim_end_matches('/'))
+}
+
+pub fn config_key(prefix: &str) -> String {
+    format!("{}/config", prefix.trim_end_matches('/'))
+}
+
+pub fn lease_key(prefix: &str, s: &Ipv4Network) -> String {
+    format!("{}{}", subnets_prefix(prefix), lease_key_name(s))
+}
+
+/// A lease value (flannel's LeaseAttrs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseAttrs {
+    #[serde(rename = "PublicIP", default)]
+    pub public_ip: String,
+    #[serde(rename = "PublicIPv6", default)]
+    pub public_ipv6: Option<String>,
+    #[serde(rename = "BackendType", default, skip_serializing_if = "String::is_empty")]
+    pub backend_type: String,
+    #[serde(rename = "BackendData", default, skip_serializing_if = "Option::is_none")]
+    pub backend_data: Option<Value>,
+    #[serde(rename = "BackendV6Data", default, skip_serializing_if = "Option::is_none")]
+    pub backend_v6_data: Option<Value>,
+}
+
+impl LeaseAttrs {
+    pub fn vxlan(public_ip: Ipv4Addr, vni: u32, mac: &[u8; 6]) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip: public_ip.to_string(),
+            public_ipv6: None,
+            backend_type: "vxlan".to_string(),
+            backend_data: Some(serde_json::json!({
+                "VNI": vni,
+                "VtepMAC": weft_netlink::format_mac(mac),
+            })),
+            backend_v6_data: None,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serialising plain strings and JSON values cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn parse(json: &[u8]) -> Option<LeaseAttrs> {
+        serde_json::from_slice(json).ok()
+    }
+
+    pub fn public_ipv4(&self) -> Option<Ipv4Addr> {
+        self.public_ip.parse().ok()
+    }
+
+    /// The peer's VTEP MAC, when this is a vxlan lease.
+    pub fn vtep_mac(&self) -> Option<[u8; 6]> {
+        if self.backend_type != "vxlan" {
+            return None;
+        }
+        let obj = self.backend_data.as_ref()?.as_object()?;
+        match field(obj, "VtepMAC")? {
+            Value::String(s) => weft_netlink::parse_mac(s),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Network {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn defaults_for_a_16() {
+        let c = parse_config(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+        assert_eq!(c.network, net("10.5.0.0/16"));
+        assert_eq!(c.subnet_len, 24);
+        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 5, 1, 0));
+        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 5, 255, 0));
+        assert_eq!(
+            c.backend,
+            VxlanBackend {
+                vni: 1,
+                port: 8472,
+                mtu: None
+            }
+        );
+        assert!(!c.enable_ipv6);
+    }
+
+    #[test]
+    fn subnet_len_default_for_small_networks() {
+        let c = parse_config(r#"{"Network":"10.5.0.0/24","Backend":{"Type":"vxlan"}}"#).unwrap();
+        assert_eq!(c.subnet_len, 26);
+        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 5, 0, 64));
+        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 5, 0, 192));
+        let c = parse_config(r#"{"Network":"10.0.0.0/22","Backend":{"Type":"vxlan"}}"#).unwrap();
+        assert_eq!(c.subnet_len, 24);
+    }
+
+    #[test]
+    fn host_bits_are_masked_and_fields_are_case_insensitive() {
+        let c = parse_config(
+            r#"{"network":"10.5.3.7/16","subnetlen":26,"backend":{"type":"vxlan","vni":42,"port":4789,"mtu":9000}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.network, net("10.5.0.0/16"));
+        assert_eq!(c.subnet_len, 26);
+        assert_eq!(c.backend.vni, 42);
+        assert_eq!(c.backend.port, 4789);
+        assert_eq!(c.backend.mtu, Some(9000));
+    }
+
+    #[test]
+    fn validation_errors() {
+        let bad = [
+            r#"not json"#,
+            r#"[]"#,
+            r#"{"Backend":{"Type":"vxlan"}}"#,
+            r#"{"Network":"10.5.0.0","Backend":{"Type":"vxlan"}}"#,
+            r#"{"Network":"10.5.0.0/29","Backend":{"Type":"vxlan"}}"#,
+            r#"{"Network":"10.5.0.0/16","SubnetLen":31,"Backend":{"Type":"vxlan"}}"#,
+            r#"{"Network":"10.5.0.0/16","SubnetLen":17,"Backend":{"Type":"vxlan"}}"#,
+            r#"{"Network":"10.5.0.0/16","SubnetMin":"10.6.0.0","Backend":{"Type":"vxlan"}}"#,
+            r#"{"Network":"10.5.0.0/16","SubnetMax":"10.5.3.128","Backend":{"Type":"vxlan"}}"#,
+            r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.9.0","SubnetMax":"10.5.3.0","Backend":{"Type":"vxlan"}}"#,
+            r#"{"Network":"10.5.0.0/16"}"#,
+            r#"{"Network":"10.5.0.0/16","Backend":{}}"#,
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}"#,
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#,
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","Port":70000}}"#,
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":"1"}}"#,
+            r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"Backend":{"Type":"vxlan"}}"#,
+        ];
+        for b in bad {
+            assert!(parse_config(b).is_err(), "accepted {b}");
+        }
+        let e = parse_config(r#"{"Network":"10.5.0.0/16"}"#).unwrap_err();
+        assert!(e.to_string().contains("udp"), "{e}");
+        let e = parse_config(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"udp"}}"#).unwrap_err();
+        assert!(e.to_string().contains("only \"vxlan\""), "{e}");
+    }
+
+    #[test]
+    fn explicit_range() {
+        let c = parse_config(
+            r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.10.0","SubnetMax":"10.5.12.0","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        assert!(c.fits(&net("10.5.10.0/24")));
+        assert!(c.fits(&net("10.5.12.0/24")));
+        assert!(!c.fits(&net("10.5.13.0/24")));
+        assert!(!c.fits(&net("10.5.9.0/24")));
+        assert!(!c.fits(&net("10.5.10.0/25")));
+        let free = c.free_subnets(&[net("10.5.11.0/24")], 100);
+        assert_eq!(free, vec![net("10.5.10.0/24"), net("10.5.12.0/24")]);
+        assert_eq!(c.free_subnets(&[net("10.5.0.0/16")], 100), vec![]);
+        assert_eq!(c.free_subnets(&[], 1), vec![net("10.5.10.0/24")]);
+    }
+
+    #[test]
+    fn free_subnets_at_top_of_address_space() {
+        let c = parse_config(r#"{"Network":"255.255.255.0/24","Backend":{"Type":"vxlan"}}"#).unwrap();
+        let free = c.free_subnets(&[], 100);
+        assert_eq!(free.len(), 3);
+        assert_eq!(free[2], net("255.255.255.192/26"));
+    }
+
+    #[test]
+    fn lease_keys() {
+        assert_eq!(lease_key_name(&net("10.5.52.0/24")), "10.5.52.0-24");
+        assert_eq!(parse_lease_key_name("10.5.52.0-24"), Some(net("10.5.52.0/24")));
+        assert_eq!(
+            parse_lease_key_name("10.12.13.0-24&fd00:12:13::-56"),
+            Some(net("10.12.13.0/24"))
+        );
+        for bad in ["10.5.52.1-24", "10.5.52.0-", "10.5.52.0", "10.5.52.0-33", "x-24", "10.5.52.0-+4", "10.5.52.0-24&FD00::-56"] {
+            assert_eq!(parse_lease_key_name(bad), None, "{bad}");
+        }
+        assert_eq!(
+            lease_key("/coreos.com/network/", &net("10.5.52.0/24")),
+            "/coreos.com/network/subnets/10.5.52.0-24"
+        );
+        assert_eq!(
+            parse_lease_key("/coreos.com/network", "/coreos.com/network/subnets/10.5.52.0-24"),
+            Some(net("10.5.52.0/24"))
+        );
+        assert_eq!(parse_lease_key("/other", "/coreos.com/network/subnets/10.5.52.0-24"), None);
+        assert_eq!(config_key("/coreos.com/network"), "/coreos.com/network/config");
+    }
+
+    #[test]
+    fn lease_json_round_trip() {
+        let a = LeaseAttrs::vxlan(Ipv4Addr::new(192, 168, 64, 3), 1, &[0xc6, 0xd2, 0x32, 0x6f, 0x8f, 0x44]);
+        let j = a.to_json();
+        assert_eq!(
+            j,
+            r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#
+        );
+        let b = LeaseAttrs::parse(j.as_bytes()).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(b.vtep_mac(), Some([0xc6, 0xd2, 0x32, 0x6f, 0x8f, 0x44]));
+        assert_eq!(b.public_ipv4(), Some(Ipv4Addr::new(192, 168, 64, 3)));
+        // A flannel reservation without backend data.
+        let r = LeaseAttrs::parse(br#"{"PublicIP":"10.0.0.9"}"#).unwrap();
+        assert_eq!(r.vtep_mac(), None);
+        let h = LeaseAttrs::parse(br#"{"PublicIP":"10.0.0.9","BackendType":"host-gw"}"#).unwrap();
+        assert_eq!(h.vtep_mac(), None);
+    }
+
+    #[test]
+    fn gateway() {
+        assert_eq!(gateway_cidr(&net("10.5.52.0/24")), "10.5.52.1/24");
+    }
+}
