@@ -252,15 +252,16 @@ mod tests {
         let r = assign_requests(&s, &[ip("fd00::99"), ip("10.0.0.42")]).unwrap();
         assert_eq!(r, [Some(ip("10.0.0.42")), Some(ip("fd00::99"))]);
         assert_eq!(add(&dir, &s, "c1", &r).unwrap(), [ip("10.0.0.42"), ip("fd00::99")]);
-        // The v4 address is taken: nothing of the v6 set stays reserved.
-        let r = assign_requests(&s, &[ip("10.0.0.42")]).unwrap();
-        let e = add(&dir, &s, "c2", &[None, Some(ip("fd00::5"))]).unwrap();
-        assert_eq!(e.len(), 2);
-        let e = add(&dir, &s, "c3", &r).unwrap_err();
+        // A request in one set, round-robin in the other.
+        assert_eq!(add(&dir, &s, "c2", &[None, Some(ip("fd00::5"))]).unwrap(), [ip("10.0.0.43"), ip("fd00::5")]);
+        // The v4 address is taken: the v6 address just reserved by this ADD is released again.
+        let r = [Some(ip("10.0.0.42")), Some(ip("fd00::7"))];
+        let e = add(&dir, &s, "c4", &r).unwrap_err();
         assert_eq!(e.code(), 102);
         assert!(e.to_string().contains("already reserved by container c1 interface eth0"), "{e}");
         let store = Store::open(&dir.0).unwrap();
-        assert!(store.entries().unwrap().0.iter().all(|e| !e.owner.is("c3", "eth0")));
+        assert!(store.entries().unwrap().0.iter().all(|e| !e.owner.is("c4", "eth0")));
+        assert!(!dir.0.join("fd00::7").exists());
         drop(store);
         for bad in [vec![ip("10.0.0.200")], vec![ip("10.0.0.1")], vec![ip("10.0.0.5"), ip("10.0.0.6")], vec![ip("192.168.0.1")]] {
             let e = assign_requests(&s, &bad).unwrap_err();

@@ -70,7 +70,7 @@ impl Range {
 
     /// Number of addresses in `[start, end]`; saturates for an IPv6 ::/0-sized range.
     pub fn len(&self) -> u128 {
-        (to_u128(self.end) - to_u128(self.start)).saturating_add(1)
+        to_u128(self.end).saturating_sub(to_u128(self.start)).saturating_add(1)
     }
 }
 
@@ -87,10 +87,6 @@ pub struct RangeSet {
 }
 
 impl RangeSet {
-    pub fn is_ipv4(&self) -> bool {
-        self.ranges.first().is_some_and(Range::is_ipv4)
-    }
-
     pub fn contains(&self, ip: IpAddr) -> bool {
         self.range_for(ip).is_some()
     }

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): weft's bridge + host-local CNI plugins against the
+# Go reference plugins (/usr/lib/cni), full ADD and full DEL, alternating
+# implementations run by run. Prints a Markdown report on stdout (progress on
+# stderr).
+#
+# Usage (as root):  scripts/bench-cni.sh [-n ITERATIONS] [--raw FILE]
+#   -n, --iterations N   ADD+DEL pairs per implementation (default 200,
+#                        or $BENCH_ITERATIONS)
+#   --raw FILE           also write every sample as CSV to FILE
+# Environment:
+#   BENCH_ITERATIONS     same as -n
+#   WEFT_CNI_DIR         weft plugin dir (default target/x86_64-unknown-linux-gnu/release)
+#   GO_CNI_DIR           Go plugin dir (default /usr/lib/cni)
+#
+# Isolation: everything happens in network namespaces named wb<pid>-*: one
+# "node" netns (lo up) where the plugins run and the bridge cni0 lives, and
+# one fresh pod netns per ADD. The root namespace's links, routes and
+# firewall are never touched (ipMasq is false). Pod addresses come from
+# 10.244.0.0/24; host-local's dataDir is in a per-run temporary directory.
+# An EXIT trap removes the namespaces and the directory on success or
+# failure.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+iterations="${BENCH_ITERATIONS:-200}"
+raw=""
+while (($# > 0)); do
+    case "$1" in
+        -n | --iterations) iterations="${2:?-n needs a number}"; shift 2 ;;
+        --iterations=*) iterations="${1#*=}"; shift ;;
+        --raw) raw="${2:?--raw needs a file}"; shift 2 ;;
+        -h | --help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument: $1 (see --help)" ;;
+    esac
+done
+[[ $iterations =~ ^[1-9][0-9]*$ ]] || die "iterations must be a positive integer, got '$iterations'"
+[[ $(id -u) -eq 0 ]] || die "must run as root (creates network namespaces)"
+for tool in ip python3; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool not found"
+done
+
+weft_dir="${WEFT_CNI_DIR:-$root/target/x86_64-unknown-linux-gnu/release}"
+go_dir="${GO_CNI_DIR:-/usr/lib/cni}"
+
+# --- idempotent setup ---------------------------------------------------------
+if [[ ! -x $go_dir/bridge || ! -x $go_dir/host-local ]]; then
+    [[ $go_dir == /usr/lib/cni ]] || die "no Go plugins in $go_dir"
+    log "Go reference plugins missing: apt-get install containernetworking-plugins"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends containernetworking-plugins >&2 || {
+        apt-get update -q >&2
+        apt-get install -y -q --no-install-recommends containernetworking-plugins >&2
+    }
+fi
+if [[ ! -x $weft_dir/bridge || ! -x $weft_dir/host-local ]]; then
+    [[ -z ${WEFT_CNI_DIR:-} ]] || die "no weft plugins in $weft_dir"
+    [[ -d $HOME/.cargo/bin ]] && export PATH="$HOME/.cargo/bin:$PATH"
+    log "weft plugins missing: cargo build --release -p bridge -p host-local -p loopback"
+    cargo build --release -p bridge -p host-local -p loopback >&2
+fi
+
+# --- per-run namespaces and tmp dir, removed on any exit -------------------------
+prefix="wb$$"
+node="$prefix-node"
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/weft-bench.XXXXXX")"
+driver=""
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM HUP
+    if [[ -n $driver ]] && kill -0 "$driver" 2>/dev/null; then
+        kill -TERM "$driver" 2>/dev/null || true
+        wait "$driver" 2>/dev/null || true
+    fi
+    # Only our own namespaces: names start with "wb<pid>-".
+    local ns
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
+        [[ $ns == "$prefix"-* ]] && ip netns del "$ns" 2>/dev/null || true
+    done
+    rm -rf -- "$tmp"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+ip netns add "$node"
+ip -n "$node" link set lo up
+
+# --- metadata for the report -----------------------------------------------------
+weft_rev="$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [[ -n $(git -C "$root" status --porcelain --untracked-files=no 2>/dev/null) ]]; then
+    weft_rev+=", uncommitted changes"
+fi
+weft_rev="git $weft_rev"
+go_version="$(dpkg-query -W -f='containernetworking-plugins ${Version}' containernetworking-plugins 2>/dev/null || echo unknown)"
+cpu_model="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
+repro="sudo scripts/bench-cni.sh -n $iterations"
+[[ -n ${WEFT_CNI_DIR:-} ]] && repro="WEFT_CNI_DIR=$WEFT_CNI_DIR $repro"
+[[ -n ${GO_CNI_DIR:-} ]] && repro="GO_CNI_DIR=$GO_CNI_DIR $repro"
+
+log "$iterations ADD+DEL pairs per implementation; netns prefix $prefix; tmp $tmp"
+log "weft: $weft_dir"
+log "Go:   $go_dir"
+
+# The driver runs inside the node netns (entered once): each plugin exec is
+# then a plain posix_spawn + wait4. `ip netns exec` also gives the driver a
+# private mount namespace with the node netns' /sys; the pod netns it
+# creates are mounted there, so they vanish with the driver at the latest.
+# Started in the background so the trap runs as soon as a signal arrives.
+ip netns exec "$node" python3 "$root/scripts/bench_cni.py" \
+    --prefix "$prefix" --tmp "$tmp" \
+    --weft-dir "$weft_dir" --go-dir "$go_dir" \
+    --iterations "$iterations" ${raw:+--raw "$raw"} \
+    --repro "$repro" --weft-rev "$weft_rev" --go-version "$go_version" \
+    --cpu-model "$cpu_model" &
+driver=$!
+wait "$driver"
