@@ -12,6 +12,8 @@
 #   BENCH_ITERATIONS     same as -n
 #   WEFT_CNI_DIR         weft plugin dir (default target/x86_64-unknown-linux-gnu/release)
 #   GO_CNI_DIR           Go plugin dir (default /usr/lib/cni)
+#   TMPDIR               where the per-run directory (and so host-local's
+#                        dataDir) goes (default /tmp); fsync cost depends on it
 #
 # Isolation: everything happens in network namespaces named wb<pid>-*: one
 # "node" netns (lo up) where the plugins run and the bridge cni0 lives, and
@@ -23,7 +25,6 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$root"
 
 log() { printf 'bench: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -34,14 +35,19 @@ while (($# > 0)); do
     case "$1" in
         -n | --iterations) iterations="${2:?-n needs a number}"; shift 2 ;;
         --iterations=*) iterations="${1#*=}"; shift ;;
-        --raw) raw="${2:?--raw needs a file}"; shift 2 ;;
-        -h | --help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --raw) raw="$(realpath -m -- "${2:?--raw needs a file}")"; shift 2 ;;
+        -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
 done
+cd "$root"
 [[ $iterations =~ ^[1-9][0-9]*$ ]] || die "iterations must be a positive integer, got '$iterations'"
 [[ $(id -u) -eq 0 ]] || die "must run as root (creates network namespaces)"
-for tool in ip python3; do
+if [[ ! -x /usr/bin/time ]]; then
+    log "/usr/bin/time missing (needed for peak RSS): apt-get install time"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q time >&2
+fi
+for tool in ip python3 /usr/bin/time; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found"
 done
 
@@ -101,10 +107,12 @@ if [[ -n $(git -C "$root" status --porcelain --untracked-files=no 2>/dev/null) ]
 fi
 weft_rev="git $weft_rev"
 go_version="$(dpkg-query -W -f='containernetworking-plugins ${Version}' containernetworking-plugins 2>/dev/null || echo unknown)"
+datadir_fs="$(findmnt -n -o FSTYPE,SOURCE --target "$tmp" 2>/dev/null | head -n 1 | awk '{print $1 " on " $2}')"
 cpu_model="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
-repro="sudo scripts/bench-cni.sh -n $iterations"
-[[ -n ${WEFT_CNI_DIR:-} ]] && repro="WEFT_CNI_DIR=$WEFT_CNI_DIR $repro"
-[[ -n ${GO_CNI_DIR:-} ]] && repro="GO_CNI_DIR=$GO_CNI_DIR $repro"
+repro="sudo"
+[[ -n ${WEFT_CNI_DIR:-} ]] && repro+=" WEFT_CNI_DIR=$WEFT_CNI_DIR"
+[[ -n ${GO_CNI_DIR:-} ]] && repro+=" GO_CNI_DIR=$GO_CNI_DIR"
+repro+=" scripts/bench-cni.sh -n $iterations"
 
 log "$iterations ADD+DEL pairs per implementation; netns prefix $prefix; tmp $tmp"
 log "weft: $weft_dir"
@@ -120,6 +128,6 @@ ip netns exec "$node" python3 "$root/scripts/bench_cni.py" \
     --weft-dir "$weft_dir" --go-dir "$go_dir" \
     --iterations "$iterations" ${raw:+--raw "$raw"} \
     --repro "$repro" --weft-rev "$weft_rev" --go-version "$go_version" \
-    --cpu-model "$cpu_model" &
+    --cpu-model "$cpu_model" --datadir-fs "${datadir_fs:-unknown}" &
 driver=$!
 wait "$driver"

@@ -9,7 +9,8 @@ use std::net::Ipv4Addr;
 
 /// Bytes VXLAN over IPv4 adds to every packet (outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14).
 pub const VXLAN_OVERHEAD_V4: u32 = 50;
-/// The same over an IPv6 underlay (outer header 40 instead of 20).
+/// The same over an IPv6 underlay (outer header 40 instead of 20); for when IPv6 underlays are supported.
+#[allow(dead_code)]
 pub const VXLAN_OVERHEAD_V6: u32 = 70;
 /// flannel's (and the Linux kernel's) VXLAN port.
 pub const DEFAULT_VXLAN_PORT: u16 = 8472;
@@ -56,7 +57,10 @@ fn field<'a>(obj: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a 
     })
 }
 
-fn get_str(obj: &serde_json::Map<String, Value>, name: &str) -> Result<Option<String>, ConfigError> {
+fn get_str(
+    obj: &serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<Option<String>, ConfigError> {
     match field(obj, name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -108,7 +112,9 @@ pub fn parse_config(json: &str) -> Result<NetConfig, ConfigError> {
     let enable_ipv4 = get_bool(obj, "EnableIPv4")?.unwrap_or(true);
     let enable_ipv6 = get_bool(obj, "EnableIPv6")?.unwrap_or(false);
     if !enable_ipv4 {
-        return Err(invalid("EnableIPv4=false (IPv6-only) is not supported by weft"));
+        return Err(invalid(
+            "EnableIPv4=false (IPv6-only) is not supported by weft",
+        ));
     }
     let ipv6_network = match get_str(obj, "IPv6Network")? {
         Some(s) => Some(
@@ -128,7 +134,11 @@ pub fn parse_config(json: &str) -> Result<NetConfig, ConfigError> {
 
     let network = match get_str(obj, "Network")? {
         Some(s) => parse_v4_cidr("Network", &s)?,
-        None => return Err(invalid("Network is missing (required when IPv4 is enabled)")),
+        None => {
+            return Err(invalid(
+                "Network is missing (required when IPv4 is enabled)",
+            ))
+        }
     };
     let plen = network.prefix();
     if plen > 28 {
@@ -146,7 +156,8 @@ pub fn parse_config(json: &str) -> Result<NetConfig, ConfigError> {
             }
         }
         Some(n) => {
-            let n = u8::try_from(n).map_err(|_| invalid(format!("SubnetLen {n} is out of range")))?;
+            let n =
+                u8::try_from(n).map_err(|_| invalid(format!("SubnetLen {n} is out of range")))?;
             if n > 30 {
                 return Err(invalid(format!("SubnetLen {n} is too long: at most 30")));
             }
@@ -165,7 +176,9 @@ pub fn parse_config(json: &str) -> Result<NetConfig, ConfigError> {
 
     let check_bound = |name: &str, a: Ipv4Addr| -> Result<Ipv4Addr, ConfigError> {
         if !network.contains(a) {
-            return Err(invalid(format!("{name} {a} is not inside Network {network}")));
+            return Err(invalid(format!(
+                "{name} {a} is not inside Network {network}"
+            )));
         }
         if u32::from(a) % size != 0 {
             return Err(invalid(format!(
@@ -220,7 +233,9 @@ fn parse_backend(v: Option<&Value>) -> Result<VxlanBackend, ConfigError> {
     }
     let vni = get_uint(obj, "VNI")?.unwrap_or(1);
     if vni == 0 || vni >= 1 << 24 {
-        return Err(invalid(format!("Backend.VNI {vni} is out of range 1..16777215")));
+        return Err(invalid(format!(
+            "Backend.VNI {vni} is out of range 1..16777215"
+        )));
     }
     let port = match get_uint(obj, "Port")?.unwrap_or(0) {
         0 => DEFAULT_VXLAN_PORT,
@@ -229,7 +244,11 @@ fn parse_backend(v: Option<&Value>) -> Result<VxlanBackend, ConfigError> {
     let mtu = match get_uint(obj, "MTU")?.unwrap_or(0) {
         0 => None,
         m if (VXLAN_OVERHEAD_V4 as u64 + 68..=65535).contains(&m) => Some(m as u32),
-        m => return Err(invalid(format!("Backend.MTU {m} is out of range 118..65535"))),
+        m => {
+            return Err(invalid(format!(
+                "Backend.MTU {m} is out of range 118..65535"
+            )))
+        }
     };
     for unsupported in ["DirectRouting", "GBP"] {
         if get_bool(obj, unsupported)?.unwrap_or(false) {
@@ -344,11 +363,23 @@ pub struct LeaseAttrs {
     pub public_ip: String,
     #[serde(rename = "PublicIPv6", default)]
     pub public_ipv6: Option<String>,
-    #[serde(rename = "BackendType", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "BackendType",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub backend_type: String,
-    #[serde(rename = "BackendData", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "BackendData",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub backend_data: Option<Value>,
-    #[serde(rename = "BackendV6Data", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "BackendV6Data",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub backend_v6_data: Option<Value>,
 }
 
@@ -490,7 +521,8 @@ mod tests {
 
     #[test]
     fn free_subnets_at_top_of_address_space() {
-        let c = parse_config(r#"{"Network":"255.255.255.0/24","Backend":{"Type":"vxlan"}}"#).unwrap();
+        let c =
+            parse_config(r#"{"Network":"255.255.255.0/24","Backend":{"Type":"vxlan"}}"#).unwrap();
         let free = c.free_subnets(&[], 100);
         assert_eq!(free.len(), 3);
         assert_eq!(free[2], net("255.255.255.192/26"));
@@ -499,12 +531,23 @@ mod tests {
     #[test]
     fn lease_keys() {
         assert_eq!(lease_key_name(&net("10.5.52.0/24")), "10.5.52.0-24");
-        assert_eq!(parse_lease_key_name("10.5.52.0-24"), Some(net("10.5.52.0/24")));
+        assert_eq!(
+            parse_lease_key_name("10.5.52.0-24"),
+            Some(net("10.5.52.0/24"))
+        );
         assert_eq!(
             parse_lease_key_name("10.12.13.0-24&fd00:12:13::-56"),
             Some(net("10.12.13.0/24"))
         );
-        for bad in ["10.5.52.1-24", "10.5.52.0-", "10.5.52.0", "10.5.52.0-33", "x-24", "10.5.52.0-+4", "10.5.52.0-24&FD00::-56"] {
+        for bad in [
+            "10.5.52.1-24",
+            "10.5.52.0-",
+            "10.5.52.0",
+            "10.5.52.0-33",
+            "x-24",
+            "10.5.52.0-+4",
+            "10.5.52.0-24&FD00::-56",
+        ] {
             assert_eq!(parse_lease_key_name(bad), None, "{bad}");
         }
         assert_eq!(
@@ -512,16 +555,29 @@ mod tests {
             "/coreos.com/network/subnets/10.5.52.0-24"
         );
         assert_eq!(
-            parse_lease_key("/coreos.com/network", "/coreos.com/network/subnets/10.5.52.0-24"),
+            parse_lease_key(
+                "/coreos.com/network",
+                "/coreos.com/network/subnets/10.5.52.0-24"
+            ),
             Some(net("10.5.52.0/24"))
         );
-        assert_eq!(parse_lease_key("/other", "/coreos.com/network/subnets/10.5.52.0-24"), None);
-        assert_eq!(config_key("/coreos.com/network"), "/coreos.com/network/config");
+        assert_eq!(
+            parse_lease_key("/other", "/coreos.com/network/subnets/10.5.52.0-24"),
+            None
+        );
+        assert_eq!(
+            config_key("/coreos.com/network"),
+            "/coreos.com/network/config"
+        );
     }
 
     #[test]
     fn lease_json_round_trip() {
-        let a = LeaseAttrs::vxlan(Ipv4Addr::new(192, 168, 64, 3), 1, &[0xc6, 0xd2, 0x32, 0x6f, 0x8f, 0x44]);
+        let a = LeaseAttrs::vxlan(
+            Ipv4Addr::new(192, 168, 64, 3),
+            1,
+            &[0xc6, 0xd2, 0x32, 0x6f, 0x8f, 0x44],
+        );
         let j = a.to_json();
         assert_eq!(
             j,

@@ -1,1 +1,354 @@
-fn main() {}
+//! weftd: weft's node agent, a flanneld-compatible etcd (v3) subnet manager
+//! with a VXLAN data plane.
+//!
+//! What it does, in order:
+//! 1. reads `<prefix>/config` from etcd (waits while it is missing; exits
+//!    non-zero on an invalid config; only `Backend.Type=vxlan` is supported);
+//! 2. acquires a subnet lease under `<prefix>/subnets/` atomically (etcd Txn,
+//!    24h etcd lease), reusing our previous lease (same PublicIP, or a
+//!    reservation) or the subnet recorded in `--subnet-file`;
+//! 3. with `--ip-masq`, installs flannel's masquerade/forward rules (nftables
+//!    table `ip weft-ipv4`, or iptables chains FLANNEL-POSTRTG/FLANNEL-FWD);
+//! 4. writes `--subnet-file` atomically (FLANNEL_NETWORK, FLANNEL_SUBNET,
+//!    FLANNEL_MTU, FLANNEL_IPMASQ);
+//! 5. creates/keeps `flannel.<VNI>` and programs, per remote lease, neighbour +
+//!    FDB + onlink route; it reconciles kernel state against etcd every
+//!    `--reconcile-interval` seconds without ever flushing;
+//! 6. renews the lease (compare-and-swap) `--subnet-lease-renew-margin`
+//!    minutes before expiry, and re-acquires if the lease is deleted.
+//!
+//! Usage (every flag also reads `FLANNELD_<FLAG_NAME>` when not given):
+//! ```text
+//! weftd --etcd-endpoints=http://10.0.0.1:2379 [--etcd-prefix=/coreos.com/network]
+//!       [--iface=eth0|--iface=198.51.100.7] [--public-ip=IP] [--ip-masq]
+//!       [--subnet-file=/run/flannel/subnet.env] [--healthz-ip=0.0.0.0 --healthz-port=8081]
+//!       [--etcd-cafile=ca.pem --etcd-certfile=c.pem --etcd-keyfile=k.pem]
+//!       [--subnet-lease-renew-margin=60] [--subnet-lease-ttl=86400] [--reconcile-interval=10]
+//! ```
+//! Config example: `etcdctl put /coreos.com/network/config
+//! '{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}'`.
+//!
+//! Endpoints (when `--healthz-port` != 0): `/healthz` (process alive),
+//! `/readyz` (200 once subnet.env is written and peers are programmed),
+//! `/metrics` (Prometheus text). Logs: key=value lines on stderr.
+//! Exit: 0 on SIGTERM/SIGINT (kernel state and the lease are kept, so a
+//! restart is hitless), 1 on a fatal error, 2 on bad flags.
+
+mod agent;
+mod config;
+mod dataplane;
+mod flags;
+mod health;
+mod lease;
+mod logging;
+mod masq;
+mod metrics;
+mod subnet_env;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn main() {
+    let args = flags::normalize_args(std::env::args());
+    let flags = match flags::Flags::try_parse_from(args) {
+        Ok(f) => f,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                std::process::exit(0);
+            }
+            let text = e.render().to_string();
+            let line = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("error: bad flags");
+            eprintln!("weftd: {}", line.trim_start_matches("error: "));
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = flags.validate() {
+        eprintln!("weftd: {e}");
+        std::process::exit(2);
+    }
+    logging::set_verbose(flags.verbose);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weftd: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(flags)) {
+        eprintln!("weftd: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn read_tls(f: &flags::Flags) -> anyhow::Result<Option<lease::TlsFiles>> {
+    if !f.uses_tls() {
+        return Ok(None);
+    }
+    let read = |p: &std::path::PathBuf| {
+        std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+    };
+    let ca = f.etcd_cafile.as_ref().map(read).transpose()?;
+    let cert_key = match (&f.etcd_certfile, &f.etcd_keyfile) {
+        (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+        _ => None,
+    };
+    Ok(Some(lease::TlsFiles { ca, cert_key }))
+}
+
+async fn connect(
+    f: &flags::Flags,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Option<etcd_client::Client>> {
+    let tls = read_tls(f)?;
+    let user = f.etcd_username.clone().zip(f.etcd_password.clone());
+    let endpoints: Vec<String> = f
+        .etcd_endpoints
+        .iter()
+        .map(|e| e.trim().to_string())
+        .filter(|e| !e.is_empty())
+        .collect();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let opts = lease::connect_options(
+            tls.as_ref().map(|t| lease::TlsFiles {
+                ca: t.ca.clone(),
+                cert_key: t.cert_key.clone(),
+            }),
+            user.clone(),
+        );
+        match etcd_client::Client::connect(&endpoints, Some(opts)).await {
+            Ok(c) => return Ok(Some(c)),
+            Err(e @ etcd_client::Error::InvalidArgs(_))
+            | Err(e @ etcd_client::Error::InvalidUri(_)) => {
+                bail!("etcd endpoints {}: {e}", endpoints.join(","))
+            }
+            Err(e) => {
+                warn!(
+                    "cannot connect to etcd; retrying",
+                    endpoints = endpoints.join(","),
+                    error = e
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return Ok(None),
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn run(f: flags::Flags) -> anyhow::Result<()> {
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        info!("signal received; exiting (kernel state and lease are kept)");
+        let _ = stop_tx.send(true);
+    });
+
+    // The underlay does not depend on etcd: find it first so a bad --iface fails fast.
+    let ifaces = f.iface.clone();
+    let underlay = tokio::task::spawn_blocking(move || {
+        let mut nl = weft_netlink::Netlink::new()?;
+        dataplane::find_underlay(&mut nl, &ifaces)
+    })
+    .await??;
+    let public_ip = f.public_ip.unwrap_or(underlay.ip);
+    info!(
+        "using interface",
+        iface = underlay.name,
+        ip = underlay.ip,
+        public_ip = public_ip,
+        mtu = underlay.mtu
+    );
+
+    let metrics = Arc::new(metrics::Metrics::default());
+    if f.healthz_port != 0 {
+        let addr = std::net::SocketAddr::new(f.healthz_ip, f.healthz_port);
+        let l = health::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for /healthz"))?;
+        info!("serving /healthz /readyz /metrics", addr = addr);
+        tokio::spawn(health::serve(l, metrics.clone()));
+    }
+
+    let Some(client) = connect(&f, &mut stop_rx).await? else {
+        return Ok(());
+    };
+    let mut reg = lease::Registry {
+        client,
+        prefix: f.etcd_prefix.trim_end_matches('/').to_string(),
+        ttl: f.subnet_lease_ttl,
+    };
+    if reg.prefix.is_empty() {
+        reg.prefix = "/".into();
+    }
+    let raw = loop {
+        match reg.get_config().await {
+            Ok(Some(c)) => break c,
+            Ok(None) => warn!(
+                "network config not found in etcd; waiting",
+                key = config::config_key(&reg.prefix)
+            ),
+            Err(e) => {
+                metrics
+                    .etcd_reconnects
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                warn!("reading network config failed; retrying", error = e)
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop_rx.changed() => return Ok(()),
+        }
+    };
+    let cfg = config::parse_config(&raw)
+        .with_context(|| format!("invalid {}", config::config_key(&reg.prefix)))?;
+    info!(
+        "network config",
+        network = cfg.network,
+        subnet_len = cfg.subnet_len,
+        subnet_min = cfg.subnet_min,
+        subnet_max = cfg.subnet_max,
+        vni = cfg.backend.vni,
+        port = cfg.backend.port
+    );
+
+    let mac = dataplane::vtep_mac(public_ip, cfg.backend.vni);
+    let spec = dataplane::DeviceSpec::new(
+        cfg.backend.vni,
+        cfg.backend.port,
+        &underlay,
+        cfg.backend.mtu,
+        mac,
+    );
+    if spec.mtu < 576 {
+        bail!(
+            "vxlan MTU {} (underlay {} - 50) is too small",
+            spec.mtu,
+            cfg.backend.mtu.unwrap_or(underlay.mtu)
+        );
+    }
+    let attrs = config::LeaseAttrs::vxlan(public_ip, cfg.backend.vni, &mac);
+
+    // Data plane thread.
+    let (dp_tx, dp_rx) = std::sync::mpsc::channel();
+    let dp = dataplane::Dataplane::new(spec.clone(), cfg.network, metrics.clone())?;
+    let interval = Duration::from_secs(f.reconcile_interval);
+    std::thread::Builder::new()
+        .name("dataplane".into())
+        .spawn(move || dp.run(dp_rx, interval))
+        .context("spawning the data plane thread")?;
+
+    // Masquerade thread.
+    let masq_tx = if f.ip_masq {
+        let (tx, rx) = std::sync::mpsc::channel::<masq::Rules>();
+        let backend = masq::detect(&f.masq_backend);
+        info!("ip masquerade enabled", backend = format!("{backend:?}"));
+        let resync = Duration::from_secs(f.iptables_resync);
+        let m = metrics.clone();
+        std::thread::Builder::new()
+            .name("masq".into())
+            .spawn(move || masq_loop(masq::Masq::new(backend), rx, resync, m))
+            .context("spawning the masq thread")?;
+        Some(tx)
+    } else {
+        None
+    };
+
+    let previous = subnet_env::read_previous(&f.subnet_file)
+        .filter(|(net, _)| net.is_none() || *net == Some(cfg.network))
+        .map(|(_, s)| s);
+    if let Some(p) = previous {
+        info!("previous subnet from subnet file", subnet = p);
+    }
+    let agent = agent::Agent {
+        reg,
+        mtu: spec.mtu,
+        cfg,
+        attrs,
+        public_ip,
+        subnet_file: f.subnet_file.clone(),
+        ip_masq: f.ip_masq,
+        renew_margin_secs: i64::from(f.subnet_lease_renew_margin) * 60,
+        previous,
+        dataplane: dp_tx,
+        masq: masq_tx,
+        masq_forward: f.iptables_forward_rules,
+        masq_fully_random: !f.ip_masq_fully_random_disable,
+        metrics,
+    };
+    agent.run(stop_rx).await
+}
+
+fn masq_loop(
+    mut m: masq::Masq,
+    rx: std::sync::mpsc::Receiver<masq::Rules>,
+    resync: Duration,
+    metrics: Arc<metrics::Metrics>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut pending: Option<masq::Rules> = None;
+    loop {
+        match rx.recv_timeout(resync) {
+            Ok(r) => pending = Some(r),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        while let Ok(r) = rx.try_recv() {
+            pending = Some(r);
+        }
+        if let Some(r) = pending.clone() {
+            match m.set(r.clone()) {
+                Ok(()) => {
+                    metrics.masq_repairs.fetch_add(1, Relaxed);
+                    info!(
+                        "masquerade rules installed",
+                        backend = format!("{:?}", m.backend()),
+                        pod = r.pod,
+                        cluster = r.cluster
+                    );
+                    pending = None;
+                }
+                Err(e) => {
+                    metrics.programming_errors.fetch_add(1, Relaxed);
+                    error!("installing masquerade rules failed; retrying", error = e);
+                }
+            }
+            continue;
+        }
+        match m.resync() {
+            Ok(true) => {
+                metrics.masq_repairs.fetch_add(1, Relaxed);
+                warn!("masquerade rules were altered; re-applied");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                metrics.programming_errors.fetch_add(1, Relaxed);
+                error!("masquerade resync failed", error = e);
+            }
+        }
+    }
+}

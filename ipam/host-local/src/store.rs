@@ -263,12 +263,14 @@ impl Store {
         text.trim().parse::<IpAddr>().ok().map(canonical_ip)
     }
 
-    /// Record the round-robin position of range set `set` (replaced atomically).
+    /// Record the round-robin position of range set `set` (replaced
+    /// atomically). Not fsynced: after a crash the worst case is an
+    /// unreadable position, and allocation then restarts at rangeStart.
     pub fn set_last_reserved(&self, set: usize, ip: IpAddr) -> Result<(), Error> {
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp = self.dir.join(format!("{TMP_PREFIX}{}.{n}", std::process::id()));
         let target = self.dir.join(format!("{LAST_RESERVED_PREFIX}{set}"));
-        let result = write_synced(&tmp, ip.to_string().as_bytes()).and_then(|()| fs::rename(&tmp, &target));
+        let result = write_new(&tmp, ip.to_string().as_bytes(), false).and_then(|()| fs::rename(&tmp, &target));
         if let Err(e) = result {
             let _ = fs::remove_file(&tmp);
             return Err(io_err(format!("cannot write {}", target.display()), &e));
@@ -336,8 +338,12 @@ impl Store {
 
 /// Create `path` exclusively with mode 0600, write `data`, fsync.
 fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_new(path, data, true)
+}
+
+fn write_new(path: &Path, data: &[u8], sync: bool) -> std::io::Result<()> {
     let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    let result = f.write_all(data).and_then(|()| f.sync_all());
+    let result = f.write_all(data).and_then(|()| if sync { f.sync_all() } else { Ok(()) });
     if result.is_err() {
         drop(f);
         let _ = fs::remove_file(path);

@@ -72,5 +72,8 @@ fn open_netns(req: &Request) -> Result<(Netns, Netlink), Error> {
 }
 
 fn main() -> ExitCode {
+    if let Some(veth) = std::env::var_os(del::REAP_ENV) {
+        return del::reap(&veth.to_string_lossy());
+    }
     weft_cni::skel::main(&Bridge)
 }

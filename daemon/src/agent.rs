@@ -1,0 +1,319 @@
+//! The main loop: hold a lease, keep subnet.env and masq rules in line with
+//! it, and feed the data plane the full set of peers from list + watch.
+
+use crate::config::{LeaseAttrs, NetConfig};
+use crate::dataplane::Command;
+use crate::lease::{entry_from_kv, peers_from, renew_after, Entry, OwnLease, Registry, Rng};
+use crate::metrics::Metrics;
+use crate::subnet_env::{write_atomic, SubnetEnv};
+use etcd_client::{EventType, WatchOptions};
+use ipnetwork::Ipv4Network;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::{sleep, Instant};
+
+pub struct Agent {
+    pub reg: Registry,
+    pub cfg: NetConfig,
+    pub attrs: LeaseAttrs,
+    pub public_ip: Ipv4Addr,
+    pub subnet_file: PathBuf,
+    pub ip_masq: bool,
+    pub mtu: u32,
+    pub renew_margin_secs: i64,
+    pub previous: Option<Ipv4Network>,
+    pub dataplane: std::sync::mpsc::Sender<Command>,
+    pub masq: Option<std::sync::mpsc::Sender<crate::masq::Rules>>,
+    pub masq_forward: bool,
+    pub masq_fully_random: bool,
+    pub metrics: Arc<Metrics>,
+}
+
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff(Duration::from_millis(100))
+    }
+    async fn wait(&mut self) {
+        sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+    }
+    fn reset(&mut self) {
+        self.0 = Duration::from_millis(100);
+    }
+}
+
+enum Inner {
+    /// Re-list and watch again (gap, compaction, error).
+    Relist,
+    /// Our lease is gone: acquire again.
+    Reacquire,
+}
+
+impl Agent {
+    /// Our subnet became (or changed to) `subnet`: masq rules, subnet.env, data plane.
+    fn on_subnet(&mut self, subnet: Ipv4Network) -> Result<(), std::io::Error> {
+        if let Some(tx) = &self.masq {
+            let _ = tx.send(crate::masq::Rules {
+                pod: subnet,
+                cluster: self.cfg.network,
+                forward: self.masq_forward,
+                fully_random: self.masq_fully_random,
+            });
+        }
+        let env = SubnetEnv {
+            network: Some(self.cfg.network),
+            subnet: Some(subnet),
+            ipv6_network: None,
+            ipv6_subnet: None,
+            mtu: self.mtu,
+            ipmasq: self.ip_masq,
+        };
+        write_atomic(&self.subnet_file, &env.render())?;
+        self.metrics.subnet_env_written.store(true, Relaxed);
+        crate::info!(
+            "wrote subnet file",
+            path = self.subnet_file.display(),
+            subnet = crate::config::gateway_cidr(&subnet),
+            mtu = self.mtu
+        );
+        let _ = self.dataplane.send(Command::Local { subnet });
+        Ok(())
+    }
+
+    pub async fn run(
+        mut self,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let mut rng = Rng::new();
+        let mut own: Option<OwnLease> = None;
+        let mut current_subnet: Option<Ipv4Network> = None;
+        let mut backoff = Backoff::new();
+        let mut renew_at = Instant::now();
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            if own.is_none() {
+                let prev = current_subnet.or(self.previous);
+                match self
+                    .reg
+                    .acquire(&self.cfg, &self.attrs, self.public_ip, prev, &mut rng)
+                    .await
+                {
+                    Ok(l) => {
+                        self.metrics.lease_acquisitions.fetch_add(1, Relaxed);
+                        renew_at = Instant::now() + renew_after(l.ttl, self.renew_margin_secs);
+                        if current_subnet != Some(l.subnet) {
+                            if let Some(old) = current_subnet {
+                                crate::warn!("our subnet changed", old = old, new = l.subnet);
+                            }
+                            // subnet.env must be written before anything depends on us.
+                            while let Err(e) = self.on_subnet(l.subnet) {
+                                crate::error!(
+                                    "writing the subnet file failed; retrying",
+                                    path = self.subnet_file.display(),
+                                    error = e
+                                );
+                                tokio::select! {
+                                    _ = sleep(Duration::from_secs(1)) => {}
+                                    _ = shutdown.changed() => return Ok(()),
+                                }
+                            }
+                            current_subnet = Some(l.subnet);
+                        }
+                        own = Some(l);
+                    }
+                    Err(e) => {
+                        self.metrics.etcd_reconnects.fetch_add(1, Relaxed);
+                        crate::error!("acquiring a subnet lease failed; retrying", error = e);
+                        tokio::select! {
+                            _ = backoff.wait() => {}
+                            _ = shutdown.changed() => return Ok(()),
+                        }
+                        continue;
+                    }
+                }
+            }
+            match self
+                .session(&mut own, &mut renew_at, &mut shutdown, &mut backoff)
+                .await
+            {
+                Ok(None) => return Ok(()),
+                Ok(Some(Inner::Reacquire)) => {
+                    own = None;
+                }
+                Ok(Some(Inner::Relist)) => {}
+                Err(e) => {
+                    self.metrics.etcd_reconnects.fetch_add(1, Relaxed);
+                    crate::warn!(
+                        "etcd list/watch failed; reconnecting",
+                        error = e,
+                        backoff_ms = backoff.0.as_millis()
+                    );
+                    tokio::select! {
+                        _ = backoff.wait() => {}
+                        _ = shutdown.changed() => return Ok(()),
+                    }
+                }
+            }
+        }
+    }
+
+    /// List, publish, watch until something forces a re-list or re-acquire.
+    /// `Ok(None)` = shutdown.
+    async fn session(
+        &mut self,
+        own_slot: &mut Option<OwnLease>,
+        renew_at: &mut Instant,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+        backoff: &mut Backoff,
+    ) -> anyhow::Result<Option<Inner>> {
+        let Some(own) = own_slot.as_mut() else {
+            return Ok(Some(Inner::Reacquire));
+        };
+        let (list, rev) = self.reg.list().await?;
+        let mut entries: BTreeMap<Ipv4Network, Entry> = BTreeMap::new();
+        for e in list {
+            entries.insert(e.subnet, e);
+        }
+        match entries.get(&own.subnet) {
+            Some(e) if e.create_revision == own.create_revision => {
+                own.mod_revision = e.mod_revision;
+            }
+            _ => {
+                crate::warn!(
+                    "our lease is gone from etcd; acquiring again",
+                    subnet = own.subnet
+                );
+                return Ok(Some(Inner::Reacquire));
+            }
+        }
+        let own_subnet = own.subnet;
+        self.publish(&entries, &own_subnet);
+
+        let prefix = crate::config::subnets_prefix(&self.reg.prefix);
+        let mut stream = self
+            .reg
+            .client
+            .watch(
+                prefix,
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(rev + 1),
+                ),
+            )
+            .await?;
+        crate::debug!("watching leases", revision = rev + 1, known = entries.len());
+        backoff.reset();
+        let mut progress = tokio::time::interval(Duration::from_secs(30));
+        progress.tick().await;
+        loop {
+            let reservation = own_slot.as_ref().is_some_and(|o| o.is_reservation());
+            // Reservations never expire: park the renew timer far away.
+            let deadline = if reservation {
+                Instant::now() + Duration::from_secs(86400)
+            } else {
+                *renew_at
+            };
+            tokio::select! {
+                _ = shutdown.changed() => return Ok(None),
+                _ = tokio::time::sleep_until(deadline) => {
+                    let Some(cur) = own_slot.clone() else { return Ok(Some(Inner::Reacquire)) };
+                    match self.reg.renew(&cur, &self.attrs).await {
+                        Ok(Some(n)) => {
+                            self.metrics.lease_renewals.fetch_add(1, Relaxed);
+                            crate::info!("renewed lease", subnet = n.subnet, ttl = n.ttl);
+                            *renew_at = Instant::now() + renew_after(n.ttl, self.renew_margin_secs);
+                            *own_slot = Some(n);
+                        }
+                        Ok(None) => {
+                            crate::warn!("our lease changed or vanished before renewal; acquiring again", subnet = cur.subnet);
+                            return Ok(Some(Inner::Reacquire));
+                        }
+                        Err(e) => {
+                            let retry = Duration::from_secs((cur.ttl / 4).clamp(1, 60) as u64);
+                            crate::error!("lease renewal failed; retrying", error = e, retry_s = retry.as_secs());
+                            *renew_at = Instant::now() + retry;
+                        }
+                    }
+                }
+                _ = progress.tick() => {
+                    // Detect a dead stream (etcd-client#48): a progress request must not fail.
+                    stream.request_progress().await?;
+                }
+                msg = stream.message() => {
+                    let Some(resp) = msg? else {
+                        anyhow::bail!("watch stream closed");
+                    };
+                    if resp.canceled() || resp.compact_revision() > 0 {
+                        crate::warn!("watch canceled; re-listing", compact_revision = resp.compact_revision(), reason = resp.cancel_reason());
+                        self.metrics.etcd_reconnects.fetch_add(1, Relaxed);
+                        return Ok(Some(Inner::Relist));
+                    }
+                    let mut changed = false;
+                    for ev in resp.events() {
+                        let Some(kv) = ev.kv() else { continue };
+                        let Some(subnet) = std::str::from_utf8(kv.key()).ok()
+                            .and_then(|k| crate::config::parse_lease_key(&self.reg.prefix, k)) else { continue };
+                        if subnet == own_subnet {
+                            match ev.event_type() {
+                                EventType::Delete => {
+                                    crate::warn!("our lease was deleted or expired; acquiring again", subnet = subnet);
+                                    return Ok(Some(Inner::Reacquire));
+                                }
+                                EventType::Put => {
+                                    if let Some(o) = own_slot.as_mut() {
+                                        let still_ours = LeaseAttrs::parse(kv.value())
+                                            .and_then(|a| a.public_ipv4())
+                                            == Some(self.public_ip);
+                                        if kv.create_revision() != o.create_revision || !still_ours {
+                                            crate::warn!("our lease key was rewritten by someone else; acquiring again", subnet = subnet);
+                                            return Ok(Some(Inner::Reacquire));
+                                        }
+                                        o.mod_revision = kv.mod_revision();
+                                    }
+                                }
+                            }
+                            continue;
+                        }
+                        match ev.event_type() {
+                            EventType::Put => {
+                                if let Some(e) = entry_from_kv(&self.reg.prefix, kv) {
+                                    if entries.get(&subnet) != Some(&e) {
+                                        crate::info!("lease added or updated", subnet = subnet, public_ip = e.attrs.as_ref().map(|a| a.public_ip.clone()).unwrap_or_default());
+                                    }
+                                    entries.insert(subnet, e);
+                                    changed = true;
+                                }
+                            }
+                            EventType::Delete => {
+                                if entries.remove(&subnet).is_some() {
+                                    crate::info!("lease removed", subnet = subnet);
+                                    changed = true;
+                                }
+                            }
+                        }
+                    }
+                    if changed {
+                        self.publish(&entries, &own_subnet);
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish(&self, entries: &BTreeMap<Ipv4Network, Entry>, own: &Ipv4Network) {
+        let peers = peers_from(entries, Some(own));
+        self.metrics
+            .leases_known
+            .store(entries.keys().filter(|s| *s != own).count() as u64, Relaxed);
+        let _ = self.dataplane.send(Command::Peers(peers));
+    }
+}

@@ -1,0 +1,553 @@
+//! The etcd subnet registry: read the config, acquire our lease atomically,
+//! renew it with compare-and-swap, and list/watch everyone's leases.
+
+use crate::config::{
+    config_key, lease_key, parse_lease_key, subnets_prefix, LeaseAttrs, NetConfig,
+};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use ipnetwork::Ipv4Network;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+#[derive(thiserror::Error, Debug)]
+pub enum LeaseError {
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("out of subnets: every subnet between SubnetMin and SubnetMax is leased")]
+    OutOfSubnets,
+    #[error("lost the race for a subnet {0} times in a row")]
+    TooManyRaces(u32),
+    #[error("etcd response without a header")]
+    NoHeader,
+}
+
+/// One key under `<prefix>/subnets/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub subnet: Ipv4Network,
+    pub attrs: Option<LeaseAttrs>,
+    /// Attached etcd lease id; 0 = a reservation (no TTL).
+    pub etcd_lease: i64,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+}
+
+/// Our own lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnLease {
+    pub subnet: Ipv4Network,
+    pub key: String,
+    pub etcd_lease: i64,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    /// TTL of the etcd lease at grant time (0 for a reservation).
+    pub ttl: i64,
+}
+
+impl OwnLease {
+    pub fn is_reservation(&self) -> bool {
+        self.etcd_lease == 0
+    }
+}
+
+pub fn entry_from_kv(prefix: &str, kv: &etcd_client::KeyValue) -> Option<Entry> {
+    let key = std::str::from_utf8(kv.key()).ok()?;
+    let subnet = parse_lease_key(prefix, key)?;
+    Some(Entry {
+        subnet,
+        attrs: LeaseAttrs::parse(kv.value()),
+        etcd_lease: kv.lease(),
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+    })
+}
+
+/// What to do to obtain a lease, decided from a listing (pure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// A reservation with our PublicIP: use it as is (maybe refresh the value, never add a TTL).
+    UseReservation(Entry),
+    /// Our previous lease (same PublicIP): re-attach it to a fresh etcd lease via CAS.
+    Reuse(Entry),
+    /// Create this key (create_revision == 0).
+    Create(Ipv4Network),
+}
+
+/// Decide how to get a lease. `stale` receives our own leases that no
+/// longer fit the config (to delete). `pick` chooses among free subnets.
+pub fn plan(
+    cfg: &NetConfig,
+    entries: &[Entry],
+    public_ip: Ipv4Addr,
+    previous: Option<Ipv4Network>,
+    pick: &mut dyn FnMut(usize) -> usize,
+    stale: &mut Vec<Entry>,
+) -> Result<Plan, LeaseError> {
+    let ours = |e: &&Entry| {
+        e.attrs
+            .as_ref()
+            .and_then(|a| a.public_ipv4())
+            .is_some_and(|ip| ip == public_ip)
+    };
+    // A reservation for us wins over an ordinary lease.
+    let mut mine: Vec<&Entry> = entries.iter().filter(ours).collect();
+    mine.sort_by_key(|e| (e.etcd_lease != 0, e.create_revision));
+    for e in mine {
+        if !cfg.fits(&e.subnet) {
+            if e.etcd_lease != 0 {
+                stale.push(e.clone());
+            }
+            continue;
+        }
+        return Ok(if e.etcd_lease == 0 {
+            Plan::UseReservation(e.clone())
+        } else {
+            Plan::Reuse(e.clone())
+        });
+    }
+    let taken: Vec<Ipv4Network> = entries.iter().map(|e| e.subnet).collect();
+    if let Some(p) = previous {
+        if cfg.fits(&p) && !taken.iter().any(|t| crate::config::overlaps(t, &p)) {
+            return Ok(Plan::Create(p));
+        }
+    }
+    let free = cfg.free_subnets(&taken, 100);
+    if free.is_empty() {
+        return Err(LeaseError::OutOfSubnets);
+    }
+    Ok(Plan::Create(free[pick(free.len()) % free.len()]))
+}
+
+/// Cheap randomness for choosing a subnet (no crypto needed).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new() -> Rng {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        Rng(t ^ (u64::from(std::process::id()) << 32) | 1)
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let v = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        (v % n.max(1) as u64) as usize
+    }
+}
+
+pub struct Registry {
+    pub client: Client,
+    pub prefix: String,
+    pub ttl: i64,
+}
+
+pub struct TlsFiles {
+    pub ca: Option<Vec<u8>>,
+    pub cert_key: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+pub fn connect_options(tls: Option<TlsFiles>, user: Option<(String, String)>) -> ConnectOptions {
+    let mut o = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(15))
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+        .with_keep_alive_while_idle(true)
+        .with_require_leader(true);
+    if let Some(t) = tls {
+        let mut cfg = etcd_client::TlsOptions::new();
+        if let Some(ca) = t.ca {
+            cfg = cfg.ca_certificate(etcd_client::Certificate::from_pem(ca));
+        }
+        if let Some((c, k)) = t.cert_key {
+            cfg = cfg.identity(etcd_client::Identity::from_pem(c, k));
+        }
+        o = o.with_tls(cfg);
+    }
+    if let Some((u, p)) = user {
+        o = o.with_user(u, p);
+    }
+    o
+}
+
+fn header_rev(h: Option<&etcd_client::ResponseHeader>) -> Result<i64, LeaseError> {
+    h.map(|h| h.revision()).ok_or(LeaseError::NoHeader)
+}
+
+impl Registry {
+    /// The raw config JSON, or None if the key does not exist.
+    pub async fn get_config(&mut self) -> Result<Option<String>, LeaseError> {
+        let r = self.client.get(config_key(&self.prefix), None).await?;
+        Ok(r.kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    /// All leases and the revision of the snapshot.
+    pub async fn list(&mut self) -> Result<(Vec<Entry>, i64), LeaseError> {
+        let r = self
+            .client
+            .get(
+                subnets_prefix(&self.prefix),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await?;
+        let rev = header_rev(r.header())?;
+        let entries = r
+            .kvs()
+            .iter()
+            .filter_map(|kv| entry_from_kv(&self.prefix, kv))
+            .collect();
+        Ok((entries, rev))
+    }
+
+    /// Acquire a lease (see [`plan`]); retries lost races with a fresh listing.
+    pub async fn acquire(
+        &mut self,
+        cfg: &NetConfig,
+        attrs: &LeaseAttrs,
+        public_ip: Ipv4Addr,
+        previous: Option<Ipv4Network>,
+        rng: &mut Rng,
+    ) -> Result<OwnLease, LeaseError> {
+        const RACE_RETRIES: u32 = 10;
+        let value = attrs.to_json();
+        for attempt in 0..RACE_RETRIES {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(
+                    50 * u64::from(attempt) + rng.below(100) as u64,
+                ))
+                .await;
+            }
+            let (entries, _) = self.list().await?;
+            let mut stale = Vec::new();
+            let p = plan(
+                cfg,
+                &entries,
+                public_ip,
+                previous,
+                &mut |n| rng.below(n),
+                &mut stale,
+            )?;
+            for e in stale {
+                crate::info!(
+                    "deleting our old lease that no longer fits the config",
+                    subnet = e.subnet
+                );
+                let key = lease_key(&self.prefix, &e.subnet);
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(
+                        key.clone(),
+                        CompareOp::Equal,
+                        e.mod_revision,
+                    )])
+                    .and_then([TxnOp::delete(key, None)]);
+                self.client.txn(txn).await?;
+            }
+            match p {
+                Plan::UseReservation(e) => {
+                    let key = lease_key(&self.prefix, &e.subnet);
+                    let same_backend = e.attrs.as_ref().is_some_and(|a| {
+                        a.backend_type == attrs.backend_type && a.backend_data == attrs.backend_data
+                    });
+                    let mut mod_revision = e.mod_revision;
+                    if !same_backend {
+                        // Peers need our VTEP MAC; keep it a reservation (no lease).
+                        let txn = Txn::new()
+                            .when([Compare::mod_revision(
+                                key.clone(),
+                                CompareOp::Equal,
+                                e.mod_revision,
+                            )])
+                            .and_then([TxnOp::put(key.clone(), value.clone(), None)]);
+                        let r = self.client.txn(txn).await?;
+                        if !r.succeeded() {
+                            continue;
+                        }
+                        mod_revision = header_rev(r.header())?;
+                    }
+                    crate::info!("using reservation", subnet = e.subnet, key = key);
+                    return Ok(OwnLease {
+                        subnet: e.subnet,
+                        key,
+                        etcd_lease: 0,
+                        create_revision: e.create_revision,
+                        mod_revision,
+                        ttl: 0,
+                    });
+                }
+                Plan::Reuse(e) => {
+                    let key = lease_key(&self.prefix, &e.subnet);
+                    let g = self.client.lease_grant(self.ttl, None).await?;
+                    let txn = Txn::new()
+                        .when([Compare::mod_revision(
+                            key.clone(),
+                            CompareOp::Equal,
+                            e.mod_revision,
+                        )])
+                        .and_then([TxnOp::put(
+                            key.clone(),
+                            value.clone(),
+                            Some(PutOptions::new().with_lease(g.id())),
+                        )]);
+                    let r = self.client.txn(txn).await?;
+                    if !r.succeeded() {
+                        let _ = self.client.lease_revoke(g.id()).await;
+                        crate::info!(
+                            "lost a race re-using our lease; retrying",
+                            subnet = e.subnet
+                        );
+                        continue;
+                    }
+                    crate::info!(
+                        "re-using our existing lease",
+                        subnet = e.subnet,
+                        ttl = g.ttl()
+                    );
+                    return Ok(OwnLease {
+                        subnet: e.subnet,
+                        key,
+                        etcd_lease: g.id(),
+                        create_revision: e.create_revision,
+                        mod_revision: header_rev(r.header())?,
+                        ttl: g.ttl(),
+                    });
+                }
+                Plan::Create(subnet) => {
+                    let key = lease_key(&self.prefix, &subnet);
+                    let g = self.client.lease_grant(self.ttl, None).await?;
+                    let txn = Txn::new()
+                        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(
+                            key.clone(),
+                            value.clone(),
+                            Some(PutOptions::new().with_lease(g.id())),
+                        )]);
+                    let r = self.client.txn(txn).await?;
+                    if !r.succeeded() {
+                        let _ = self.client.lease_revoke(g.id()).await;
+                        crate::info!(
+                            "lost the race for a subnet; retrying",
+                            subnet = subnet,
+                            attempt = attempt + 1
+                        );
+                        continue;
+                    }
+                    let rev = header_rev(r.header())?;
+                    crate::info!("acquired new lease", subnet = subnet, ttl = g.ttl());
+                    return Ok(OwnLease {
+                        subnet,
+                        key,
+                        etcd_lease: g.id(),
+                        create_revision: rev,
+                        mod_revision: rev,
+                        ttl: g.ttl(),
+                    });
+                }
+            }
+        }
+        Err(LeaseError::TooManyRaces(RACE_RETRIES))
+    }
+
+    /// Move our key onto a fresh etcd lease if nobody touched it since we
+    /// last saw it. `Ok(None)`: the key changed or vanished; re-acquire.
+    pub async fn renew(
+        &mut self,
+        own: &OwnLease,
+        attrs: &LeaseAttrs,
+    ) -> Result<Option<OwnLease>, LeaseError> {
+        let g = self.client.lease_grant(self.ttl, None).await?;
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                own.key.clone(),
+                CompareOp::Equal,
+                own.mod_revision,
+            )])
+            .and_then([TxnOp::put(
+                own.key.clone(),
+                attrs.to_json(),
+                Some(PutOptions::new().with_lease(g.id())),
+            )]);
+        let r = match self.client.txn(txn).await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self.client.lease_revoke(g.id()).await;
+                return Err(e.into());
+            }
+        };
+        if !r.succeeded() {
+            let _ = self.client.lease_revoke(g.id()).await;
+            return Ok(None);
+        }
+        // The old etcd lease now holds no key; drop it rather than wait 24h.
+        if own.etcd_lease != 0 {
+            let _ = self.client.lease_revoke(own.etcd_lease).await;
+        }
+        Ok(Some(OwnLease {
+            etcd_lease: g.id(),
+            mod_revision: header_rev(r.header())?,
+            ttl: g.ttl(),
+            ..own.clone()
+        }))
+    }
+}
+
+/// Peers (remote vxlan leases) from the current entries.
+pub fn peers_from(
+    entries: &BTreeMap<Ipv4Network, Entry>,
+    own: Option<&Ipv4Network>,
+) -> Vec<crate::dataplane::Peer> {
+    entries
+        .values()
+        .filter(|e| Some(&e.subnet) != own)
+        .filter_map(|e| {
+            let a = e.attrs.as_ref()?;
+            Some(crate::dataplane::Peer {
+                subnet: e.subnet,
+                mac: a.vtep_mac()?,
+                public_ip: a.public_ipv4()?,
+            })
+        })
+        .collect()
+}
+
+/// When to renew: `margin` before expiry, but never later than half the TTL
+/// would allow if the margin is longer than the TTL.
+pub fn renew_after(ttl: i64, margin_secs: i64) -> Duration {
+    let ttl = ttl.max(1);
+    let s = if margin_secs < ttl {
+        ttl - margin_secs
+    } else {
+        ttl / 2
+    };
+    Duration::from_secs(s.max(1) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_config;
+
+    fn cfg() -> NetConfig {
+        parse_config(r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.1.0","SubnetMax":"10.5.4.0","Backend":{"Type":"vxlan"}}"#).unwrap()
+    }
+    fn entry(sub: &str, ip: &str, lease: i64) -> Entry {
+        Entry {
+            subnet: sub.parse().unwrap(),
+            attrs: Some(LeaseAttrs::vxlan(
+                ip.parse().unwrap(),
+                1,
+                &[2, 0, 0, 0, 0, 1],
+            )),
+            etcd_lease: lease,
+            create_revision: 5,
+            mod_revision: 7,
+        }
+    }
+    const ME: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+
+    fn run(entries: &[Entry], prev: Option<&str>) -> (Result<Plan, LeaseError>, Vec<Entry>) {
+        let mut stale = vec![];
+        let p = plan(
+            &cfg(),
+            entries,
+            ME,
+            prev.map(|p| p.parse().unwrap()),
+            &mut |_| 0,
+            &mut stale,
+        );
+        (p, stale)
+    }
+
+    #[test]
+    fn reuses_lease_with_our_public_ip() {
+        let e = entry("10.5.3.0/24", "198.51.100.1", 99);
+        let (p, _) = run(
+            &[entry("10.5.1.0/24", "198.51.100.2", 1), e.clone()],
+            Some("10.5.2.0/24"),
+        );
+        assert_eq!(p.unwrap(), Plan::Reuse(e));
+    }
+
+    #[test]
+    fn reservation_is_used_unchanged_and_preferred() {
+        let r = entry("10.5.4.0/24", "198.51.100.1", 0);
+        let (p, _) = run(&[entry("10.5.3.0/24", "198.51.100.1", 9), r.clone()], None);
+        assert_eq!(p.unwrap(), Plan::UseReservation(r));
+    }
+
+    #[test]
+    fn others_reservations_are_never_taken() {
+        // Only 10.5.1-4 exist; 1..3 are reserved/leased by others, prev points at a reservation.
+        let es = [
+            entry("10.5.1.0/24", "198.51.100.2", 0),
+            entry("10.5.2.0/24", "198.51.100.3", 0),
+            entry("10.5.3.0/24", "198.51.100.4", 5),
+        ];
+        let (p, _) = run(&es, Some("10.5.1.0/24"));
+        assert_eq!(p.unwrap(), Plan::Create("10.5.4.0/24".parse().unwrap()));
+        let mut full = es.to_vec();
+        full.push(entry("10.5.4.0/24", "198.51.100.5", 0));
+        assert!(matches!(run(&full, None).0, Err(LeaseError::OutOfSubnets)));
+    }
+
+    #[test]
+    fn previous_subnet_is_preferred_when_free() {
+        let (p, _) = run(
+            &[entry("10.5.1.0/24", "198.51.100.2", 1)],
+            Some("10.5.3.0/24"),
+        );
+        assert_eq!(p.unwrap(), Plan::Create("10.5.3.0/24".parse().unwrap()));
+        // Outside the range: ignored.
+        let (p, _) = run(&[], Some("10.5.9.0/24"));
+        assert_eq!(p.unwrap(), Plan::Create("10.5.1.0/24".parse().unwrap()));
+    }
+
+    #[test]
+    fn our_lease_outside_config_is_deleted_not_reused() {
+        let old = entry("10.5.9.0/24", "198.51.100.1", 3);
+        let (p, stale) = run(std::slice::from_ref(&old), None);
+        assert_eq!(p.unwrap(), Plan::Create("10.5.1.0/24".parse().unwrap()));
+        assert_eq!(stale, vec![old]);
+        // ...but a reservation outside the config is left alone.
+        let (_, stale) = run(&[entry("10.5.9.0/24", "198.51.100.1", 0)], None);
+        assert!(stale.is_empty());
+    }
+
+    #[test]
+    fn peers_exclude_own_and_non_vxlan() {
+        let mut m = BTreeMap::new();
+        for e in [
+            entry("10.5.1.0/24", "198.51.100.2", 1),
+            entry("10.5.2.0/24", "198.51.100.1", 1),
+            Entry {
+                attrs: LeaseAttrs::parse(br#"{"PublicIP":"1.2.3.4","BackendType":"host-gw"}"#),
+                ..entry("10.5.3.0/24", "1.2.3.4", 1)
+            },
+        ] {
+            m.insert(e.subnet, e);
+        }
+        let own: Ipv4Network = "10.5.2.0/24".parse().unwrap();
+        let p = peers_from(&m, Some(&own));
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].subnet, "10.5.1.0/24".parse::<Ipv4Network>().unwrap());
+    }
+
+    #[test]
+    fn renew_timing() {
+        assert_eq!(renew_after(86400, 3600), Duration::from_secs(82800));
+        assert_eq!(renew_after(60, 3600), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn rng_in_range() {
+        let mut r = Rng::new();
+        for n in 1..50 {
+            assert!(r.below(n) < n);
+        }
+    }
+}
