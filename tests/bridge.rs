@@ -1,1 +1,1007 @@
-//! Placeholder: filled in by the bridge suite.
+//! Black-box tests of weft's `bridge` plugin (with weft's `host-local` as
+//! IPAM): every CNI command, every supported cniVersion, the options, and
+//! rollback of failed ADDs, asserted against live kernel state (`ip -j`,
+//! sysfs, `nft -j`) and the host-local store on disk.
+//!
+//! Each test builds its own node netns (so the fixed bridge name `cni0` is
+//! private to it) and its own dataDir.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use weft_tests::*;
+
+/// The network name; also the store's subdirectory under dataDir.
+const NET: &str = "weftnet";
+const BRIDGE: &str = "cni0";
+const SUBNET: &str = "10.244.1.0/24";
+const GATEWAY: &str = "10.244.1.1";
+const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+const CHECK_VERSIONS: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
+
+// ---------------------------------------------------------------------------
+// Fixture and helpers
+// ---------------------------------------------------------------------------
+
+/// One node netns running weft's bridge, with a private host-local dataDir.
+struct Env {
+    node: Node,
+    data: TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            node: Node::new(),
+            data: TempDir::new(),
+        }
+    }
+
+    /// A bridge + host-local network on `subnet` with a default route from
+    /// IPAM and `isGateway`, in `version`.
+    fn conf_on(&self, version: &str, subnet: &str) -> Value {
+        json!({
+            "cniVersion": version,
+            "name": NET,
+            "type": "bridge",
+            "bridge": BRIDGE,
+            "isGateway": true,
+            "ipam": {
+                "type": "host-local",
+                "dataDir": self.data.path(),
+                "ranges": [[{"subnet": subnet}]],
+                "routes": [{"dst": "0.0.0.0/0"}]
+            }
+        })
+    }
+
+    fn conf(&self, version: &str) -> Value {
+        self.conf_on(version, SUBNET)
+    }
+
+    /// Runs weft's bridge inside the node.
+    fn run(&self, call: &CniCall) -> CniOutput {
+        call.run_in(&self.node, &plugin_path("bridge"))
+    }
+
+    fn add(&self, pod: &Netns, conf: &Value) -> CniOutput {
+        self.run(&CniCall::add(pod, conf.clone()))
+    }
+
+    /// ADD that must succeed; returns the result.
+    fn add_ok(&self, pod: &Netns, conf: &Value) -> Value {
+        self.add(pod, conf).expect_ok()
+    }
+
+    fn check(&self, pod: &Netns, conf: &Value, prev: &Value) -> CniOutput {
+        self.run(&CniCall::check(pod, with_prev(conf, prev)))
+    }
+
+    fn del(&self, pod: &Netns, conf: &Value) -> CniOutput {
+        self.run(&CniCall::del(pod, conf.clone()))
+    }
+
+    /// The store directory `<dataDir>/<network>`.
+    fn store_dir(&self) -> PathBuf {
+        self.data.join(NET)
+    }
+
+    /// The IPs reserved in the store (file names that parse as addresses;
+    /// `lock` and `last_reserved_ip.*` are not reservations).
+    fn reserved(&self) -> Vec<IpAddr> {
+        let Ok(entries) = std::fs::read_dir(self.store_dir()) else {
+            return Vec::new();
+        };
+        let mut ips: Vec<IpAddr> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        ips.sort();
+        ips
+    }
+
+    /// Contents of the reservation file of `ip`.
+    fn reservation(&self, ip: IpAddr) -> Option<String> {
+        std::fs::read_to_string(self.store_dir().join(ip.to_string())).ok()
+    }
+
+    fn host_veth_names(&self) -> Vec<String> {
+        veths_on_host(&self.node)
+            .iter()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// The firewall rules (any table) whose comment names `container_id`.
+    fn rules_tagged(&self, container_id: &str) -> Vec<Value> {
+        let text = self.node.sh("nft -j list ruleset");
+        let ruleset: Value = serde_json::from_str(&text).expect("nft -j prints JSON");
+        ruleset["nftables"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|item| item.get("rule").cloned())
+            .filter(|rule| {
+                rule["comment"]
+                    .as_str()
+                    .is_some_and(|c| c.contains(container_id))
+            })
+            .collect()
+    }
+
+    /// Asserts a failed ADD left nothing for `pod`: no veth in the node,
+    /// no `eth0` in the pod, no reservation, no firewall rule.
+    #[track_caller]
+    fn assert_nothing_left(&self, pod: &Netns) {
+        assert_eq!(self.host_veth_names(), Vec::<String>::new(), "host veth left behind");
+        assert!(link(pod, "eth0").is_none(), "eth0 left behind in the pod");
+        assert_eq!(self.reserved(), Vec::<IpAddr>::new(), "IP reservation leaked");
+        assert_eq!(
+            self.rules_tagged(&container_id(pod)),
+            Vec::<Value>::new(),
+            "firewall rule left behind"
+        );
+    }
+}
+
+/// The container ID `CniCall::add/check/del` use for `pod`.
+fn container_id(pod: &Netns) -> String {
+    CniCall::add(pod, Value::Null)
+        .container_id
+        .expect("for_pod sets a container ID")
+}
+
+/// `conf` with its top-level keys overridden by `patch`'s.
+fn with(conf: &Value, patch: Value) -> Value {
+    let mut out = conf.clone();
+    for (k, v) in patch.as_object().expect("patch is an object") {
+        out[k] = v.clone();
+    }
+    out
+}
+
+/// `conf` as CHECK/DEL get it from a runtime: with the ADD result.
+fn with_prev(conf: &Value, prev: &Value) -> Value {
+    with(conf, json!({ "prevResult": prev }))
+}
+
+/// The first IP of an ADD result, without its prefix.
+fn result_ip(result: &Value) -> IpAddr {
+    let addr = result["ips"][0]["address"].as_str().expect("ips[0].address");
+    addr.split('/').next().unwrap().parse().expect("an IP address")
+}
+
+/// The host veth's name from an ADD result (interfaces[1]).
+fn host_veth(result: &Value) -> String {
+    result["interfaces"][1]["name"]
+        .as_str()
+        .expect("interfaces[1].name")
+        .to_string()
+}
+
+fn has_flag(link: &Value, flag: &str) -> bool {
+    link["flags"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|x| x == flag))
+}
+
+fn sysfs(ns: &Netns, path: &str) -> String {
+    ns.sh(&format!("cat {path}")).trim().to_string()
+}
+
+/// Polls `cond` (kernel cleanup after a netns goes away is asynchronous).
+#[track_caller]
+fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[track_caller]
+fn assert_ping(from: &Netns, dst: &str) {
+    let which = from.try_sh("command -v ping");
+    assert!(
+        which.status.success(),
+        "`ping` is not installed: install iputils-ping (scripts/setup.sh does)"
+    );
+    let out = from.try_sh(&format!("ping -c 1 -W 3 {dst}"));
+    assert!(
+        out.status.success(),
+        "ping {dst} from {} failed:\n{}{}",
+        from.name,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// ADD in every version: result shape and live state
+// ---------------------------------------------------------------------------
+
+/// ADD with mtu 1400 in `version`, then checks the result and the kernel.
+fn add_and_verify(version: &str) {
+    let env = Env::new();
+    let pod = env.node.pod();
+    // Make the ip_forward assertion meaningful whatever the node inherited.
+    env.node.sh("sysctl -qw net.ipv4.ip_forward=0");
+    let conf = with(&env.conf(version), json!({"mtu": 1400}));
+
+    let r = env.add_ok(&pod, &conf);
+
+    // Result shape.
+    assert_eq!(r["cniVersion"], version, "{r}");
+    let ifaces = r["interfaces"].as_array().expect("interfaces");
+    assert_eq!(ifaces.len(), 3, "{r}");
+    assert_eq!(ifaces[0]["name"], BRIDGE);
+    let veth = host_veth(&r);
+    assert!(veth.starts_with("veth"), "host veth name {veth}");
+    for host_side in &ifaces[..2] {
+        assert!(
+            host_side["sandbox"].as_str().unwrap_or("").is_empty(),
+            "host-side interface with a sandbox: {host_side}"
+        );
+        assert!(host_side["mac"].is_string(), "{host_side}");
+    }
+    assert_eq!(ifaces[2]["name"], "eth0");
+    assert_eq!(ifaces[2]["sandbox"], pod.path_str());
+    if version == "1.1.0" {
+        assert_eq!(ifaces[2]["mtu"], 1400, "1.1.0 reports the mtu: {r}");
+    } else {
+        assert!(ifaces[2].get("mtu").is_none(), "mtu is new in 1.1.0: {r}");
+    }
+    let ips = r["ips"].as_array().expect("ips");
+    assert_eq!(ips.len(), 1, "{r}");
+    assert_eq!(ips[0]["interface"], 2);
+    assert_eq!(ips[0]["gateway"], GATEWAY);
+    let address = ips[0]["address"].as_str().unwrap();
+    assert!(address.starts_with("10.244.1.") && address.ends_with("/24"), "{address}");
+    if version < "1.0.0" {
+        assert_eq!(ips[0]["version"], "4", "{version} tags IPs with a version: {r}");
+    } else {
+        assert!(ips[0].get("version").is_none(), "{version} has no ips[].version: {r}");
+    }
+    assert!(
+        r["routes"]
+            .as_array()
+            .is_some_and(|rs| rs.iter().any(|x| x["dst"] == "0.0.0.0/0")),
+        "IPAM's default route missing from the result: {r}"
+    );
+
+    // The pod.
+    let eth0 = link(&pod, "eth0").expect("eth0 exists in the pod");
+    assert_eq!(eth0["mtu"], 1400);
+    assert_eq!(eth0["address"], ifaces[2]["mac"]);
+    assert!(has_flag(&eth0, "UP"), "{eth0}");
+    assert_eq!(ipv4_addrs(&pod, "eth0"), vec![address.to_string()]);
+    assert!(
+        routes(&pod)
+            .iter()
+            .any(|rt| rt["dst"] == "default" && rt["gateway"] == GATEWAY && rt["dev"] == "eth0"),
+        "no default route via {GATEWAY}: {:?}",
+        routes(&pod)
+    );
+
+    // The node.
+    let host = link(&env.node, &veth).expect("host veth exists in the node");
+    assert_eq!(host["master"], BRIDGE);
+    assert_eq!(host["mtu"], 1400);
+    assert!(has_flag(&host, "UP"), "{host}");
+    assert_eq!(ipv4_addrs(&env.node, BRIDGE), vec![format!("{GATEWAY}/24")]);
+    assert_eq!(sysfs(&env.node, "/proc/sys/net/ipv4/ip_forward"), "1");
+
+    // The store.
+    let ip = result_ip(&r);
+    assert_eq!(env.reserved(), vec![ip]);
+    assert_eq!(
+        env.reservation(ip).as_deref(),
+        Some(format!("{}\r\neth0", container_id(&pod)).as_str())
+    );
+
+    assert_ping(&pod, GATEWAY);
+}
+
+#[test]
+fn add_v0_3_0_result_and_live_state() {
+    if !require_root() {
+        return;
+    }
+    add_and_verify("0.3.0");
+}
+
+#[test]
+fn add_v0_3_1_result_and_live_state() {
+    if !require_root() {
+        return;
+    }
+    add_and_verify("0.3.1");
+}
+
+#[test]
+fn add_v0_4_0_result_and_live_state() {
+    if !require_root() {
+        return;
+    }
+    add_and_verify("0.4.0");
+}
+
+#[test]
+fn add_v1_0_0_result_and_live_state() {
+    if !require_root() {
+        return;
+    }
+    add_and_verify("1.0.0");
+}
+
+#[test]
+fn add_v1_1_0_result_and_live_state() {
+    if !require_root() {
+        return;
+    }
+    add_and_verify("1.1.0");
+}
+
+#[test]
+fn two_pods_share_the_bridge_and_reach_each_other() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let (a, b) = (env.node.pod(), env.node.pod());
+    let conf = env.conf("1.0.0");
+    let ra = env.add_ok(&a, &conf);
+    let rb = env.add_ok(&b, &conf);
+    assert_ne!(result_ip(&ra), result_ip(&rb));
+    assert_eq!(env.host_veth_names().len(), 2);
+    assert_ping(&a, &result_ip(&rb).to_string());
+}
+
+// ---------------------------------------------------------------------------
+// CHECK
+// ---------------------------------------------------------------------------
+
+#[test]
+fn check_passes_after_a_fresh_add() {
+    if !require_root() {
+        return;
+    }
+    for version in CHECK_VERSIONS {
+        let env = Env::new();
+        let pod = env.node.pod();
+        let conf = env.conf(version);
+        let r = env.add_ok(&pod, &conf);
+        assert_eq!(env.check(&pod, &conf, &r).expect_ok(), Value::Null, "{version}");
+    }
+}
+
+/// ADD in 1.0.0, break something with `sabotage`, then CHECK must say 105.
+fn check_detects(sabotage: impl Fn(&Env, &Netns, &Value)) {
+    let env = Env::new();
+    let pod = env.node.pod();
+    let conf = env.conf("1.0.0");
+    let r = env.add_ok(&pod, &conf);
+    env.check(&pod, &conf, &r).expect_ok();
+    sabotage(&env, &pod, &r);
+    env.check(&pod, &conf, &r).expect_error(105);
+}
+
+#[test]
+fn check_fails_when_the_container_address_is_removed() {
+    if !require_root() {
+        return;
+    }
+    check_detects(|_, pod, r| {
+        let addr = r["ips"][0]["address"].as_str().unwrap();
+        pod.sh(&format!("ip addr del {addr} dev eth0"));
+    });
+}
+
+#[test]
+fn check_fails_when_the_host_veth_is_deleted() {
+    if !require_root() {
+        return;
+    }
+    check_detects(|env, _, r| {
+        env.node.sh(&format!("ip link del {}", host_veth(r)));
+    });
+}
+
+#[test]
+fn check_fails_when_the_container_mac_changes() {
+    if !require_root() {
+        return;
+    }
+    check_detects(|_, pod, _| {
+        pod.sh("ip link set eth0 address 02:de:ad:be:ef:01");
+    });
+}
+
+#[test]
+fn check_fails_when_the_host_veth_leaves_the_bridge() {
+    if !require_root() {
+        return;
+    }
+    check_detects(|env, _, r| {
+        env.node.sh(&format!("ip link set {} nomaster", host_veth(r)));
+    });
+}
+
+#[test]
+fn check_fails_when_the_default_route_is_removed() {
+    if !require_root() {
+        return;
+    }
+    check_detects(|_, pod, _| {
+        pod.sh("ip route del default");
+    });
+}
+
+#[test]
+fn check_below_0_4_0_is_an_incompatible_version() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    for version in ["0.3.0", "0.3.1"] {
+        let conf = env.conf(version);
+        let r = env.add_ok(&pod, &conf);
+        env.check(&pod, &conf, &r).expect_error(1);
+        env.del(&pod, &conf).expect_ok();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// DEL
+// ---------------------------------------------------------------------------
+
+#[test]
+fn del_removes_the_veth_pair_and_releases_the_ip() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    let conf = env.conf("1.0.0");
+    let r = env.add_ok(&pod, &conf);
+    assert_eq!(env.reserved(), vec![result_ip(&r)]);
+
+    assert_eq!(env.run(&CniCall::del(&pod, with_prev(&conf, &r))).expect_ok(), Value::Null);
+
+    assert!(link(&pod, "eth0").is_none(), "eth0 still in the pod");
+    assert!(link(&env.node, &host_veth(&r)).is_none(), "host veth still in the node");
+    assert_eq!(env.reserved(), Vec::<IpAddr>::new());
+    assert!(link(&env.node, BRIDGE).is_some(), "DEL never removes the bridge");
+}
+
+#[test]
+fn del_is_idempotent() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    let conf = env.conf("1.0.0");
+    env.add_ok(&pod, &conf);
+    env.del(&pod, &conf).expect_ok();
+    env.del(&pod, &conf).expect_ok();
+    assert_eq!(env.host_veth_names(), Vec::<String>::new());
+    assert_eq!(env.reserved(), Vec::<IpAddr>::new());
+}
+
+#[test]
+fn del_of_an_attachment_never_added_succeeds() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    env.del(&pod, &env.conf("1.1.0")).expect_ok();
+}
+
+#[test]
+fn del_after_the_pod_netns_is_gone_releases_the_ip() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    let conf = env.conf("1.0.0");
+    let r = env.add_ok(&pod, &conf);
+    let del = CniCall::del(&pod, with_prev(&conf, &r));
+    drop(pod);
+
+    env.run(&del).expect_ok();
+
+    assert_eq!(env.reserved(), Vec::<IpAddr>::new());
+    eventually("the kernel removed the host veth", || env.host_veth_names().is_empty());
+}
+
+#[test]
+fn del_without_cni_netns_releases_the_ip() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    let conf = env.conf("1.0.0");
+    env.add_ok(&pod, &conf);
+    let mut del = CniCall::del(&pod, conf.clone());
+    del.netns = None;
+
+    env.run(&del).expect_ok();
+
+    assert_eq!(env.reserved(), Vec::<IpAddr>::new());
+    // With no netns there is nothing the plugin can tear down in the pod;
+    // a later DEL with the netns cleans the rest up.
+    env.del(&pod, &conf).expect_ok();
+    assert_eq!(env.host_veth_names(), Vec::<String>::new());
+}
+
+// ---------------------------------------------------------------------------
+// ipMasq
+// ---------------------------------------------------------------------------
+
+#[test]
+fn ip_masq_rule_exists_after_add_and_is_gone_after_del() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    let cid = container_id(&pod);
+    let conf = with(&env.conf("1.0.0"), json!({"ipMasq": true}));
+    let r = env.add_ok(&pod, &conf);
+
+    let rules = env.rules_tagged(&cid);
+    assert!(!rules.is_empty(), "no nftables rule tagged with {cid}");
+    let text = serde_json::to_string(&rules).unwrap();
+    assert!(text.contains("masquerade"), "{text}");
+    assert!(text.contains(&result_ip(&r).to_string()), "rule does not match the pod IP: {text}");
+
+    env.del(&pod, &conf).expect_ok();
+    assert_eq!(env.rules_tagged(&cid), Vec::<Value>::new());
+}
+
+#[test]
+fn ip_masq_rule_is_removed_even_when_the_netns_is_gone_before_del() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    let cid = container_id(&pod);
+    let conf = with(&env.conf("1.0.0"), json!({"ipMasq": true}));
+    let r = env.add_ok(&pod, &conf);
+    assert!(!env.rules_tagged(&cid).is_empty());
+    let del = CniCall::del(&pod, with_prev(&conf, &r));
+    drop(pod);
+
+    env.run(&del).expect_ok();
+
+    assert_eq!(env.rules_tagged(&cid), Vec::<Value>::new());
+    assert_eq!(env.reserved(), Vec::<IpAddr>::new());
+}
+
+#[test]
+fn ip_masq_rules_of_other_pods_survive_a_del() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let (a, b) = (env.node.pod(), env.node.pod());
+    let conf = with(&env.conf("1.0.0"), json!({"ipMasq": true}));
+    env.add_ok(&a, &conf);
+    env.add_ok(&b, &conf);
+    env.del(&a, &conf).expect_ok();
+    assert_eq!(env.rules_tagged(&container_id(&a)), Vec::<Value>::new());
+    assert!(!env.rules_tagged(&container_id(&b)).is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// Options
+// ---------------------------------------------------------------------------
+
+#[test]
+fn is_default_gateway_adds_a_default_route_via_the_gateway() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    let mut conf = with(&env.conf("1.0.0"), json!({"isGateway": false, "isDefaultGateway": true}));
+    conf["ipam"]["routes"] = json!([]);
+
+    let r = env.add_ok(&pod, &conf);
+
+    assert!(
+        r["routes"]
+            .as_array()
+            .is_some_and(|rs| rs.iter().any(|x| x["dst"] == "0.0.0.0/0" && x["gw"] == GATEWAY)),
+        "no default route via {GATEWAY} in {r}"
+    );
+    assert!(
+        routes(&pod)
+            .iter()
+            .any(|rt| rt["dst"] == "default" && rt["gateway"] == GATEWAY),
+        "{:?}",
+        routes(&pod)
+    );
+    // isDefaultGateway implies isGateway.
+    assert_eq!(ipv4_addrs(&env.node, BRIDGE), vec![format!("{GATEWAY}/24")]);
+}
+
+#[test]
+fn ipam_routes_are_installed_in_the_pod() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    let mut conf = env.conf("1.0.0");
+    conf["ipam"]["routes"] = json!([{"dst": "10.244.128.0/17", "gw": "10.244.1.254"}]);
+
+    env.add_ok(&pod, &conf);
+
+    let all = routes(&pod);
+    assert!(
+        all.iter().any(|rt| rt["dst"] == "10.244.128.0/17" && rt["gateway"] == "10.244.1.254"),
+        "{all:?}"
+    );
+    assert!(!all.iter().any(|rt| rt["dst"] == "default"), "unexpected default route: {all:?}");
+}
+
+#[test]
+fn without_is_gateway_the_bridge_gets_no_address() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    let mut conf = with(&env.conf("1.0.0"), json!({"isGateway": false}));
+    conf["ipam"]["routes"] = json!([]);
+    env.add_ok(&pod, &conf);
+    assert_eq!(ipv4_addrs(&env.node, BRIDGE), Vec::<String>::new());
+}
+
+#[test]
+fn mtu_applies_to_both_veth_ends_and_the_bridge() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    let conf = with(&env.conf("1.0.0"), json!({"mtu": 1280}));
+    let r = env.add_ok(&pod, &conf);
+    assert_eq!(link(&pod, "eth0").unwrap()["mtu"], 1280);
+    assert_eq!(link(&env.node, &host_veth(&r)).unwrap()["mtu"], 1280);
+    assert_eq!(link(&env.node, BRIDGE).unwrap()["mtu"], 1280);
+}
+
+#[test]
+fn hairpin_mode_sets_hairpin_on_the_bridge_port() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let (plain, hairpin) = (env.node.pod(), env.node.pod());
+    let conf = env.conf("1.0.0");
+    let r_plain = env.add_ok(&plain, &conf);
+    let r_hairpin = env.add_ok(&hairpin, &with(&conf, json!({"hairpinMode": true})));
+    let mode = |r: &Value| sysfs(&env.node, &format!("/sys/class/net/{}/brport/hairpin_mode", host_veth(r)));
+    assert_eq!(mode(&r_plain), "0");
+    assert_eq!(mode(&r_hairpin), "1");
+}
+
+#[test]
+fn promisc_mode_puts_the_bridge_in_promiscuous_mode() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    let conf = with(&env.conf("1.0.0"), json!({"promiscMode": true}));
+    let r = env.add_ok(&pod, &conf);
+    let br = link(&env.node, BRIDGE).unwrap();
+    assert!(
+        has_flag(&br, "PROMISC") || br["promiscuity"].as_u64().unwrap_or(0) > 0,
+        "bridge is not promiscuous: {br}"
+    );
+    env.check(&pod, &conf, &r).expect_ok();
+}
+
+#[test]
+fn hairpin_and_promisc_together_are_rejected() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    let conf = with(&env.conf("1.0.0"), json!({"hairpinMode": true, "promiscMode": true}));
+    env.add(&pod, &conf).expect_error(7);
+    env.assert_nothing_left(&pod);
+}
+
+/// ADD with `call` must give eth0 the MAC `mac`, in the result and live.
+fn assert_mac_applied(env: &Env, pod: &Netns, call: &CniCall, mac: &str) {
+    let r = env.run(call).expect_ok();
+    assert_eq!(r["interfaces"][2]["mac"], mac, "{r}");
+    assert_eq!(link(pod, "eth0").unwrap()["address"], mac);
+}
+
+#[test]
+fn mac_from_cni_args_is_applied() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    let mac = "02:42:0a:f4:01:99";
+    let call = CniCall::add(&pod, env.conf("1.0.0"))
+        .cni_args(&format!("IgnoreUnknown=1;K8S_POD_NAME=web;MAC={mac}"));
+    assert_mac_applied(&env, &pod, &call, mac);
+}
+
+#[test]
+fn mac_from_runtime_config_is_applied() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    let mac = "02:42:0a:f4:01:9a";
+    let conf = with(&env.conf("1.0.0"), json!({"runtimeConfig": {"mac": mac}}));
+    assert_mac_applied(&env, &pod, &CniCall::add(&pod, conf), mac);
+}
+
+#[test]
+fn runtime_config_mac_wins_over_cni_args() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    let mac = "02:42:0a:f4:01:9b";
+    let conf = with(&env.conf("1.0.0"), json!({"runtimeConfig": {"mac": mac}}));
+    let call = CniCall::add(&pod, conf).cni_args("MAC=02:42:0a:f4:01:01");
+    assert_mac_applied(&env, &pod, &call, mac);
+}
+
+#[test]
+fn a_non_bridge_link_named_like_the_bridge_is_a_config_error() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    env.node.sh(&format!("ip link add {BRIDGE} type dummy"));
+
+    env.add(&pod, &env.conf("1.0.0")).expect_error(7);
+
+    env.assert_nothing_left(&pod);
+    let kept = link(&env.node, BRIDGE).expect("the dummy link is not removed");
+    assert_eq!(kept.pointer("/linkinfo/info_kind").and_then(Value::as_str), Some("dummy"));
+}
+
+#[test]
+fn an_existing_container_interface_is_already_exists() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    pod.sh("ip link add eth0 type dummy");
+
+    env.add(&pod, &env.conf("1.0.0")).expect_error(103);
+
+    assert_eq!(env.host_veth_names(), Vec::<String>::new());
+    assert_eq!(env.reserved(), Vec::<IpAddr>::new());
+    let kept = link(&pod, "eth0").expect("the pod's own eth0 is untouched");
+    assert_eq!(kept.pointer("/linkinfo/info_kind").and_then(Value::as_str), Some("dummy"));
+    assert!(link(&env.node, BRIDGE).is_none(), "bridge left behind by a failed ADD");
+}
+
+#[test]
+fn a_second_add_of_the_same_attachment_fails_and_keeps_the_first() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    let conf = env.conf("1.0.0");
+    let r = env.add_ok(&pod, &conf);
+    env.add(&pod, &conf).expect_error(103);
+    assert_eq!(env.reserved(), vec![result_ip(&r)]);
+    assert_eq!(env.host_veth_names(), vec![host_veth(&r)]);
+    env.check(&pod, &conf, &r).expect_ok();
+}
+
+/// A node whose bridge already exists, up, with 10.244.1.5/24.
+fn env_with_addressed_bridge() -> Env {
+    let env = Env::new();
+    env.node.sh(&format!(
+        "ip link add {BRIDGE} type bridge && ip addr add 10.244.1.5/24 dev {BRIDGE} && ip link set {BRIDGE} up"
+    ));
+    env
+}
+
+#[test]
+fn a_foreign_bridge_address_in_the_subnet_fails_without_force_address() {
+    if !require_root() {
+        return;
+    }
+    let env = env_with_addressed_bridge();
+    let pod = env.node.pod();
+
+    env.add(&pod, &env.conf("1.0.0")).expect_error(7);
+
+    assert_eq!(ipv4_addrs(&env.node, BRIDGE), vec!["10.244.1.5/24".to_string()]);
+    env.assert_nothing_left(&pod);
+}
+
+#[test]
+fn force_address_replaces_a_foreign_bridge_address() {
+    if !require_root() {
+        return;
+    }
+    let env = env_with_addressed_bridge();
+    let pod = env.node.pod();
+
+    env.add_ok(&pod, &with(&env.conf("1.0.0"), json!({"forceAddress": true})));
+
+    assert_eq!(ipv4_addrs(&env.node, BRIDGE), vec![format!("{GATEWAY}/24")]);
+    assert_ping(&pod, GATEWAY);
+}
+
+#[test]
+fn a_failed_add_never_deletes_a_pre_existing_bridge() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    // Created by an administrator, still down, with a conflicting address.
+    env.node.sh(&format!(
+        "ip link add {BRIDGE} type bridge && ip addr add 10.244.1.5/24 dev {BRIDGE}"
+    ));
+
+    env.add(&pod, &env.conf("1.0.0")).expect_error(7);
+
+    assert!(link(&env.node, BRIDGE).is_some(), "the pre-existing bridge was deleted");
+    assert_eq!(ipv4_addrs(&env.node, BRIDGE), vec!["10.244.1.5/24".to_string()]);
+}
+
+// ---------------------------------------------------------------------------
+// Rollback of failed ADDs
+// ---------------------------------------------------------------------------
+
+#[test]
+fn add_on_an_exhausted_range_fails_and_leaves_nothing() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let (first, second) = (env.node.pod(), env.node.pod());
+    // A /30 has one address besides the gateway (and the broadcast).
+    let conf = with(&env.conf_on("1.0.0", "10.244.1.0/30"), json!({"ipMasq": true}));
+    let r = env.add_ok(&first, &conf);
+    assert_eq!(result_ip(&r).to_string(), "10.244.1.2");
+
+    env.add(&second, &conf).expect_error(101);
+
+    assert_eq!(env.host_veth_names(), vec![host_veth(&r)], "only the first pod's veth");
+    assert!(link(&second, "eth0").is_none(), "eth0 left in the second pod");
+    assert_eq!(env.reserved(), vec![result_ip(&r)], "no new reservation");
+    assert_eq!(env.rules_tagged(&container_id(&second)), Vec::<Value>::new());
+    // The first pod is untouched.
+    env.check(&first, &conf, &r).expect_ok();
+}
+
+#[test]
+fn add_with_a_route_the_kernel_refuses_rolls_everything_back() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    let mut conf = with(&env.conf("1.0.0"), json!({"ipMasq": true}));
+    // The gateway lies outside every subnet the pod is on: unreachable.
+    conf["ipam"]["routes"] = json!([{"dst": "10.244.128.0/17", "gw": "10.244.99.1"}]);
+
+    env.add(&pod, &conf).expect_error(100);
+
+    env.assert_nothing_left(&pod);
+}
+
+// ---------------------------------------------------------------------------
+// GC, STATUS, VERSION (1.1.0)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn gc_releases_attachments_missing_from_valid_attachments() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let (keep, stale) = (env.node.pod(), env.node.pod());
+    let conf = env.conf("1.1.0");
+    let r_keep = env.add_ok(&keep, &conf);
+    let r_stale = env.add_ok(&stale, &conf);
+    assert_eq!(env.reserved().len(), 2);
+
+    let gc = with(
+        &conf,
+        json!({"cni.dev/valid-attachments": [{"containerID": container_id(&keep), "ifname": "eth0"}]}),
+    );
+    assert_eq!(env.run(&CniCall::gc(gc)).expect_ok(), Value::Null);
+
+    assert_eq!(env.reserved(), vec![result_ip(&r_keep)]);
+    assert!(env.reservation(result_ip(&r_stale)).is_none());
+    // The stale attachment's host veth goes too; the valid one stays.
+    assert_eq!(env.host_veth_names(), vec![host_veth(&r_keep)]);
+    env.check(&keep, &conf, &r_keep).expect_ok();
+}
+
+#[test]
+fn gc_below_1_1_0_is_an_incompatible_version() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    env.run(&CniCall::gc(env.conf("1.0.0"))).expect_error(1);
+}
+
+#[test]
+fn status_is_ok_on_a_fresh_network() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    assert_eq!(env.run(&CniCall::status(env.conf("1.1.0"))).expect_ok(), Value::Null);
+}
+
+#[test]
+fn status_reports_not_available_when_the_range_is_exhausted() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    let conf = env.conf_on("1.1.0", "10.244.1.0/30");
+    env.run(&CniCall::status(conf.clone())).expect_ok();
+    env.add_ok(&pod, &conf);
+
+    env.run(&CniCall::status(conf.clone())).expect_error(50);
+
+    env.del(&pod, &conf).expect_ok();
+    env.run(&CniCall::status(conf)).expect_ok();
+}
+
+#[test]
+fn version_lists_the_five_supported_versions() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let out = env.run(&CniCall::version(json!({"cniVersion": "1.0.0"}))).expect_ok();
+    assert_eq!(out["supportedVersions"], json!(VERSIONS));
+    assert_eq!(out["cniVersion"], "1.0.0");
+}
+
+#[test]
+fn unsupported_cni_version_is_rejected() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    for version in ["0.2.0", "1.2.0"] {
+        env.add(&pod, &env.conf(version)).expect_error(1);
+    }
+    env.assert_nothing_left(&pod);
+}

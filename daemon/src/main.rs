@@ -31,6 +31,15 @@
 //! Endpoints (when `--healthz-port` != 0): `/healthz` (process alive),
 //! `/readyz` (200 once subnet.env is written and peers are programmed),
 //! `/metrics` (Prometheus text). Logs: key=value lines on stderr.
+//! Other flags: `--etcd-username/--etcd-password`, `--ip-masq-fully-random-disable`,
+//! `--iptables-forward-rules=false`, `--iptables-resync=5`, `--masq-backend=auto|nftables|iptables`,
+//! `-v` (debug logs). Single-dash Go-style flags (`-iface eth0`) are accepted too.
+//!
+//! Tests: `cargo test -p weftd` (unit, no root); as root `daemon/tests/netns.sh
+//! [weftd]` builds hub/etcd/node netns (198.51.100.0/24) and checks leases,
+//! subnet.env, programming, overlay ping, drift repair, restart, reservations,
+//! renewal, etcd outage and masq; `daemon/tests/tls.sh` checks etcd mTLS.
+//!
 //! Exit: 0 on SIGTERM/SIGINT (kernel state and the lease are kept, so a
 //! restart is hitless), 1 on a fatal error, 2 on bad flags.
 

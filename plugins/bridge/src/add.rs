@@ -144,9 +144,11 @@ fn add_steps<'a>(
     if let Some(dns) = &config.dns {
         result.dns = dns.clone();
     }
-    // The bridge takes the lowest port MAC; report its final value.
-    if let Ok(Some(b)) = host.link_by_index(bridge.index) {
-        result.interfaces[0].mac = b.mac.as_ref().map(format_mac);
+    // An unpinned bridge takes the lowest port MAC; report its final value.
+    if !config.is_gateway {
+        if let Ok(Some(b)) = host.link_by_index(bridge.index) {
+            result.interfaces[0].mac = b.mac.as_ref().map(format_mac);
+        }
     }
     Ok(result)
 }
@@ -175,8 +177,10 @@ fn ensure_bridge(host: &mut Netlink, config: &BridgeConfig, undo: &mut Undo) -> 
     if config.promisc_mode && !bridge.promisc {
         host.set_promisc(bridge.index, true).map_err(|e| Error::kernel(format!("set {name} promisc"), e))?;
     }
-    let _ = netns::write_sysctl(&format!("net/ipv6/conf/{name}/accept_ra"), "0");
-    host.set_up(bridge.index).map_err(|e| Error::kernel(format!("set {name} up"), e))?;
+    if !bridge.up {
+        let _ = netns::write_sysctl(&format!("net/ipv6/conf/{name}/accept_ra"), "0");
+        host.set_up(bridge.index).map_err(|e| Error::kernel(format!("set {name} up"), e))?;
+    }
     Ok(bridge)
 }
 
@@ -324,10 +328,13 @@ fn configure_gateway(config: &BridgeConfig, host: &mut Netlink, bridge: &Link, r
     let existing = host
         .addresses(Some(bridge.index))
         .map_err(|e| Error::kernel(format!("list addresses of {}", bridge.name), e))?;
+    let mut added = false;
     for ip in &result.ips {
         let Some(gw) = ip.gateway else { continue };
         let gw_net = IpNetwork::new(gw, ip.address.prefix())
             .map_err(|_| Error::config(format!("gateway {gw} does not fit prefix /{}", ip.address.prefix())))?;
+        let forwarding = if gw.is_ipv4() { "net/ipv4/ip_forward" } else { "net/ipv6/conf/all/forwarding" };
+        netns::write_sysctl(forwarding, "1").map_err(|e| Error::kernel("enable forwarding", e))?;
         if existing.iter().any(|a| a.net == gw_net) {
             continue;
         }
@@ -349,12 +356,14 @@ fn configure_gateway(config: &BridgeConfig, host: &mut Netlink, bridge: &Link, r
         host.add_address(bridge.index, gw_net)
             .or_else(|e| if e.is_exists() { Ok(()) } else { Err(e) })
             .map_err(|e| Error::kernel(format!("add gateway {gw_net} to {}", bridge.name), e))?;
-        let forwarding = if gw.is_ipv4() { "net/ipv4/ip_forward" } else { "net/ipv6/conf/all/forwarding" };
-        netns::write_sysctl(forwarding, "1").map_err(|e| Error::kernel("enable forwarding", e))?;
+        added = true;
     }
-    // Pin the bridge MAC so it stops following its lowest-numbered port.
-    if let Some(mac) = bridge.mac {
-        let _ = host.set_mac(bridge.index, mac);
+    // Pin the bridge MAC so it stops following its lowest-numbered port;
+    // once a gateway is on it, an earlier ADD has pinned it already.
+    if added {
+        if let Some(mac) = bridge.mac {
+            let _ = host.set_mac(bridge.index, mac);
+        }
     }
     Ok(())
 }
