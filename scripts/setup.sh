@@ -15,7 +15,7 @@ log() { printf '==> %s\n' "$*" >&2; }
 # --- 1. Debian packages -----------------------------------------------------
 packages=(
     etcd-server containernetworking-plugins golang-go golang-github-appc-cni-dev
-    iproute2 iptables nftables iperf3 protobuf-compiler jq time
+    iproute2 iptables nftables iperf3 protobuf-compiler jq time iputils-ping openssl etcd-client python3
     ca-certificates curl build-essential pkg-config
 )
 # build-essential: gcc as linker and libc6-dev's static glibc (crt-static).

@@ -768,7 +768,8 @@ fn runtime_config_mac_wins_over_cni_args() {
     let pod = env.node.pod();
     let mac = "02:42:0a:f4:01:9b";
     let conf = with(&env.conf("1.0.0"), json!({"runtimeConfig": {"mac": mac}}));
-    let call = CniCall::add(&pod, conf).cni_args("MAC=02:42:0a:f4:01:01");
+    // IgnoreUnknown: host-local, which gets the same CNI_ARGS, knows no MAC.
+    let call = CniCall::add(&pod, conf).cni_args("IgnoreUnknown=1;MAC=02:42:0a:f4:01:01");
     assert_mac_applied(&env, &pod, &call, mac);
 }
 
@@ -779,13 +780,16 @@ fn a_non_bridge_link_named_like_the_bridge_is_a_config_error() {
     }
     let env = Env::new();
     let pod = env.node.pod();
-    env.node.sh(&format!("ip link add {BRIDGE} type dummy"));
+    env.node.sh(&format!("ip link add {BRIDGE} type veth peer name {BRIDGE}p"));
 
     env.add(&pod, &env.conf("1.0.0")).expect_error(7);
 
-    env.assert_nothing_left(&pod);
-    let kept = link(&env.node, BRIDGE).expect("the dummy link is not removed");
-    assert_eq!(kept.pointer("/linkinfo/info_kind").and_then(Value::as_str), Some("dummy"));
+    assert!(link(&pod, "eth0").is_none(), "eth0 left behind in the pod");
+    assert_eq!(env.reserved(), Vec::<IpAddr>::new(), "IP reservation leaked");
+    // Only the pre-existing veth pair, no pod veth.
+    assert_eq!(env.host_veth_names().len(), 2, "{:?}", env.host_veth_names());
+    let kept = link(&env.node, BRIDGE).expect("the veth named like the bridge is not removed");
+    assert_eq!(kept.pointer("/linkinfo/info_kind").and_then(Value::as_str), Some("veth"));
 }
 
 #[test]
@@ -795,14 +799,14 @@ fn an_existing_container_interface_is_already_exists() {
     }
     let env = Env::new();
     let pod = env.node.pod();
-    pod.sh("ip link add eth0 type dummy");
+    pod.sh("ip link add eth0 type veth peer name eth0p");
 
     env.add(&pod, &env.conf("1.0.0")).expect_error(103);
 
     assert_eq!(env.host_veth_names(), Vec::<String>::new());
     assert_eq!(env.reserved(), Vec::<IpAddr>::new());
     let kept = link(&pod, "eth0").expect("the pod's own eth0 is untouched");
-    assert_eq!(kept.pointer("/linkinfo/info_kind").and_then(Value::as_str), Some("dummy"));
+    assert_eq!(kept["link"], "eth0p", "eth0 is still the pod's own veth: {kept}");
     assert!(link(&env.node, BRIDGE).is_none(), "bridge left behind by a failed ADD");
 }
 
