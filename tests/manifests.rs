@@ -1,0 +1,142 @@
+//! The deployment files in conf/ parse, agree with each other, and refer
+//! only to binaries, flags and files that exist. No root needed.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde::Deserialize;
+use serde_json::Value as Json;
+use serde_yaml::Value as Yaml;
+use weft_tests::{plugin_dir, workspace_root};
+
+fn conf(name: &str) -> PathBuf {
+    workspace_root().join("conf").join(name)
+}
+
+fn read(name: &str) -> String {
+    std::fs::read_to_string(conf(name)).unwrap_or_else(|e| panic!("read conf/{name}: {e}"))
+}
+
+fn json_file(name: &str) -> Json {
+    serde_json::from_str(&read(name)).unwrap_or_else(|e| panic!("conf/{name} is not JSON: {e}"))
+}
+
+fn documents() -> Vec<Yaml> {
+    let text = read("kube-weft.yml");
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| Yaml::deserialize(doc).expect("kube-weft.yml: a document does not parse"))
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+fn kind<'a>(docs: &'a [Yaml], kind: &str) -> &'a Yaml {
+    docs.iter().find(|d| d["kind"].as_str() == Some(kind)).unwrap_or_else(|| panic!("no {kind} in kube-weft.yml"))
+}
+
+fn strings(v: &Yaml) -> Vec<String> {
+    v.as_sequence().map(|s| s.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default()
+}
+
+/// Binaries the workspace builds, from `cargo metadata`.
+fn workspace_binaries() -> Vec<String> {
+    let out = Command::new("cargo")
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .current_dir(workspace_root())
+        .output()
+        .expect("run cargo metadata");
+    let meta: Json = serde_json::from_slice(&out.stdout).expect("cargo metadata JSON");
+    meta["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter(|t| t["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin")))
+        .filter_map(|t| t["name"].as_str().map(String::from))
+        .collect()
+}
+
+#[test]
+fn every_document_parses_and_configmap_matches_conf_files() {
+    let docs = documents();
+    assert_eq!(
+        docs.iter().filter_map(|d| d["kind"].as_str()).collect::<Vec<_>>(),
+        ["Namespace", "ConfigMap", "DaemonSet"]
+    );
+    let data = &kind(&docs, "ConfigMap")["data"];
+    let embedded: Json = serde_json::from_str(data["cni-conf.json"].as_str().expect("cni-conf.json")).expect("cni-conf.json is JSON");
+    assert_eq!(embedded, json_file("10-weft.conflist"), "ConfigMap cni-conf.json differs from conf/10-weft.conflist");
+    let net: Json = serde_json::from_str(data["net-conf.json"].as_str().expect("net-conf.json")).expect("net-conf.json is JSON");
+    assert_eq!(net, json_file("net-conf.json"));
+    assert!(data["etcd-endpoints"].as_str().is_some());
+}
+
+#[test]
+fn conflist_is_kube_flannels_unchanged() {
+    let conflist = json_file("10-weft.conflist");
+    assert_eq!(conflist["plugins"][0]["type"], "flannel");
+    assert_eq!(conflist["plugins"][0]["delegate"], serde_json::json!({"hairpinMode": true, "isDefaultGateway": true}));
+    assert_eq!(conflist["plugins"][1]["type"], "portmap");
+    assert_eq!(json_file("net-conf.json")["Backend"]["Type"], "vxlan");
+}
+
+#[test]
+fn daemonset_runs_weftd_with_its_real_flags_and_installs_real_binaries() {
+    let docs = documents();
+    let pod = &kind(&docs, "DaemonSet")["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"].as_bool(), Some(true));
+    let binaries = workspace_binaries();
+
+    let init = &pod["initContainers"][0];
+    let install = strings(&init["command"]);
+    assert_eq!(install[0], "/opt/weft/bin/weft-install");
+    let plugins: Vec<&String> = install.iter().skip(1).filter(|a| !a.starts_with("--")).collect();
+    assert!(!plugins.is_empty());
+    let installer = "weft-install".to_string();
+    for p in plugins.iter().copied().chain([&installer]) {
+        assert!(binaries.contains(p), "the init container installs {p}, which the workspace does not build");
+    }
+
+    let weftd = &pod["containers"][0];
+    let caps = strings(&weftd["securityContext"]["capabilities"]["add"]);
+    assert!(caps.contains(&"NET_ADMIN".into()) && caps.contains(&"NET_RAW".into()), "{caps:?}");
+    let command = strings(&weftd["command"]);
+    assert_eq!(command[0], "/opt/weft/bin/weftd");
+    let help = Command::new(plugin_dir().join("weftd")).arg("--help").output().expect("run weftd --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in command.iter().skip(1) {
+        let name = flag.split('=').next().unwrap_or(flag);
+        assert!(help.contains(name), "weftd does not know {name}");
+    }
+    for env in weftd["env"].as_sequence().expect("env") {
+        let name = env["name"].as_str().expect("env name");
+        let flag = name.strip_prefix("FLANNELD_").expect("weftd env is FLANNELD_*").to_lowercase().replace('_', "-");
+        assert!(help.contains(&format!("--{flag}")), "{name} maps to --{flag}, which weftd does not know");
+    }
+    // Every mounted volume is declared.
+    let declared: Vec<&str> = pod["volumes"].as_sequence().expect("volumes").iter().filter_map(|v| v["name"].as_str()).collect();
+    for c in [init, weftd] {
+        for m in c["volumeMounts"].as_sequence().expect("volumeMounts") {
+            let name = m["name"].as_str().expect("mount name");
+            assert!(declared.contains(&name), "volume {name} is mounted but not declared");
+        }
+    }
+}
+
+#[test]
+fn containerfile_copies_files_that_exist() {
+    let text = read("Containerfile");
+    let binaries = workspace_binaries();
+    let mut copied = 0;
+    for line in text.lines().map(str::trim) {
+        let line = line.strip_prefix("COPY").unwrap_or(line).trim().trim_end_matches('\\').trim();
+        for word in line.split_whitespace().filter(|w| w.starts_with("target/") || w.starts_with("conf/")) {
+            copied += 1;
+            if let Some(bin) = word.strip_prefix("target/x86_64-unknown-linux-gnu/release/") {
+                assert!(binaries.contains(&bin.to_string()), "Containerfile copies {bin}, which the workspace does not build");
+            } else {
+                assert!(workspace_root().join(word).exists(), "Containerfile copies {word}, which does not exist");
+            }
+        }
+    }
+    assert!(copied >= 7, "expected the six binaries and the conflist, found {copied} sources");
+}
