@@ -48,10 +48,10 @@ pub fn interface_name(name: &str) -> Result<(), Error> {
         Some(format!("is {} bytes long; the kernel allows at most {IFNAME_MAX}", name.len()))
     } else if name == "." || name == ".." {
         Some("is a reserved name".to_string())
-    } else if let Some(c) = name.chars().find(|c| *c == '/' || *c == ':' || c.is_whitespace()) {
-        Some(format!("contains the forbidden character {:?}", c))
     } else {
-        None
+        name.chars()
+            .find(|c| *c == '/' || *c == ':' || c.is_whitespace())
+            .map(|c| format!("contains the forbidden character {c:?}"))
     };
     match problem {
         Some(p) => Err(Error::env(format!("CNI_IFNAME \"{}\" {p}", name.escape_debug()))),
