@@ -133,13 +133,27 @@ impl Env {
             .collect()
     }
 
-    /// Asserts a failed ADD left nothing for `pod`: no veth in the node,
-    /// no `eth0` in the pod, no reservation, no firewall rule.
+    /// Waits until the node has no veth left. Deleting one end of a veth
+    /// pair removes the other end (in another netns) asynchronously on
+    /// recent kernels (seen on 6.18), so "gone" is polled, briefly.
+    #[track_caller]
+    fn assert_no_veths(&self) {
+        eventually("no veth is left in the node", || {
+            self.host_veth_names().is_empty()
+        });
+    }
+
+    /// Asserts a failed ADD (or a DEL) left nothing for `pod`: no veth in
+    /// the node, no `eth0` in the pod, no reservation, no firewall rule.
     #[track_caller]
     fn assert_nothing_left(&self, pod: &Netns) {
-        assert_eq!(self.host_veth_names(), Vec::<String>::new(), "host veth left behind");
-        assert!(link(pod, "eth0").is_none(), "eth0 left behind in the pod");
-        assert_eq!(self.reserved(), Vec::<IpAddr>::new(), "IP reservation leaked");
+        self.assert_no_veths();
+        eventually("eth0 is gone from the pod", || link(pod, "eth0").is_none());
+        assert_eq!(
+            self.reserved(),
+            Vec::<IpAddr>::new(),
+            "IP reservation leaked"
+        );
         assert_eq!(
             self.rules_tagged(&container_id(pod)),
             Vec::<Value>::new(),
@@ -171,8 +185,14 @@ fn with_prev(conf: &Value, prev: &Value) -> Value {
 
 /// The first IP of an ADD result, without its prefix.
 fn result_ip(result: &Value) -> IpAddr {
-    let addr = result["ips"][0]["address"].as_str().expect("ips[0].address");
-    addr.split('/').next().unwrap().parse().expect("an IP address")
+    let addr = result["ips"][0]["address"]
+        .as_str()
+        .expect("ips[0].address");
+    addr.split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("an IP address")
 }
 
 /// The host veth's name from an ADD result (interfaces[1]).
@@ -260,11 +280,20 @@ fn add_and_verify(version: &str) {
     assert_eq!(ips[0]["interface"], 2);
     assert_eq!(ips[0]["gateway"], GATEWAY);
     let address = ips[0]["address"].as_str().unwrap();
-    assert!(address.starts_with("10.244.1.") && address.ends_with("/24"), "{address}");
+    assert!(
+        address.starts_with("10.244.1.") && address.ends_with("/24"),
+        "{address}"
+    );
     if version < "1.0.0" {
-        assert_eq!(ips[0]["version"], "4", "{version} tags IPs with a version: {r}");
+        assert_eq!(
+            ips[0]["version"], "4",
+            "{version} tags IPs with a version: {r}"
+        );
     } else {
-        assert!(ips[0].get("version").is_none(), "{version} has no ips[].version: {r}");
+        assert!(
+            ips[0].get("version").is_none(),
+            "{version} has no ips[].version: {r}"
+        );
     }
     assert!(
         r["routes"]
@@ -375,7 +404,11 @@ fn check_passes_after_a_fresh_add() {
         let pod = env.node.pod();
         let conf = env.conf(version);
         let r = env.add_ok(&pod, &conf);
-        assert_eq!(env.check(&pod, &conf, &r).expect_ok(), Value::Null, "{version}");
+        assert_eq!(
+            env.check(&pod, &conf, &r).expect_ok(),
+            Value::Null,
+            "{version}"
+        );
     }
 }
 
@@ -427,7 +460,8 @@ fn check_fails_when_the_host_veth_leaves_the_bridge() {
         return;
     }
     check_detects(|env, _, r| {
-        env.node.sh(&format!("ip link set {} nomaster", host_veth(r)));
+        env.node
+            .sh(&format!("ip link set {} nomaster", host_veth(r)));
     });
 }
 
@@ -438,6 +472,16 @@ fn check_fails_when_the_default_route_is_removed() {
     }
     check_detects(|_, pod, _| {
         pod.sh("ip route del default");
+    });
+}
+
+#[test]
+fn check_fails_when_the_ip_reservation_is_gone() {
+    if !require_root() {
+        return;
+    }
+    check_detects(|env, _, r| {
+        std::fs::remove_file(env.store_dir().join(result_ip(r).to_string())).unwrap();
     });
 }
 
@@ -471,12 +515,40 @@ fn del_removes_the_veth_pair_and_releases_the_ip() {
     let r = env.add_ok(&pod, &conf);
     assert_eq!(env.reserved(), vec![result_ip(&r)]);
 
-    assert_eq!(env.run(&CniCall::del(&pod, with_prev(&conf, &r))).expect_ok(), Value::Null);
+    assert_eq!(
+        env.run(&CniCall::del(&pod, with_prev(&conf, &r)))
+            .expect_ok(),
+        Value::Null
+    );
 
     assert!(link(&pod, "eth0").is_none(), "eth0 still in the pod");
-    assert!(link(&env.node, &host_veth(&r)).is_none(), "host veth still in the node");
+    env.assert_no_veths();
     assert_eq!(env.reserved(), Vec::<IpAddr>::new());
-    assert!(link(&env.node, BRIDGE).is_some(), "DEL never removes the bridge");
+    assert!(
+        link(&env.node, BRIDGE).is_some(),
+        "DEL never removes the bridge"
+    );
+}
+
+#[test]
+fn add_then_del_leaves_nothing_in_every_version() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    for version in VERSIONS {
+        let pod = env.node.pod();
+        let conf = env.conf(version);
+        let r = env.add_ok(&pod, &conf);
+        // DEL gets prevResult from 0.4.0 on.
+        let del_conf = if version >= "0.4.0" {
+            with_prev(&conf, &r)
+        } else {
+            conf
+        };
+        env.run(&CniCall::del(&pod, del_conf)).expect_ok();
+        env.assert_nothing_left(&pod);
+    }
 }
 
 #[test]
@@ -490,7 +562,7 @@ fn del_is_idempotent() {
     env.add_ok(&pod, &conf);
     env.del(&pod, &conf).expect_ok();
     env.del(&pod, &conf).expect_ok();
-    assert_eq!(env.host_veth_names(), Vec::<String>::new());
+    env.assert_no_veths();
     assert_eq!(env.reserved(), Vec::<IpAddr>::new());
 }
 
@@ -519,7 +591,7 @@ fn del_after_the_pod_netns_is_gone_releases_the_ip() {
     env.run(&del).expect_ok();
 
     assert_eq!(env.reserved(), Vec::<IpAddr>::new());
-    eventually("the kernel removed the host veth", || env.host_veth_names().is_empty());
+    env.assert_no_veths();
 }
 
 #[test]
@@ -540,7 +612,7 @@ fn del_without_cni_netns_releases_the_ip() {
     // With no netns there is nothing the plugin can tear down in the pod;
     // a later DEL with the netns cleans the rest up.
     env.del(&pod, &conf).expect_ok();
-    assert_eq!(env.host_veth_names(), Vec::<String>::new());
+    env.assert_no_veths();
 }
 
 // ---------------------------------------------------------------------------
@@ -562,7 +634,10 @@ fn ip_masq_rule_exists_after_add_and_is_gone_after_del() {
     assert!(!rules.is_empty(), "no nftables rule tagged with {cid}");
     let text = serde_json::to_string(&rules).unwrap();
     assert!(text.contains("masquerade"), "{text}");
-    assert!(text.contains(&result_ip(&r).to_string()), "rule does not match the pod IP: {text}");
+    assert!(
+        text.contains(&result_ip(&r).to_string()),
+        "rule does not match the pod IP: {text}"
+    );
 
     env.del(&pod, &conf).expect_ok();
     assert_eq!(env.rules_tagged(&cid), Vec::<Value>::new());
@@ -614,15 +689,18 @@ fn is_default_gateway_adds_a_default_route_via_the_gateway() {
     }
     let env = Env::new();
     let pod = env.node.pod();
-    let mut conf = with(&env.conf("1.0.0"), json!({"isGateway": false, "isDefaultGateway": true}));
+    let mut conf = with(
+        &env.conf("1.0.0"),
+        json!({"isGateway": false, "isDefaultGateway": true}),
+    );
     conf["ipam"]["routes"] = json!([]);
 
     let r = env.add_ok(&pod, &conf);
 
     assert!(
-        r["routes"]
-            .as_array()
-            .is_some_and(|rs| rs.iter().any(|x| x["dst"] == "0.0.0.0/0" && x["gw"] == GATEWAY)),
+        r["routes"].as_array().is_some_and(|rs| rs
+            .iter()
+            .any(|x| x["dst"] == "0.0.0.0/0" && x["gw"] == GATEWAY)),
         "no default route via {GATEWAY} in {r}"
     );
     assert!(
@@ -650,10 +728,14 @@ fn ipam_routes_are_installed_in_the_pod() {
 
     let all = routes(&pod);
     assert!(
-        all.iter().any(|rt| rt["dst"] == "10.244.128.0/17" && rt["gateway"] == "10.244.1.254"),
+        all.iter()
+            .any(|rt| rt["dst"] == "10.244.128.0/17" && rt["gateway"] == "10.244.1.254"),
         "{all:?}"
     );
-    assert!(!all.iter().any(|rt| rt["dst"] == "default"), "unexpected default route: {all:?}");
+    assert!(
+        !all.iter().any(|rt| rt["dst"] == "default"),
+        "unexpected default route: {all:?}"
+    );
 }
 
 #[test]
@@ -693,7 +775,12 @@ fn hairpin_mode_sets_hairpin_on_the_bridge_port() {
     let conf = env.conf("1.0.0");
     let r_plain = env.add_ok(&plain, &conf);
     let r_hairpin = env.add_ok(&hairpin, &with(&conf, json!({"hairpinMode": true})));
-    let mode = |r: &Value| sysfs(&env.node, &format!("/sys/class/net/{}/brport/hairpin_mode", host_veth(r)));
+    let mode = |r: &Value| {
+        sysfs(
+            &env.node,
+            &format!("/sys/class/net/{}/brport/hairpin_mode", host_veth(r)),
+        )
+    };
     assert_eq!(mode(&r_plain), "0");
     assert_eq!(mode(&r_hairpin), "1");
 }
@@ -722,7 +809,10 @@ fn hairpin_and_promisc_together_are_rejected() {
     }
     let env = Env::new();
     let pod = env.node.pod();
-    let conf = with(&env.conf("1.0.0"), json!({"hairpinMode": true, "promiscMode": true}));
+    let conf = with(
+        &env.conf("1.0.0"),
+        json!({"hairpinMode": true, "promiscMode": true}),
+    );
     env.add(&pod, &conf).expect_error(7);
     env.assert_nothing_left(&pod);
 }
@@ -780,16 +870,30 @@ fn a_non_bridge_link_named_like_the_bridge_is_a_config_error() {
     }
     let env = Env::new();
     let pod = env.node.pod();
-    env.node.sh(&format!("ip link add {BRIDGE} type veth peer name {BRIDGE}p"));
+    env.node.sh(&format!(
+        "ip link add {BRIDGE} type veth peer name {BRIDGE}p"
+    ));
 
     env.add(&pod, &env.conf("1.0.0")).expect_error(7);
 
     assert!(link(&pod, "eth0").is_none(), "eth0 left behind in the pod");
-    assert_eq!(env.reserved(), Vec::<IpAddr>::new(), "IP reservation leaked");
+    assert_eq!(
+        env.reserved(),
+        Vec::<IpAddr>::new(),
+        "IP reservation leaked"
+    );
     // Only the pre-existing veth pair, no pod veth.
-    assert_eq!(env.host_veth_names().len(), 2, "{:?}", env.host_veth_names());
+    assert_eq!(
+        env.host_veth_names().len(),
+        2,
+        "{:?}",
+        env.host_veth_names()
+    );
     let kept = link(&env.node, BRIDGE).expect("the veth named like the bridge is not removed");
-    assert_eq!(kept.pointer("/linkinfo/info_kind").and_then(Value::as_str), Some("veth"));
+    assert_eq!(
+        kept.pointer("/linkinfo/info_kind").and_then(Value::as_str),
+        Some("veth")
+    );
 }
 
 #[test]
@@ -806,8 +910,14 @@ fn an_existing_container_interface_is_already_exists() {
     assert_eq!(env.host_veth_names(), Vec::<String>::new());
     assert_eq!(env.reserved(), Vec::<IpAddr>::new());
     let kept = link(&pod, "eth0").expect("the pod's own eth0 is untouched");
-    assert_eq!(kept["link"], "eth0p", "eth0 is still the pod's own veth: {kept}");
-    assert!(link(&env.node, BRIDGE).is_none(), "bridge left behind by a failed ADD");
+    assert_eq!(
+        kept["link"], "eth0p",
+        "eth0 is still the pod's own veth: {kept}"
+    );
+    assert!(
+        link(&env.node, BRIDGE).is_none(),
+        "bridge left behind by a failed ADD"
+    );
 }
 
 #[test]
@@ -844,7 +954,10 @@ fn a_foreign_bridge_address_in_the_subnet_fails_without_force_address() {
 
     env.add(&pod, &env.conf("1.0.0")).expect_error(7);
 
-    assert_eq!(ipv4_addrs(&env.node, BRIDGE), vec!["10.244.1.5/24".to_string()]);
+    assert_eq!(
+        ipv4_addrs(&env.node, BRIDGE),
+        vec!["10.244.1.5/24".to_string()]
+    );
     env.assert_nothing_left(&pod);
 }
 
@@ -856,7 +969,10 @@ fn force_address_replaces_a_foreign_bridge_address() {
     let env = env_with_addressed_bridge();
     let pod = env.node.pod();
 
-    env.add_ok(&pod, &with(&env.conf("1.0.0"), json!({"forceAddress": true})));
+    env.add_ok(
+        &pod,
+        &with(&env.conf("1.0.0"), json!({"forceAddress": true})),
+    );
 
     assert_eq!(ipv4_addrs(&env.node, BRIDGE), vec![format!("{GATEWAY}/24")]);
     assert_ping(&pod, GATEWAY);
@@ -876,8 +992,14 @@ fn a_failed_add_never_deletes_a_pre_existing_bridge() {
 
     env.add(&pod, &env.conf("1.0.0")).expect_error(7);
 
-    assert!(link(&env.node, BRIDGE).is_some(), "the pre-existing bridge was deleted");
-    assert_eq!(ipv4_addrs(&env.node, BRIDGE), vec!["10.244.1.5/24".to_string()]);
+    assert!(
+        link(&env.node, BRIDGE).is_some(),
+        "the pre-existing bridge was deleted"
+    );
+    assert_eq!(
+        ipv4_addrs(&env.node, BRIDGE),
+        vec!["10.244.1.5/24".to_string()]
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -892,16 +1014,28 @@ fn add_on_an_exhausted_range_fails_and_leaves_nothing() {
     let env = Env::new();
     let (first, second) = (env.node.pod(), env.node.pod());
     // A /30 has one address besides the gateway (and the broadcast).
-    let conf = with(&env.conf_on("1.0.0", "10.244.1.0/30"), json!({"ipMasq": true}));
+    let conf = with(
+        &env.conf_on("1.0.0", "10.244.1.0/30"),
+        json!({"ipMasq": true}),
+    );
     let r = env.add_ok(&first, &conf);
     assert_eq!(result_ip(&r).to_string(), "10.244.1.2");
 
     env.add(&second, &conf).expect_error(101);
 
-    assert_eq!(env.host_veth_names(), vec![host_veth(&r)], "only the first pod's veth");
-    assert!(link(&second, "eth0").is_none(), "eth0 left in the second pod");
+    assert_eq!(
+        env.host_veth_names(),
+        vec![host_veth(&r)],
+        "only the first pod's veth"
+    );
+    eventually("eth0 is gone from the second pod", || {
+        link(&second, "eth0").is_none()
+    });
     assert_eq!(env.reserved(), vec![result_ip(&r)], "no new reservation");
-    assert_eq!(env.rules_tagged(&container_id(&second)), Vec::<Value>::new());
+    assert_eq!(
+        env.rules_tagged(&container_id(&second)),
+        Vec::<Value>::new()
+    );
     // The first pod is untouched.
     env.check(&first, &conf, &r).expect_ok();
 }
@@ -933,10 +1067,11 @@ fn gc_releases_attachments_missing_from_valid_attachments() {
     }
     let env = Env::new();
     let (keep, stale) = (env.node.pod(), env.node.pod());
-    let conf = env.conf("1.1.0");
+    let conf = with(&env.conf("1.1.0"), json!({"ipMasq": true}));
     let r_keep = env.add_ok(&keep, &conf);
     let r_stale = env.add_ok(&stale, &conf);
     assert_eq!(env.reserved().len(), 2);
+    assert!(!env.rules_tagged(&container_id(&stale)).is_empty());
 
     let gc = with(
         &conf,
@@ -946,8 +1081,11 @@ fn gc_releases_attachments_missing_from_valid_attachments() {
 
     assert_eq!(env.reserved(), vec![result_ip(&r_keep)]);
     assert!(env.reservation(result_ip(&r_stale)).is_none());
-    // The stale attachment's host veth goes too; the valid one stays.
+    // The stale attachment's host veth and masquerade rule go too; the
+    // valid one's stay.
     assert_eq!(env.host_veth_names(), vec![host_veth(&r_keep)]);
+    assert_eq!(env.rules_tagged(&container_id(&stale)), Vec::<Value>::new());
+    assert!(!env.rules_tagged(&container_id(&keep)).is_empty());
     env.check(&keep, &conf, &r_keep).expect_ok();
 }
 
@@ -966,7 +1104,10 @@ fn status_is_ok_on_a_fresh_network() {
         return;
     }
     let env = Env::new();
-    assert_eq!(env.run(&CniCall::status(env.conf("1.1.0"))).expect_ok(), Value::Null);
+    assert_eq!(
+        env.run(&CniCall::status(env.conf("1.1.0"))).expect_ok(),
+        Value::Null
+    );
 }
 
 #[test]
@@ -992,7 +1133,9 @@ fn version_lists_the_five_supported_versions() {
         return;
     }
     let env = Env::new();
-    let out = env.run(&CniCall::version(json!({"cniVersion": "1.0.0"}))).expect_ok();
+    let out = env
+        .run(&CniCall::version(json!({"cniVersion": "1.0.0"})))
+        .expect_ok();
     assert_eq!(out["supportedVersions"], json!(VERSIONS));
     assert_eq!(out["cniVersion"], "1.0.0");
 }

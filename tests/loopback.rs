@@ -80,7 +80,10 @@ fn add_brings_lo_up_and_reports_it_in_every_version() {
             .and_then(|ips| ips.iter().find(|ip| ip["address"] == "127.0.0.1/8"))
             .unwrap_or_else(|| panic!("{version}: no 127.0.0.1/8 in {r}"));
         assert_eq!(v4["interface"], 0, "{version}: {r}");
-        assert!(v4.get("gateway").is_none_or(Value::is_null), "{version}: {r}");
+        assert!(
+            v4.get("gateway").is_none_or(Value::is_null),
+            "{version}: {r}"
+        );
         if version < "1.0.0" {
             assert_eq!(v4["version"], "4", "{version}: {r}");
         } else {
@@ -101,9 +104,26 @@ fn add_passes_prev_result_through_unchanged() {
 
         let r = run(&node, CniCall::add(&pod, conf_with_prev(version, &prev))).expect_ok();
 
-        assert_eq!(r, prev, "{version}: prevResult was not passed through unchanged");
-        assert!(lo_is_up(&pod), "{version}: lo is not up after a chained ADD");
+        assert_eq!(
+            r, prev,
+            "{version}: prevResult was not passed through unchanged"
+        );
+        assert!(
+            lo_is_up(&pod),
+            "{version}: lo is not up after a chained ADD"
+        );
     }
+}
+
+#[test]
+fn add_refuses_a_lo_with_a_non_loopback_address() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let pod = node.pod();
+    pod.sh("ip addr add 10.244.9.9/32 dev lo");
+    run(&node, CniCall::add(&pod, conf("1.0.0"))).expect_error(7);
 }
 
 #[test]

@@ -155,11 +155,11 @@ fn add_steps<'a>(
 
 fn ensure_bridge(host: &mut Netlink, config: &BridgeConfig, undo: &mut Undo) -> Result<Link, Error> {
     let name = &config.bridge;
-    match host.create_bridge(name, config.mtu, config.vlan.is_some()) {
-        Ok(()) => {}
-        Err(e) if e.is_exists() => {}
+    let created = match host.create_bridge(name, config.mtu, config.vlan.is_some()) {
+        Ok(()) => true,
+        Err(e) if e.is_exists() => false,
         Err(e) => return Err(Error::kernel(format!("create bridge {name}"), e)),
-    }
+    };
     let bridge = host
         .link_by_name(name)
         .map_err(|e| Error::kernel(format!("look up bridge {name}"), e))?
@@ -170,8 +170,8 @@ fn ensure_bridge(host: &mut Netlink, config: &BridgeConfig, undo: &mut Undo) -> 
             bridge.kind.as_deref().unwrap_or("plain")
         )));
     }
-    if !bridge.up {
-        // Not up yet: either we just made it or nobody uses it; both are ours to undo.
+    if created {
+        // Only a bridge this ADD made is removed on rollback (if still unused).
         undo.bridge_created = Some(bridge.index);
     }
     if config.promisc_mode && !bridge.promisc {
