@@ -99,31 +99,39 @@ pub fn diff(network: &Ipv4Network, peers: &[Peer], k: &KernelState) -> Vec<Op> {
             ops.push(Op::DelRoute { dst: *dst, gw: *gw });
         }
     }
+    // Index what the kernel has once, so the per-peer checks below are
+    // lookups rather than scans (O(n log n) instead of O(n²): with 5,000
+    // peers the scans cost ~75M comparisons per pass).
+    let have_neigh: BTreeSet<(Ipv4Addr, [u8; 6])> = k
+        .neighbours
+        .iter()
+        .filter(|(_, _, st)| st & nud::PERMANENT != 0)
+        .filter_map(|(i, m, _)| m.map(|m| (*i, m)))
+        .collect();
+    let have_fdb: BTreeSet<([u8; 6], IpAddr)> = k
+        .fdb
+        .iter()
+        .filter(|(_, _, st)| st & nud::PERMANENT != 0)
+        .map(|(m, d, _)| (*m, *d))
+        .collect();
+    let have_routes: BTreeSet<(Ipv4Network, IpAddr)> = k
+        .routes
+        .iter()
+        .filter(|(_, _, onlink)| *onlink)
+        .filter_map(|(d, g, _)| g.map(|g| (*d, g)))
+        .collect();
     for p in peers {
         let ip = p.subnet.network();
-        let neigh_ok = k
-            .neighbours
-            .iter()
-            .any(|(i, m, st)| *i == ip && *m == Some(p.mac) && st & nud::PERMANENT != 0);
-        if !neigh_ok {
+        if !have_neigh.contains(&(ip, p.mac)) {
             ops.push(Op::SetNeigh { ip, mac: p.mac });
         }
-        let dst = IpAddr::V4(p.public_ip);
-        let fdb_ok = k
-            .fdb
-            .iter()
-            .any(|(m, d, st)| *m == p.mac && *d == dst && st & nud::PERMANENT != 0);
-        if !fdb_ok {
+        if !have_fdb.contains(&(p.mac, IpAddr::V4(p.public_ip))) {
             ops.push(Op::SetFdb {
                 mac: p.mac,
                 dst: p.public_ip,
             });
         }
-        let route_ok = k
-            .routes
-            .iter()
-            .any(|(d, g, onlink)| *d == p.subnet && *g == Some(IpAddr::V4(ip)) && *onlink);
-        if !route_ok {
+        if !have_routes.contains(&(p.subnet, IpAddr::V4(ip))) {
             ops.push(Op::SetRoute {
                 dst: p.subnet,
                 gw: ip,

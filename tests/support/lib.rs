@@ -25,12 +25,14 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod cluster;
 mod cni;
 mod driver;
 mod inspect;
 mod netns;
 mod process;
 
+pub use cluster::{cluster_lib, shell_quote, Cluster};
 pub use cni::{plugin_dir, plugin_path, reference_plugin_dir, workspace_root, CniCall, CniOutput};
 pub use driver::{driver_path, Driver};
 pub use inspect::{addrs, ipv4_addrs, link, links, routes, routes6, veths_on_host};

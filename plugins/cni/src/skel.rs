@@ -84,14 +84,20 @@ pub struct Request {
 impl Request {
     /// Decode the plugin's own view of the config; errors name the field.
     pub fn parse_config<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        T::deserialize(&self.config).map_err(|e| Error::decode(format!("invalid network config: {e}")))
+        serde_path_to_error::deserialize(&self.config).map_err(|e| {
+            let path = e.path().to_string();
+            Error::decode(format!("invalid network config: field \"{path}\": {}", e.into_inner()))
+        })
     }
 
     /// The previous plugin's result, in whatever version it was written.
     pub fn prev_result(&self) -> Result<Option<CniResult>, Error> {
         match self.config.get("prevResult") {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => CniResult::from_value(v).map(Some),
+            Some(v) => CniResult::from_value(v).map(Some).map_err(|e| match e {
+                Error::Spec { code, msg, details } => Error::Spec { code, msg: format!("prevResult: {msg}"), details },
+                other => other,
+            }),
         }
     }
 

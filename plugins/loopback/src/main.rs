@@ -26,16 +26,20 @@ fn lo_index(nl: &mut Netlink) -> Result<u32, Error> {
 
 impl Plugin for Loopback {
     fn add(&self, req: &Request) -> Result<CniResult, Error> {
+        let prev = req.prev_result()?;
         let mut nl = open(req)?;
         let index = lo_index(&mut nl)?;
-        nl.set_up(index).map_err(|e| Error::kernel("set lo up", e))?;
-        if let Some(prev) = req.prev_result()? {
-            return Ok(prev);
-        }
-        let addrs = nl.addresses(Some(index)).map_err(|e| Error::kernel("list lo addresses", e))?;
-        if let Some(a) = addrs.iter().find(|a| !a.net.ip().is_loopback()) {
+        // Refuse before changing anything.
+        let before = nl.addresses(Some(index)).map_err(|e| Error::kernel("list lo addresses", e))?;
+        if let Some(a) = before.iter().find(|a| !a.net.ip().is_loopback()) {
             return Err(Error::config(format!("lo carries the non-loopback address {}", a.net)));
         }
+        nl.set_up(index).map_err(|e| Error::kernel("set lo up", e))?;
+        if let Some(prev) = prev {
+            return Ok(prev);
+        }
+        // Bringing lo up is what adds 127.0.0.1/8 and ::1.
+        let addrs = nl.addresses(Some(index)).map_err(|e| Error::kernel("list lo addresses", e))?;
         Ok(CniResult {
             interfaces: vec![Interface {
                 name: LO.into(),

@@ -1,0 +1,481 @@
+//! End-to-end cluster tests: etcd, several nodes running weftd (flannel-
+//! compatible leases, VXLAN overlay) and pods attached by the flannel CNI
+//! plugin exactly as a runtime would, all in network namespaces (see
+//! `scripts/lib/cluster.sh`, which these tests drive through `Cluster`).
+//!
+//! Needs root and etcd; each test has its own cluster (unique netns prefix
+//! and state dir), at most two run at once.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use weft_tests::*;
+
+const FAST: &str = "--reconcile-interval=1 --ip-masq";
+
+/// A cluster with `nodes` nodes, the given pods on every node, converged.
+fn cluster_with(nodes: u32, pods: &[&str], weftd_args: &str) -> Cluster {
+    let c = Cluster::new(weftd_args);
+    c.write_config(None);
+    for n in 1..=nodes {
+        c.node_add(n);
+    }
+    for n in 1..=nodes {
+        for p in pods {
+            c.pod_add(n, p);
+        }
+    }
+    c.wait_converged();
+    c
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// Pings both ways between (n1, p1) and (n2, p2); panics with context.
+fn assert_pings(c: &Cluster, n1: u32, p1: &str, n2: u32, p2: &str) {
+    for (a, pa, b, pb) in [(n1, p1, n2, p2), (n2, p2, n1, p1)] {
+        // The first packet to a freshly learnt peer may race the last entry.
+        assert!(
+            c.wait_for(secs(5), || c.ping(a, pa, b, pb)),
+            "ping n{a}/{pa} -> n{b}/{pb} ({}) failed\n{}\n{}",
+            c.pod_ip(b, pb),
+            c.sh(&format!("cluster_node_show {a}; cluster_node_show {b}")),
+            c.log_tails()
+        );
+    }
+}
+
+fn assert_has_peer(c: &Cluster, on: u32, subnet: &str, ip: &str, within: Duration) {
+    assert!(
+        c.wait_for(within, || c.has_peer(on, subnet, ip)),
+        "n{on} did not program {subnet} via {ip}:\n{}",
+        c.sh(&format!("cluster_node_show {on}"))
+    );
+}
+
+fn assert_lacks_peer(c: &Cluster, on: u32, subnet: &str, ip: &str, within: Duration) {
+    assert!(
+        c.wait_for(within, || c.lacks_peer(on, subnet, ip)),
+        "n{on} still has entries for {subnet} via {ip}:\n{}",
+        c.sh(&format!("cluster_node_show {on}"))
+    );
+}
+
+#[test]
+fn pods_on_different_nodes_reach_each_other_both_ways() {
+    if !require_root() {
+        return;
+    }
+    let c = cluster_with(3, &["a", "b"], FAST);
+    let leases = c.leases();
+    assert_eq!(leases.len(), 3, "{leases:?}");
+    let mut subnets: Vec<String> = (1..=3).map(|n| c.subnet(n)).collect();
+    subnets.dedup();
+    assert_eq!(subnets.len(), 3);
+    // Every pod pings every pod on the other nodes: 6 pods x 4 = 24 pairs.
+    let out = c.try_sh("cluster_ping_all");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", c.log_tails());
+    assert!(text.contains("24 ok, 0 failed"), "{text}");
+    // Replies come from the peer pod's own address (no NAT on the way).
+    let ip_b = c.pod_ip(2, "b");
+    let from = c.ns_sh(&c.pod_ns(1, "a"), &format!("ping -n -c1 -W2 {ip_b} | head -2"));
+    assert!(from.contains(&format!("from {ip_b}")), "{from}");
+}
+
+#[test]
+fn a_node_joining_later_is_learnt_by_the_others() {
+    if !require_root() {
+        return;
+    }
+    let c = cluster_with(2, &["a"], FAST);
+    c.node_add(3);
+    c.pod_add(3, "a");
+    let (s3, ip3) = (c.subnet(3), c.node_ip(3));
+    for n in [1, 2] {
+        assert_has_peer(&c, n, &s3, &ip3, secs(10));
+        // ... and the newcomer learnt the others from its initial listing.
+        assert_has_peer(&c, 3, &c.subnet(n), &c.node_ip(n), secs(10));
+    }
+    assert_pings(&c, 1, "a", 3, "a");
+    assert_pings(&c, 2, "a", 3, "a");
+    assert_pings(&c, 1, "a", 2, "a");
+}
+
+#[test]
+fn a_node_leaving_with_its_lease_is_forgotten_by_the_others() {
+    if !require_root() {
+        return;
+    }
+    let c = cluster_with(3, &["a"], FAST);
+    let (s3, ip3) = (c.subnet(3), c.node_ip(3));
+    for n in [1, 2] {
+        assert!(c.has_peer(n, &s3, &ip3));
+    }
+    // Node 3 leaves: weftd stopped, its lease deleted from etcd, netns gone.
+    c.node_remove(3);
+    assert!(!c.leases().iter().any(|(s, _, _)| *s == s3));
+    for n in [1, 2] {
+        // Route, neighbour and FDB entry all go.
+        assert_lacks_peer(&c, n, &s3, &ip3, secs(10));
+        // ... and only those: the remaining peer is intact.
+        let other = 3 - n;
+        assert!(c.has_peer(n, &c.subnet(other), &c.node_ip(other)));
+    }
+    assert_pings(&c, 1, "a", 2, "a");
+}
+
+/// A background `ping` whose summary is read at the end; killed on drop.
+struct Pinger {
+    child: Option<Child>,
+}
+
+impl Pinger {
+    fn start(ns: &str, dst: &str, interval: &str, count: u32) -> Pinger {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "ping", "-n", "-q", "-i", interval, "-W", "2"])
+            .args(["-c", &count.to_string(), dst])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ping");
+        Pinger { child: Some(child) }
+    }
+
+    /// Waits for ping to finish; returns (transmitted, received, summary).
+    fn finish(mut self, timeout: Duration) -> (u32, u32, String) {
+        let mut child = self.child.take().unwrap();
+        let end = Instant::now() + timeout;
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() >= end {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("ping did not finish within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut out = String::new();
+        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        let line = out
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .unwrap_or_else(|| panic!("no ping summary in {out:?}"))
+            .to_string();
+        let num = |word: &str| -> u32 {
+            line.split(',')
+                .find(|part| part.contains(word))
+                .and_then(|part| part.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("cannot parse {word:?} in {line:?}"))
+        };
+        (num("transmitted"), num("received"), line)
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn weftd_restarts_keep_the_subnet_and_lose_no_packet() {
+    if !require_root() {
+        return;
+    }
+    let c = cluster_with(3, &["a"], FAST);
+    let before: Vec<String> = (1..=3).map(|n| c.subnet(n)).collect();
+    let leases_before: Vec<String> = c.leases().into_iter().map(|(s, _, _)| s).collect();
+    // 200 pings 50 ms apart (10 s) n1/a -> n2/a while weftd restarts on
+    // every node, sender and receiver included.
+    let dst = c.pod_ip(2, "a");
+    let pinger = Pinger::start(&c.pod_ns(1, "a"), &dst, "0.05", 200);
+    std::thread::sleep(Duration::from_millis(800));
+    for n in [1, 2, 3] {
+        let started = Instant::now();
+        c.weftd_restart(n);
+        note(&format!("weftd on n{n} restarted and ready in {:?}", started.elapsed()));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // One restart without waiting for readiness, with SIGKILL (a crash).
+    c.sh("cluster_weftd_stop 1 KILL && cluster_weftd_start 1");
+    let (tx, rx, line) = pinger.finish(secs(30));
+    assert_eq!(tx, 200, "{line}");
+    assert_eq!(rx, tx, "packets lost across weftd restarts: {line}");
+    c.sh("cluster_node_wait_ready 1");
+    let after: Vec<String> = (1..=3).map(|n| c.subnet(n)).collect();
+    assert_eq!(before, after, "subnets changed across restarts");
+    let leases_after: Vec<String> = c.leases().into_iter().map(|(s, _, _)| s).collect();
+    assert_eq!(leases_before, leases_after);
+    c.wait_converged();
+    assert_pings(&c, 3, "a", 1, "a");
+}
+
+#[test]
+fn entries_deleted_by_hand_are_repaired() {
+    if !require_root() {
+        return;
+    }
+    let c = cluster_with(3, &["a"], FAST);
+    let ns1 = c.node_ns(1);
+    let (s2, ip2) = (c.subnet(2), c.node_ip(2));
+    let gw2 = s2.split('/').next().unwrap().to_string();
+    let mac2 = c.vtep_mac(2);
+    let cases = [
+        ("route", format!("ip route del {s2}")),
+        ("neighbour", format!("ip neigh del {gw2} dev flannel.1")),
+        ("fdb", format!("bridge fdb del {mac2} dev flannel.1 dst {ip2} self")),
+        (
+            "all three",
+            format!(
+                "ip route del {s2}; ip neigh del {gw2} dev flannel.1; \
+                 bridge fdb del {mac2} dev flannel.1 dst {ip2} self"
+            ),
+        ),
+    ];
+    for (what, script) in cases {
+        c.ns_sh(&ns1, &script);
+        assert!(!c.has_peer(1, &s2, &ip2), "{what}: deletion did not take");
+        let t = Instant::now();
+        // --reconcile-interval=1: repaired within a few seconds.
+        assert_has_peer(&c, 1, &s2, &ip2, secs(6));
+        note(&format!("{what} deleted by hand: repaired in {:?}", t.elapsed()));
+    }
+    // The other peer was never touched, and traffic flows again.
+    assert!(c.has_peer(1, &c.subnet(3), &c.node_ip(3)));
+    assert_pings(&c, 1, "a", 2, "a");
+}
+
+#[test]
+fn etcd_outage_keeps_traffic_and_weftd_catches_up_afterwards() {
+    if !require_root() {
+        return;
+    }
+    let c = cluster_with(2, &["a"], FAST);
+    c.sh("cluster_etcd_stop");
+    std::thread::sleep(secs(3));
+    // The data plane does not depend on etcd.
+    for n in [1, 2] {
+        assert!(c.weftd_running(n), "weftd on n{n} exited while etcd was down\n{}", c.log_tails());
+    }
+    assert_pings(&c, 1, "a", 2, "a");
+    assert!(c.has_peer(1, &c.subnet(2), &c.node_ip(2)));
+    std::thread::sleep(secs(2));
+    assert_pings(&c, 2, "a", 1, "a");
+
+    // etcd comes back; a change made right away (likely before weftd has
+    // re-established its watch) must still reach every node.
+    c.sh("cluster_etcd_start && cluster_lease_put 10.244.99.0/24 198.51.100.99 02:00:00:00:00:99");
+    for n in [1, 2] {
+        assert_has_peer(&c, n, "10.244.99.0/24", "198.51.100.99", secs(20));
+    }
+    // A node joins after the outage; the old nodes learn it.
+    c.node_add(3);
+    c.pod_add(3, "a");
+    for n in [1, 2] {
+        assert_has_peer(&c, n, &c.subnet(3), &c.node_ip(3), secs(10));
+    }
+    assert_has_peer(&c, 3, "10.244.99.0/24", "198.51.100.99", secs(10));
+    assert_pings(&c, 1, "a", 3, "a");
+    assert_pings(&c, 2, "a", 3, "a");
+    // A lease deleted after the outage disappears everywhere.
+    c.sh("cluster_lease_del 10.244.99.0/24");
+    for n in [1, 2, 3] {
+        assert_lacks_peer(&c, n, "10.244.99.0/24", "198.51.100.99", secs(10));
+    }
+    // A second, longer outage: still nothing lost, and catch-up again.
+    c.sh("cluster_etcd_stop");
+    std::thread::sleep(secs(6));
+    assert_pings(&c, 3, "a", 1, "a");
+    c.sh("cluster_etcd_start");
+    let (s3, ip3) = (c.subnet(3), c.node_ip(3));
+    c.node_remove(3);
+    for n in [1, 2] {
+        assert_lacks_peer(&c, n, &s3, &ip3, secs(10));
+    }
+    let reconnects = c.ns_sh(
+        &c.node_ns(1),
+        "curl -sf http://127.0.0.1:10001/metrics | grep '^weftd_etcd_reconnects_total' || true",
+    );
+    note(&format!("n1 after two etcd outages: {}", reconnects.trim()));
+}
+
+#[test]
+fn flannel_format_config_and_hand_written_leases_are_honoured() {
+    if !require_root() {
+        return;
+    }
+    let c = Cluster::new(FAST);
+    // Exactly what one would put in etcd for flanneld.
+    c.sh(r#"cluster_etcd_put "$WC_ETCD_PREFIX/config" '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}'"#);
+    // A node configured by hand, as flanneld would have set it up, at
+    // 198.51.100.77 (= node 67 of the library): flannel.1 with a known MAC,
+    // the lease's network address as /32, and its lease written by hand.
+    let mac77 = "02:42:c6:33:64:4d";
+    c.sh("cluster_node_create 67");
+    let ns77 = c.node_ns(67);
+    c.ns_sh(
+        &ns77,
+        &format!(
+            "ip link add flannel.1 address {mac77} type vxlan id 1 local 198.51.100.77 dev eth0 \
+             dstport 8472 nolearning && ip addr add 10.244.77.0/32 dev flannel.1 && \
+             ip link set flannel.1 mtu 1450 up"
+        ),
+    );
+    c.sh(&format!(
+        r#"cluster_etcd_put "$WC_ETCD_PREFIX/subnets/10.244.77.0-24" '{{"PublicIP":"198.51.100.77","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac77}"}}}}'"#
+    ));
+    for n in [1, 2, 3] {
+        c.node_add(n);
+        c.pod_add(n, "a");
+    }
+    c.wait_converged();
+    for n in [1, 2, 3] {
+        assert_ne!(c.subnet(n), "10.244.77.0/24", "n{n} took the hand-written lease's subnet");
+        // Route, neighbour (-> the hand-written VtepMAC) and FDB for .77.
+        assert_has_peer(&c, n, "10.244.77.0/24", "198.51.100.77", secs(10));
+        let neigh = c.ns_sh(&c.node_ns(n), "ip neigh show dev flannel.1 10.244.77.0");
+        assert!(neigh.contains(mac77), "{neigh}");
+        let fdb = c.ns_sh(&c.node_ns(n), "bridge fdb show dev flannel.1");
+        assert!(fdb.contains(&format!("{mac77} dst 198.51.100.77 self permanent")), "{fdb}");
+    }
+    // Give the hand-made node the entries flanneld would have for n1, then
+    // ping across: pod on n1 <-> the hand-made node's flannel.1 address.
+    let (s1, mac1) = (c.subnet(1), c.vtep_mac(1));
+    let gw1 = s1.split('/').next().unwrap().to_string();
+    c.ns_sh(
+        &ns77,
+        &format!(
+            "ip neigh replace {gw1} lladdr {mac1} dev flannel.1 nud permanent && \
+             bridge fdb replace {mac1} dev flannel.1 dst 198.51.100.11 self permanent && \
+             ip route replace {s1} via {gw1} dev flannel.1 onlink"
+        ),
+    );
+    let pod1 = c.pod_ip(1, "a");
+    c.ns_sh(&c.pod_ns(1, "a"), "ping -n -c2 -i 0.2 -W2 10.244.77.0 >/dev/null");
+    c.ns_sh(&ns77, &format!("ping -n -c2 -i 0.2 -W2 {pod1} >/dev/null"));
+
+    // weftd's own leases and subnet.env are in flannel's format.
+    let leases = c.leases();
+    assert_eq!(leases.len(), 4, "{leases:?}");
+    for n in [1, 2, 3] {
+        let subnet = c.subnet(n);
+        let (_, lease_id, value) = leases.iter().find(|(s, _, _)| *s == subnet).unwrap();
+        assert_ne!(lease_id, "0", "weftd's lease has no etcd lease (TTL)");
+        assert_eq!(
+            *value,
+            json!({"PublicIP": c.node_ip(n), "PublicIPv6": null, "BackendType": "vxlan",
+                   "BackendData": {"VNI": 1, "VtepMAC": c.vtep_mac(n)}}),
+        );
+        let env = std::fs::read_to_string(c.subnet_file(n)).unwrap();
+        let gw = subnet.replace(".0/24", ".1/24");
+        assert_eq!(
+            env,
+            format!("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={gw}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
+        );
+    }
+
+    // A hand-written lease appearing and vanishing while the nodes run.
+    c.sh(r#"cluster_etcd_put "$WC_ETCD_PREFIX/subnets/10.244.78.0-24" '{"PublicIP":"198.51.100.78","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:42:c6:33:64:4e"}}'"#);
+    for n in [1, 2, 3] {
+        assert_has_peer(&c, n, "10.244.78.0/24", "198.51.100.78", secs(10));
+    }
+    c.sh(r#"cluster_etcd_del "$WC_ETCD_PREFIX/subnets/10.244.78.0-24""#);
+    for n in [1, 2, 3] {
+        assert_lacks_peer(&c, n, "10.244.78.0/24", "198.51.100.78", secs(10));
+        assert!(c.has_peer(n, "10.244.77.0/24", "198.51.100.77"));
+    }
+}
+
+#[test]
+fn flannel_plugin_del_removes_veth_ip_and_stored_config() {
+    if !require_root() {
+        return;
+    }
+    let c = cluster_with(1, &["a", "b"], FAST);
+    let node = c.node_ns(1);
+    let ip = c.pod_ip(1, "a");
+    let cid = c.sh("cluster_pod_cid 1 a").trim().to_string();
+    let stored = c.node_dir(1).join("flannel").join(&cid);
+    let reserved = c.node_dir(1).join("ipam").join("cbr0").join(&ip);
+    let veths = || c.ns_sh(&node, "ip -o link show type veth master cni0 | wc -l").trim().parse::<u32>().unwrap();
+    assert_eq!(veths(), 2);
+    assert!(reserved.exists(), "no host-local reservation {}", reserved.display());
+    // The stored delegate config is flannel's bridge + host-local config.
+    let delegate: Value = serde_json::from_str(&std::fs::read_to_string(&stored).unwrap()).unwrap();
+    assert_eq!(delegate["type"], "bridge");
+    assert_eq!(delegate["name"], "cbr0");
+    assert_eq!(delegate["ipMasq"], false);
+    assert_eq!(delegate["mtu"], 1450);
+    assert_eq!(delegate["hairpinMode"], true);
+    assert_eq!(delegate["isDefaultGateway"], true);
+    assert_eq!(delegate["ipam"]["type"], "host-local");
+    assert_eq!(delegate["ipam"]["ranges"], json!([[{"subnet": c.subnet(1)}]]));
+    assert_eq!(delegate["ipam"]["routes"], json!([{"dst": "10.244.0.0/16"}]));
+    assert_eq!(
+        delegate["ipam"]["dataDir"],
+        c.node_dir(1).join("ipam").to_str().unwrap()
+    );
+
+    c.sh("cluster_cni 1 DEL a >/dev/null");
+    assert!(!stored.exists(), "stored delegate config survives DEL");
+    assert!(!reserved.exists(), "IP {ip} still reserved after DEL");
+    let pod_links = c.ns_sh(&c.pod_ns(1, "a"), "ip -o link show");
+    assert!(!pod_links.contains("eth0"), "pod still has eth0: {pod_links}");
+    // The host end goes too (bridge deletes the pair in the background).
+    assert!(c.wait_for(secs(5), || veths() == 1), "host veth survives DEL");
+    // DEL again is a no-op success (stored config gone).
+    c.sh("cluster_cni 1 DEL a >/dev/null");
+    // The other pod is untouched and still reachable through cni0.
+    let ip_b = c.pod_ip(1, "b");
+    assert!(c.node_dir(1).join("ipam/cbr0").join(&ip_b).exists());
+    c.ns_sh(&node, &format!("ping -n -c1 -W2 {ip_b} >/dev/null"));
+    // Removing the pod netns and adding another pod works as usual
+    // (host-local hands out addresses round-robin, like the reference).
+    c.sh("cluster_pod_del 1 a");
+    let ip_c = c.pod_add(1, "c");
+    assert_ne!(ip_c, ip_b);
+    assert!(c.node_dir(1).join("ipam/cbr0").join(&ip_c).exists());
+}
+
+#[test]
+fn flannel_plugin_status_waits_for_subnet_env() {
+    if !require_root() {
+        return;
+    }
+    let c = Cluster::new(FAST);
+    // A node whose weftd has no config yet: it waits, no subnet.env.
+    c.sh("cluster_node_create 1 && cluster_weftd_start 1");
+    let status = r#"WC_CNI_CONF=$(jq -c '.cniVersion="1.1.0"' "$(cluster_node_dir 1)/cni.conf") cluster_cni 1 STATUS"#;
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!c.subnet_file(1).exists());
+    let out = c.try_sh(status);
+    assert!(!out.status.success(), "STATUS succeeded without subnet.env");
+    let err: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("STATUS output not JSON ({e}): {:?}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(err["code"], 50, "{err}");
+    assert!(c.weftd_running(1), "weftd must wait for the config\n{}", c.log_tails());
+
+    c.write_config(None);
+    c.sh("cluster_node_wait_ready 1");
+    let out = c.try_sh(status);
+    assert!(
+        out.status.success(),
+        "STATUS failed with subnet.env present: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And the node is usable: a pod gets an address in the node's subnet.
+    let ip = c.pod_add(1, "a");
+    let prefix = c.subnet(1).replace(".0/24", ".");
+    assert!(ip.starts_with(&prefix), "{ip} not in {}", c.subnet(1));
+}
