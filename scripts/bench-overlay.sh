@@ -8,10 +8,11 @@
 #   --scale N           scale: fake leases preloaded before weftd starts (5000)
 #   --scale-leases N    scale: then N more leases one at a time, convergence
 #                       measured with the big table in place (20)
-#   --scale-runs N      scale: fresh nodes started one after the other (1)
+#   --scale-runs N      scale: fresh nodes started one after the other; the
+#                       median is reported (3)
 #   --floor-runs N      scale: ip/bridge -batch floor repetitions (3)
 #   --iperf-time S      data plane: seconds per iperf3 run (10)
-#   --iperf-reps N      data plane: runs per side, alternating weft/ref (3)
+#   --iperf-reps N      data plane: runs per side, in ABBA order (4)
 #   --masq              run weftd with --ip-masq (flannel's usual setup; adds
 #                       nftables masquerade + conntrack on the weft side only)
 #   --keep              keep the cluster state dir and logs
@@ -54,7 +55,7 @@ log() { printf 'bench: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 parts=converge,scale,dataplane
-n_leases=100 n_conv_scale=20 n_scale=5000 scale_runs=1 floor_runs=3 iperf_time=10 iperf_reps=3
+n_leases=100 n_conv_scale=20 n_scale=5000 scale_runs=3 floor_runs=3 iperf_time=10 iperf_reps=4
 masq=0 keep=0 out=""
 while (($# > 0)); do
     case "$1" in
@@ -176,7 +177,12 @@ if want converge; then
     # Sanity: every fake lease is fully present on n2 per ip(8)/bridge(8).
     bad=0
     for ((i = 0; i < n_leases; i++)); do
-        cluster_node_has_peer 2 "10.244.$((150 + i)).0/24" "203.0.113.$((i + 1))" || bad=$((bad + 1))
+        sub=10.244.$((150 + i)).0/24
+        # (no pipefail: the lib's `cmd | grep -q` would fail on SIGPIPE)
+        if ! (set +o pipefail; cluster_node_has_peer 2 "$sub" "203.0.113.$((i + 1))"); then
+            bad=$((bad + 1))
+            log "WARNING: $sub not fully present on n2 per ip/bridge: $(ip -n "$(cluster_node_ns 2)" route show "$sub"); $(ip -n "$(cluster_node_ns 2)" neigh show dev flannel.1 "${sub%/*}"); $(bridge -n "$(cluster_node_ns 2)" fdb show dev flannel.1 | grep -F "dst 203.0.113.$((i + 1)) ")"
+        fi
     done
     ((bad == 0)) || log "WARNING: $bad fake leases not fully present on n2 per ip/bridge"
 fi
@@ -212,6 +218,7 @@ if want dataplane; then
         _wc_netns_add "$pns"
         ip -n "$ns" link add "veth-r$r" mtu 1450 type veth peer name eth0 netns "$pns" mtu 1450
         ip -n "$ns" link set "veth-r$r" master cni0 up
+        bridge -n "$ns" link set dev "veth-r$r" hairpin on # as weft's delegate (hairpinMode)
         ip -n "$pns" addr add "10.244.20$r.2/24" dev eth0
         ip -n "$pns" link set eth0 up
         ip -n "$pns" route add 10.244.0.0/16 via "10.244.20$r.1"
@@ -228,7 +235,10 @@ if want dataplane; then
 
     # Same device parameters on both sides? (names/addresses/MACs masked)
     norm() { ip -n "$1" -d link show flannel.1 | sed -E 's/[0-9a-f]{2}(:[0-9a-f]{2}){5}/MAC/g; s/^[0-9]+: //; s/local [0-9.]+/local X/; s/link-netns [^ ]+//; s/@if[0-9]+//; s/ (ifindex|gso|gro|tso)[^ ]* [0-9]+//g'; }
-    if ! diff <(norm "$(cluster_node_ns 1)") <(norm "${WC_PREFIX}r1") >"$res/vxlan.diff"; then
+    norm "$(cluster_node_ns 1)" >"$res/vxlan-weft.txt"
+    norm "${WC_PREFIX}r1" >"$res/vxlan-ref.txt"
+    [[ -s $res/vxlan-weft.txt && -s $res/vxlan-ref.txt ]] || die "cannot read flannel.1 attributes"
+    if ! diff "$res/vxlan-weft.txt" "$res/vxlan-ref.txt" >"$res/vxlan.diff"; then
         log "NOTE: flannel.1 differs between weft and the reference:"; cat "$res/vxlan.diff" >&2
     fi
 
@@ -237,7 +247,10 @@ if want dataplane; then
     sleep 0.5
     files=()
     for ((k = 1; k <= iperf_reps; k++)); do
-        for side in weft ref; do
+        # ABBA order, so neither side always runs first.
+        order="weft ref"
+        ((k % 2 == 1)) || order="ref weft"
+        for side in $order; do
             if [[ $side == weft ]]; then cns=$(cluster_pod_ns 1 a) dst=$wip; else cns=${WC_PREFIX}r1-a dst=10.244.202.2; fi
             f="$res/$side-$k.json"
             ip netns exec "$cns" iperf3 -c "$dst" -t "$iperf_time" -O 1 -J >"$f" || log "iperf3 $side run $k failed"
