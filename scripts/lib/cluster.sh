@@ -314,7 +314,8 @@ cluster_node_subnet() {
     local s
     s=$(sed -n 's/^FLANNEL_SUBNET=//p' "$(cluster_node_subnet_file "$1")" 2>/dev/null) || return 1
     [ -n "$s" ] || return 1
-    echo "${s%.*/*}.0/${s#*/}"
+    # subnet.env holds the gateway (network + 1) with the lease prefix.
+    python3 -c 'import ipaddress,sys; print(ipaddress.ip_interface(sys.argv[1]).network)' "$s"
 }
 cluster_node_lease_key() {
     local s
@@ -495,18 +496,18 @@ cluster_ping() {
 cluster_node_has_peer() {
     local ns gw
     ns=$(cluster_node_ns "$1") gw=${2%/*}
-    ip -n "$ns" route show "$2" | grep -q "via $gw dev flannel.1 .*onlink" &&
-        ip -n "$ns" neigh show dev flannel.1 "$gw" | grep -q 'PERMANENT' &&
-        bridge -n "$ns" fdb show dev flannel.1 | grep -q "dst $3 self permanent"
+    ip -n "$ns" route show "$2" | grep "via $gw dev flannel.1 .*onlink" >/dev/null &&
+        ip -n "$ns" neigh show dev flannel.1 "$gw" | grep 'PERMANENT' >/dev/null &&
+        bridge -n "$ns" fdb show dev flannel.1 | grep "dst $3 self permanent" >/dev/null
 }
 
 # cluster_node_lacks_peer N SUBNET PUBLIC_IP: none of the three is present.
 cluster_node_lacks_peer() {
     local ns gw
     ns=$(cluster_node_ns "$1") gw=${2%/*}
-    ! ip -n "$ns" route show "$2" | grep -q . &&
-        ! ip -n "$ns" neigh show dev flannel.1 "$gw" | grep -q . &&
-        ! bridge -n "$ns" fdb show dev flannel.1 | grep -q "dst $3 "
+    ! ip -n "$ns" route show "$2" | grep . >/dev/null &&
+        ! ip -n "$ns" neigh show dev flannel.1 "$gw" | grep . >/dev/null &&
+        ! bridge -n "$ns" fdb show dev flannel.1 | grep "dst $3 " >/dev/null
 }
 
 # cluster_nodes_up: nodes whose weftd wrote subnet.env.
