@@ -24,39 +24,26 @@ const SUPPORTED: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 // ---------------------------------------------------------------- configs
 
 fn ipam_section(data: &Path, subnet: &str) -> Value {
-    json!({
-        "type": "host-local",
-        "dataDir": data,
-        "ranges": [[{"subnet": subnet}]],
-        "routes": [{"dst": "0.0.0.0/0"}]
-    })
+    host_local_ipam(data, subnet_range(subnet))
 }
 
 /// A valid bridge config (1.0.0) with host-local on 10.244.20.0/24.
 fn bridge_conf(data: &Path) -> Value {
-    json!({
-        "cniVersion": "1.0.0",
-        "name": NET,
-        "type": "bridge",
-        "bridge": BRIDGE,
-        "isGateway": true,
-        "ipMasq": true,
-        "ipam": ipam_section(data, "10.244.20.0/24")
-    })
+    let bridge = bridge_plugin(BRIDGE, ipam_section(data, "10.244.20.0/24"));
+    network("1.0.0", NET, merged(&bridge, json!({"ipMasq": true})))
 }
 
 /// A valid host-local config (1.0.0) on 10.244.21.0/24.
 fn host_local_conf(data: &Path) -> Value {
-    json!({
-        "cniVersion": "1.0.0",
-        "name": NET,
-        "type": "host-local",
-        "ipam": ipam_section(data, "10.244.21.0/24")
-    })
+    network(
+        "1.0.0",
+        NET,
+        json!({"type": "host-local", "ipam": ipam_section(data, "10.244.21.0/24")}),
+    )
 }
 
 fn loopback_conf() -> Value {
-    json!({"cniVersion": "1.0.0", "name": NET, "type": "loopback"})
+    network("1.0.0", NET, json!({"type": "loopback"}))
 }
 
 fn base_conf(plugin: &str, data: &Path) -> Value {
@@ -144,7 +131,7 @@ fn reservation_files(dir: &Path) -> BTreeSet<String> {
         let path = e.path();
         if path.is_dir() {
             out.extend(reservation_files(&path));
-        } else if name != "lock" && !name.starts_with("last_reserved_ip") {
+        } else if is_reservation_name(&name) {
             out.insert(path.display().to_string());
         }
     }
@@ -158,7 +145,7 @@ fn snapshot(node: &Node, pod: &Netns, data: &Path) -> Snapshot {
         pod_links: link_set(pod),
         pod_addrs: addr_set(pod),
         reservations: reservation_files(data),
-        ruleset: node.sh("nft list ruleset"),
+        ruleset: nft_ruleset(node),
     }
 }
 

@@ -9,7 +9,6 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use weft_tests::*;
@@ -43,19 +42,11 @@ impl Env {
     /// A bridge + host-local network on `subnet` with a default route from
     /// IPAM and `isGateway`, in `version`.
     fn conf_on(&self, version: &str, subnet: &str) -> Value {
-        json!({
-            "cniVersion": version,
-            "name": NET,
-            "type": "bridge",
-            "bridge": BRIDGE,
-            "isGateway": true,
-            "ipam": {
-                "type": "host-local",
-                "dataDir": self.data.path(),
-                "ranges": [[{"subnet": subnet}]],
-                "routes": [{"dst": "0.0.0.0/0"}]
-            }
-        })
+        network(
+            version,
+            NET,
+            bridge_plugin(BRIDGE, host_local_ipam(self.data.path(), subnet_range(subnet))),
+        )
     }
 
     fn conf(&self, version: &str) -> Value {
@@ -86,45 +77,28 @@ impl Env {
 
     /// The store directory `<dataDir>/<network>`.
     fn store_dir(&self) -> PathBuf {
-        self.data.join(NET)
+        store_dir(self.data.path(), NET)
     }
 
     /// The IPs reserved in the store (file names that parse as addresses;
     /// `lock` and `last_reserved_ip.*` are not reservations).
     fn reserved(&self) -> Vec<IpAddr> {
-        let Ok(entries) = std::fs::read_dir(self.store_dir()) else {
-            return Vec::new();
-        };
-        let mut ips: Vec<IpAddr> = entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse().ok())
-            .collect();
-        ips.sort();
-        ips
+        reserved_addrs(self.data.path(), NET)
     }
 
     /// Contents of the reservation file of `ip`.
     fn reservation(&self, ip: IpAddr) -> Option<String> {
-        std::fs::read_to_string(self.store_dir().join(ip.to_string())).ok()
+        reservation(self.data.path(), NET, &ip.to_string())
     }
 
     fn host_veth_names(&self) -> Vec<String> {
-        veths_on_host(&self.node)
-            .iter()
-            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
-            .collect()
+        veth_names(&self.node)
     }
 
     /// The firewall rules (any table) whose comment names `container_id`.
     fn rules_tagged(&self, container_id: &str) -> Vec<Value> {
-        let text = self.node.sh("nft -j list ruleset");
-        let ruleset: Value = serde_json::from_str(&text).expect("nft -j prints JSON");
-        ruleset["nftables"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        nft_rules(&self.node)
             .into_iter()
-            .filter_map(|item| item.get("rule").cloned())
             .filter(|rule| {
                 rule["comment"]
                     .as_str()
@@ -133,14 +107,10 @@ impl Env {
             .collect()
     }
 
-    /// Waits until the node has no veth left. Deleting one end of a veth
-    /// pair removes the other end (in another netns) asynchronously on
-    /// recent kernels (seen on 6.18), so "gone" is polled, briefly.
+    /// Waits until the node has no veth left (see [`assert_no_veths`]).
     #[track_caller]
     fn assert_no_veths(&self) {
-        eventually("no veth is left in the node", || {
-            self.host_veth_names().is_empty()
-        });
+        assert_no_veths(&self.node);
     }
 
     /// Asserts a failed ADD (or a DEL) left nothing for `pod`: no veth in
@@ -169,20 +139,6 @@ fn container_id(pod: &Netns) -> String {
         .expect("for_pod sets a container ID")
 }
 
-/// `conf` with its top-level keys overridden by `patch`'s.
-fn with(conf: &Value, patch: Value) -> Value {
-    let mut out = conf.clone();
-    for (k, v) in patch.as_object().expect("patch is an object") {
-        out[k] = v.clone();
-    }
-    out
-}
-
-/// `conf` as CHECK/DEL get it from a runtime: with the ADD result.
-fn with_prev(conf: &Value, prev: &Value) -> Value {
-    with(conf, json!({ "prevResult": prev }))
-}
-
 /// The first IP of an ADD result, without its prefix.
 fn result_ip(result: &Value) -> IpAddr {
     let addr = result["ips"][0]["address"]
@@ -203,24 +159,8 @@ fn host_veth(result: &Value) -> String {
         .to_string()
 }
 
-fn has_flag(link: &Value, flag: &str) -> bool {
-    link["flags"]
-        .as_array()
-        .is_some_and(|f| f.iter().any(|x| x == flag))
-}
-
 fn sysfs(ns: &Netns, path: &str) -> String {
     ns.sh(&format!("cat {path}")).trim().to_string()
-}
-
-/// Polls `cond` (kernel cleanup after a netns goes away is asynchronous).
-#[track_caller]
-fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[track_caller]
@@ -250,7 +190,7 @@ fn add_and_verify(version: &str) {
     let pod = env.node.pod();
     // Make the ip_forward assertion meaningful whatever the node inherited.
     env.node.sh("sysctl -qw net.ipv4.ip_forward=0");
-    let conf = with(&env.conf(version), json!({"mtu": 1400}));
+    let conf = merged(&env.conf(version), json!({"mtu": 1400}));
 
     let r = env.add_ok(&pod, &conf);
 
@@ -627,7 +567,7 @@ fn ip_masq_rule_exists_after_add_and_is_gone_after_del() {
     let env = Env::new();
     let pod = env.node.pod();
     let cid = container_id(&pod);
-    let conf = with(&env.conf("1.0.0"), json!({"ipMasq": true}));
+    let conf = merged(&env.conf("1.0.0"), json!({"ipMasq": true}));
     let r = env.add_ok(&pod, &conf);
 
     let rules = env.rules_tagged(&cid);
@@ -651,7 +591,7 @@ fn ip_masq_rule_is_removed_even_when_the_netns_is_gone_before_del() {
     let env = Env::new();
     let pod = env.node.pod();
     let cid = container_id(&pod);
-    let conf = with(&env.conf("1.0.0"), json!({"ipMasq": true}));
+    let conf = merged(&env.conf("1.0.0"), json!({"ipMasq": true}));
     let r = env.add_ok(&pod, &conf);
     assert!(!env.rules_tagged(&cid).is_empty());
     let del = CniCall::del(&pod, with_prev(&conf, &r));
@@ -670,7 +610,7 @@ fn ip_masq_rules_of_other_pods_survive_a_del() {
     }
     let env = Env::new();
     let (a, b) = (env.node.pod(), env.node.pod());
-    let conf = with(&env.conf("1.0.0"), json!({"ipMasq": true}));
+    let conf = merged(&env.conf("1.0.0"), json!({"ipMasq": true}));
     env.add_ok(&a, &conf);
     env.add_ok(&b, &conf);
     env.del(&a, &conf).expect_ok();
@@ -689,7 +629,7 @@ fn is_default_gateway_adds_a_default_route_via_the_gateway() {
     }
     let env = Env::new();
     let pod = env.node.pod();
-    let mut conf = with(
+    let mut conf = merged(
         &env.conf("1.0.0"),
         json!({"isGateway": false, "isDefaultGateway": true}),
     );
@@ -745,7 +685,7 @@ fn without_is_gateway_the_bridge_gets_no_address() {
     }
     let env = Env::new();
     let pod = env.node.pod();
-    let mut conf = with(&env.conf("1.0.0"), json!({"isGateway": false}));
+    let mut conf = merged(&env.conf("1.0.0"), json!({"isGateway": false}));
     conf["ipam"]["routes"] = json!([]);
     env.add_ok(&pod, &conf);
     assert_eq!(ipv4_addrs(&env.node, BRIDGE), Vec::<String>::new());
@@ -758,7 +698,7 @@ fn mtu_applies_to_both_veth_ends_and_the_bridge() {
     }
     let env = Env::new();
     let pod = env.node.pod();
-    let conf = with(&env.conf("1.0.0"), json!({"mtu": 1280}));
+    let conf = merged(&env.conf("1.0.0"), json!({"mtu": 1280}));
     let r = env.add_ok(&pod, &conf);
     assert_eq!(link(&pod, "eth0").unwrap()["mtu"], 1280);
     assert_eq!(link(&env.node, &host_veth(&r)).unwrap()["mtu"], 1280);
@@ -774,7 +714,7 @@ fn hairpin_mode_sets_hairpin_on_the_bridge_port() {
     let (plain, hairpin) = (env.node.pod(), env.node.pod());
     let conf = env.conf("1.0.0");
     let r_plain = env.add_ok(&plain, &conf);
-    let r_hairpin = env.add_ok(&hairpin, &with(&conf, json!({"hairpinMode": true})));
+    let r_hairpin = env.add_ok(&hairpin, &merged(&conf, json!({"hairpinMode": true})));
     let mode = |r: &Value| {
         sysfs(
             &env.node,
@@ -792,7 +732,7 @@ fn promisc_mode_puts_the_bridge_in_promiscuous_mode() {
     }
     let env = Env::new();
     let pod = env.node.pod();
-    let conf = with(&env.conf("1.0.0"), json!({"promiscMode": true}));
+    let conf = merged(&env.conf("1.0.0"), json!({"promiscMode": true}));
     let r = env.add_ok(&pod, &conf);
     let br = link(&env.node, BRIDGE).unwrap();
     assert!(
@@ -809,7 +749,7 @@ fn hairpin_and_promisc_together_are_rejected() {
     }
     let env = Env::new();
     let pod = env.node.pod();
-    let conf = with(
+    let conf = merged(
         &env.conf("1.0.0"),
         json!({"hairpinMode": true, "promiscMode": true}),
     );
@@ -845,7 +785,7 @@ fn mac_from_runtime_config_is_applied() {
     let env = Env::new();
     let pod = env.node.pod();
     let mac = "02:42:0a:f4:01:9a";
-    let conf = with(&env.conf("1.0.0"), json!({"runtimeConfig": {"mac": mac}}));
+    let conf = merged(&env.conf("1.0.0"), json!({"runtimeConfig": {"mac": mac}}));
     assert_mac_applied(&env, &pod, &CniCall::add(&pod, conf), mac);
 }
 
@@ -857,7 +797,7 @@ fn runtime_config_mac_wins_over_cni_args() {
     let env = Env::new();
     let pod = env.node.pod();
     let mac = "02:42:0a:f4:01:9b";
-    let conf = with(&env.conf("1.0.0"), json!({"runtimeConfig": {"mac": mac}}));
+    let conf = merged(&env.conf("1.0.0"), json!({"runtimeConfig": {"mac": mac}}));
     // IgnoreUnknown: host-local, which gets the same CNI_ARGS, knows no MAC.
     let call = CniCall::add(&pod, conf).cni_args("IgnoreUnknown=1;MAC=02:42:0a:f4:01:01");
     assert_mac_applied(&env, &pod, &call, mac);
@@ -971,7 +911,7 @@ fn force_address_replaces_a_foreign_bridge_address() {
 
     env.add_ok(
         &pod,
-        &with(&env.conf("1.0.0"), json!({"forceAddress": true})),
+        &merged(&env.conf("1.0.0"), json!({"forceAddress": true})),
     );
 
     assert_eq!(ipv4_addrs(&env.node, BRIDGE), vec![format!("{GATEWAY}/24")]);
@@ -1014,7 +954,7 @@ fn add_on_an_exhausted_range_fails_and_leaves_nothing() {
     let env = Env::new();
     let (first, second) = (env.node.pod(), env.node.pod());
     // A /30 has one address besides the gateway (and the broadcast).
-    let conf = with(
+    let conf = merged(
         &env.conf_on("1.0.0", "10.244.1.0/30"),
         json!({"ipMasq": true}),
     );
@@ -1047,7 +987,7 @@ fn add_with_a_route_the_kernel_refuses_rolls_everything_back() {
     }
     let env = Env::new();
     let pod = env.node.pod();
-    let mut conf = with(&env.conf("1.0.0"), json!({"ipMasq": true}));
+    let mut conf = merged(&env.conf("1.0.0"), json!({"ipMasq": true}));
     // The gateway lies outside every subnet the pod is on: unreachable.
     conf["ipam"]["routes"] = json!([{"dst": "10.244.128.0/17", "gw": "10.244.99.1"}]);
 
@@ -1067,13 +1007,13 @@ fn gc_releases_attachments_missing_from_valid_attachments() {
     }
     let env = Env::new();
     let (keep, stale) = (env.node.pod(), env.node.pod());
-    let conf = with(&env.conf("1.1.0"), json!({"ipMasq": true}));
+    let conf = merged(&env.conf("1.1.0"), json!({"ipMasq": true}));
     let r_keep = env.add_ok(&keep, &conf);
     let r_stale = env.add_ok(&stale, &conf);
     assert_eq!(env.reserved().len(), 2);
     assert!(!env.rules_tagged(&container_id(&stale)).is_empty());
 
-    let gc = with(
+    let gc = merged(
         &conf,
         json!({"cni.dev/valid-attachments": [{"containerID": container_id(&keep), "ifname": "eth0"}]}),
     );

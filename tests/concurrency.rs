@@ -3,7 +3,7 @@
 //! on the same bridge, the same host-local store and the same nftables table.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -16,20 +16,8 @@ const BRIDGE: &str = "wtbr0";
 const WORKERS: usize = 16;
 
 fn bridge_conf(data: &Path, range: Value) -> Value {
-    json!({
-        "cniVersion": "1.0.0",
-        "name": NET,
-        "type": "bridge",
-        "bridge": BRIDGE,
-        "isGateway": true,
-        "ipMasq": true,
-        "ipam": {
-            "type": "host-local",
-            "dataDir": data,
-            "ranges": [[range]],
-            "routes": [{"dst": "0.0.0.0/0"}]
-        }
-    })
+    let bridge = bridge_plugin(BRIDGE, host_local_ipam(data, range));
+    network("1.0.0", NET, merged(&bridge, json!({"ipMasq": true})))
 }
 
 /// Runs `job(i)` for i in 0..n on `WORKERS` threads, each taking the next
@@ -57,30 +45,9 @@ fn parallel<T: Send>(n: usize, job: impl Fn(usize) -> T + Sync) -> Vec<T> {
         .collect()
 }
 
-fn reserved_ips(data: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(data.join(NET)) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "lock" && !n.starts_with("last_reserved_ip"))
-        .collect()
-}
-
-fn store_files(data: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(data.join(NET))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The weft masquerade rules (tagged with the network) in the node.
 fn masq_rules(node: &Node) -> Vec<String> {
-    node.sh("nft list ruleset")
+    nft_ruleset(node)
         .lines()
         .filter(|l| l.contains(&format!("weft net={NET} ")))
         .map(str::to_string)
@@ -99,7 +66,7 @@ fn hundred_pods_added_and_deleted_sixteen_at_a_time() {
     const PODS: usize = 100;
     let node = Node::new();
     let data = TempDir::new();
-    let conf = bridge_conf(data.path(), json!({"subnet": "10.244.16.0/24"}));
+    let conf = bridge_conf(data.path(), subnet_range("10.244.16.0/24"));
     let bridge = plugin_path("bridge");
     let pods: Vec<Netns> = parallel(PODS, |_| node.pod());
 
@@ -116,7 +83,7 @@ fn hundred_pods_added_and_deleted_sixteen_at_a_time() {
     assert_eq!(distinct.len(), PODS, "duplicate addresses handed out: {ips:?}");
     assert!(!ips.iter().any(|ip| ip == "10.244.16.1/24"), "the gateway was handed out");
 
-    let reserved: HashSet<String> = reserved_ips(data.path()).into_iter().collect();
+    let reserved: HashSet<String> = reserved_ips(data.path(), NET).into_iter().collect();
     let expected: HashSet<String> = ips
         .iter()
         .map(|a| a.trim_end_matches("/24").to_string())
@@ -128,10 +95,7 @@ fn hundred_pods_added_and_deleted_sixteen_at_a_time() {
     assert_eq!(masq_rules(&node).len(), PODS);
     // Each reservation names its own pod.
     for (pod, ip) in pods.iter().zip(&ips) {
-        let owner = std::fs::read_to_string(
-            data.join(NET).join(ip.trim_end_matches("/24")),
-        )
-        .unwrap();
+        let owner = reservation(data.path(), NET, ip.trim_end_matches("/24")).unwrap();
         assert_eq!(owner, format!("ctr-{}\r\neth0", pod.name));
     }
     // The pods can all reach the gateway (one probe per pod would be slow;
@@ -143,8 +107,8 @@ fn hundred_pods_added_and_deleted_sixteen_at_a_time() {
     for out in parallel(PODS, |i| call("DEL", &pods[i], &conf).run_in(&node, &bridge)) {
         out.expect_ok();
     }
-    assert!(reserved_ips(data.path()).is_empty(), "{:?}", reserved_ips(data.path()));
-    let left = store_files(data.path());
+    assert!(reserved_ips(data.path(), NET).is_empty(), "{:?}", reserved_ips(data.path(), NET));
+    let left = store_files(data.path(), NET);
     assert!(
         left.iter().all(|f| f == "lock" || f.starts_with("last_reserved_ip.")),
         "{left:?}"
@@ -166,7 +130,7 @@ fn racing_for_a_small_range_gives_each_address_once_and_cleans_up_losers() {
     const FREE: usize = 13;
     let node = Node::new();
     let data = TempDir::new();
-    let conf = bridge_conf(data.path(), json!({"subnet": "10.244.17.0/28"}));
+    let conf = bridge_conf(data.path(), subnet_range("10.244.17.0/28"));
     let bridge = plugin_path("bridge");
     let pods: Vec<Netns> = parallel(PODS, |_| node.pod());
 
@@ -186,7 +150,7 @@ fn racing_for_a_small_range_gives_each_address_once_and_cleans_up_losers() {
         }
     }
     assert_eq!(winners.len(), FREE, "{ips:?}");
-    assert_eq!(reserved_ips(data.path()).len(), FREE);
+    assert_eq!(reserved_ips(data.path(), NET).len(), FREE);
     assert_eq!(veths_on_host(&node).len(), FREE);
     assert_eq!(masq_rules(&node).len(), FREE);
 
@@ -197,7 +161,7 @@ fn racing_for_a_small_range_gives_each_address_once_and_cleans_up_losers() {
     for out in outs {
         out.expect_ok();
     }
-    assert!(reserved_ips(data.path()).is_empty());
+    assert!(reserved_ips(data.path(), NET).is_empty());
     assert!(veths_on_host(&node).is_empty());
     assert!(masq_rules(&node).is_empty());
 }
@@ -211,7 +175,7 @@ fn interleaved_adds_and_dels_keep_the_store_consistent() {
     const PODS: usize = 48;
     let node = Node::new();
     let data = TempDir::new();
-    let conf = bridge_conf(data.path(), json!({"subnet": "10.244.18.0/24"}));
+    let conf = bridge_conf(data.path(), subnet_range("10.244.18.0/24"));
     let bridge = plugin_path("bridge");
     let pods: Vec<Netns> = parallel(PODS, |_| node.pod());
     let (old, new) = pods.split_at(PODS / 2);
@@ -228,7 +192,7 @@ fn interleaved_adds_and_dels_keep_the_store_consistent() {
     for out in outs {
         out.expect_ok();
     }
-    let reserved = reserved_ips(data.path());
+    let reserved = reserved_ips(data.path(), NET);
     assert_eq!(reserved.len(), new.len(), "{reserved:?}");
     assert_eq!(veths_on_host(&node).len(), new.len());
     for pod in old {
@@ -242,7 +206,7 @@ fn interleaved_adds_and_dels_keep_the_store_consistent() {
     for out in parallel(new.len(), |i| call("DEL", &new[i], &conf).run_in(&node, &bridge)) {
         out.expect_ok();
     }
-    assert!(reserved_ips(data.path()).is_empty());
+    assert!(reserved_ips(data.path(), NET).is_empty());
     assert!(veths_on_host(&node).is_empty());
     assert!(masq_rules(&node).is_empty());
 }

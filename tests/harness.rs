@@ -32,20 +32,13 @@ fn reference(name: &str) -> std::path::PathBuf {
 /// A bridge + host-local network on 10.244.<third>.0/24 for the reference
 /// plugins (cniVersion 1.0.0: the newest they and Debian's libcni speak).
 fn bridge_conf(data: &Path, bridge: &str, third: u8) -> Value {
-    json!({
-        "cniVersion": "1.0.0",
-        "name": "wtnet",
-        "type": "bridge",
-        "bridge": bridge,
-        "isGateway": true,
-        "ipMasq": false,
-        "ipam": {
-            "type": "host-local",
-            "dataDir": data,
-            "ranges": [[{"subnet": format!("10.244.{third}.0/24")}]],
-            "routes": [{"dst": "0.0.0.0/0"}]
-        }
-    })
+    network("1.0.0", "wtnet", bridge_entry(data, bridge, third))
+}
+
+/// [`bridge_conf`]'s plugin as a conflist entry (no cniVersion, no name).
+fn bridge_entry(data: &Path, bridge: &str, third: u8) -> Value {
+    let ipam = host_local_ipam(data, subnet_range(&format!("10.244.{third}.0/24")));
+    merged(&bridge_plugin(bridge, ipam), json!({"ipMasq": false}))
 }
 
 #[test]
@@ -193,7 +186,7 @@ fn node_has_lo_up_and_pods_are_separate() {
     let pod = node.pod();
     assert_ne!(node.name, pod.name);
     let lo = link(&node, "lo").unwrap();
-    assert!(lo["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+    assert!(has_flag(&lo, "UP"));
     assert!(ipv4_addrs(&node, "lo").contains(&"127.0.0.1/8".to_string()));
     assert!(ipv4_addrs(&pod, "lo").is_empty());
     assert!(routes(&pod).is_empty());
@@ -244,7 +237,7 @@ fn cni_call_runs_reference_plugins_like_a_runtime() {
         .any(|x| x == "1.0.0"));
 
     // loopback brings the pod's lo up.
-    let lo_conf = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
+    let lo_conf = network("1.0.0", "lo", json!({"type": "loopback"}));
     CniCall::add(&pod, lo_conf.clone())
         .cni_path(&[&refdir])
         .run_in(&node, &reference("loopback"))
@@ -264,8 +257,7 @@ fn cni_call_runs_reference_plugins_like_a_runtime() {
         .iter()
         .any(|r| r["dst"] == "default" && r["gateway"] == "10.244.1.1"));
 
-    let mut check_conf = conf.clone();
-    check_conf["prevResult"] = result;
+    let check_conf = with_prev(&conf, &result);
     CniCall::check(&pod, check_conf.clone())
         .cni_path(&[&refdir])
         .run_in(&node, &reference("bridge"))
@@ -301,14 +293,8 @@ fn libcni_driver_add_check_gc_del_status() {
     let pod = node.pod();
     let refdir = reference_plugin_dir();
     let data = TempDir::new();
-    let mut bridge = bridge_conf(data.path(), "wtbr1", 2);
-    bridge.as_object_mut().unwrap().remove("cniVersion");
-    bridge.as_object_mut().unwrap().remove("name");
-    let list = json!({
-        "cniVersion": "1.0.0",
-        "name": "wtnet",
-        "plugins": [bridge, {"type": "loopback"}]
-    });
+    let bridge = bridge_entry(data.path(), "wtbr1", 2);
+    let list = conflist("1.0.0", "wtnet", vec![bridge, json!({"type": "loopback"})]);
     let driver = Driver::new(&list, &[&refdir]);
 
     let result = driver.add(&node, &pod, "c1", "eth0").expect_ok();

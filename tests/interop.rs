@@ -41,48 +41,9 @@ fn mixed_plugin_dir(choices: &[(&str, Impl)]) -> TempDir {
     dir
 }
 
-fn host_local(data: &Path, third: u8) -> Value {
-    json!({
-        "type": "host-local",
-        "dataDir": data,
-        "ranges": [[{"subnet": format!("10.244.{third}.0/24")}]],
-        "routes": [{"dst": "0.0.0.0/0"}]
-    })
-}
-
-fn bridge_plugin(data: &Path, third: u8) -> Value {
-    json!({
-        "type": "bridge",
-        "bridge": BRIDGE,
-        "isGateway": true,
-        "ipam": host_local(data, third)
-    })
-}
-
-fn conflist(plugins: Vec<Value>) -> Value {
-    json!({"cniVersion": "1.0.0", "name": NET, "plugins": plugins})
-}
-
-/// Addresses reserved in host-local's store for `NET`, sorted.
-fn reserved_ips(data: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(data.join(NET)) else {
-        return Vec::new();
-    };
-    let mut ips: Vec<String> = entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "lock" && !n.starts_with("last_reserved_ip"))
-        .collect();
-    ips.sort();
-    ips
-}
-
-fn reservation(data: &Path, ip: &str) -> String {
-    std::fs::read_to_string(data.join(NET).join(ip)).unwrap()
-}
-
-fn last_reserved(data: &Path) -> String {
-    std::fs::read_to_string(data.join(NET).join("last_reserved_ip.0")).unwrap()
+/// The bridge entry: bridge `BRIDGE` with host-local on 10.244.<third>.0/24.
+fn bridge_entry(data: &Path, third: u8) -> Value {
+    bridge_plugin(BRIDGE, host_local_ipam(data, subnet_range(&format!("10.244.{third}.0/24"))))
 }
 
 /// ADD, CHECK and DEL of one attachment through libcni with `bridge` and
@@ -93,7 +54,7 @@ fn bridge_and_host_local_round_trip(bridge: Impl, ipam: Impl, third: u8) {
     let pod = node.pod();
     let data = TempDir::new();
     let dir = mixed_plugin_dir(&[("bridge", bridge), ("host-local", ipam)]);
-    let net = Driver::new(&conflist(vec![bridge_plugin(data.path(), third)]), &[dir.path()]);
+    let net = Driver::new(&conflist("1.0.0", NET, vec![bridge_entry(data.path(), third)]), &[dir.path()]);
 
     let result = net.add(&node, &pod, "c1", "eth0").expect_ok();
     let ip = format!("10.244.{third}.2");
@@ -109,23 +70,23 @@ fn bridge_and_host_local_round_trip(bridge: Impl, ipam: Impl, third: u8) {
     assert_eq!(veths.len(), 1);
     assert_eq!(veths[0]["master"], BRIDGE);
     assert!(ipv4_addrs(&node, BRIDGE).contains(&format!("10.244.{third}.1/24")));
-    assert_eq!(reserved_ips(data.path()), vec![ip.clone()]);
-    assert_eq!(reservation(data.path(), &ip), "c1\r\neth0");
-    assert_eq!(last_reserved(data.path()), ip);
+    assert_eq!(reserved_ips(data.path(), NET), vec![ip.clone()]);
+    assert_eq!(reservation(data.path(), NET, &ip).as_deref(), Some("c1\r\neth0"));
+    assert_eq!(last_reserved(data.path(), NET).as_deref(), Some(ip.as_str()));
 
     net.check(&node, &pod, "c1", "eth0").expect_ok();
 
     // A CHECK failure from either side still surfaces through the other.
-    std::fs::remove_file(data.join(NET).join(&ip)).unwrap();
+    std::fs::remove_file(store_dir(data.path(), NET).join(&ip)).unwrap();
     let out = net.check(&node, &pod, "c1", "eth0");
     assert!(!out.success(), "CHECK passed without a reservation: {out:?}");
-    std::fs::write(data.join(NET).join(&ip), "c1\r\neth0").unwrap();
+    std::fs::write(store_dir(data.path(), NET).join(&ip), "c1\r\neth0").unwrap();
     net.check(&node, &pod, "c1", "eth0").expect_ok();
 
     net.del(&node, Some(&pod), "c1", "eth0").expect_ok();
     assert!(link(&pod, "eth0").is_none());
     assert!(veths_on_host(&node).is_empty());
-    assert!(reserved_ips(data.path()).is_empty());
+    assert!(reserved_ips(data.path(), NET).is_empty());
     net.del(&node, Some(&pod), "c1", "eth0").expect_ok();
     net.del(&node, None, "c1", "eth0").expect_ok();
 }
@@ -173,8 +134,8 @@ fn weft_bridge_chained_with_reference_portmap_tuning_bandwidth() {
         ("tuning", Impl::Go),
         ("bandwidth", Impl::Go),
     ]);
-    let list = conflist(vec![
-        bridge_plugin(data.path(), 12),
+    let list = conflist("1.0.0", NET, vec![
+        bridge_entry(data.path(), 12),
         json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}),
         json!({
             "type": "tuning",
@@ -193,7 +154,7 @@ fn weft_bridge_chained_with_reference_portmap_tuning_bandwidth() {
         }
     }));
     let lo = Driver::new(
-        &json!({"cniVersion": "1.0.0", "name": "lo", "plugins": [{"type": "loopback"}]}),
+        &conflist("1.0.0", "lo", vec![json!({"type": "loopback"})]),
         &[dir.path()],
     );
     lo.add(&node, &pod, "c1", "lo").expect_ok();
@@ -263,7 +224,7 @@ fn weft_bridge_chained_with_reference_portmap_tuning_bandwidth() {
             .any(|l| l.pointer("/linkinfo/info_kind") == Some(&json!("ifb"))),
         "bandwidth's ifb left"
     );
-    assert!(reserved_ips(data.path()).is_empty());
+    assert!(reserved_ips(data.path(), NET).is_empty());
     assert!(link(&pod, "eth0").is_none());
     // A second DEL of the whole chain is fine.
     net.del(&node, Some(&pod), "c1", "eth0").expect_ok();
@@ -321,12 +282,14 @@ fn check_chain(node: &Node, pod: &Netns, net: &Driver, list: &Value, dir: &Path)
 /// host-local's network config at 1.0.0 on 10.244.<third>.0/24 (or a
 /// narrower range), for calling the IPAM plugins directly.
 fn ipam_conf(data: &Path, range: Value) -> Value {
-    json!({
-        "cniVersion": "1.0.0",
-        "name": NET,
-        "type": "host-local",
-        "ipam": {"type": "host-local", "dataDir": data, "ranges": [[range]]}
-    })
+    network(
+        "1.0.0",
+        NET,
+        json!({
+            "type": "host-local",
+            "ipam": {"type": "host-local", "dataDir": data, "ranges": [[range]]}
+        }),
+    )
 }
 
 fn run_ipam(node: &Node, pod: &Netns, which: Impl, command: &str, conf: &Value, cid: &str) -> CniOutput {
@@ -348,19 +311,19 @@ fn host_local_store_is_shared_between_implementations() {
     let node = Node::new();
     let pod = node.pod();
     let data = TempDir::new();
-    let conf = ipam_conf(data.path(), json!({"subnet": "10.244.13.0/24"}));
+    let conf = ipam_conf(data.path(), subnet_range("10.244.13.0/24"));
     let add = |which, cid: &str| allocated(&run_ipam(&node, &pod, which, "ADD", &conf, cid));
     let run = |which, cmd: &str, cid: &str| run_ipam(&node, &pod, which, cmd, &conf, cid);
 
     // Go allocates; weft continues the round-robin from Go's last_reserved_ip.
     assert_eq!(add(Impl::Go, "go1"), "10.244.13.2/24");
     assert_eq!(add(Impl::Go, "go2"), "10.244.13.3/24");
-    assert_eq!(last_reserved(data.path()), "10.244.13.3");
+    assert_eq!(last_reserved(data.path(), NET).as_deref(), Some("10.244.13.3"));
     assert_eq!(add(Impl::Weft, "weft1"), "10.244.13.4/24");
-    assert_eq!(last_reserved(data.path()), "10.244.13.4");
+    assert_eq!(last_reserved(data.path(), NET).as_deref(), Some("10.244.13.4"));
     // Same file format on both sides.
-    assert_eq!(reservation(data.path(), "10.244.13.3"), "go2\r\neth0");
-    assert_eq!(reservation(data.path(), "10.244.13.4"), "weft1\r\neth0");
+    assert_eq!(reservation(data.path(), NET, "10.244.13.3").as_deref(), Some("go2\r\neth0"));
+    assert_eq!(reservation(data.path(), NET, "10.244.13.4").as_deref(), Some("weft1\r\neth0"));
     // ... and Go continues after weft's.
     assert_eq!(add(Impl::Go, "go3"), "10.244.13.5/24");
 
@@ -374,14 +337,14 @@ fn host_local_store_is_shared_between_implementations() {
     assert_eq!(add(Impl::Weft, "go2"), "10.244.13.3/24");
     assert!(!run(Impl::Go, "ADD", "weft1").success());
     assert_eq!(
-        reserved_ips(data.path()),
+        reserved_ips(data.path(), NET),
         vec!["10.244.13.2", "10.244.13.3", "10.244.13.4", "10.244.13.5"]
     );
 
     // weft DEL releases Go's allocation; Go DEL releases weft's.
     run(Impl::Weft, "DEL", "go1").expect_ok();
     run(Impl::Go, "DEL", "weft1").expect_ok();
-    assert_eq!(reserved_ips(data.path()), vec!["10.244.13.3", "10.244.13.5"]);
+    assert_eq!(reserved_ips(data.path(), NET), vec!["10.244.13.3", "10.244.13.5"]);
     // Neither reuses a released address before the range wraps.
     assert_eq!(add(Impl::Weft, "weft2"), "10.244.13.6/24");
     assert_eq!(add(Impl::Go, "go4"), "10.244.13.7/24");
@@ -389,7 +352,7 @@ fn host_local_store_is_shared_between_implementations() {
     for (which, cid) in [(Impl::Go, "go2"), (Impl::Weft, "go3"), (Impl::Go, "weft2"), (Impl::Weft, "go4")] {
         run(which, "DEL", cid).expect_ok();
     }
-    assert!(reserved_ips(data.path()).is_empty());
+    assert!(reserved_ips(data.path(), NET).is_empty());
     // Repeated DELs from both sides are fine.
     run(Impl::Go, "DEL", "go2").expect_ok();
     run(Impl::Weft, "DEL", "go2").expect_ok();
@@ -419,7 +382,7 @@ fn host_local_round_robin_wraps_across_implementations() {
     let full = add(Impl::Weft, "e").expect_error(101);
     assert!(full["msg"].as_str().is_some_and(|m| !m.is_empty()), "{full}");
     assert!(!add(Impl::Go, "e").success());
-    assert_eq!(reserved_ips(data.path()).len(), 4);
+    assert_eq!(reserved_ips(data.path(), NET).len(), 4);
 
     // Go frees .11 (weft's); weft wraps around to it.
     del(Impl::Go, "b").expect_ok();
@@ -431,7 +394,7 @@ fn host_local_round_robin_wraps_across_implementations() {
     for cid in ["c", "d", "e", "f"] {
         del(Impl::Weft, cid).expect_ok();
     }
-    assert!(reserved_ips(data.path()).is_empty());
+    assert!(reserved_ips(data.path(), NET).is_empty());
 }
 
 #[test]
@@ -444,17 +407,17 @@ fn legacy_id_only_reservations_are_released_by_weft() {
     let node = Node::new();
     let pod = node.pod();
     let data = TempDir::new();
-    let conf = ipam_conf(data.path(), json!({"subnet": "10.244.15.0/24"}));
-    std::fs::create_dir_all(data.join(NET)).unwrap();
-    std::fs::write(data.join(NET).join("10.244.15.2"), "old").unwrap();
+    let conf = ipam_conf(data.path(), subnet_range("10.244.15.0/24"));
+    std::fs::create_dir_all(store_dir(data.path(), NET)).unwrap();
+    std::fs::write(store_dir(data.path(), NET).join("10.244.15.2"), "old").unwrap();
     run_ipam(&node, &pod, Impl::Weft, "CHECK", &conf, "old").expect_ok();
     run_ipam(&node, &pod, Impl::Weft, "DEL", &conf, "old").expect_ok();
-    assert!(reserved_ips(data.path()).is_empty());
+    assert!(reserved_ips(data.path(), NET).is_empty());
     // Weft then allocates it again, as Go would.
     assert_eq!(
         allocated(&run_ipam(&node, &pod, Impl::Weft, "ADD", &conf, "new")),
         "10.244.15.2/24"
     );
     run_ipam(&node, &pod, Impl::Go, "DEL", &conf, "new").expect_ok();
-    assert!(reserved_ips(data.path()).is_empty());
+    assert!(reserved_ips(data.path(), NET).is_empty());
 }

@@ -18,60 +18,17 @@ const BRIDGE: &str = "wtbr0";
 
 /// The bridge plugin's entry of a conflist (no cniVersion/name: libcni
 /// injects them): bridge `BRIDGE` with host-local on 10.244.<third>.0/24.
-fn bridge_plugin(data: &Path, third: u8) -> Value {
-    json!({
-        "type": "bridge",
-        "bridge": BRIDGE,
-        "isGateway": true,
-        "ipMasq": true,
-        "ipam": {
-            "type": "host-local",
-            "dataDir": data,
-            "ranges": [[{"subnet": format!("10.244.{third}.0/24")}]],
-            "routes": [{"dst": "0.0.0.0/0"}]
-        }
-    })
-}
-
-fn conflist(name: &str, plugins: Vec<Value>) -> Value {
-    json!({"cniVersion": "1.0.0", "name": name, "plugins": plugins})
+fn bridge_entry(data: &Path, third: u8) -> Value {
+    let ipam = host_local_ipam(data, subnet_range(&format!("10.244.{third}.0/24")));
+    merged(&bridge_plugin(BRIDGE, ipam), json!({"ipMasq": true}))
 }
 
 fn pod_network(data: &Path, third: u8) -> Value {
-    conflist(NET, vec![bridge_plugin(data, third)])
+    conflist("1.0.0", NET, vec![bridge_entry(data, third)])
 }
 
 fn loopback_network() -> Value {
-    conflist("cni-loopback", vec![json!({"type": "loopback"})])
-}
-
-/// The addresses host-local holds in `data` for network `NET` (its store
-/// directory without `lock` and `last_reserved_ip.*`), sorted.
-fn reserved_ips(data: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(data.join(NET)) else {
-        return Vec::new();
-    };
-    let mut ips: Vec<String> = entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "lock" && !n.starts_with("last_reserved_ip"))
-        .collect();
-    ips.sort();
-    ips
-}
-
-/// The node's nftables ruleset (iptables here is iptables-nft, so this
-/// covers both).
-fn ruleset(node: &Node) -> String {
-    node.sh("nft list ruleset")
-}
-
-fn is_up(ns: &Netns, ifname: &str) -> bool {
-    link(ns, ifname).is_some_and(|l| {
-        l["flags"]
-            .as_array()
-            .is_some_and(|f| f.iter().any(|x| x == "UP"))
-    })
+    conflist("1.0.0", "cni-loopback", vec![json!({"type": "loopback"})])
 }
 
 /// The host veths enslaved to `BRIDGE`.
@@ -141,12 +98,12 @@ fn runtime_add_check_del_lifecycle() {
     assert_eq!(ports[0]["ifname"], host_veth.as_str());
     assert!(is_up(&node, &host_veth));
     assert!(ipv4_addrs(&node, BRIDGE).contains(&"10.244.1.1/24".to_string()));
-    assert_eq!(reserved_ips(data.path()), vec!["10.244.1.2"]);
+    assert_eq!(reserved_ips(data.path(), NET), vec!["10.244.1.2"]);
     assert_eq!(
-        std::fs::read_to_string(data.join(format!("{NET}/10.244.1.2"))).unwrap(),
+        reservation(data.path(), NET, "10.244.1.2").unwrap(),
         "c1\r\neth0"
     );
-    assert!(ruleset(&node).contains("id=c1"), "ipMasq rule missing:\n{}", ruleset(&node));
+    assert!(nft_ruleset(&node).contains("id=c1"), "ipMasq rule missing:\n{}", nft_ruleset(&node));
 
     // CHECK passes on both lists.
     net.check(&node, &pod, "c1", "eth0").expect_ok();
@@ -165,8 +122,8 @@ fn runtime_add_check_del_lifecycle() {
     lo.del(&node, Some(&pod), "c1", "lo").expect_ok();
     assert!(link(&pod, "eth0").is_none());
     assert!(veths_on_host(&node).is_empty());
-    assert!(reserved_ips(data.path()).is_empty());
-    assert!(!ruleset(&node).contains("id=c1"), "ipMasq rule left:\n{}", ruleset(&node));
+    assert!(reserved_ips(data.path(), NET).is_empty());
+    assert!(!nft_ruleset(&node).contains("id=c1"), "ipMasq rule left:\n{}", nft_ruleset(&node));
     assert!(net.cached(NET, "c1", "eth0").is_none(), "libcni drops the cache on DEL");
     assert!(!is_up(&pod, "lo"));
     assert!(link(&node, BRIDGE).is_some(), "the bridge is never removed");
@@ -180,7 +137,7 @@ fn runtime_add_check_del_lifecycle() {
     let again = net.add(&node, &pod, "c1", "eth0").expect_ok();
     assert_eq!(again["ips"][0]["address"], "10.244.1.3/24");
     net.del(&node, Some(&pod), "c1", "eth0").expect_ok();
-    assert!(reserved_ips(data.path()).is_empty());
+    assert!(reserved_ips(data.path(), NET).is_empty());
 }
 
 #[test]
@@ -193,7 +150,7 @@ fn del_after_the_pod_netns_is_gone_releases_everything() {
     let net = Driver::new(&pod_network(data.path(), 2), &[&plugin_dir()]);
     let pod = node.pod();
     net.add(&node, &pod, "c1", "eth0").expect_ok();
-    assert_eq!(reserved_ips(data.path()), vec!["10.244.2.2"]);
+    assert_eq!(reserved_ips(data.path(), NET), vec!["10.244.2.2"]);
     let pod_path = pod.path_str().to_string();
     // The runtime removed the sandbox first (crash, reboot): the veth pair
     // dies with the netns; DEL still must release the IP and the rules.
@@ -212,9 +169,9 @@ fn del_after_the_pod_netns_is_gone_releases_everything() {
         ],
     );
     out.expect_ok();
-    assert!(reserved_ips(data.path()).is_empty());
+    assert!(reserved_ips(data.path(), NET).is_empty());
     assert!(veths_on_host(&node).is_empty());
-    assert!(!ruleset(&node).contains("id=c1"), "{}", ruleset(&node));
+    assert!(!nft_ruleset(&node).contains("id=c1"), "{}", nft_ruleset(&node));
 }
 
 #[test]
@@ -225,9 +182,9 @@ fn capability_args_set_ip_and_mac() {
     let node = Node::new();
     let pod = node.pod();
     let data = TempDir::new();
-    let mut bridge = bridge_plugin(data.path(), 3);
+    let mut bridge = bridge_entry(data.path(), 3);
     bridge["capabilities"] = json!({"ips": true, "mac": true});
-    let mut net = Driver::new(&conflist(NET, vec![bridge]), &[&plugin_dir()]);
+    let mut net = Driver::new(&conflist("1.0.0", NET, vec![bridge]), &[&plugin_dir()]);
     net.cap_args = Some(json!({"ips": ["10.244.3.77/24"], "mac": "0a:58:0a:f4:03:4d"}));
 
     let result = net.add(&node, &pod, "c1", "eth0").expect_ok();
@@ -235,10 +192,10 @@ fn capability_args_set_ip_and_mac() {
     assert_eq!(result["interfaces"][2]["mac"], "0a:58:0a:f4:03:4d", "{result}");
     assert_eq!(ipv4_addrs(&pod, "eth0"), vec!["10.244.3.77/24"]);
     assert_eq!(link(&pod, "eth0").unwrap()["address"], "0a:58:0a:f4:03:4d");
-    assert_eq!(reserved_ips(data.path()), vec!["10.244.3.77"]);
+    assert_eq!(reserved_ips(data.path(), NET), vec!["10.244.3.77"]);
     net.check(&node, &pod, "c1", "eth0").expect_ok();
     net.del(&node, Some(&pod), "c1", "eth0").expect_ok();
-    assert!(reserved_ips(data.path()).is_empty());
+    assert!(reserved_ips(data.path(), NET).is_empty());
     assert!(veths_on_host(&node).is_empty());
 }
 
@@ -256,7 +213,7 @@ fn gc_releases_stale_attachments_and_keeps_valid_ones() {
         net.add(&node, pod, &format!("c{i}"), "eth0").expect_ok();
     }
     assert_eq!(
-        reserved_ips(data.path()),
+        reserved_ips(data.path(), NET),
         vec!["10.244.4.2", "10.244.4.3", "10.244.4.4"]
     );
     assert_eq!(veths_on_host(&node).len(), 3);
@@ -271,7 +228,7 @@ fn gc_releases_stale_attachments_and_keeps_valid_ones() {
     net.gc(&node, Some(&[("c0", "eth0")])).expect_ok();
     assert!(net.cached(NET, "c1", "eth0").is_none());
     assert!(link(&pods[1], "eth0").is_none());
-    assert_eq!(reserved_ips(data.path()), vec!["10.244.4.2", "10.244.4.4"]);
+    assert_eq!(reserved_ips(data.path(), NET), vec!["10.244.4.2", "10.244.4.4"]);
 
     let mut v11 = list.clone();
     v11["cniVersion"] = json!("1.1.0");
@@ -279,10 +236,10 @@ fn gc_releases_stale_attachments_and_keeps_valid_ones() {
     net.gc(&node, Some(&[("c0", "eth0")])).expect_ok();
     // host-local released c2's address, bridge removed its host veth (and so
     // the pod end) and its masquerade rule.
-    assert_eq!(reserved_ips(data.path()), vec!["10.244.4.2"]);
+    assert_eq!(reserved_ips(data.path(), NET), vec!["10.244.4.2"]);
     assert_eq!(veths_on_host(&node).len(), 1);
     assert!(link(&pods[2], "eth0").is_none());
-    let rules = ruleset(&node);
+    let rules = nft_ruleset(&node);
     assert!(rules.contains("id=c0"), "{rules}");
     assert!(!rules.contains("id=c1") && !rules.contains("id=c2"), "{rules}");
     // STATUS at 1.1.0 reaches weft's plugins (the reference ones reject it).
@@ -296,9 +253,9 @@ fn gc_releases_stale_attachments_and_keeps_valid_ones() {
     // GC with an empty valid list releases everything.
     net.set_conflist(&v11);
     net.gc(&node, Some(&[])).expect_ok();
-    assert!(reserved_ips(data.path()).is_empty());
+    assert!(reserved_ips(data.path(), NET).is_empty());
     assert!(veths_on_host(&node).is_empty());
-    assert!(!ruleset(&node).contains("id=c0"));
+    assert!(!nft_ruleset(&node).contains("id=c0"));
 }
 
 #[test]
@@ -325,6 +282,6 @@ fn disable_check_skips_check_but_not_add_or_del() {
     net.check(&node, &pod, "c1", "eth0").expect_error(105);
 
     net.del(&node, Some(&pod), "c1", "eth0").expect_ok();
-    assert!(reserved_ips(data.path()).is_empty());
+    assert!(reserved_ips(data.path(), NET).is_empty());
     assert!(veths_on_host(&node).is_empty());
 }

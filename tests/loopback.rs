@@ -10,14 +10,12 @@ const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 const CHECK_VERSIONS: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
 
 fn conf(version: &str) -> Value {
-    json!({"cniVersion": version, "name": "weftlo", "type": "loopback"})
+    network(version, "weftlo", json!({"type": "loopback"}))
 }
 
 /// `conf` carrying a previous result, as in a chain or on CHECK/DEL.
 fn conf_with_prev(version: &str, prev: &Value) -> Value {
-    let mut c = conf(version);
-    c["prevResult"] = prev.clone();
-    c
+    with_prev(&conf(version), prev)
 }
 
 /// Runs weft's loopback inside `node` for `pod` (CNI_IFNAME `lo`, as
@@ -27,10 +25,7 @@ fn run(node: &Node, call: CniCall) -> CniOutput {
 }
 
 fn lo_is_up(pod: &Netns) -> bool {
-    let lo = link(pod, "lo").expect("every netns has lo");
-    lo["flags"]
-        .as_array()
-        .is_some_and(|f| f.iter().any(|x| x == "UP"))
+    has_flag(&link(pod, "lo").expect("every netns has lo"), "UP")
 }
 
 fn set_lo(pod: &Netns, state: &str) {

@@ -305,17 +305,8 @@ impl Cluster {
     }
 
     /// Polls `f` every 200 ms until it returns true or `timeout` passes.
-    pub fn wait_for(&self, timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-        let end = Instant::now() + timeout;
-        loop {
-            if f() {
-                return true;
-            }
-            if Instant::now() >= end {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+    pub fn wait_for(&self, timeout: Duration, f: impl FnMut() -> bool) -> bool {
+        crate::inspect::wait_until(timeout, Duration::from_millis(200), f)
     }
 
     fn reap(&self) {

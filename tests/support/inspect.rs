@@ -1,4 +1,7 @@
-//! Reading live kernel state of a namespace through `ip -j`.
+//! Reading live kernel state of a namespace through `ip -j` and `nft`, and
+//! waiting for it to settle.
+
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -39,6 +42,19 @@ pub fn link(ns: &Netns, name: &str) -> Option<Value> {
     links(ns)
         .into_iter()
         .find(|l| l.get("ifname").and_then(Value::as_str) == Some(name))
+}
+
+/// Whether a link (from [`links`] / [`link`]) has `flag` (e.g. `"UP"`,
+/// `"PROMISC"`) among its `flags`.
+pub fn has_flag(link: &Value, flag: &str) -> bool {
+    link["flags"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|x| x == flag))
+}
+
+/// Whether `ifname` exists in `ns` and is administratively up.
+pub fn is_up(ns: &Netns, ifname: &str) -> bool {
+    link(ns, ifname).is_some_and(|l| has_flag(&l, "UP"))
 }
 
 /// All addresses (`ip -j addr show`): per link, `addr_info[]` with `local`,
@@ -84,4 +100,66 @@ pub fn veths_on_host(node: &Netns) -> Vec<Value> {
         .into_iter()
         .filter(|l| l.pointer("/linkinfo/info_kind").and_then(Value::as_str) == Some("veth"))
         .collect()
+}
+
+/// The names of the veth links in `node`.
+pub fn veth_names(node: &Netns) -> Vec<String> {
+    veths_on_host(node)
+        .iter()
+        .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The whole nftables ruleset of `ns` as text (`nft list ruleset`; with
+/// iptables-nft this covers iptables rules too).
+pub fn nft_ruleset(ns: &Netns) -> String {
+    ns.sh("nft list ruleset")
+}
+
+/// Every rule of every table in `ns`, as `nft -j list ruleset` prints it
+/// (`family`, `table`, `chain`, `expr`, `comment`, ...).
+pub fn nft_rules(ns: &Netns) -> Vec<Value> {
+    let text = ns.sh("nft -j list ruleset");
+    let ruleset: Value = serde_json::from_str(&text).expect("nft -j prints JSON");
+    ruleset["nftables"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|item| item.get("rule").cloned())
+        .collect()
+}
+
+/// Calls `cond` every `interval` until it returns true (then true) or
+/// `timeout` has passed (then false).
+pub fn wait_until(timeout: Duration, interval: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+/// Polls `cond` every 50 ms for up to 5 s (kernel cleanup, e.g. after a
+/// netns or one end of a veth pair goes away, is asynchronous); panics with
+/// "timed out waiting until {what}" when it never holds.
+#[track_caller]
+pub fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    assert!(
+        wait_until(Duration::from_secs(5), Duration::from_millis(50), cond),
+        "timed out waiting until {what}"
+    );
+}
+
+/// Waits ([`eventually`]) until `node` has no veth left. Deleting one end of
+/// a veth pair removes the other end (in another netns) asynchronously on
+/// recent kernels (seen on 6.18).
+#[track_caller]
+pub fn assert_no_veths(node: &Netns) {
+    eventually("no veth is left in the node", || veths_on_host(node).is_empty());
 }

@@ -27,17 +27,27 @@
 
 mod cluster;
 mod cni;
+mod config;
 mod driver;
 mod inspect;
 mod netns;
 mod process;
+mod store;
 
 pub use cluster::{cluster_lib, shell_quote, Cluster};
 pub use cni::{plugin_dir, plugin_path, reference_plugin_dir, workspace_root, CniCall, CniOutput};
 pub use driver::{driver_path, Driver};
-pub use inspect::{addrs, ipv4_addrs, link, links, routes, routes6, veths_on_host};
+pub use config::{bridge_plugin, conflist, host_local_ipam, merged, network, subnet_range, with_prev};
+pub use inspect::{
+    addrs, assert_no_veths, eventually, has_flag, ipv4_addrs, is_up, link, links, nft_rules,
+    nft_ruleset, routes, routes6, veth_names, veths_on_host, wait_until,
+};
 pub use netns::{sweep_stale, Background, Netns, Node, TempDir};
 pub use process::{run_with_timeout, DEFAULT_TIMEOUT};
+pub use store::{
+    is_reservation_name, last_reserved, reservation, reserved_addrs, reserved_ips, store_dir,
+    store_files,
+};
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
