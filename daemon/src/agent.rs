@@ -3,11 +3,13 @@
 
 use crate::config::{LeaseAttrs, NetConfig};
 use crate::dataplane::Command;
-use crate::lease::{entry_from_kv, peers_from, renew_after, Entry, OwnLease, Registry, Rng};
+use crate::lease::{
+    entry_from_kv, peers6_from, peers_from, renew_after, Entry, OwnLease, Registry, Rng,
+};
 use crate::metrics::Metrics;
 use crate::subnet_env::{write_atomic, SubnetEnv};
 use etcd_client::{EventType, WatchOptions};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -26,6 +28,8 @@ pub struct Agent {
     pub mtu: u32,
     pub renew_margin_secs: i64,
     pub previous: Option<Ipv4Network>,
+    /// The IPv6 subnet from subnet.env (dual-stack only).
+    pub previous6: Option<Ipv6Network>,
     pub dataplane: std::sync::mpsc::Sender<Command>,
     pub masq: Option<std::sync::mpsc::Sender<crate::masq::Rules>>,
     pub masq_forward: bool,
@@ -56,21 +60,28 @@ enum Inner {
 }
 
 impl Agent {
-    /// Our subnet became (or changed to) `subnet`: masq rules, subnet.env, data plane.
-    fn on_subnet(&mut self, subnet: Ipv4Network) -> Result<(), std::io::Error> {
+    /// Our subnets became (or changed to) `subnet`/`subnet6`: masq rules,
+    /// subnet.env, data plane.
+    fn on_subnet(
+        &mut self,
+        subnet: Ipv4Network,
+        subnet6: Option<Ipv6Network>,
+    ) -> Result<(), std::io::Error> {
+        let network6 = self.cfg.ipv6.as_ref().map(|c| c.network);
         if let Some(tx) = &self.masq {
             let _ = tx.send(crate::masq::Rules {
                 pod: subnet,
                 cluster: self.cfg.network,
                 forward: self.masq_forward,
                 fully_random: self.masq_fully_random,
+                v6: subnet6.zip(network6),
             });
         }
         let env = SubnetEnv {
             network: Some(self.cfg.network),
             subnet: Some(subnet),
-            ipv6_network: None,
-            ipv6_subnet: None,
+            ipv6_network: network6.filter(|_| subnet6.is_some()),
+            ipv6_subnet: subnet6,
             mtu: self.mtu,
             ipmasq: self.ip_masq,
         };
@@ -82,7 +93,10 @@ impl Agent {
             subnet = crate::config::gateway_cidr(&subnet),
             mtu = self.mtu
         );
-        let _ = self.dataplane.send(Command::Local { subnet });
+        if let Some(s6) = subnet6 {
+            crate::info!("IPv6 subnet", subnet6 = crate::config::gateway_cidr_v6(&s6));
+        }
+        let _ = self.dataplane.send(Command::Local { subnet, subnet6 });
         Ok(())
     }
 
@@ -92,7 +106,7 @@ impl Agent {
     ) -> anyhow::Result<()> {
         let mut rng = Rng::new();
         let mut own: Option<OwnLease> = None;
-        let mut current_subnet: Option<Ipv4Network> = None;
+        let mut current_subnet: Option<(Ipv4Network, Option<Ipv6Network>)> = None;
         let mut backoff = Backoff::new();
         let mut renew_at = Instant::now();
         loop {
@@ -100,21 +114,29 @@ impl Agent {
                 return Ok(());
             }
             if own.is_none() {
-                let prev = current_subnet.or(self.previous);
+                let prev = current_subnet.map(|c| c.0).or(self.previous);
+                let prev6 = current_subnet.and_then(|c| c.1).or(self.previous6);
                 match self
                     .reg
-                    .acquire(&self.cfg, &self.attrs, self.public_ip, prev, &mut rng)
+                    .acquire(
+                        &self.cfg,
+                        &self.attrs,
+                        self.public_ip,
+                        prev,
+                        prev6,
+                        &mut rng,
+                    )
                     .await
                 {
                     Ok(l) => {
                         self.metrics.lease_acquisitions.fetch_add(1, Relaxed);
                         renew_at = Instant::now() + renew_after(l.ttl, self.renew_margin_secs);
-                        if current_subnet != Some(l.subnet) {
-                            if let Some(old) = current_subnet {
+                        if current_subnet != Some((l.subnet, l.subnet6)) {
+                            if let Some((old, _)) = current_subnet {
                                 crate::warn!("our subnet changed", old = old, new = l.subnet);
                             }
                             // subnet.env must be written before anything depends on us.
-                            while let Err(e) = self.on_subnet(l.subnet) {
+                            while let Err(e) = self.on_subnet(l.subnet, l.subnet6) {
                                 crate::error!(
                                     "writing the subnet file failed; retrying",
                                     path = self.subnet_file.display(),
@@ -125,7 +147,7 @@ impl Agent {
                                     _ = shutdown.changed() => return Ok(()),
                                 }
                             }
-                            current_subnet = Some(l.subnet);
+                            current_subnet = Some((l.subnet, l.subnet6));
                         }
                         own = Some(l);
                     }
@@ -311,9 +333,14 @@ impl Agent {
 
     fn publish(&self, entries: &BTreeMap<Ipv4Network, Entry>, own: &Ipv4Network) {
         let peers = peers_from(entries, Some(own));
+        let peers6 = if self.cfg.ipv6.is_some() {
+            peers6_from(entries, Some(own))
+        } else {
+            Vec::new()
+        };
         self.metrics
             .leases_known
             .store(entries.keys().filter(|s| *s != own).count() as u64, Relaxed);
-        let _ = self.dataplane.send(Command::Peers(peers));
+        let _ = self.dataplane.send(Command::Peers(peers, peers6));
     }
 }

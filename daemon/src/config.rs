@@ -2,15 +2,15 @@
 //! values. Everything here is pure: parsing, flannel's defaults, validation
 //! and IPv4 subnet arithmetic.
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Bytes VXLAN over IPv4 adds to every packet (outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14).
 pub const VXLAN_OVERHEAD_V4: u32 = 50;
-/// The same over an IPv6 underlay (outer header 40 instead of 20); for when IPv6 underlays are supported.
-#[allow(dead_code)]
+/// The same over an IPv6 underlay (outer header 40 instead of 20), used by
+/// `flannel-v6.<VNI>` (flannel subtracts only 50 there: its bug #1781).
 pub const VXLAN_OVERHEAD_V6: u32 = 70;
 /// flannel's (and the Linux kernel's) VXLAN port.
 pub const DEFAULT_VXLAN_PORT: u16 = 8472;
@@ -35,8 +35,17 @@ pub struct NetConfig {
     pub subnet_min: Ipv4Addr,
     pub subnet_max: Ipv4Addr,
     pub backend: VxlanBackend,
-    pub enable_ipv6: bool,
-    pub ipv6_network: Option<ipnetwork::Ipv6Network>,
+    /// The IPv6 half of a dual-stack config (`EnableIPv6: true`).
+    pub ipv6: Option<V6Config>,
+}
+
+/// `IPv6Network` and its subnet range, defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V6Config {
+    pub network: Ipv6Network,
+    pub subnet_len: u8,
+    pub subnet_min: Ipv6Addr,
+    pub subnet_max: Ipv6Addr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,14 +132,11 @@ pub fn parse_config(json: &str) -> Result<NetConfig, ConfigError> {
         ),
         None => None,
     };
-    if enable_ipv6 {
-        if ipv6_network.is_none() {
-            return Err(invalid("EnableIPv6 is true but IPv6Network is missing"));
-        }
-        return Err(invalid(
-            "EnableIPv6=true (dual stack) is not supported by weft yet; remove it or set it to false",
-        ));
-    }
+    let ipv6 = match (enable_ipv6, ipv6_network) {
+        (false, _) => None,
+        (true, None) => return Err(invalid("EnableIPv6 is true but IPv6Network is missing")),
+        (true, Some(n)) => Some(parse_v6_range(obj, n)?),
+    };
 
     let network = match get_str(obj, "Network")? {
         Some(s) => parse_v4_cidr("Network", &s)?,
@@ -208,9 +214,135 @@ pub fn parse_config(json: &str) -> Result<NetConfig, ConfigError> {
         subnet_min,
         subnet_max,
         backend,
-        enable_ipv6,
-        ipv6_network,
+        ipv6,
     })
+}
+
+fn parse_v6_addr(name: &str, s: &str) -> Result<Ipv6Addr, ConfigError> {
+    let a = s.split('/').next().unwrap_or(s);
+    a.parse()
+        .map_err(|_| invalid(format!("{name} {s:?} is not an IPv6 address")))
+}
+
+/// flannel's IPv6 defaults and checks: IPv6SubnetLen defaults to 64 for a
+/// /62 or shorter network (else prefix + 2), is at most 126 and at least
+/// prefix + 2 (so the network is at most /124); IPv6SubnetMin defaults to
+/// the second subnet, IPv6SubnetMax to the last; both inside and aligned.
+fn parse_v6_range(
+    obj: &serde_json::Map<String, Value>,
+    n: Ipv6Network,
+) -> Result<V6Config, ConfigError> {
+    let network = Ipv6Network::new(n.network(), n.prefix())
+        .map_err(|e| invalid(format!("IPv6Network: {e}")))?;
+    let plen = network.prefix();
+    if plen > 124 {
+        return Err(invalid(format!(
+            "IPv6Network {network} is too small: the prefix must be /124 or shorter"
+        )));
+    }
+    let subnet_len = match get_uint(obj, "IPv6SubnetLen")? {
+        None | Some(0) => {
+            if plen <= 62 {
+                64
+            } else {
+                plen + 2
+            }
+        }
+        Some(l) => {
+            let l = u8::try_from(l)
+                .map_err(|_| invalid(format!("IPv6SubnetLen {l} is out of range")))?;
+            if l > 126 {
+                return Err(invalid(format!(
+                    "IPv6SubnetLen {l} is too long: at most 126"
+                )));
+            }
+            if l < plen + 2 {
+                return Err(invalid(format!(
+                    "IPv6SubnetLen {l} is too short for IPv6Network {network}: at least {}",
+                    plen + 2
+                )));
+            }
+            l
+        }
+    };
+    let size = subnet_size_v6(subnet_len);
+    let start = u128::from(network.network());
+    let last = u128::from(network.broadcast()) - (size - 1);
+    let check = |name: &str, a: Ipv6Addr| -> Result<Ipv6Addr, ConfigError> {
+        if !network.contains(a) {
+            return Err(invalid(format!(
+                "{name} {a} is not inside IPv6Network {network}"
+            )));
+        }
+        if u128::from(a) % size != 0 {
+            return Err(invalid(format!(
+                "{name} {a} is not aligned to IPv6SubnetLen /{subnet_len}"
+            )));
+        }
+        Ok(a)
+    };
+    let subnet_min = match get_str(obj, "IPv6SubnetMin")? {
+        Some(s) => check("IPv6SubnetMin", parse_v6_addr("IPv6SubnetMin", &s)?)?,
+        None => Ipv6Addr::from(start + size),
+    };
+    let subnet_max = match get_str(obj, "IPv6SubnetMax")? {
+        Some(s) => check("IPv6SubnetMax", parse_v6_addr("IPv6SubnetMax", &s)?)?,
+        None => Ipv6Addr::from(last),
+    };
+    if u128::from(subnet_min) > u128::from(subnet_max) {
+        return Err(invalid(format!(
+            "IPv6SubnetMin {subnet_min} is above IPv6SubnetMax {subnet_max}"
+        )));
+    }
+    Ok(V6Config {
+        network,
+        subnet_len,
+        subnet_min,
+        subnet_max,
+    })
+}
+
+pub fn subnet_size_v6(len: u8) -> u128 {
+    1u128 << (128 - u32::from(len))
+}
+
+impl V6Config {
+    pub fn fits(&self, s: &Ipv6Network) -> bool {
+        s.prefix() == self.subnet_len
+            && u128::from(s.network()) >= u128::from(self.subnet_min)
+            && u128::from(s.network()) <= u128::from(self.subnet_max)
+            && self.network.contains(s.network())
+    }
+
+    /// Up to `limit` free subnets in [IPv6SubnetMin, IPv6SubnetMax].
+    pub fn free_subnets(&self, taken: &[Ipv6Network], limit: usize) -> Vec<Ipv6Network> {
+        let size = subnet_size_v6(self.subnet_len);
+        let max = u128::from(self.subnet_max);
+        let mut a = u128::from(self.subnet_min);
+        let mut out = Vec::new();
+        while a <= max && out.len() < limit {
+            if let Ok(s) = Ipv6Network::new(Ipv6Addr::from(a), self.subnet_len) {
+                if !taken.iter().any(|t| overlaps_v6(t, &s)) {
+                    out.push(s);
+                }
+            }
+            match a.checked_add(size) {
+                Some(n) => a = n,
+                None => break,
+            }
+        }
+        out
+    }
+}
+
+pub fn overlaps_v6(a: &Ipv6Network, b: &Ipv6Network) -> bool {
+    a.contains(b.network()) || b.contains(a.network())
+}
+
+/// FLANNEL_IPV6_SUBNET: first address + 1 with the lease prefix.
+pub fn gateway_cidr_v6(s: &Ipv6Network) -> String {
+    let gw = Ipv6Addr::from(u128::from(s.network()).wrapping_add(1));
+    format!("{gw}/{}", s.prefix())
 }
 
 fn parse_backend(v: Option<&Value>) -> Result<VxlanBackend, ConfigError> {
@@ -311,21 +443,42 @@ pub fn lease_key_name(s: &Ipv4Network) -> String {
     format!("{}-{}", s.network(), s.prefix())
 }
 
+/// The dual-stack form `10.12.13.0-24&fd00:12:13::-56`; plain v4 without a v6 subnet.
+pub fn lease_key_name_dual(s: &Ipv4Network, s6: Option<&Ipv6Network>) -> String {
+    match s6 {
+        None => lease_key_name(s),
+        Some(s6) => format!("{}&{}-{}", lease_key_name(s), s6.network(), s6.prefix()),
+    }
+}
+
 /// Parse the last path element of a lease key: `10.5.52.0-24`, or the
-/// dual-stack form `10.5.52.0-24&fd00::-64` (only the IPv4 part is used).
+/// dual-stack form `10.5.52.0-24&fd00::-64` (only the IPv4 part is returned).
 /// Like flannel, the address must be the network address and hex is lowercase.
+#[cfg(test)]
 pub fn parse_lease_key_name(name: &str) -> Option<Ipv4Network> {
-    let v4 = match name.split_once('&') {
+    parse_lease_key_name_dual(name).map(|(v4, _)| v4)
+}
+
+/// Both parts of a lease key name; the IPv6 part is `None` for a v4-only key.
+pub fn parse_lease_key_name_dual(name: &str) -> Option<(Ipv4Network, Option<Ipv6Network>)> {
+    let (v4, v6) = match name.split_once('&') {
         Some((v4, v6)) => {
             let (a, l) = v6.rsplit_once('-')?;
             if a.chars().any(|c| c.is_ascii_uppercase()) {
                 return None;
             }
-            let _: std::net::Ipv6Addr = a.parse().ok()?;
-            let _: u8 = l.parse().ok().filter(|l| *l <= 128)?;
-            v4
+            if l.is_empty() || l.len() > 3 || !l.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let ip: Ipv6Addr = a.parse().ok()?;
+            let len: u8 = l.parse().ok().filter(|l| *l <= 128)?;
+            let n = Ipv6Network::new(ip, len).ok()?;
+            if n.network() != ip {
+                return None;
+            }
+            (v4, Some(n))
         }
-        None => name,
+        None => (name, None),
     };
     let (a, l) = v4.split_once('-')?;
     if l.is_empty() || l.len() > 2 || !l.bytes().all(|b| b.is_ascii_digit()) {
@@ -334,13 +487,18 @@ pub fn parse_lease_key_name(name: &str) -> Option<Ipv4Network> {
     let ip: Ipv4Addr = a.parse().ok()?;
     let len: u8 = l.parse().ok()?;
     let n = Ipv4Network::new(ip, len).ok()?;
-    (n.network() == ip).then_some(n)
+    (n.network() == ip).then_some((n, v6))
 }
 
 /// A subnet key below `<prefix>/subnets/`, from its full etcd key.
 pub fn parse_lease_key(prefix: &str, key: &str) -> Option<Ipv4Network> {
+    parse_lease_key_dual(prefix, key).map(|(v4, _)| v4)
+}
+
+/// Both subnets of a key below `<prefix>/subnets/`.
+pub fn parse_lease_key_dual(prefix: &str, key: &str) -> Option<(Ipv4Network, Option<Ipv6Network>)> {
     let rest = key.strip_prefix(&subnets_prefix(prefix))?;
-    parse_lease_key_name(rest)
+    parse_lease_key_name_dual(rest)
 }
 
 /// `<prefix>/subnets/` with exactly one slash between the parts.
@@ -352,8 +510,13 @@ pub fn config_key(prefix: &str) -> String {
     format!("{}/config", prefix.trim_end_matches('/'))
 }
 
+#[cfg(test)]
 pub fn lease_key(prefix: &str, s: &Ipv4Network) -> String {
     format!("{}{}", subnets_prefix(prefix), lease_key_name(s))
+}
+
+pub fn lease_key_dual(prefix: &str, s: &Ipv4Network, s6: Option<&Ipv6Network>) -> String {
+    format!("{}{}", subnets_prefix(prefix), lease_key_name_dual(s, s6))
 }
 
 /// A lease value (flannel's LeaseAttrs).
@@ -397,6 +560,24 @@ impl LeaseAttrs {
         }
     }
 
+    /// A dual-stack vxlan lease: BackendV6Data describes `flannel-v6.<VNI>`.
+    pub fn vxlan_dual(
+        public_ip: Ipv4Addr,
+        public_ipv6: Ipv6Addr,
+        vni: u32,
+        mac: &[u8; 6],
+        mac6: &[u8; 6],
+    ) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ipv6: Some(public_ipv6.to_string()),
+            backend_v6_data: Some(serde_json::json!({
+                "VNI": vni,
+                "VtepMAC": weft_netlink::format_mac(mac6),
+            })),
+            ..LeaseAttrs::vxlan(public_ip, vni, mac)
+        }
+    }
+
     pub fn to_json(&self) -> String {
         // Serialising plain strings and JSON values cannot fail.
         serde_json::to_string(self).unwrap_or_default()
@@ -410,13 +591,25 @@ impl LeaseAttrs {
         self.public_ip.parse().ok()
     }
 
+    pub fn public_ipv6_addr(&self) -> Option<Ipv6Addr> {
+        self.public_ipv6.as_deref()?.parse().ok()
+    }
+
     /// The peer's VTEP MAC, when this is a vxlan lease.
     pub fn vtep_mac(&self) -> Option<[u8; 6]> {
+        self.mac_of(self.backend_data.as_ref())
+    }
+
+    /// The MAC of the peer's `flannel-v6.<VNI>` (BackendV6Data.VtepMAC).
+    pub fn vtep_mac_v6(&self) -> Option<[u8; 6]> {
+        self.mac_of(self.backend_v6_data.as_ref())
+    }
+
+    fn mac_of(&self, data: Option<&Value>) -> Option<[u8; 6]> {
         if self.backend_type != "vxlan" {
             return None;
         }
-        let obj = self.backend_data.as_ref()?.as_object()?;
-        match field(obj, "VtepMAC")? {
+        match field(data?.as_object()?, "VtepMAC")? {
             Value::String(s) => weft_netlink::parse_mac(s),
             _ => None,
         }
@@ -446,7 +639,7 @@ mod tests {
                 mtu: None
             }
         );
-        assert!(!c.enable_ipv6);
+        assert!(c.ipv6.is_none());
     }
 
     #[test]
@@ -492,6 +685,7 @@ mod tests {
             r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","Port":70000}}"#,
             r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":"1"}}"#,
             r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"Backend":{"Type":"vxlan"}}"#,
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/56","Backend":{"Type":"vxlan"}}"#,
         ];
         for b in bad {
             assert!(parse_config(b).is_err(), "accepted {b}");
@@ -597,5 +791,155 @@ mod tests {
     #[test]
     fn gateway() {
         assert_eq!(gateway_cidr(&net("10.5.52.0/24")), "10.5.52.1/24");
+    }
+
+    fn net6(s: &str) -> Ipv6Network {
+        s.parse().unwrap()
+    }
+    fn v6(extra: &str) -> Result<NetConfig, ConfigError> {
+        parse_config(&format!(
+            r#"{{"Network":"10.244.0.0/16","EnableIPv6":true,{extra}"Backend":{{"Type":"vxlan"}}}}"#
+        ))
+    }
+
+    #[test]
+    fn ipv6_defaults() {
+        let c = v6(r#""IPv6Network":"fd00:10:244::/56","#).unwrap();
+        let s = c.ipv6.unwrap();
+        assert_eq!(s.network, net6("fd00:10:244::/56"));
+        assert_eq!(s.subnet_len, 64);
+        assert_eq!(s.subnet_min, "fd00:10:244:1::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            s.subnet_max,
+            "fd00:10:244:ff::".parse::<Ipv6Addr>().unwrap()
+        );
+        // The IPv4 side is unchanged.
+        assert_eq!(c.subnet_len, 24);
+        // Longer than /62: prefix + 2; host bits masked; case-insensitive names.
+        let c = v6(r#""ipv6network":"fd00::5/64","#).unwrap();
+        let s = c.ipv6.unwrap();
+        assert_eq!(s.network, net6("fd00::/64"));
+        assert_eq!(s.subnet_len, 66);
+        assert_eq!(
+            s.subnet_min,
+            "fd00::4000:0:0:0".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            s.subnet_max,
+            "fd00::c000:0:0:0".parse::<Ipv6Addr>().unwrap()
+        );
+        // /124 is the smallest network.
+        let s = v6(r#""IPv6Network":"fd00::/124","#).unwrap().ipv6.unwrap();
+        assert_eq!(s.subnet_len, 126);
+        assert_eq!(s.free_subnets(&[], 100).len(), 3);
+        // EnableIPv6 false: IPv6Network is ignored.
+        let c = parse_config(
+            r#"{"Network":"10.5.0.0/16","IPv6Network":"fd00::/56","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.ipv6, None);
+    }
+
+    #[test]
+    fn ipv6_explicit_range_and_checks() {
+        let s = v6(r#""IPv6Network":"fd00::/48","IPv6SubnetLen":56,"IPv6SubnetMin":"fd00:0:0:a00::","IPv6SubnetMax":"fd00:0:0:c00::","#)
+            .unwrap()
+            .ipv6
+            .unwrap();
+        assert!(s.fits(&net6("fd00:0:0:a00::/56")));
+        assert!(s.fits(&net6("fd00:0:0:c00::/56")));
+        assert!(!s.fits(&net6("fd00:0:0:d00::/56")));
+        assert!(!s.fits(&net6("fd00:0:0:a00::/64")));
+        assert_eq!(
+            s.free_subnets(&[net6("fd00:0:0:b00::/56")], 100),
+            vec![net6("fd00:0:0:a00::/56"), net6("fd00:0:0:c00::/56")]
+        );
+        for bad in [
+            r#""#,
+            r#""IPv6Network":"10.0.0.0/8","#,
+            r#""IPv6Network":"fd00::/125","#,
+            r#""IPv6Network":"fd00::/56","IPv6SubnetLen":127,"#,
+            r#""IPv6Network":"fd00::/56","IPv6SubnetLen":57,"#,
+            r#""IPv6Network":"fd00::/56","IPv6SubnetMin":"fd01::","#,
+            r#""IPv6Network":"fd00::/56","IPv6SubnetMin":"fd00:0:0:1::1","#,
+            r#""IPv6Network":"fd00::/56","IPv6SubnetMax":"fd00:0:0:1:8000::","#,
+            r#""IPv6Network":"fd00::/56","IPv6SubnetMin":"fd00:0:0:9::","IPv6SubnetMax":"fd00:0:0:3::","#,
+            r#""IPv6Network":"fd00::/56","IPv6SubnetLen":"64","#,
+        ] {
+            assert!(v6(bad).is_err(), "accepted {bad}");
+        }
+        let e = v6("").unwrap_err();
+        assert!(e.to_string().contains("IPv6Network is missing"), "{e}");
+        assert_eq!(
+            gateway_cidr_v6(&net6("fd00:10:244:5::/64")),
+            "fd00:10:244:5::1/64"
+        );
+    }
+
+    #[test]
+    fn dual_stack_lease_keys_round_trip() {
+        for name in [
+            "10.12.13.0-24&fd00:12:13::-56",
+            "10.244.3.0-24&fd00:10:244:3::-64",
+            "10.5.52.0-24",
+        ] {
+            let (a, b) = parse_lease_key_name_dual(name).unwrap();
+            assert_eq!(lease_key_name_dual(&a, b.as_ref()), name);
+        }
+        assert_eq!(
+            parse_lease_key_name_dual("10.12.13.0-24&fd00:12:13::-56"),
+            Some((net("10.12.13.0/24"), Some(net6("fd00:12:13::/56"))))
+        );
+        assert_eq!(
+            parse_lease_key_name_dual("10.5.52.0-24"),
+            Some((net("10.5.52.0/24"), None))
+        );
+        for bad in [
+            "10.12.13.0-24&fd00:12:13::1-56",
+            "10.12.13.0-24&fd00:12:13::-129",
+            "10.12.13.0-24&fd00:12:13::-",
+            "10.12.13.0-24&Fd00:12:13::-56",
+            "10.12.13.0-24&10.0.0.0-8",
+            "10.12.13.1-24&fd00:12:13::-56",
+        ] {
+            assert_eq!(parse_lease_key_name_dual(bad), None, "{bad}");
+        }
+        assert_eq!(
+            lease_key_dual(
+                "/coreos.com/network",
+                &net("10.12.13.0/24"),
+                Some(&net6("fd00:12:13::/56"))
+            ),
+            "/coreos.com/network/subnets/10.12.13.0-24&fd00:12:13::-56"
+        );
+        assert_eq!(
+            parse_lease_key_dual(
+                "/coreos.com/network",
+                "/coreos.com/network/subnets/10.12.13.0-24&fd00:12:13::-56"
+            ),
+            Some((net("10.12.13.0/24"), Some(net6("fd00:12:13::/56"))))
+        );
+    }
+
+    #[test]
+    fn dual_stack_lease_value_round_trip() {
+        // As flanneld writes it (Go struct field order).
+        let flannel = r#"{"PublicIP":"192.168.64.3","PublicIPv6":"2001:db8::3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},"BackendV6Data":{"VNI":1,"VtepMAC":"9a:1b:2c:3d:4e:5f"}}"#;
+        let a = LeaseAttrs::parse(flannel.as_bytes()).unwrap();
+        assert_eq!(a.to_json(), flannel);
+        assert_eq!(a.public_ipv6_addr(), Some("2001:db8::3".parse().unwrap()));
+        assert_eq!(a.vtep_mac(), Some([0xc6, 0xd2, 0x32, 0x6f, 0x8f, 0x44]));
+        assert_eq!(a.vtep_mac_v6(), Some([0x9a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f]));
+        let b = LeaseAttrs::vxlan_dual(
+            Ipv4Addr::new(192, 168, 64, 3),
+            "2001:db8::3".parse().unwrap(),
+            1,
+            &[0xc6, 0xd2, 0x32, 0x6f, 0x8f, 0x44],
+            &[0x9a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f],
+        );
+        assert_eq!(a, b);
+        // A v4-only lease has no v6 side.
+        let v4 = LeaseAttrs::parse(br#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#).unwrap();
+        assert_eq!((v4.public_ipv6_addr(), v4.vtep_mac_v6()), (None, None));
     }
 }

@@ -1,21 +1,25 @@
 //! The VXLAN data plane: the `flannel.<VNI>` device and, per remote vxlan
 //! lease, a permanent neighbour (`<subnet .0> -> VtepMAC`), an FDB entry
 //! (`VtepMAC -> PublicIP`, self, permanent) and a route
-//! (`<subnet> via <.0> dev flannel.N onlink`).
+//! (`<subnet> via <.0> dev flannel.N onlink`). With a dual-stack config the
+//! same is done for IPv6 on a second device, `flannel-v6.<VNI>` (local =
+//! our PublicIPv6, MTU = underlay − 70, the v6 lease base as /128), from
+//! the peers' IPv6 subnets, PublicIPv6 and BackendV6Data.VtepMAC.
 //!
 //! It runs on one dedicated std::thread with a synchronous netlink socket
 //! (weftd runs in the node's netns, so no setns ever happens). The thread
 //! holds the full desired state and, on every change and every
-//! `interval`, diffs it against what the kernel has ([`diff`], pure) and
-//! applies only the difference. Nothing is flushed on start: entries that
-//! are already right stay untouched, so pods do not lose packets across a
-//! restart.
+//! `interval`, diffs it against what the kernel has ([`diff`], pure and
+//! generic over the address family through [`Subnet`]) and applies only
+//! the difference. Nothing is flushed on start: entries that are already
+//! right stay untouched, so pods do not lose packets across a restart.
 
-use crate::config::VXLAN_OVERHEAD_V4;
+use crate::config::{VXLAN_OVERHEAD_V4, VXLAN_OVERHEAD_V6};
 use crate::metrics::{now_unix, Metrics};
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::fmt::{Debug, Display};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -30,79 +34,147 @@ pub enum DataplaneError {
     Setup(String),
 }
 
-/// A remote node, from its lease.
+const RTPROT_KERNEL: u8 = 2;
+
+/// What the shared data-plane code needs from an address family's subnet
+/// type (implemented for `Ipv4Network` and `Ipv6Network`).
+pub trait Subnet: Copy + Ord + Debug + Display + Send + 'static {
+    type Addr: Copy + Ord + Debug + Display + Into<IpAddr> + Send + 'static;
+    const FAMILY: IpFamily;
+    /// The network (base) address: the peer's VTEP address and gateway.
+    fn base(&self) -> Self::Addr;
+    fn has(&self, a: Self::Addr) -> bool;
+    fn ip_network(&self) -> IpNetwork;
+    /// The base address as a host prefix (/32 or /128).
+    fn host(&self) -> Result<IpNetwork, DataplaneError>;
+    fn from_ip_network(n: IpNetwork) -> Option<Self>;
+    fn addr_from_ip(a: IpAddr) -> Option<Self::Addr>;
+}
+
+impl Subnet for Ipv4Network {
+    type Addr = Ipv4Addr;
+    const FAMILY: IpFamily = IpFamily::V4;
+    fn base(&self) -> Ipv4Addr {
+        self.network()
+    }
+    fn has(&self, a: Ipv4Addr) -> bool {
+        self.contains(a)
+    }
+    fn ip_network(&self) -> IpNetwork {
+        IpNetwork::V4(*self)
+    }
+    fn host(&self) -> Result<IpNetwork, DataplaneError> {
+        Ipv4Network::new(self.network(), 32)
+            .map(IpNetwork::V4)
+            .map_err(|e| DataplaneError::Setup(e.to_string()))
+    }
+    fn from_ip_network(n: IpNetwork) -> Option<Self> {
+        match n {
+            IpNetwork::V4(n) => Some(n),
+            IpNetwork::V6(_) => None,
+        }
+    }
+    fn addr_from_ip(a: IpAddr) -> Option<Ipv4Addr> {
+        match a {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        }
+    }
+}
+
+impl Subnet for Ipv6Network {
+    type Addr = Ipv6Addr;
+    const FAMILY: IpFamily = IpFamily::V6;
+    fn base(&self) -> Ipv6Addr {
+        self.network()
+    }
+    fn has(&self, a: Ipv6Addr) -> bool {
+        self.contains(a)
+    }
+    fn ip_network(&self) -> IpNetwork {
+        IpNetwork::V6(*self)
+    }
+    fn host(&self) -> Result<IpNetwork, DataplaneError> {
+        Ipv6Network::new(self.network(), 128)
+            .map(IpNetwork::V6)
+            .map_err(|e| DataplaneError::Setup(e.to_string()))
+    }
+    fn from_ip_network(n: IpNetwork) -> Option<Self> {
+        match n {
+            IpNetwork::V6(n) => Some(n),
+            IpNetwork::V4(_) => None,
+        }
+    }
+    fn addr_from_ip(a: IpAddr) -> Option<Ipv6Addr> {
+        match a {
+            IpAddr::V6(a) => Some(a),
+            IpAddr::V4(_) => None,
+        }
+    }
+}
+
+/// A remote node, from its lease (its IPv4 or IPv6 side).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Peer {
-    pub subnet: Ipv4Network,
+pub struct Peer<N: Subnet = Ipv4Network> {
+    pub subnet: N,
     pub mac: [u8; 6],
-    pub public_ip: Ipv4Addr,
+    pub public_ip: N::Addr,
 }
 
 /// What the kernel has on the device, reduced to what we manage.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KernelState {
-    /// IPv4 neighbours on the device: ip -> (mac, NUD state).
-    pub neighbours: Vec<(Ipv4Addr, Option<[u8; 6]>, u16)>,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelState<N: Subnet = Ipv4Network> {
+    /// Neighbours of the family on the device: ip -> (mac, NUD state).
+    pub neighbours: Vec<(N::Addr, Option<[u8; 6]>, u16)>,
     /// FDB entries with a destination: (mac, dst, NUD state).
     pub fdb: Vec<([u8; 6], IpAddr, u16)>,
-    /// Main-table IPv4 routes whose output device is ours: (dst, gateway, onlink).
-    pub routes: Vec<(Ipv4Network, Option<IpAddr>, bool)>,
+    /// Main-table routes of the family whose output device is ours: (dst, gateway, onlink).
+    pub routes: Vec<(N, Option<IpAddr>, bool)>,
+}
+
+impl<N: Subnet> Default for KernelState<N> {
+    fn default() -> Self {
+        KernelState {
+            neighbours: Vec::new(),
+            fdb: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
-    SetNeigh {
-        ip: Ipv4Addr,
-        mac: [u8; 6],
-    },
-    SetFdb {
-        mac: [u8; 6],
-        dst: Ipv4Addr,
-    },
-    SetRoute {
-        dst: Ipv4Network,
-        gw: Ipv4Addr,
-    },
-    DelRoute {
-        dst: Ipv4Network,
-        gw: Option<IpAddr>,
-    },
-    DelNeigh {
-        ip: Ipv4Addr,
-    },
-    DelFdb {
-        mac: [u8; 6],
-        dst: IpAddr,
-    },
+pub enum Op<N: Subnet = Ipv4Network> {
+    SetNeigh { ip: N::Addr, mac: [u8; 6] },
+    SetFdb { mac: [u8; 6], dst: N::Addr },
+    SetRoute { dst: N, gw: N::Addr },
+    DelRoute { dst: N, gw: Option<IpAddr> },
+    DelNeigh { ip: N::Addr },
+    DelFdb { mac: [u8; 6], dst: IpAddr },
 }
 
 /// Desired peers vs kernel entries -> the operations that make the kernel
-/// match. Only entries inside `network` (neighbours, routes) or with a
-/// destination (FDB) are considered ours. Order: stale routes go first, then
-/// per peer neighbour, FDB, route (so the route never needs ARP), then stale
-/// neighbour and FDB entries.
-pub fn diff(network: &Ipv4Network, peers: &[Peer], k: &KernelState) -> Vec<Op> {
+/// match, for either address family. Only entries inside `network`
+/// (neighbours, routes) or with a destination (FDB) are considered ours.
+/// Order: stale routes go first, then per peer neighbour, FDB, route (so the
+/// route never needs ARP/ND), then stale neighbour and FDB entries.
+pub fn diff<N: Subnet>(network: &N, peers: &[Peer<N>], k: &KernelState<N>) -> Vec<Op<N>> {
     let mut ops = Vec::new();
-    let want_routes: BTreeMap<Ipv4Network, Ipv4Addr> = peers
-        .iter()
-        .map(|p| (p.subnet, p.subnet.network()))
-        .collect();
-    let want_neigh: BTreeMap<Ipv4Addr, [u8; 6]> =
-        peers.iter().map(|p| (p.subnet.network(), p.mac)).collect();
-    let want_fdb: BTreeSet<([u8; 6], IpAddr)> = peers
-        .iter()
-        .map(|p| (p.mac, IpAddr::V4(p.public_ip)))
-        .collect();
+    let want_routes: BTreeMap<N, N::Addr> =
+        peers.iter().map(|p| (p.subnet, p.subnet.base())).collect();
+    let want_neigh: BTreeMap<N::Addr, [u8; 6]> =
+        peers.iter().map(|p| (p.subnet.base(), p.mac)).collect();
+    let want_fdb: BTreeSet<([u8; 6], IpAddr)> =
+        peers.iter().map(|p| (p.mac, p.public_ip.into())).collect();
 
     for (dst, gw, _) in &k.routes {
-        if network.contains(dst.network()) && !want_routes.contains_key(dst) {
+        if network.has(dst.base()) && !want_routes.contains_key(dst) {
             ops.push(Op::DelRoute { dst: *dst, gw: *gw });
         }
     }
     // Index what the kernel has once, so the per-peer checks below are
     // lookups rather than scans (O(n log n) instead of O(n²): with 5,000
     // peers the scans cost ~75M comparisons per pass).
-    let have_neigh: BTreeSet<(Ipv4Addr, [u8; 6])> = k
+    let have_neigh: BTreeSet<(N::Addr, [u8; 6])> = k
         .neighbours
         .iter()
         .filter(|(_, _, st)| st & nud::PERMANENT != 0)
@@ -114,24 +186,24 @@ pub fn diff(network: &Ipv4Network, peers: &[Peer], k: &KernelState) -> Vec<Op> {
         .filter(|(_, _, st)| st & nud::PERMANENT != 0)
         .map(|(m, d, _)| (*m, *d))
         .collect();
-    let have_routes: BTreeSet<(Ipv4Network, IpAddr)> = k
+    let have_routes: BTreeSet<(N, IpAddr)> = k
         .routes
         .iter()
         .filter(|(_, _, onlink)| *onlink)
         .filter_map(|(d, g, _)| g.map(|g| (*d, g)))
         .collect();
     for p in peers {
-        let ip = p.subnet.network();
+        let ip = p.subnet.base();
         if !have_neigh.contains(&(ip, p.mac)) {
             ops.push(Op::SetNeigh { ip, mac: p.mac });
         }
-        if !have_fdb.contains(&(p.mac, IpAddr::V4(p.public_ip))) {
+        if !have_fdb.contains(&(p.mac, p.public_ip.into())) {
             ops.push(Op::SetFdb {
                 mac: p.mac,
                 dst: p.public_ip,
             });
         }
-        if !have_routes.contains(&(p.subnet, IpAddr::V4(ip))) {
+        if !have_routes.contains(&(p.subnet, ip.into())) {
             ops.push(Op::SetRoute {
                 dst: p.subnet,
                 gw: ip,
@@ -139,7 +211,7 @@ pub fn diff(network: &Ipv4Network, peers: &[Peer], k: &KernelState) -> Vec<Op> {
         }
     }
     for (ip, _, _) in &k.neighbours {
-        if network.contains(*ip) && !want_neigh.contains_key(ip) {
+        if network.has(*ip) && !want_neigh.contains_key(ip) {
             ops.push(Op::DelNeigh { ip: *ip });
         }
     }
@@ -160,10 +232,19 @@ pub fn diff(network: &Ipv4Network, peers: &[Peer], k: &KernelState) -> Vec<Op> {
 /// while the node keeps its address; a node whose IP changes gets a new
 /// subnet anyway (leases are matched by PublicIP).
 pub fn vtep_mac(public_ip: Ipv4Addr, vni: u32) -> [u8; 6] {
+    mac_from(&public_ip.octets(), vni)
+}
+
+/// The same for `flannel-v6.<VNI>`, from our PublicIPv6.
+pub fn vtep_mac_v6(public_ipv6: Ipv6Addr, vni: u32) -> [u8; 6] {
+    mac_from(&public_ipv6.octets(), vni)
+}
+
+fn mac_from(ip: &[u8], vni: u32) -> [u8; 6] {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in b"weft-vtep"
         .iter()
-        .chain(public_ip.octets().iter())
+        .chain(ip.iter())
         .chain(vni.to_be_bytes().iter())
     {
         h ^= u64::from(*b);
@@ -179,6 +260,8 @@ pub struct Underlay {
     pub index: u32,
     pub name: String,
     pub ip: Ipv4Addr,
+    /// The interface's first global IPv6 address (the default PublicIPv6).
+    pub ip6: Option<Ipv6Addr>,
     pub mtu: u32,
 }
 
@@ -193,9 +276,27 @@ fn first_v4(nl: &mut Netlink, index: u32) -> Result<Option<Ipv4Addr>, weft_netli
         }))
 }
 
+fn first_global_v6(nl: &mut Netlink, index: u32) -> Result<Option<Ipv6Addr>, weft_netlink::Error> {
+    Ok(nl
+        .addresses(Some(index))?
+        .into_iter()
+        .filter(|a| a.scope == 0) // RT_SCOPE_UNIVERSE: not link-local
+        .find_map(|a| match a.net {
+            IpNetwork::V6(n) if !n.ip().is_loopback() => Some(n.ip()),
+            _ => None,
+        }))
+}
+
 /// Pick the underlay: the first of `ifaces` (names or IPs) that exists,
 /// else the interface of the IPv4 default route with the lowest metric.
+/// `ip6` is that interface's first global IPv6 address, if any.
 pub fn find_underlay(nl: &mut Netlink, ifaces: &[String]) -> Result<Underlay, DataplaneError> {
+    let mut u = find_underlay_v4(nl, ifaces)?;
+    u.ip6 = first_global_v6(nl, u.index)?;
+    Ok(u)
+}
+
+fn find_underlay_v4(nl: &mut Netlink, ifaces: &[String]) -> Result<Underlay, DataplaneError> {
     let links = nl.links()?;
     let by_index = |i: u32| links.iter().find(|l| l.index == i);
     for want in ifaces {
@@ -205,6 +306,7 @@ pub fn find_underlay(nl: &mut Netlink, ifaces: &[String]) -> Result<Underlay, Da
                 if let (Some(l), IpAddr::V4(v4)) = (by_index(a.index), ip) {
                     return Ok(Underlay {
                         index: l.index,
+                        ip6: None,
                         name: l.name.clone(),
                         ip: v4,
                         mtu: l.mtu,
@@ -217,6 +319,7 @@ pub fn find_underlay(nl: &mut Netlink, ifaces: &[String]) -> Result<Underlay, Da
             })?;
             return Ok(Underlay {
                 index: l.index,
+                ip6: None,
                 name: l.name.clone(),
                 ip,
                 mtu: l.mtu,
@@ -249,25 +352,27 @@ pub fn find_underlay(nl: &mut Netlink, ifaces: &[String]) -> Result<Underlay, Da
     })?;
     Ok(Underlay {
         index: l.index,
+        ip6: None,
         name: l.name.clone(),
         ip,
         mtu: l.mtu,
     })
 }
 
-/// Everything needed to build the device.
+/// Everything needed to build a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceSpec {
     pub name: String,
     pub vni: u32,
     pub port: u16,
-    pub local: Ipv4Addr,
+    pub local: IpAddr,
     pub underlay_index: u32,
     pub mtu: u32,
     pub mac: [u8; 6],
 }
 
 impl DeviceSpec {
+    /// `flannel.<VNI>`: local = the underlay's IPv4 address, MTU = underlay − 50.
     pub fn new(
         vni: u32,
         port: u16,
@@ -279,11 +384,34 @@ impl DeviceSpec {
             name: format!("flannel.{vni}"),
             vni,
             port,
-            local: underlay.ip,
+            local: IpAddr::V4(underlay.ip),
             underlay_index: underlay.index,
             mtu: mtu_override
                 .unwrap_or(underlay.mtu)
                 .saturating_sub(VXLAN_OVERHEAD_V4),
+            mac,
+        }
+    }
+
+    /// `flannel-v6.<VNI>`: local = our PublicIPv6, MTU = underlay − 70 (the
+    /// outer IPv6 header is 20 bytes longer; flannel's bug #1781 uses 50).
+    pub fn new_v6(
+        vni: u32,
+        port: u16,
+        underlay: &Underlay,
+        local: Ipv6Addr,
+        mtu_override: Option<u32>,
+        mac: [u8; 6],
+    ) -> Self {
+        DeviceSpec {
+            name: format!("flannel-v6.{vni}"),
+            vni,
+            port,
+            local: IpAddr::V6(local),
+            underlay_index: underlay.index,
+            mtu: mtu_override
+                .unwrap_or(underlay.mtu)
+                .saturating_sub(VXLAN_OVERHEAD_V6),
             mac,
         }
     }
@@ -292,37 +420,320 @@ impl DeviceSpec {
 /// Commands to the data-plane thread.
 #[derive(Debug, Clone)]
 pub enum Command {
-    /// Our own lease subnet (set first, and again whenever it changes).
-    Local { subnet: Ipv4Network },
-    /// The complete set of remote vxlan peers (replaces the previous set).
-    Peers(Vec<Peer>),
+    /// Our own lease subnets (set first, and again whenever they change).
+    Local {
+        subnet: Ipv4Network,
+        subnet6: Option<Ipv6Network>,
+    },
+    /// The complete set of remote vxlan peers, IPv4 and IPv6 sides
+    /// (replaces the previous sets).
+    Peers(Vec<Peer>, Vec<Peer<Ipv6Network>>),
+}
+
+/// One family's device and its desired state.
+struct Overlay<N: Subnet> {
+    spec: DeviceSpec,
+    network: N,
+    local: Option<N>,
+    peers: Option<Vec<Peer<N>>>,
+    /// Device index last seen, to notice a recreation.
+    index: Option<u32>,
+}
+
+/// What one reconcile pass of one family achieved (for the metrics).
+#[derive(Default)]
+struct Outcome {
+    peers: u64,
+    peers_ok: u64,
+    entries_ok: u64,
+    clean: bool,
+}
+
+impl<N: Subnet> Overlay<N> {
+    fn new(spec: DeviceSpec, network: N) -> Self {
+        Overlay {
+            spec,
+            network,
+            local: None,
+            peers: None,
+            index: None,
+        }
+    }
+
+    /// Make sure the device exists with the right attributes; returns its index.
+    fn ensure_device(
+        &mut self,
+        nl: &mut Netlink,
+        metrics: &Metrics,
+    ) -> Result<u32, DataplaneError> {
+        let s = &self.spec;
+        if let Some(l) = nl.link_by_name(&s.name)? {
+            let ok = l.kind.as_deref() == Some("vxlan")
+                && l.vxlan.as_ref().is_some_and(|v| {
+                    v.vni == s.vni
+                        && v.port == s.port
+                        && v.local == Some(s.local)
+                        && v.dev == Some(s.underlay_index)
+                        && !v.learning
+                });
+            if ok {
+                if l.mtu != s.mtu {
+                    nl.set_mtu(l.index, s.mtu)?;
+                }
+                if l.mac != Some(s.mac) {
+                    crate::warn!(
+                        "vxlan device MAC differs; fixing",
+                        dev = s.name,
+                        was = l.mac.map(|m| format_mac(&m)).unwrap_or_default(),
+                        mac = format_mac(&s.mac)
+                    );
+                    nl.set_mac(l.index, s.mac)?;
+                }
+                if !l.up {
+                    nl.set_up(l.index)?;
+                }
+                return Ok(l.index);
+            }
+            crate::warn!(
+                "vxlan device has incompatible attributes; recreating",
+                dev = s.name,
+                found = format!("{:?}", l.vxlan)
+            );
+            nl.delete_link(l.index)?;
+        }
+        nl.create_vxlan(&VxlanSpec {
+            name: s.name.clone(),
+            vni: s.vni,
+            local: Some(s.local),
+            dev: Some(s.underlay_index),
+            port: s.port,
+            mtu: Some(s.mtu),
+            mac: Some(s.mac),
+        })?;
+        metrics.device_recreations.fetch_add(1, Relaxed);
+        let idx = nl.link_index(&s.name)?;
+        let _ = weft_netlink::write_sysctl(&format!("net/ipv6/conf/{}/accept_ra", s.name), "0");
+        nl.set_up(idx)?;
+        crate::info!(
+            "created vxlan device",
+            dev = s.name,
+            vni = s.vni,
+            port = s.port,
+            local = s.local,
+            mtu = s.mtu,
+            mac = format_mac(&s.mac)
+        );
+        Ok(idx)
+    }
+
+    /// The lease's network address as /32 (/128) on the device, and no other
+    /// address of the family (IPv6 link-local addresses are left alone).
+    fn ensure_address(
+        &mut self,
+        nl: &mut Netlink,
+        index: u32,
+        subnet: &N,
+    ) -> Result<(), DataplaneError> {
+        let want = subnet.host()?;
+        let mut have = false;
+        for a in nl.addresses(Some(index))? {
+            if N::from_ip_network(a.net).is_none() {
+                continue;
+            }
+            if a.net == want {
+                have = true;
+            } else if N::FAMILY == IpFamily::V4 || a.scope == 0 {
+                crate::info!("removing stale address from vxlan device", addr = a.net);
+                nl.del_address(index, a.net)?;
+            }
+        }
+        if !have {
+            // No DAD for IPv6: the address must be usable at once.
+            let r = match N::FAMILY {
+                IpFamily::V4 => nl.add_address(index, want),
+                IpFamily::V6 => nl.add_address_nodad(index, want),
+            };
+            match r {
+                Err(e) if e.is_exists() => {}
+                r => r?,
+            }
+        }
+        Ok(())
+    }
+
+    fn kernel_state(&self, nl: &mut Netlink, index: u32) -> Result<KernelState<N>, DataplaneError> {
+        let neighbours = nl
+            .neighbours(index)?
+            .into_iter()
+            .filter_map(|n| N::addr_from_ip(n.ip).map(|ip| (ip, n.mac, n.state)))
+            .collect();
+        let fdb = nl
+            .fdb(index)?
+            .into_iter()
+            .filter(|e| e.is_self)
+            .filter_map(|e| e.dst.map(|d| (e.mac, d, e.state)))
+            .collect();
+        let routes = nl
+            .routes(N::FAMILY)?
+            .into_iter()
+            .filter(|r| r.oif == Some(index))
+            // IPv6 puts a kernel route for our own /128 in the main table: not ours to manage.
+            .filter(|r| N::FAMILY == IpFamily::V4 || r.protocol != Some(RTPROT_KERNEL))
+            .filter_map(|r| N::from_ip_network(r.dst).map(|d| (d, r.gateway, r.onlink)))
+            .collect();
+        Ok(KernelState {
+            neighbours,
+            fdb,
+            routes,
+        })
+    }
+
+    fn exec(nl: &mut Netlink, index: u32, op: &Op<N>) -> Result<(), weft_netlink::Error> {
+        let r = match op {
+            Op::SetNeigh { ip, mac } => nl.replace_neighbour(index, (*ip).into(), *mac),
+            Op::SetFdb { mac, dst } => nl.replace_fdb(index, *mac, (*dst).into()),
+            Op::SetRoute { dst, gw } => {
+                let mut r = Route::new(dst.ip_network());
+                r.gateway = Some((*gw).into());
+                r.oif = Some(index);
+                r.onlink = true;
+                nl.replace_route(&r)
+            }
+            Op::DelRoute { dst, gw } => {
+                let mut r = Route::new(dst.ip_network());
+                r.gateway = *gw;
+                r.oif = Some(index);
+                nl.del_route(&r)
+            }
+            Op::DelNeigh { ip } => nl.del_neighbour(index, (*ip).into()),
+            Op::DelFdb { mac, dst } => nl.del_fdb(index, *mac, *dst),
+        };
+        match r {
+            // Already gone is fine for deletions.
+            Err(e)
+                if e.is_not_found()
+                    && matches!(
+                        op,
+                        Op::DelRoute { .. } | Op::DelNeigh { .. } | Op::DelFdb { .. }
+                    ) =>
+            {
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    /// One full pass: device, address, then peers (once known).
+    fn reconcile(
+        &mut self,
+        nl: &mut Netlink,
+        metrics: &Metrics,
+    ) -> Result<Outcome, DataplaneError> {
+        let Some(local) = self.local else {
+            return Ok(Outcome::default());
+        };
+        let index = self.ensure_device(nl, metrics)?;
+        if self.index.is_some_and(|i| i != index) {
+            crate::warn!(
+                "vxlan device was recreated; replaying all entries",
+                dev = self.spec.name,
+                index = index
+            );
+        }
+        self.index = Some(index);
+        self.ensure_address(nl, index, &local)?;
+        let Some(peers) = self.peers.clone() else {
+            return Ok(Outcome::default());
+        };
+        // Never program our own subnet, whatever the caller sent.
+        let peers: Vec<Peer<N>> = peers.into_iter().filter(|p| p.subnet != local).collect();
+        let kernel = self.kernel_state(nl, index)?;
+        let ops = diff(&self.network, &peers, &kernel);
+        let mut errors = 0u64;
+        for op in &ops {
+            match Self::exec(nl, index, op) {
+                Ok(()) => {
+                    metrics.reconcile_repairs.fetch_add(1, Relaxed);
+                    crate::debug!("programmed", dev = self.spec.name, op = format!("{op:?}"));
+                }
+                Err(e) => {
+                    errors += 1;
+                    metrics.programming_errors.fetch_add(1, Relaxed);
+                    crate::error!(
+                        "programming failed",
+                        dev = self.spec.name,
+                        op = format!("{op:?}"),
+                        error = e
+                    );
+                }
+            }
+        }
+        if !ops.is_empty() {
+            crate::info!(
+                "data plane synced",
+                dev = self.spec.name,
+                peers = peers.len(),
+                ops = ops.len(),
+                errors = errors
+            );
+        }
+        // Count what is really there now.
+        let after = if ops.is_empty() {
+            kernel
+        } else {
+            self.kernel_state(nl, index)?
+        };
+        let missing = diff(&self.network, &peers, &after);
+        let bad: BTreeSet<N> = missing
+            .iter()
+            .filter_map(|o| match o {
+                Op::SetNeigh { ip, .. } => peers
+                    .iter()
+                    .find(|p| p.subnet.base() == *ip)
+                    .map(|p| p.subnet),
+                Op::SetFdb { mac, .. } => peers.iter().find(|p| p.mac == *mac).map(|p| p.subnet),
+                Op::SetRoute { dst, .. } => Some(*dst),
+                _ => None,
+            })
+            .collect();
+        let set_ops = missing
+            .iter()
+            .filter(|o| {
+                matches!(
+                    o,
+                    Op::SetNeigh { .. } | Op::SetFdb { .. } | Op::SetRoute { .. }
+                )
+            })
+            .count() as u64;
+        Ok(Outcome {
+            peers: peers.len() as u64,
+            peers_ok: peers.len().saturating_sub(bad.len()) as u64,
+            entries_ok: (peers.len() as u64 * 3).saturating_sub(set_ops),
+            clean: errors == 0 && missing.is_empty(),
+        })
+    }
 }
 
 pub struct Dataplane {
     nl: Netlink,
-    spec: DeviceSpec,
-    network: Ipv4Network,
     metrics: Arc<Metrics>,
-    local: Option<Ipv4Network>,
-    peers: Option<Vec<Peer>>,
-    /// Device index last seen, to notice a recreation.
-    index: Option<u32>,
+    v4: Overlay<Ipv4Network>,
+    /// `flannel-v6.<VNI>` when the config is dual-stack.
+    v6: Option<Overlay<Ipv6Network>>,
 }
 
 impl Dataplane {
     pub fn new(
         spec: DeviceSpec,
         network: Ipv4Network,
+        v6: Option<(DeviceSpec, Ipv6Network)>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, DataplaneError> {
         Ok(Dataplane {
             nl: Netlink::new()?,
-            spec,
-            network,
             metrics,
-            local: None,
-            peers: None,
-            index: None,
+            v4: Overlay::new(spec, network),
+            v6: v6.map(|(s, n)| Overlay::new(s, n)),
         })
     }
 
@@ -357,249 +768,58 @@ impl Dataplane {
 
     fn apply(&mut self, c: Command) {
         match c {
-            Command::Local { subnet } => self.local = Some(subnet),
-            Command::Peers(p) => self.peers = Some(p),
-        }
-    }
-
-    /// Make sure the device exists with the right attributes; returns its index.
-    fn ensure_device(&mut self) -> Result<u32, DataplaneError> {
-        let s = self.spec.clone();
-        if let Some(l) = self.nl.link_by_name(&s.name)? {
-            let ok = l.kind.as_deref() == Some("vxlan")
-                && l.vxlan.as_ref().is_some_and(|v| {
-                    v.vni == s.vni
-                        && v.port == s.port
-                        && v.local == Some(IpAddr::V4(s.local))
-                        && v.dev == Some(s.underlay_index)
-                        && !v.learning
-                });
-            if ok {
-                if l.mtu != s.mtu {
-                    self.nl.set_mtu(l.index, s.mtu)?;
+            Command::Local { subnet, subnet6 } => {
+                self.v4.local = Some(subnet);
+                if let Some(v6) = &mut self.v6 {
+                    v6.local = subnet6;
                 }
-                if l.mac != Some(s.mac) {
-                    crate::warn!(
-                        "vxlan device MAC differs; fixing",
-                        dev = s.name,
-                        was = l.mac.map(|m| format_mac(&m)).unwrap_or_default(),
-                        mac = format_mac(&s.mac)
-                    );
-                    self.nl.set_mac(l.index, s.mac)?;
-                }
-                if !l.up {
-                    self.nl.set_up(l.index)?;
-                }
-                return Ok(l.index);
             }
-            crate::warn!(
-                "vxlan device has incompatible attributes; recreating",
-                dev = s.name,
-                found = format!("{:?}", l.vxlan)
-            );
-            self.nl.delete_link(l.index)?;
-        }
-        self.nl.create_vxlan(&VxlanSpec {
-            name: s.name.clone(),
-            vni: s.vni,
-            local: Some(IpAddr::V4(s.local)),
-            dev: Some(s.underlay_index),
-            port: s.port,
-            mtu: Some(s.mtu),
-            mac: Some(s.mac),
-        })?;
-        self.metrics.device_recreations.fetch_add(1, Relaxed);
-        let idx = self.nl.link_index(&s.name)?;
-        let _ = weft_netlink::write_sysctl(&format!("net/ipv6/conf/{}/accept_ra", s.name), "0");
-        self.nl.set_up(idx)?;
-        crate::info!(
-            "created vxlan device",
-            dev = s.name,
-            vni = s.vni,
-            port = s.port,
-            local = s.local,
-            mtu = s.mtu,
-            mac = format_mac(&s.mac)
-        );
-        Ok(idx)
-    }
-
-    /// The lease's network address as /32 on the device, and no other IPv4 address.
-    fn ensure_address(&mut self, index: u32, subnet: &Ipv4Network) -> Result<(), DataplaneError> {
-        let want = Ipv4Network::new(subnet.network(), 32)
-            .map_err(|e| DataplaneError::Setup(e.to_string()))?;
-        let mut have = false;
-        for a in self.nl.addresses(Some(index))? {
-            if let IpNetwork::V4(n) = a.net {
-                if n == want {
-                    have = true;
-                } else {
-                    crate::info!("removing stale address from vxlan device", addr = n);
-                    self.nl.del_address(index, a.net)?;
+            Command::Peers(p, p6) => {
+                self.v4.peers = Some(p);
+                if let Some(v6) = &mut self.v6 {
+                    v6.peers = Some(p6);
                 }
             }
         }
-        if !have {
-            match self.nl.add_address(index, IpNetwork::V4(want)) {
-                Err(e) if e.is_exists() => {}
-                r => r?,
-            }
-        }
-        Ok(())
     }
 
-    fn kernel_state(&mut self, index: u32) -> Result<KernelState, DataplaneError> {
-        let neighbours = self
-            .nl
-            .neighbours(index)?
-            .into_iter()
-            .filter_map(|n| match n.ip {
-                IpAddr::V4(ip) => Some((ip, n.mac, n.state)),
-                _ => None,
-            })
-            .collect();
-        let fdb = self
-            .nl
-            .fdb(index)?
-            .into_iter()
-            .filter(|e| e.is_self)
-            .filter_map(|e| e.dst.map(|d| (e.mac, d, e.state)))
-            .collect();
-        let routes = self
-            .nl
-            .routes(IpFamily::V4)?
-            .into_iter()
-            .filter(|r| r.oif == Some(index))
-            .filter_map(|r| match r.dst {
-                IpNetwork::V4(d) => Some((d, r.gateway, r.onlink)),
-                _ => None,
-            })
-            .collect();
-        Ok(KernelState {
-            neighbours,
-            fdb,
-            routes,
-        })
-    }
-
-    fn exec(&mut self, index: u32, op: &Op) -> Result<(), weft_netlink::Error> {
-        let r = match op {
-            Op::SetNeigh { ip, mac } => self.nl.replace_neighbour(index, IpAddr::V4(*ip), *mac),
-            Op::SetFdb { mac, dst } => self.nl.replace_fdb(index, *mac, IpAddr::V4(*dst)),
-            Op::SetRoute { dst, gw } => {
-                let mut r = Route::new(IpNetwork::V4(*dst));
-                r.gateway = Some(IpAddr::V4(*gw));
-                r.oif = Some(index);
-                r.onlink = true;
-                self.nl.replace_route(&r)
-            }
-            Op::DelRoute { dst, gw } => {
-                let mut r = Route::new(IpNetwork::V4(*dst));
-                r.gateway = *gw;
-                r.oif = Some(index);
-                self.nl.del_route(&r)
-            }
-            Op::DelNeigh { ip } => self.nl.del_neighbour(index, IpAddr::V4(*ip)),
-            Op::DelFdb { mac, dst } => self.nl.del_fdb(index, *mac, *dst),
-        };
-        match r {
-            // Already gone is fine for deletions.
-            Err(e)
-                if e.is_not_found()
-                    && matches!(
-                        op,
-                        Op::DelRoute { .. } | Op::DelNeigh { .. } | Op::DelFdb { .. }
-                    ) =>
-            {
-                Ok(())
-            }
-            r => r,
-        }
-    }
-
-    /// One full pass: device, address, then peers (once known).
+    /// One full pass over both families; the IPv4 side first, and an IPv6
+    /// failure does not stop it.
     pub fn reconcile(&mut self) -> Result<(), DataplaneError> {
-        let Some(local) = self.local else {
+        if self.v4.local.is_none() {
             return Ok(());
-        };
-        let index = self.ensure_device()?;
-        if self.index.is_some_and(|i| i != index) {
-            crate::warn!(
-                "vxlan device was recreated; replaying all entries",
-                dev = self.spec.name,
-                index = index
-            );
         }
-        self.index = Some(index);
-        self.ensure_address(index, &local)?;
-        let Some(peers) = self.peers.clone() else {
-            return Ok(());
-        };
-        // Never program our own subnet, whatever the caller sent.
-        let peers: Vec<Peer> = peers.into_iter().filter(|p| p.subnet != local).collect();
-        let kernel = self.kernel_state(index)?;
-        let ops = diff(&self.network, &peers, &kernel);
-        let mut errors = 0u64;
-        for op in &ops {
-            match self.exec(index, op) {
-                Ok(()) => {
-                    self.metrics.reconcile_repairs.fetch_add(1, Relaxed);
-                    crate::debug!("programmed", op = format!("{op:?}"));
-                }
-                Err(e) => {
-                    errors += 1;
-                    self.metrics.programming_errors.fetch_add(1, Relaxed);
-                    crate::error!("programming failed", op = format!("{op:?}"), error = e);
-                }
+        let o4 = self.v4.reconcile(&mut self.nl, &self.metrics)?;
+        let mut outcomes = vec![o4];
+        let mut v6_err = None;
+        if let Some(v6) = &mut self.v6 {
+            match v6.reconcile(&mut self.nl, &self.metrics) {
+                Ok(o) => outcomes.push(o),
+                Err(e) => v6_err = Some(e),
             }
         }
-        if !ops.is_empty() {
-            crate::info!(
-                "data plane synced",
-                peers = peers.len(),
-                ops = ops.len(),
-                errors = errors
+        let known = self.v4.peers.is_some();
+        let sum = |f: fn(&Outcome) -> u64| outcomes.iter().map(f).sum::<u64>();
+        if known {
+            self.metrics
+                .entries_programmed
+                .store(sum(|o| o.entries_ok), Relaxed);
+            self.metrics.peers_programmed.store(
+                // A peer counts once: the v4 count, lowered by v6 peers that are not programmed.
+                outcomes[0]
+                    .peers_ok
+                    .saturating_sub(outcomes.iter().skip(1).map(|o| o.peers - o.peers_ok).sum()),
+                Relaxed,
             );
+            if v6_err.is_none() && outcomes.iter().all(|o| o.clean) {
+                self.metrics.last_sync_seconds.store(now_unix(), Relaxed);
+                self.metrics.peers_synced.store(true, Relaxed);
+            }
         }
-        // Count what is really there now.
-        let after = if ops.is_empty() {
-            kernel
-        } else {
-            self.kernel_state(index)?
-        };
-        let missing = diff(&self.network, &peers, &after);
-        let bad: BTreeSet<Ipv4Network> = missing
-            .iter()
-            .filter_map(|o| match o {
-                Op::SetNeigh { ip, .. } => peers
-                    .iter()
-                    .find(|p| p.subnet.network() == *ip)
-                    .map(|p| p.subnet),
-                Op::SetFdb { mac, .. } => peers.iter().find(|p| p.mac == *mac).map(|p| p.subnet),
-                Op::SetRoute { dst, .. } => Some(*dst),
-                _ => None,
-            })
-            .collect();
-        let set_ops = missing
-            .iter()
-            .filter(|o| {
-                matches!(
-                    o,
-                    Op::SetNeigh { .. } | Op::SetFdb { .. } | Op::SetRoute { .. }
-                )
-            })
-            .count() as u64;
-        self.metrics
-            .entries_programmed
-            .store((peers.len() as u64 * 3).saturating_sub(set_ops), Relaxed);
-        self.metrics
-            .peers_programmed
-            .store(peers.len().saturating_sub(bad.len()) as u64, Relaxed);
-        if errors == 0 && missing.is_empty() {
-            self.metrics.last_sync_seconds.store(now_unix(), Relaxed);
-            self.metrics.peers_synced.store(true, Relaxed);
+        match v6_err {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -798,11 +1018,99 @@ mod tests {
             index: 2,
             name: "eth0".into(),
             ip: Ipv4Addr::new(198, 51, 100, 7),
+            ip6: None,
             mtu: 1500,
         };
         let s = DeviceSpec::new(1, 8472, &u, None, [2, 0, 0, 0, 0, 1]);
         assert_eq!(s.name, "flannel.1");
         assert_eq!(s.mtu, 1450);
         assert_eq!(DeviceSpec::new(7, 8472, &u, Some(9000), [2; 6]).mtu, 8950);
+        let l6: Ipv6Addr = "2001:db8:100::7".parse().unwrap();
+        let s6 = DeviceSpec::new_v6(1, 8472, &u, l6, None, [2; 6]);
+        assert_eq!(s6.name, "flannel-v6.1");
+        assert_eq!(s6.mtu, 1430, "IPv6 underlay: 70 bytes of overhead");
+        assert_eq!(s6.local, IpAddr::V6(l6));
+        assert_eq!(
+            DeviceSpec::new_v6(7, 8472, &u, l6, Some(9000), [2; 6]).mtu,
+            8930
+        );
+    }
+
+    fn peer6(sub: &str, mac_last: u8, ip: &str) -> Peer<Ipv6Network> {
+        Peer {
+            subnet: sub.parse().unwrap(),
+            mac: [2, 0, 0, 0, 0, mac_last],
+            public_ip: ip.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_same_diff_drives_ipv6() {
+        let net6: Ipv6Network = "fd00:10:244::/56".parse().unwrap();
+        let a = peer6("fd00:10:244:7::/64", 7, "2001:db8:100::7");
+        let b = peer6("fd00:10:244:8::/64", 8, "2001:db8:100::8");
+        let ops = diff(&net6, &[a], &KernelState::default());
+        assert_eq!(
+            ops,
+            vec![
+                Op::SetNeigh {
+                    ip: a.subnet.network(),
+                    mac: a.mac
+                },
+                Op::SetFdb {
+                    mac: a.mac,
+                    dst: a.public_ip
+                },
+                Op::SetRoute {
+                    dst: a.subnet,
+                    gw: a.subnet.network()
+                },
+            ]
+        );
+        let programmed = KernelState::<Ipv6Network> {
+            neighbours: [a, b]
+                .iter()
+                .map(|p| (p.subnet.network(), Some(p.mac), nud::PERMANENT))
+                .collect(),
+            fdb: [a, b]
+                .iter()
+                .map(|p| (p.mac, IpAddr::V6(p.public_ip), nud::PERMANENT))
+                .collect(),
+            routes: [a, b]
+                .iter()
+                .map(|p| (p.subnet, Some(IpAddr::V6(p.subnet.network())), true))
+                .collect(),
+        };
+        assert!(diff(&net6, &[a, b], &programmed).is_empty());
+        // Lease removal drops all three, route first.
+        assert_eq!(
+            diff(&net6, &[a], &programmed),
+            vec![
+                Op::DelRoute {
+                    dst: b.subnet,
+                    gw: Some(IpAddr::V6(b.subnet.network()))
+                },
+                Op::DelNeigh {
+                    ip: b.subnet.network()
+                },
+                Op::DelFdb {
+                    mac: b.mac,
+                    dst: IpAddr::V6(b.public_ip)
+                },
+            ]
+        );
+        // The kernel's own link-local route and neighbours are not ours.
+        let mut k = programmed.clone();
+        k.routes.push(("fe80::/64".parse().unwrap(), None, false));
+        k.neighbours
+            .push(("fe80::1".parse().unwrap(), Some([2; 6]), nud::REACHABLE));
+        assert!(diff(&net6, &[a, b], &k).is_empty());
+    }
+
+    #[test]
+    fn v6_mac_is_local_unicast_and_differs_from_v4() {
+        let m = vtep_mac_v6("2001:db8:100::7".parse().unwrap(), 1);
+        assert_eq!(m[0] & 0x03, 0x02);
+        assert_ne!(m, vtep_mac(Ipv4Addr::new(198, 51, 100, 7), 1));
     }
 }

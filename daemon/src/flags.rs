@@ -4,7 +4,7 @@
 
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug, Clone)]
@@ -49,6 +49,10 @@ pub struct Flags {
     /// IP other nodes use to reach this one (default: the interface's IP).
     #[arg(long, env = "FLANNELD_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
+    /// IPv6 address other nodes use to reach this one when the config is
+    /// dual-stack (default: the interface's first global IPv6 address).
+    #[arg(long, env = "FLANNELD_PUBLIC_IPV6")]
+    pub public_ipv6: Option<Ipv6Addr>,
     /// Where to write the subnet file read by the CNI plugin.
     #[arg(
         long,
@@ -188,6 +192,7 @@ mod tests {
             "--iface=10.0.0.1",
             "--ip-masq",
             "-public-ip=198.51.100.7",
+            "--public-ipv6=2001:db8:100::7",
         ])
         .unwrap();
         assert_eq!(
@@ -197,6 +202,7 @@ mod tests {
         assert_eq!(f.iface, vec!["eth1", "10.0.0.1"]);
         assert!(f.ip_masq);
         assert_eq!(f.public_ip, Some(Ipv4Addr::new(198, 51, 100, 7)));
+        assert_eq!(f.public_ipv6, "2001:db8:100::7".parse().ok());
         assert!(!parse(&["--ip-masq=false"]).unwrap().ip_masq);
         assert!(
             !parse(&["--iptables-forward-rules=false"])
@@ -212,6 +218,7 @@ mod tests {
             &["--subnet-lease-renew-margin=1440"],
             &["--healthz-port=70000"],
             &["--public-ip=nope"],
+            &["--public-ipv6=198.51.100.7"],
             &["--no-such-flag"],
             &["--ip-masq=maybe"],
         ] {

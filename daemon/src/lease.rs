@@ -2,10 +2,10 @@
 //! renew it with compare-and-swap, and list/watch everyone's leases.
 
 use crate::config::{
-    config_key, lease_key, parse_lease_key, subnets_prefix, LeaseAttrs, NetConfig,
+    config_key, lease_key_dual, parse_lease_key_dual, subnets_prefix, LeaseAttrs, NetConfig,
 };
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -26,6 +26,8 @@ pub enum LeaseError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub subnet: Ipv4Network,
+    /// The IPv6 part of a dual-stack key (`10.5.1.0-24&fd00:0:0:1::-64`).
+    pub subnet6: Option<Ipv6Network>,
     pub attrs: Option<LeaseAttrs>,
     /// Attached etcd lease id; 0 = a reservation (no TTL).
     pub etcd_lease: i64,
@@ -37,6 +39,7 @@ pub struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnLease {
     pub subnet: Ipv4Network,
+    pub subnet6: Option<Ipv6Network>,
     pub key: String,
     pub etcd_lease: i64,
     pub create_revision: i64,
@@ -53,9 +56,10 @@ impl OwnLease {
 
 pub fn entry_from_kv(prefix: &str, kv: &etcd_client::KeyValue) -> Option<Entry> {
     let key = std::str::from_utf8(kv.key()).ok()?;
-    let subnet = parse_lease_key(prefix, key)?;
+    let (subnet, subnet6) = parse_lease_key_dual(prefix, key)?;
     Some(Entry {
         subnet,
+        subnet6,
         attrs: LeaseAttrs::parse(kv.value()),
         etcd_lease: kv.lease(),
         create_revision: kv.create_revision(),
@@ -70,8 +74,14 @@ pub enum Plan {
     UseReservation(Entry),
     /// Our previous lease (same PublicIP): re-attach it to a fresh etcd lease via CAS.
     Reuse(Entry),
-    /// Create this key (create_revision == 0).
-    Create(Ipv4Network),
+    /// Create this key (create_revision == 0); the IPv6 subnet when dual-stack.
+    Create(Ipv4Network, Option<Ipv6Network>),
+}
+
+impl Entry {
+    pub fn key(&self, prefix: &str) -> String {
+        lease_key_dual(prefix, &self.subnet, self.subnet6.as_ref())
+    }
 }
 
 /// Decide how to get a lease. `stale` receives our own leases that no
@@ -81,9 +91,18 @@ pub fn plan(
     entries: &[Entry],
     public_ip: Ipv4Addr,
     previous: Option<Ipv4Network>,
+    previous6: Option<Ipv6Network>,
     pick: &mut dyn FnMut(usize) -> usize,
     stale: &mut Vec<Entry>,
 ) -> Result<Plan, LeaseError> {
+    // With IPv6 enabled a lease must carry a fitting IPv6 subnet too.
+    let fits = |e: &Entry| {
+        cfg.fits(&e.subnet)
+            && cfg
+                .ipv6
+                .as_ref()
+                .is_none_or(|c6| e.subnet6.as_ref().is_some_and(|s| c6.fits(s)))
+    };
     let ours = |e: &&Entry| {
         e.attrs
             .as_ref()
@@ -94,7 +113,7 @@ pub fn plan(
     let mut mine: Vec<&Entry> = entries.iter().filter(ours).collect();
     mine.sort_by_key(|e| (e.etcd_lease != 0, e.create_revision));
     for e in mine {
-        if !cfg.fits(&e.subnet) {
+        if !fits(e) {
             if e.etcd_lease != 0 {
                 stale.push(e.clone());
             }
@@ -107,16 +126,46 @@ pub fn plan(
         });
     }
     let taken: Vec<Ipv4Network> = entries.iter().map(|e| e.subnet).collect();
-    if let Some(p) = previous {
-        if cfg.fits(&p) && !taken.iter().any(|t| crate::config::overlaps(t, &p)) {
-            return Ok(Plan::Create(p));
+    let v4 = match previous {
+        Some(p) if cfg.fits(&p) && !taken.iter().any(|t| crate::config::overlaps(t, &p)) => p,
+        _ => {
+            let free = cfg.free_subnets(&taken, 100);
+            if free.is_empty() {
+                return Err(LeaseError::OutOfSubnets);
+            }
+            free[pick(free.len()) % free.len()]
         }
-    }
-    let free = cfg.free_subnets(&taken, 100);
-    if free.is_empty() {
-        return Err(LeaseError::OutOfSubnets);
-    }
-    Ok(Plan::Create(free[pick(free.len()) % free.len()]))
+    };
+    let Some(c6) = &cfg.ipv6 else {
+        return Ok(Plan::Create(v4, None));
+    };
+    let taken6: Vec<Ipv6Network> = entries.iter().filter_map(|e| e.subnet6).collect();
+    let v6 = match previous6 {
+        Some(p) if c6.fits(&p) && !taken6.iter().any(|t| crate::config::overlaps_v6(t, &p)) => p,
+        _ => {
+            let free = c6.free_subnets(&taken6, 100);
+            if free.is_empty() {
+                return Err(LeaseError::OutOfSubnets);
+            }
+            free[pick(free.len()) % free.len()]
+        }
+    };
+    Ok(Plan::Create(v4, Some(v6)))
+}
+
+/// After creating `key` (at `rev`): does an older key claim one of its
+/// subnets? Keys differ when only the IPv6 part differs, so the create
+/// transaction alone cannot stop two nodes taking the same IPv4 subnet.
+pub fn lost_to_older(entries: &[Entry], prefix: &str, key: &str, rev: i64) -> bool {
+    let Some(me) = entries.iter().find(|e| e.key(prefix) == key) else {
+        return true;
+    };
+    entries.iter().any(|e| {
+        e.key(prefix) != key
+            && e.create_revision < rev
+            && (crate::config::overlaps(&e.subnet, &me.subnet)
+                || matches!((e.subnet6, me.subnet6), (Some(a), Some(b)) if crate::config::overlaps_v6(&a, &b)))
+    })
 }
 
 /// Cheap randomness for choosing a subnet (no crypto needed).
@@ -212,6 +261,7 @@ impl Registry {
         attrs: &LeaseAttrs,
         public_ip: Ipv4Addr,
         previous: Option<Ipv4Network>,
+        previous6: Option<Ipv6Network>,
         rng: &mut Rng,
     ) -> Result<OwnLease, LeaseError> {
         const RACE_RETRIES: u32 = 10;
@@ -230,6 +280,7 @@ impl Registry {
                 &entries,
                 public_ip,
                 previous,
+                previous6,
                 &mut |n| rng.below(n),
                 &mut stale,
             )?;
@@ -238,7 +289,7 @@ impl Registry {
                     "deleting our old lease that no longer fits the config",
                     subnet = e.subnet
                 );
-                let key = lease_key(&self.prefix, &e.subnet);
+                let key = e.key(&self.prefix);
                 let txn = Txn::new()
                     .when([Compare::mod_revision(
                         key.clone(),
@@ -250,7 +301,7 @@ impl Registry {
             }
             match p {
                 Plan::UseReservation(e) => {
-                    let key = lease_key(&self.prefix, &e.subnet);
+                    let key = e.key(&self.prefix);
                     let same_backend = e.attrs.as_ref().is_some_and(|a| {
                         a.backend_type == attrs.backend_type && a.backend_data == attrs.backend_data
                     });
@@ -273,6 +324,7 @@ impl Registry {
                     crate::info!("using reservation", subnet = e.subnet, key = key);
                     return Ok(OwnLease {
                         subnet: e.subnet,
+                        subnet6: e.subnet6,
                         key,
                         etcd_lease: 0,
                         create_revision: e.create_revision,
@@ -281,7 +333,7 @@ impl Registry {
                     });
                 }
                 Plan::Reuse(e) => {
-                    let key = lease_key(&self.prefix, &e.subnet);
+                    let key = e.key(&self.prefix);
                     let g = self.client.lease_grant(self.ttl, None).await?;
                     let txn = Txn::new()
                         .when([Compare::mod_revision(
@@ -310,6 +362,7 @@ impl Registry {
                     );
                     return Ok(OwnLease {
                         subnet: e.subnet,
+                        subnet6: e.subnet6,
                         key,
                         etcd_lease: g.id(),
                         create_revision: e.create_revision,
@@ -317,8 +370,8 @@ impl Registry {
                         ttl: g.ttl(),
                     });
                 }
-                Plan::Create(subnet) => {
-                    let key = lease_key(&self.prefix, &subnet);
+                Plan::Create(subnet, subnet6) => {
+                    let key = lease_key_dual(&self.prefix, &subnet, subnet6.as_ref());
                     let g = self.client.lease_grant(self.ttl, None).await?;
                     let txn = Txn::new()
                         .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
@@ -338,9 +391,34 @@ impl Registry {
                         continue;
                     }
                     let rev = header_rev(r.header())?;
-                    crate::info!("acquired new lease", subnet = subnet, ttl = g.ttl());
+                    if subnet6.is_some() {
+                        let (now, _) = self.list().await?;
+                        if lost_to_older(&now, &self.prefix, &key, rev) {
+                            let txn = Txn::new()
+                                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+                                .and_then([TxnOp::delete(key.clone(), None)]);
+                            self.client.txn(txn).await?;
+                            let _ = self.client.lease_revoke(g.id()).await;
+                            crate::info!(
+                                "an older lease holds one of our subnets; retrying",
+                                key = key,
+                                attempt = attempt + 1
+                            );
+                            continue;
+                        }
+                    }
+                    match subnet6 {
+                        Some(s6) => crate::info!(
+                            "acquired new lease",
+                            subnet = subnet,
+                            subnet6 = s6,
+                            ttl = g.ttl()
+                        ),
+                        None => crate::info!("acquired new lease", subnet = subnet, ttl = g.ttl()),
+                    }
                     return Ok(OwnLease {
                         subnet,
+                        subnet6,
                         key,
                         etcd_lease: g.id(),
                         create_revision: rev,
@@ -415,6 +493,25 @@ pub fn peers_from(
         .collect()
 }
 
+/// IPv6 peers (remote dual-stack vxlan leases) for `flannel-v6.<VNI>`.
+pub fn peers6_from(
+    entries: &BTreeMap<Ipv4Network, Entry>,
+    own: Option<&Ipv4Network>,
+) -> Vec<crate::dataplane::Peer<Ipv6Network>> {
+    entries
+        .values()
+        .filter(|e| Some(&e.subnet) != own)
+        .filter_map(|e| {
+            let a = e.attrs.as_ref()?;
+            Some(crate::dataplane::Peer {
+                subnet: e.subnet6?,
+                mac: a.vtep_mac_v6()?,
+                public_ip: a.public_ipv6_addr()?,
+            })
+        })
+        .collect()
+}
+
 /// When to renew: `margin` before expiry, but never later than half the TTL
 /// would allow if the margin is longer than the TTL.
 pub fn renew_after(ttl: i64, margin_secs: i64) -> Duration {
@@ -438,6 +535,7 @@ mod tests {
     fn entry(sub: &str, ip: &str, lease: i64) -> Entry {
         Entry {
             subnet: sub.parse().unwrap(),
+            subnet6: None,
             attrs: Some(LeaseAttrs::vxlan(
                 ip.parse().unwrap(),
                 1,
@@ -457,6 +555,7 @@ mod tests {
             entries,
             ME,
             prev.map(|p| p.parse().unwrap()),
+            None,
             &mut |_| 0,
             &mut stale,
         );
@@ -489,7 +588,10 @@ mod tests {
             entry("10.5.3.0/24", "198.51.100.4", 5),
         ];
         let (p, _) = run(&es, Some("10.5.1.0/24"));
-        assert_eq!(p.unwrap(), Plan::Create("10.5.4.0/24".parse().unwrap()));
+        assert_eq!(
+            p.unwrap(),
+            Plan::Create("10.5.4.0/24".parse().unwrap(), None)
+        );
         let mut full = es.to_vec();
         full.push(entry("10.5.4.0/24", "198.51.100.5", 0));
         assert!(matches!(run(&full, None).0, Err(LeaseError::OutOfSubnets)));
@@ -501,17 +603,26 @@ mod tests {
             &[entry("10.5.1.0/24", "198.51.100.2", 1)],
             Some("10.5.3.0/24"),
         );
-        assert_eq!(p.unwrap(), Plan::Create("10.5.3.0/24".parse().unwrap()));
+        assert_eq!(
+            p.unwrap(),
+            Plan::Create("10.5.3.0/24".parse().unwrap(), None)
+        );
         // Outside the range: ignored.
         let (p, _) = run(&[], Some("10.5.9.0/24"));
-        assert_eq!(p.unwrap(), Plan::Create("10.5.1.0/24".parse().unwrap()));
+        assert_eq!(
+            p.unwrap(),
+            Plan::Create("10.5.1.0/24".parse().unwrap(), None)
+        );
     }
 
     #[test]
     fn our_lease_outside_config_is_deleted_not_reused() {
         let old = entry("10.5.9.0/24", "198.51.100.1", 3);
         let (p, stale) = run(std::slice::from_ref(&old), None);
-        assert_eq!(p.unwrap(), Plan::Create("10.5.1.0/24".parse().unwrap()));
+        assert_eq!(
+            p.unwrap(),
+            Plan::Create("10.5.1.0/24".parse().unwrap(), None)
+        );
         assert_eq!(stale, vec![old]);
         // ...but a reservation outside the config is left alone.
         let (_, stale) = run(&[entry("10.5.9.0/24", "198.51.100.1", 0)], None);
@@ -549,5 +660,152 @@ mod tests {
         for n in 1..50 {
             assert!(r.below(n) < n);
         }
+    }
+
+    fn cfg6() -> NetConfig {
+        parse_config(r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.1.0","SubnetMax":"10.5.4.0","EnableIPv6":true,"IPv6Network":"fd00:5::/56","IPv6SubnetMax":"fd00:5:0:3::","Backend":{"Type":"vxlan"}}"#).unwrap()
+    }
+    fn entry6(sub: &str, sub6: &str, ip: &str, lease: i64) -> Entry {
+        Entry {
+            subnet6: Some(sub6.parse().unwrap()),
+            attrs: Some(LeaseAttrs::vxlan_dual(
+                ip.parse().unwrap(),
+                "2001:db8:100::9".parse().unwrap(),
+                1,
+                &[2, 0, 0, 0, 0, 1],
+                &[2, 0, 0, 0, 0, 2],
+            )),
+            ..entry(sub, ip, lease)
+        }
+    }
+    fn run6(
+        entries: &[Entry],
+        prev: Option<&str>,
+        prev6: Option<&str>,
+    ) -> (Result<Plan, LeaseError>, Vec<Entry>) {
+        let mut stale = vec![];
+        let p = plan(
+            &cfg6(),
+            entries,
+            ME,
+            prev.map(|p| p.parse().unwrap()),
+            prev6.map(|p| p.parse().unwrap()),
+            &mut |_| 0,
+            &mut stale,
+        );
+        (p, stale)
+    }
+
+    #[test]
+    fn dual_stack_create_picks_both_families() {
+        let others = [entry6("10.5.1.0/24", "fd00:5:0:1::/64", "198.51.100.2", 1)];
+        let (p, _) = run6(&others, None, None);
+        assert_eq!(
+            p.unwrap(),
+            Plan::Create(
+                "10.5.2.0/24".parse().unwrap(),
+                Some("fd00:5:0:2::/64".parse().unwrap())
+            )
+        );
+        // Previous subnets from subnet.env are preferred when free.
+        let (p, _) = run6(&others, Some("10.5.4.0/24"), Some("fd00:5:0:3::/64"));
+        assert_eq!(
+            p.unwrap(),
+            Plan::Create(
+                "10.5.4.0/24".parse().unwrap(),
+                Some("fd00:5:0:3::/64".parse().unwrap())
+            )
+        );
+        // ...but not when taken.
+        let (p, _) = run6(&others, None, Some("fd00:5:0:1::/64"));
+        assert_eq!(
+            p.unwrap(),
+            Plan::Create(
+                "10.5.2.0/24".parse().unwrap(),
+                Some("fd00:5:0:2::/64".parse().unwrap())
+            )
+        );
+        // IPv6 range exhausted (3 subnets: :1, :2, :3).
+        let full = [
+            entry6("10.5.1.0/24", "fd00:5:0:1::/64", "198.51.100.2", 1),
+            entry6("10.5.2.0/24", "fd00:5:0:2::/64", "198.51.100.3", 1),
+            entry6("10.5.3.0/24", "fd00:5:0:3::/64", "198.51.100.4", 1),
+        ];
+        assert!(matches!(
+            run6(&full, None, None).0,
+            Err(LeaseError::OutOfSubnets)
+        ));
+    }
+
+    #[test]
+    fn dual_stack_reuse_needs_a_fitting_v6_part() {
+        let mine = entry6("10.5.3.0/24", "fd00:5:0:2::/64", "198.51.100.1", 9);
+        let (p, _) = run6(std::slice::from_ref(&mine), None, None);
+        assert_eq!(p.unwrap(), Plan::Reuse(mine.clone()));
+        assert_eq!(
+            mine.key("/coreos.com/network"),
+            "/coreos.com/network/subnets/10.5.3.0-24&fd00:5:0:2::-64"
+        );
+        // Our old v4-only lease does not fit a dual-stack config: deleted.
+        let old = entry("10.5.3.0/24", "198.51.100.1", 9);
+        let (p, stale) = run6(std::slice::from_ref(&old), None, None);
+        assert_eq!(
+            p.unwrap(),
+            Plan::Create(
+                "10.5.1.0/24".parse().unwrap(),
+                Some("fd00:5:0:1::/64".parse().unwrap())
+            )
+        );
+        assert_eq!(stale, vec![old]);
+        // A dual-stack lease is reused as is by a v4-only config (same key).
+        let (p, _) = run(std::slice::from_ref(&mine), None);
+        assert_eq!(p.unwrap(), Plan::Reuse(mine));
+    }
+
+    #[test]
+    fn older_key_wins_a_subnet_collision() {
+        let p = "/coreos.com/network";
+        let a = Entry {
+            create_revision: 10,
+            ..entry6("10.5.1.0/24", "fd00:5:0:1::/64", "198.51.100.2", 1)
+        };
+        let b = Entry {
+            create_revision: 12,
+            ..entry6("10.5.1.0/24", "fd00:5:0:2::/64", "198.51.100.1", 1)
+        };
+        let c = Entry {
+            create_revision: 13,
+            ..entry6("10.5.3.0/24", "fd00:5:0:1::/64", "198.51.100.3", 1)
+        };
+        let all = [a.clone(), b.clone(), c.clone()];
+        assert!(!lost_to_older(&all, p, &a.key(p), 10));
+        assert!(lost_to_older(&all, p, &b.key(p), 12));
+        assert!(lost_to_older(&all, p, &c.key(p), 13));
+        assert!(!lost_to_older(std::slice::from_ref(&b), p, &b.key(p), 12));
+    }
+
+    #[test]
+    fn v6_peers_only_from_dual_stack_leases() {
+        let mut m = BTreeMap::new();
+        for e in [
+            entry6("10.5.1.0/24", "fd00:5:0:1::/64", "198.51.100.2", 1),
+            entry("10.5.2.0/24", "198.51.100.3", 1),
+            entry6("10.5.3.0/24", "fd00:5:0:3::/64", "198.51.100.1", 1),
+        ] {
+            m.insert(e.subnet, e);
+        }
+        let own: Ipv4Network = "10.5.3.0/24".parse().unwrap();
+        let p = peers6_from(&m, Some(&own));
+        assert_eq!(p.len(), 1);
+        assert_eq!(
+            p[0].subnet,
+            "fd00:5:0:1::/64".parse::<Ipv6Network>().unwrap()
+        );
+        assert_eq!(p[0].mac, [2, 0, 0, 0, 0, 2]);
+        assert_eq!(
+            p[0].public_ip,
+            "2001:db8:100::9".parse::<std::net::Ipv6Addr>().unwrap()
+        );
+        assert_eq!(peers_from(&m, Some(&own)).len(), 2);
     }
 }

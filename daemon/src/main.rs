@@ -3,30 +3,42 @@
 //!
 //! What it does, in order:
 //! 1. reads `<prefix>/config` from etcd (waits while it is missing; exits
-//!    non-zero on an invalid config; only `Backend.Type=vxlan` is supported);
+//!    non-zero on an invalid config; only `Backend.Type=vxlan` is supported;
+//!    dual stack via `EnableIPv6` + `IPv6Network` [+ `IPv6SubnetLen/Min/Max`]
+//!    with flannel's defaults; IPv6-only `EnableIPv4=false` is refused);
 //! 2. acquires a subnet lease under `<prefix>/subnets/` atomically (etcd Txn,
 //!    24h etcd lease), reusing our previous lease (same PublicIP, or a
-//!    reservation) or the subnet recorded in `--subnet-file`;
+//!    reservation) or the subnet recorded in `--subnet-file`; when dual-stack,
+//!    a v4 and a v6 subnet together in one key `10.5.1.0-24&fd00:5:0:1::-64`
+//!    whose value adds PublicIPv6 and BackendV6Data{VNI,VtepMAC} (a lost
+//!    race on either subnet is detected after the create and retried);
 //! 3. with `--ip-masq`, installs flannel's masquerade/forward rules (nftables
-//!    table `ip weft-ipv4`, or iptables chains FLANNEL-POSTRTG/FLANNEL-FWD);
+//!    table `ip weft-ipv4` [+ `ip6 weft-ipv6`, ff00::/8], or iptables
+//!    [+ ip6tables] chains FLANNEL-POSTRTG/FLANNEL-FWD);
 //! 4. writes `--subnet-file` atomically (FLANNEL_NETWORK, FLANNEL_SUBNET,
-//!    FLANNEL_MTU, FLANNEL_IPMASQ);
-//! 5. creates/keeps `flannel.<VNI>` and programs, per remote lease, neighbour +
-//!    FDB + onlink route; it reconciles kernel state against etcd every
-//!    `--reconcile-interval` seconds without ever flushing;
+//!    [FLANNEL_IPV6_NETWORK, FLANNEL_IPV6_SUBNET,] FLANNEL_MTU, FLANNEL_IPMASQ;
+//!    dual-stack FLANNEL_MTU is the smaller of the two devices' MTUs);
+//! 5. creates/keeps `flannel.<VNI>` (MTU underlay − 50) and programs, per
+//!    remote lease, neighbour + FDB + onlink route; when dual-stack the same
+//!    on `flannel-v6.<VNI>` (local = PublicIPv6, MTU underlay − 70, our v6
+//!    subnet base as /128) from peers' v6 subnets, PublicIPv6 and v6 VtepMAC,
+//!    with the same family-generic diff; it reconciles kernel state against
+//!    etcd every `--reconcile-interval` seconds without ever flushing;
 //! 6. renews the lease (compare-and-swap) `--subnet-lease-renew-margin`
 //!    minutes before expiry, and re-acquires if the lease is deleted.
 //!
 //! Usage (every flag also reads `FLANNELD_<FLAG_NAME>` when not given):
 //! ```text
 //! weftd --etcd-endpoints=http://10.0.0.1:2379 [--etcd-prefix=/coreos.com/network]
-//!       [--iface=eth0|--iface=198.51.100.7] [--public-ip=IP] [--ip-masq]
+//!       [--iface=eth0|--iface=198.51.100.7] [--public-ip=IP] [--public-ipv6=IP6] [--ip-masq]
 //!       [--subnet-file=/run/flannel/subnet.env] [--healthz-ip=0.0.0.0 --healthz-port=8081]
 //!       [--etcd-cafile=ca.pem --etcd-certfile=c.pem --etcd-keyfile=k.pem]
 //!       [--subnet-lease-renew-margin=60] [--subnet-lease-ttl=86400] [--reconcile-interval=10]
 //! ```
 //! Config example: `etcdctl put /coreos.com/network/config
-//! '{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}'`.
+//! '{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}'`; dual stack:
+//! `'{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}'`
+//! (`--public-ipv6` defaults to the interface's first global IPv6 address).
 //!
 //! Endpoints (when `--healthz-port` != 0): `/healthz` (process alive),
 //! `/readyz` (200 once subnet.env is written and peers are programmed),
@@ -38,7 +50,10 @@
 //! Tests: `cargo test -p weftd` (unit, no root); as root `daemon/tests/netns.sh
 //! [weftd]` builds hub/etcd/node netns (198.51.100.0/24) and checks leases,
 //! subnet.env, programming, overlay ping, drift repair, restart, reservations,
-//! renewal, etcd outage and masq; `daemon/tests/tls.sh` checks etcd mTLS.
+//! renewal, etcd outage and masq; `daemon/tests/dualstack.sh` does a
+//! dual-stack run (2001:db8:100::/64 underlay: subnet.env, flannel-v6.1,
+//! v6 routes/neigh/fdb, overlay and pod-to-pod ping6, drift, restart, lease
+//! removal, ip6 masq); `daemon/tests/tls.sh` checks etcd mTLS.
 //!
 //! Exit: 0 on SIGTERM/SIGINT (kernel state and the lease are kept, so a
 //! restart is hitless), 1 on a fatal error, 2 on bad flags.
@@ -259,11 +274,59 @@ async fn run(f: flags::Flags) -> anyhow::Result<()> {
             cfg.backend.mtu.unwrap_or(underlay.mtu)
         );
     }
-    let attrs = config::LeaseAttrs::vxlan(public_ip, cfg.backend.vni, &mac);
+    let mut attrs = config::LeaseAttrs::vxlan(public_ip, cfg.backend.vni, &mac);
+    // Dual stack: flannel-v6.<VNI> over our PublicIPv6.
+    let mut mtu = spec.mtu;
+    let v6 = match &cfg.ipv6 {
+        None => None,
+        Some(c6) => {
+            let Some(public_ipv6) = f.public_ipv6.or(underlay.ip6) else {
+                bail!(
+                    "EnableIPv6 is set but interface {} has no global IPv6 address; add one or use --public-ipv6",
+                    underlay.name
+                );
+            };
+            let mac6 = dataplane::vtep_mac_v6(public_ipv6, cfg.backend.vni);
+            let spec6 = dataplane::DeviceSpec::new_v6(
+                cfg.backend.vni,
+                cfg.backend.port,
+                &underlay,
+                public_ipv6,
+                cfg.backend.mtu,
+                mac6,
+            );
+            if spec6.mtu < 1280 {
+                bail!(
+                    "IPv6 vxlan MTU {} (underlay {} - 70) is below IPv6's minimum 1280",
+                    spec6.mtu,
+                    cfg.backend.mtu.unwrap_or(underlay.mtu)
+                );
+            }
+            info!(
+                "dual stack",
+                ipv6_network = c6.network,
+                ipv6_subnet_len = c6.subnet_len,
+                ipv6_subnet_min = c6.subnet_min,
+                ipv6_subnet_max = c6.subnet_max,
+                public_ipv6 = public_ipv6,
+                mtu6 = spec6.mtu
+            );
+            attrs = config::LeaseAttrs::vxlan_dual(
+                public_ip,
+                public_ipv6,
+                cfg.backend.vni,
+                &mac,
+                &mac6,
+            );
+            // Pods get one MTU for both families: the smaller one.
+            mtu = mtu.min(spec6.mtu);
+            Some((spec6, c6.network))
+        }
+    };
 
     // Data plane thread.
     let (dp_tx, dp_rx) = std::sync::mpsc::channel();
-    let dp = dataplane::Dataplane::new(spec.clone(), cfg.network, metrics.clone())?;
+    let dp = dataplane::Dataplane::new(spec.clone(), cfg.network, v6, metrics.clone())?;
     let interval = Duration::from_secs(f.reconcile_interval);
     std::thread::Builder::new()
         .name("dataplane".into())
@@ -292,9 +355,14 @@ async fn run(f: flags::Flags) -> anyhow::Result<()> {
     if let Some(p) = previous {
         info!("previous subnet from subnet file", subnet = p);
     }
+    let previous6 = cfg.ipv6.as_ref().and_then(|c6| {
+        subnet_env::read_previous_v6(&f.subnet_file)
+            .filter(|(net, _)| net.is_none() || *net == Some(c6.network))
+            .map(|(_, s)| s)
+    });
     let agent = agent::Agent {
         reg,
-        mtu: spec.mtu,
+        mtu,
         cfg,
         attrs,
         public_ip,
@@ -302,6 +370,7 @@ async fn run(f: flags::Flags) -> anyhow::Result<()> {
         ip_masq: f.ip_masq,
         renew_margin_secs: i64::from(f.subnet_lease_renew_margin) * 60,
         previous,
+        previous6,
         dataplane: dp_tx,
         masq: masq_tx,
         masq_forward: f.iptables_forward_rules,

@@ -1,13 +1,16 @@
 //! `--ip-masq`: flannel's masquerade and FORWARD-accept rules, via nftables
-//! (table `ip weft-ipv4`) when `nft` works, else iptables (chains
-//! FLANNEL-POSTRTG / FLANNEL-FWD, as flannel names them). The whole set is
+//! (table `ip weft-ipv4`, and `ip6 weft-ipv6` when dual-stack) when `nft`
+//! works, else iptables/ip6tables (chains FLANNEL-POSTRTG / FLANNEL-FWD, as
+//! flannel names them). IPv6 uses the same rules with ff00::/8 in place of
+//! 224.0.0.0/4. The whole set is
 //! replaced atomically on a subnet change and re-applied whenever a resync
 //! finds it altered.
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::process::{Command, Stdio};
 
 pub const NFT_TABLE: &str = "weft-ipv4";
+pub const NFT_TABLE_V6: &str = "weft-ipv6";
 const MASQ_COMMENT: &str = "flanneld masq";
 const FWD_COMMENT: &str = "flanneld forward";
 
@@ -29,29 +32,75 @@ pub struct Rules {
     pub cluster: Ipv4Network,
     pub forward: bool,
     pub fully_random: bool,
+    /// (pod, cluster) IPv6 networks when dual-stack.
+    pub v6: Option<(Ipv6Network, Ipv6Network)>,
+}
+
+/// One family's rule parameters.
+struct Fam<'a> {
+    /// nft family and address keyword: "ip" or "ip6".
+    nft: &'static str,
+    table: &'static str,
+    iptables: &'static str,
+    pod: String,
+    cluster: String,
+    mcast: &'a str,
+}
+
+fn fams(r: &Rules) -> Vec<Fam<'static>> {
+    let mut v = vec![Fam {
+        nft: "ip",
+        table: NFT_TABLE,
+        iptables: "iptables",
+        pod: r.pod.to_string(),
+        cluster: r.cluster.to_string(),
+        mcast: "224.0.0.0/4",
+    }];
+    if let Some((pod, cluster)) = r.v6 {
+        v.push(Fam {
+            nft: "ip6",
+            table: NFT_TABLE_V6,
+            iptables: "ip6tables",
+            pod: pod.to_string(),
+            cluster: cluster.to_string(),
+            mcast: "ff00::/8",
+        });
+    }
+    v
 }
 
 /// The nftables script: creating then deleting the table makes the
 /// re-definition that follows replace it in one atomic transaction.
+#[cfg(test)]
 pub fn nft_script(r: &Rules) -> String {
-    let (pod, cl) = (r.pod, r.cluster);
+    nft_family(&fams(r)[0], r)
+}
+
+/// The `ip6 weft-ipv6` script, when dual-stack.
+#[cfg(test)]
+pub fn nft_script_v6(r: &Rules) -> Option<String> {
+    fams(r).get(1).map(|f| nft_family(f, r))
+}
+
+fn nft_family(f: &Fam, r: &Rules) -> String {
+    let (pod, cl, ip, m) = (&f.pod, &f.cluster, f.nft, f.mcast);
     let rnd = if r.fully_random { " fully-random" } else { "" };
     let mut s = format!(
-        "table ip {t}\ndelete table ip {t}\ntable ip {t} {{\n\
+        "table {ip} {t}\ndelete table {ip} {t}\ntable {ip} {t} {{\n\
          \tchain postrtg {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\
          \t\tmeta mark & 0x4000 == 0x4000 return\n\
-         \t\tip saddr {pod} ip daddr {cl} return\n\
-         \t\tip saddr {cl} ip daddr {pod} return\n\
-         \t\tip saddr != {cl} ip daddr {pod} return\n\
-         \t\tip saddr {cl} ip daddr != 224.0.0.0/4 masquerade{rnd}\n\
-         \t\tip saddr != {cl} ip daddr {cl} masquerade{rnd}\n\
+         \t\t{ip} saddr {pod} {ip} daddr {cl} return\n\
+         \t\t{ip} saddr {cl} {ip} daddr {pod} return\n\
+         \t\t{ip} saddr != {cl} {ip} daddr {pod} return\n\
+         \t\t{ip} saddr {cl} {ip} daddr != {m} masquerade{rnd}\n\
+         \t\t{ip} saddr != {cl} {ip} daddr {cl} masquerade{rnd}\n\
          \t}}\n",
-        t = NFT_TABLE
+        t = f.table
     );
     if r.forward {
         s.push_str(&format!(
             "\tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\
-             \t\tip saddr {cl} accept\n\t\tip daddr {cl} accept\n\t}}\n"
+             \t\t{ip} saddr {cl} accept\n\t\t{ip} daddr {cl} accept\n\t}}\n"
         ));
     }
     s.push_str("}\n");
@@ -59,8 +108,19 @@ pub fn nft_script(r: &Rules) -> String {
 }
 
 /// iptables rules as (table, chain, args), in flannel's order.
+#[cfg(test)]
 pub fn iptables_rules(r: &Rules) -> Vec<(&'static str, &'static str, Vec<String>)> {
-    let (pod, cl) = (r.pod.to_string(), r.cluster.to_string());
+    rules_for(&fams(r)[0], r)
+}
+
+/// The ip6tables rules, when dual-stack.
+#[cfg(test)]
+pub fn ip6tables_rules(r: &Rules) -> Option<Vec<(&'static str, &'static str, Vec<String>)>> {
+    fams(r).get(1).map(|f| rules_for(f, r))
+}
+
+fn rules_for(f: &Fam, r: &Rules) -> Vec<(&'static str, &'static str, Vec<String>)> {
+    let (pod, cl) = (f.pod.clone(), f.cluster.clone());
     let c = |v: &[&str], comment: &str| -> Vec<String> {
         let mut a: Vec<String> = v.iter().map(|s| s.to_string()).collect();
         a.extend(["-m", "comment", "--comment", comment].map(String::from));
@@ -98,7 +158,7 @@ pub fn iptables_rules(r: &Rules) -> Vec<(&'static str, &'static str, Vec<String>
             "nat",
             "FLANNEL-POSTRTG",
             c(
-                &[&["-s", &cl, "!", "-d", "224.0.0.0/4"][..], &masq[..]].concat(),
+                &[&["-s", &cl, "!", "-d", f.mcast][..], &masq[..]].concat(),
                 MASQ_COMMENT,
             ),
         ),
@@ -207,16 +267,26 @@ impl Masq {
         };
         match self.backend {
             Backend::Nftables => {
-                run("nft", &["-f", "-"], Some(&nft_script(&r)))?;
+                for f in fams(&r) {
+                    run("nft", &["-f", "-"], Some(&nft_family(&f, &r)))?;
+                }
                 self.applied_listing = Some(self.nft_listing()?);
             }
-            Backend::Iptables => self.iptables_apply(&r)?,
+            Backend::Iptables => {
+                for f in fams(&r) {
+                    self.iptables_apply(&f, &r)?;
+                }
+            }
         }
         Ok(())
     }
 
     fn nft_listing(&self) -> Result<String, MasqError> {
-        run("nft", &["list", "table", "ip", NFT_TABLE], None)
+        let mut out = run("nft", &["list", "table", "ip", NFT_TABLE], None)?;
+        if self.rules.as_ref().is_some_and(|r| r.v6.is_some()) {
+            out.push_str(&run("nft", &["list", "table", "ip6", NFT_TABLE_V6], None)?);
+        }
+        Ok(out)
     }
 
     /// Check the rules are intact; re-apply if not. Returns whether it repaired.
@@ -229,7 +299,7 @@ impl Masq {
                 (Some(a), Ok(now)) => *a == now,
                 _ => false,
             },
-            Backend::Iptables => self.iptables_intact(&r),
+            Backend::Iptables => fams(&r).iter().all(|f| self.iptables_intact(f, &r)),
         };
         if intact {
             return Ok(false);
@@ -238,22 +308,23 @@ impl Masq {
         Ok(true)
     }
 
-    fn iptables_intact(&self, r: &Rules) -> bool {
-        let mut ok = iptables_rules(r).iter().all(|(t, ch, args)| {
+    fn iptables_intact(&self, f: &Fam, r: &Rules) -> bool {
+        let bin = f.iptables;
+        let mut ok = rules_for(f, r).iter().all(|(t, ch, args)| {
             let mut a = vec!["-w", "-t", t, "-C", ch];
             a.extend(args.iter().map(String::as_str));
-            run("iptables", &a, None).is_ok()
+            run(bin, &a, None).is_ok()
         });
-        ok &= self.jump_present("nat", "POSTROUTING", "FLANNEL-POSTRTG", MASQ_COMMENT);
+        ok &= self.jump_present(bin, "nat", "POSTROUTING", "FLANNEL-POSTRTG", MASQ_COMMENT);
         if r.forward {
-            ok &= self.jump_present("filter", "FORWARD", "FLANNEL-FWD", FWD_COMMENT);
+            ok &= self.jump_present(bin, "filter", "FORWARD", "FLANNEL-FWD", FWD_COMMENT);
         }
         ok
     }
 
-    fn jump_present(&self, table: &str, from: &str, to: &str, comment: &str) -> bool {
+    fn jump_present(&self, bin: &str, table: &str, from: &str, to: &str, comment: &str) -> bool {
         run(
-            "iptables",
+            bin,
             &[
                 "-w",
                 "-t",
@@ -272,18 +343,19 @@ impl Masq {
         .is_ok()
     }
 
-    fn iptables_apply(&mut self, r: &Rules) -> Result<(), MasqError> {
+    fn iptables_apply(&mut self, f: &Fam, r: &Rules) -> Result<(), MasqError> {
+        let bin = f.iptables;
         let mut chains = vec![("nat", "FLANNEL-POSTRTG", "POSTROUTING", MASQ_COMMENT)];
         if r.forward {
             chains.push(("filter", "FLANNEL-FWD", "FORWARD", FWD_COMMENT));
         }
         for (table, chain, from, comment) in &chains {
             // Create (may exist) and flush: this also drops rules for an old subnet.
-            let _ = run("iptables", &["-w", "-t", table, "-N", chain], None);
-            run("iptables", &["-w", "-t", table, "-F", chain], None)?;
-            if !self.jump_present(table, from, chain, comment) {
+            let _ = run(bin, &["-w", "-t", table, "-N", chain], None);
+            run(bin, &["-w", "-t", table, "-F", chain], None)?;
+            if !self.jump_present(bin, table, from, chain, comment) {
                 run(
-                    "iptables",
+                    bin,
                     &[
                         "-w",
                         "-t",
@@ -301,10 +373,10 @@ impl Masq {
                 )?;
             }
         }
-        for (t, ch, args) in iptables_rules(r) {
+        for (t, ch, args) in rules_for(f, r) {
             let mut a = vec!["-w", "-t", t, "-A", ch];
             a.extend(args.iter().map(String::as_str));
-            run("iptables", &a, None)?;
+            run(bin, &a, None)?;
         }
         Ok(())
     }
@@ -320,7 +392,50 @@ mod tests {
             cluster: "10.5.0.0/16".parse().unwrap(),
             forward: true,
             fully_random: true,
+            v6: None,
         }
+    }
+
+    #[test]
+    fn v6_rules_use_ip6_and_ff00() {
+        assert_eq!(nft_script_v6(&rules()), None);
+        assert_eq!(ip6tables_rules(&rules()), None);
+        let r = Rules {
+            v6: Some((
+                "fd00:10:244:5::/64".parse().unwrap(),
+                "fd00:10:244::/56".parse().unwrap(),
+            )),
+            ..rules()
+        };
+        // The IPv4 script is unchanged by dual-stack.
+        assert_eq!(nft_script(&r), nft_script(&rules()));
+        let s = nft_script_v6(&r).unwrap();
+        let want = [
+            "table ip6 weft-ipv6\ndelete table ip6 weft-ipv6\n",
+            "type nat hook postrouting priority srcnat",
+            "meta mark & 0x4000 == 0x4000 return",
+            "ip6 saddr fd00:10:244:5::/64 ip6 daddr fd00:10:244::/56 return",
+            "ip6 saddr fd00:10:244::/56 ip6 daddr fd00:10:244:5::/64 return",
+            "ip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244:5::/64 return",
+            "ip6 saddr fd00:10:244::/56 ip6 daddr != ff00::/8 masquerade fully-random",
+            "ip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244::/56 masquerade fully-random",
+            "ip6 saddr fd00:10:244::/56 accept",
+            "ip6 daddr fd00:10:244::/56 accept",
+        ];
+        let mut pos = 0;
+        for w in want {
+            let i = s[pos..]
+                .find(w)
+                .unwrap_or_else(|| panic!("missing or out of order: {w}\n{s}"));
+            pos += i + w.len();
+        }
+        assert!(!s.contains(" ip saddr"));
+        let v6 = ip6tables_rules(&r).unwrap();
+        assert_eq!(v6.len(), 8);
+        assert_eq!(
+            v6[4].2.join(" "),
+            "-s fd00:10:244::/56 ! -d ff00::/8 -j MASQUERADE --random-fully -m comment --comment flanneld masq"
+        );
     }
 
     #[test]

@@ -17,11 +17,6 @@ pub struct SubnetEnv {
     pub ipmasq: bool,
 }
 
-fn v6_gateway(s: &Ipv6Network) -> String {
-    let gw = std::net::Ipv6Addr::from(u128::from(s.network()).wrapping_add(1));
-    format!("{gw}/{}", s.prefix())
-}
-
 impl SubnetEnv {
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -34,7 +29,10 @@ impl SubnetEnv {
         }
         if let (Some(n), Some(s)) = (self.ipv6_network, self.ipv6_subnet) {
             out.push_str(&format!("FLANNEL_IPV6_NETWORK={n}\n"));
-            out.push_str(&format!("FLANNEL_IPV6_SUBNET={}\n", v6_gateway(&s)));
+            out.push_str(&format!(
+                "FLANNEL_IPV6_SUBNET={}\n",
+                crate::config::gateway_cidr_v6(&s)
+            ));
         }
         out.push_str(&format!("FLANNEL_MTU={}\n", self.mtu));
         out.push_str(&format!("FLANNEL_IPMASQ={}\n", self.ipmasq));
@@ -72,6 +70,19 @@ pub fn read_previous(path: &Path) -> Option<(Option<Ipv4Network>, Ipv4Network)> 
     let sub = Ipv4Network::new(sub.network(), sub.prefix()).ok()?;
     let net = m
         .get("FLANNEL_NETWORK")
+        .and_then(|n| n.split(',').next()?.parse().ok());
+    Some((net, sub))
+}
+
+/// The IPv6 subnet recorded by a previous run (FLANNEL_IPV6_SUBNET's
+/// network) and its FLANNEL_IPV6_NETWORK, if present.
+pub fn read_previous_v6(path: &Path) -> Option<(Option<Ipv6Network>, Ipv6Network)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let m = parse_env(&text);
+    let sub: Ipv6Network = m.get("FLANNEL_IPV6_SUBNET")?.parse().ok()?;
+    let sub = Ipv6Network::new(sub.network(), sub.prefix()).ok()?;
+    let net = m
+        .get("FLANNEL_IPV6_NETWORK")
         .and_then(|n| n.split(',').next()?.parse().ok());
     Some((net, sub))
 }
@@ -166,6 +177,19 @@ mod tests {
         let (net, sub) = read_previous(&path).unwrap();
         assert_eq!(net, Some("10.5.0.0/16".parse().unwrap()));
         assert_eq!(sub, "10.5.52.0/24".parse().unwrap());
+        assert_eq!(read_previous_v6(&path), None);
+        write_atomic(
+            &path,
+            "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.52.1/24\nFLANNEL_IPV6_NETWORK=fd00:5::/56\nFLANNEL_IPV6_SUBNET=fd00:5:0:7::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read_previous_v6(&path),
+            Some((
+                Some("fd00:5::/56".parse().unwrap()),
+                "fd00:5:0:7::/64".parse().unwrap()
+            ))
+        );
         write_atomic(&path, "FLANNEL_MTU=1\n").unwrap();
         assert_eq!(read_previous(&path), None);
         let leftovers: Vec<_> = std::fs::read_dir(dir.join("sub")).unwrap().collect();

@@ -1,4 +1,4 @@
-//! Runs the shell integration tests (netns.sh, tls.sh) against the weftd
+//! Runs the shell integration tests (netns.sh, dualstack.sh, tls.sh) against the weftd
 //! built for this test run. They need root plus etcd, curl, python3,
 //! nsenter, iproute2, ping, nft, iptables (and openssl for tls.sh); without
 //! root or with a tool missing they skip and say why, or fail when
@@ -74,6 +74,17 @@ fn weftd_in_network_namespaces() {
         "netns.sh",
         &[
             "etcd", "curl", "python3", "nsenter", "ip", "bridge", "ping", "nft", "iptables",
+        ],
+    );
+    assert_eq!(r, Ok(()));
+}
+
+#[test]
+fn weftd_dual_stack_in_network_namespaces() {
+    let r = run_script(
+        "dualstack.sh",
+        &[
+            "etcd", "curl", "python3", "nsenter", "ip", "bridge", "ping", "nft",
         ],
     );
     assert_eq!(r, Ok(()));

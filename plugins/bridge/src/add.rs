@@ -297,6 +297,9 @@ fn configure_container(
             .map_err(|e| Error::kernel(format!("add address {} to {ifname}", ip.address), e))?;
     }
     pod.set_up(index).map_err(|e| Error::kernel(format!("set {ifname} up"), e))?;
+    if enable_dad && result.ips.iter().any(|ip| ip.address.is_ipv6() && ip.gateway.is_some()) {
+        wait_for_dad(pod, index, &ifname)?;
+    }
     for route in &result.routes {
         let gateway = route.gw.or_else(|| {
             result
@@ -321,6 +324,28 @@ fn configure_container(
             .map_err(|e| Error::kernel(format!("add route {}{} on {ifname}", route.dst, gateway.map(|g| format!(" via {g}")).unwrap_or_default()), e))?;
     }
     Ok(())
+}
+
+/// With DAD on, a tentative address cannot be used yet: wait until the
+/// kernel settles it (as the reference does), and fail on a duplicate.
+fn wait_for_dad(pod: &mut Netlink, index: u32, ifname: &str) -> Result<(), Error> {
+    const POLL: std::time::Duration = std::time::Duration::from_millis(50);
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+    let start = std::time::Instant::now();
+    loop {
+        let addrs = pod.addresses(Some(index)).map_err(|e| Error::kernel(format!("list addresses of {ifname}"), e))?;
+        let v6 = || addrs.iter().filter(|a| a.net.is_ipv6() && a.scope == 0);
+        if let Some(a) = v6().find(|a| a.is_dadfailed()) {
+            return Err(Error::new(ErrorCode::AlreadyExists, format!("{} on {ifname} failed duplicate address detection", a.net)));
+        }
+        if !v6().any(|a| a.is_tentative()) {
+            return Ok(());
+        }
+        if start.elapsed() > LIMIT {
+            return Err(Error::new(ErrorCode::Kernel, format!("IPv6 addresses on {ifname} still tentative after {LIMIT:?}")));
+        }
+        std::thread::sleep(POLL);
+    }
 }
 
 /// Put each gateway address on the bridge and enable forwarding.
