@@ -493,7 +493,7 @@ fn dual_check_detects(sabotage: &str) {
     let env = Env::new();
     let pod = env.node.pod();
     let conf = env.dual_conf("1.0.0");
-    let _result = env.add_ok(&pod, &conf);
+    let r = env.add_ok(&pod, &conf);
     env.check(&pod, &conf, &r).expect_ok();
     pod.sh(sabotage);
     env.check(&pod, &conf, &r).expect_error(105);
