@@ -392,8 +392,9 @@ fn bad_environment() {
         ctx.add(p).netns(file.to_str().unwrap())
     }));
     cases.extend(for_each(ALL, "CNI_NETNS is a directory", 4, &["/tmp"], |ctx, p| ctx.add(p).netns("/tmp")));
-    cases.extend(for_each(ALL, "CNI_NETNS is another kind of namespace", 4, &["/proc/1/ns/uts"], |ctx, p| {
-        ctx.add(p).netns("/proc/1/ns/uts")
+    // The plugin's own UTS namespace: a namespace file it can open, of the wrong type.
+    cases.extend(for_each(ALL, "CNI_NETNS is another kind of namespace", 4, &["/proc/self/ns/uts", "not a network namespace"], |ctx, p| {
+        ctx.add(p).netns("/proc/self/ns/uts")
     }));
     // The node's own netns: acting there would reconfigure the host
     // (loopback DEL downed the host's lo: kubernetes#100648).

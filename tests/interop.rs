@@ -99,6 +99,31 @@ fn weft_bridge_with_reference_host_local() {
     bridge_and_host_local_round_trip(Impl::Weft, Impl::Go, 10);
 }
 
+/// The reference host-local answers an exhausted range with the catch-all
+/// 999; weft's bridge passes on its message but never that code.
+#[test]
+fn weft_bridge_maps_the_reference_host_locals_999() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let data = TempDir::new();
+    let dir = mixed_plugin_dir(&[("bridge", Impl::Weft), ("host-local", Impl::Go)]);
+    // A /30 holds one pod: .1 is the gateway, .2 the pod, .3 broadcast.
+    let conf = network("1.0.0", NET, bridge_plugin(BRIDGE, host_local_ipam(data.path(), subnet_range("10.244.20.0/30"))));
+    let first = node.pod();
+    CniCall::add(&first, conf.clone()).cni_path(&[dir.path()]).run_in(&node, &plugin_path("bridge")).expect_ok();
+    let second = node.pod();
+    let err = CniCall::add(&second, conf).cni_path(&[dir.path()]).run_in(&node, &plugin_path("bridge")).expect_error(106);
+    let details = err["details"].as_str().unwrap_or_default();
+    assert!(details.contains("answered code 999"), "{err}");
+    assert!(!err["msg"].as_str().unwrap_or_default().is_empty(), "{err}");
+    // Rolled back: the second pod has no interface, the host one veth.
+    assert!(link(&second, "eth0").is_none());
+    assert_eq!(veths_on_host(&node).len(), 1);
+    assert_eq!(reserved_ips(data.path(), NET), vec!["10.244.20.2".to_string()]);
+}
+
 #[test]
 fn reference_bridge_with_weft_host_local() {
     if !require_root() {

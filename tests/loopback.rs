@@ -170,6 +170,23 @@ fn del_with_a_missing_netns_succeeds() {
     run(&node, del).expect_ok();
 }
 
+/// A runtime that crashed between unmounting the netns and unlinking its
+/// file leaves a plain placeholder at CNI_NETNS: DEL must treat it as gone.
+#[test]
+fn del_with_an_unmounted_netns_placeholder_succeeds() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new();
+    let pod = node.pod();
+    run(&node, CniCall::add(&pod, conf("1.0.0"))).expect_ok();
+    let umount = std::process::Command::new("umount").arg(&pod.path).status().unwrap();
+    assert!(umount.success() && pod.path.is_file(), "placeholder file left at {}", pod.path.display());
+    run(&node, CniCall::del(&pod, conf("1.0.0"))).expect_ok();
+    // ADD and CHECK still refuse it.
+    run(&node, CniCall::add(&pod, conf("1.0.0"))).expect_error(4);
+}
+
 #[test]
 fn del_without_cni_netns_succeeds() {
     if !require_root() {

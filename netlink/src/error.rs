@@ -29,6 +29,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The path exists but is not a network namespace.
+    #[error("{0} is not a network namespace")]
+    NotNetns(String),
     /// The helper thread used by `Netns::run` panicked.
     #[error("netns worker thread panicked")]
     ThreadPanicked,

@@ -6,10 +6,11 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
 use nix::sched::{setns, CloneFlags};
 
 use crate::Error;
@@ -27,20 +28,25 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Open a namespace by path. A missing path yields errno ENOENT.
+    /// Open a network namespace by path. A missing path yields errno
+    /// ENOENT; anything else that is not a network namespace (a plain file
+    /// left behind after its bind mount went, another namespace type) yields
+    /// [`Error::NotNetns`].
     pub fn open(path: &Path) -> Result<Netns, Error> {
         let op = || format!("open netns {}", path.display());
         let file = File::open(path).map_err(|e| Error::io(op(), e))?;
         let meta = file.metadata().map_err(|e| Error::io(op(), e))?;
-        // A regular file would make setns fail later with EINVAL; catch it
-        // early with a clearer message. nsfs inodes have no file type bits
-        // we can test portably, so compare with our own namespace's device.
+        // Every namespace file lives on nsfs, the device of our own.
         let own = std::fs::metadata(THREAD_NETNS).map_err(|e| Error::io(op(), e))?;
-        if meta.dev() != own.dev() {
-            return Err(Error::Invalid(format!(
-                "{} is not a network namespace",
-                path.display()
-            )));
+        let is_netns = meta.dev() == own.dev()
+            && match ns_type(&file) {
+                Ok(kind) => kind == CloneFlags::CLONE_NEWNET.bits(),
+                // Kernels before 4.11 cannot tell the type; setns will.
+                Err(Errno::ENOTTY) => true,
+                Err(e) => return Err(Error::os(op(), e)),
+            };
+        if !is_netns {
+            return Err(Error::NotNetns(path.display().to_string()));
         }
         Ok(Netns {
             dev: meta.dev(),
@@ -92,6 +98,18 @@ impl Netns {
             handle.join().map_err(|_| Error::ThreadPanicked)?
         })
     }
+}
+
+/// NS_GET_NSTYPE from linux/nsfs.h: _IO(0xb7, 0x3).
+const NS_GET_NSTYPE: u64 = 0xb703;
+
+/// The CLONE_NEW* type of the namespace `file` refers to.
+#[allow(unsafe_code)]
+fn ns_type(file: &File) -> Result<i32, Errno> {
+    // SAFETY: NS_GET_NSTYPE takes no argument and only inspects the fd,
+    // which `file` keeps open for the duration of the call.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+    Errno::result(kind)
 }
 
 impl AsFd for Netns {
@@ -173,6 +191,15 @@ mod tests {
         let err = Netns::open(Path::new("/run/netns/does-not-exist-weft"));
         assert!(matches!(err, Err(ref e) if e.errno() == Some(nix::errno::Errno::ENOENT)));
         assert!(err.is_err_and(|e| e.is_not_found()));
+    }
+
+    #[test]
+    fn open_refuses_what_is_not_a_network_namespace() {
+        for path in ["/proc/self/ns/uts", "/proc/self/ns/mnt", "/proc/self/status"] {
+            let err = Netns::open(Path::new(path));
+            assert!(matches!(err, Err(Error::NotNetns(_))), "{path}: {err:?}");
+        }
+        assert!(Netns::open(Path::new("/proc/self/ns/net")).is_ok());
     }
 
     #[test]

@@ -14,7 +14,6 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
-use serde_json::Value;
 use weft_cni::{log, CniResult, Error, ErrorCode, IpConfig, Plugin, Request};
 
 use crate::allocator::{allocate, assign_requests};
@@ -26,28 +25,6 @@ pub struct HostLocal;
 
 fn config(req: &Request) -> Result<IpamConfig, Error> {
     IpamConfig::parse(&req.name, &req.config)
-}
-
-/// The attachments GC must keep. A missing key, null and [] all mean none.
-fn valid_attachments(config: &Value) -> Result<HashSet<(String, String)>, Error> {
-    let mut out = HashSet::new();
-    for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
-        let items = match config.get(key) {
-            None | Some(Value::Null) => continue,
-            Some(Value::Array(items)) => items,
-            Some(other) => return Err(Error::config(format!("{key} must be a list, not {other}"))),
-        };
-        for (i, item) in items.iter().enumerate() {
-            let field = |name: &str| -> Result<String, Error> {
-                match item.get(name) {
-                    Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-                    _ => Err(Error::config(format!("{key}[{i}].{name} must be a non-empty string; refusing to GC"))),
-                }
-            };
-            out.insert((field("containerID")?, field("ifname")?));
-        }
-    }
-    Ok(out)
 }
 
 impl Plugin for HostLocal {
@@ -108,7 +85,7 @@ impl Plugin for HostLocal {
 
     fn gc(&self, req: &Request) -> Result<(), Error> {
         let conf = config(req)?;
-        let valid = valid_attachments(&req.config)?;
+        let valid: HashSet<_> = req.valid_attachments()?.into_iter().collect();
         let Some(store) = Store::open_existing(&conf.store_dir())? else { return Ok(()) };
         let removed = store.gc(&valid)?;
         if !removed.is_empty() {
@@ -145,7 +122,7 @@ impl Plugin for HostLocal {
 mod tests {
     use super::*;
     use crate::store::tests::TempDir;
-    use serde_json::json;
+    use serde_json::{json, Value};
     use std::collections::HashMap;
     use std::fs;
     use weft_cni::skel::{run, Outcome};

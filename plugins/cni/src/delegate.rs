@@ -56,15 +56,28 @@ pub fn exec(binary: &Path, command: Command, stdin: &[u8]) -> Result<Option<Valu
         return Ok(parsed);
     }
     match parsed.as_ref().and_then(|v| v.get("code").and_then(Value::as_u64).map(|c| (c, v))) {
-        Some((code, v)) => Err(Error::Delegated {
-            code: u32::try_from(code).unwrap_or(ErrorCode::DelegateFailed.as_u32()),
-            msg: v.get("msg").and_then(Value::as_str).unwrap_or("").to_string(),
-            details: v.get("details").and_then(Value::as_str).unwrap_or("").to_string(),
-        }),
+        Some((code, v)) => Err(delegated_error(&name, code, v)),
         None => Err(Error::new(
             ErrorCode::DelegateFailed,
             format!("plugin {name} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
         )),
+    }
+}
+
+/// A delegate's error object, passed on when its code is one the spec
+/// defines or a plugin-specific one (>= 100). Anything else (the reference
+/// plugins' catch-all 999, 0, codes the spec reserves) becomes 106, with the
+/// original code kept in `details`.
+fn delegated_error(plugin: &str, code: u64, v: &Value) -> Error {
+    let text = |key: &str| v.get(key).and_then(Value::as_str).unwrap_or("").to_string();
+    let meaningful = matches!(code, 1..=7 | 11 | 50 | 51) || (code >= 100 && code != 999);
+    match u32::try_from(code) {
+        Ok(code) if meaningful => Error::Delegated { code, msg: text("msg"), details: text("details") },
+        _ => {
+            let details = text("details");
+            let sep = if details.is_empty() { "" } else { ": " };
+            Error::with_details(ErrorCode::DelegateFailed, text("msg"), format!("{plugin} answered code {code}{sep}{details}"))
+        }
     }
 }
 
@@ -117,5 +130,20 @@ mod tests {
         assert_eq!(e.code(), 101);
         assert_eq!(e.to_string(), "full");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn catch_all_and_reserved_delegate_codes_become_106() {
+        for (code, kept) in [(999, false), (0, false), (8, false), (99, false), (11, true), (50, true), (7, true), (123, true)] {
+            let v = serde_json::json!({"code": code, "msg": "m", "details": "d"});
+            let e = delegated_error("/p/host-local", code, &v);
+            assert_eq!(e.to_string(), "m");
+            if kept {
+                assert_eq!((e.code(), e.details()), (code as u32, "d".to_string()));
+            } else {
+                assert_eq!(e.code(), 106, "{code}");
+                assert_eq!(e.details(), format!("/p/host-local answered code {code}: d"));
+            }
+        }
     }
 }

@@ -97,18 +97,15 @@ impl Error {
         }
     }
 
-    /// The spec's error object, as printed on stdout.
+    /// The spec's error object, as printed on stdout (with `details`
+    /// always present, empty when there is nothing to add to `msg`).
     pub fn to_json(&self, cni_version: &str) -> Value {
-        let mut v = json!({
+        json!({
             "cniVersion": cni_version,
             "code": self.code(),
             "msg": self.to_string(),
-        });
-        let details = self.details();
-        if !details.is_empty() {
-            v["details"] = Value::String(details);
-        }
-        v
+            "details": self.details(),
+        })
     }
 
     /// Fold a list of independent failures: none is Ok, one is itself.
@@ -140,7 +137,7 @@ mod tests {
         assert_eq!(v["details"], "10.0.0.0/30");
         assert_eq!(v["cniVersion"], "1.1.0");
         let plain = Error::config("bad").to_json("0.4.0");
-        assert!(plain.get("details").is_none());
+        assert_eq!(plain["details"], "");
     }
 
     #[test]

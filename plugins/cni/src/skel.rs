@@ -3,13 +3,12 @@
 //! exactly one result or error object on stdout.
 
 use std::io::{IsTerminal, Read, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use serde_json::{json, Value};
+use weft_netlink::{self as netlink, Netns};
 
 use crate::error::Error;
 use crate::result::CniResult;
@@ -108,32 +107,31 @@ impl Request {
 
     /// GC's `cni.dev/valid-attachments` as (containerID, ifname) pairs. The
     /// older key `cni.dev/attachments` is read too (libcni sends both); a
-    /// missing or null list means no attachment is valid.
+    /// missing or null list means no attachment is valid. A malformed entry
+    /// is an error: guessing could release a live attachment.
     pub fn valid_attachments(&self) -> Result<Vec<(String, String)>, Error> {
-        #[derive(serde::Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Attachment {
-            #[serde(rename = "containerID")]
-            container_id: String,
-            ifname: String,
-        }
         let mut valid = Vec::new();
         for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
-            match self.config.get(key) {
-                None | Some(Value::Null) => {}
-                Some(v) => {
-                    let list = Vec::<Attachment>::deserialize(v)
-                        .map_err(|e| Error::decode(format!("\"{key}\" is not a list of {{containerID, ifname}}: {e}")))?;
-                    valid.extend(list.into_iter().map(|a| (a.container_id, a.ifname)));
-                }
+            let items = match self.config.get(key) {
+                None | Some(Value::Null) => continue,
+                Some(Value::Array(items)) => items,
+                Some(other) => return Err(Error::config(format!("\"{key}\" must be a list, not {other}"))),
+            };
+            for (i, item) in items.iter().enumerate() {
+                let field = |name: &str| match item.get(name) {
+                    Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+                    _ => Err(Error::config(format!("{key}[{i}].{name} must be a non-empty string; refusing to GC"))),
+                };
+                valid.push((field("containerID")?, field("ifname")?));
             }
         }
         Ok(valid)
     }
 
-    /// Whether the runtime's netns still exists (DEL must cope when it does not).
+    /// Whether CNI_NETNS still holds a network namespace (DEL must cope
+    /// when it does not).
     pub fn netns_exists(&self) -> bool {
-        self.netns.as_deref().is_some_and(|p| p.exists())
+        self.netns.as_deref().is_some_and(|p| Netns::open(p).is_ok())
     }
 }
 
@@ -274,7 +272,8 @@ fn build_request(command: Command, env: &dyn Fn(&str) -> Option<String>, stdin: 
     Ok(req)
 }
 
-/// ADD and CHECK need a netns that exists; DEL accepts one that is gone.
+/// ADD and CHECK need a live network namespace; DEL accepts one that is
+/// gone, including a placeholder file whose bind mount was already removed.
 /// None may be the plugin's own namespace: acting there would reconfigure
 /// the host (kubernetes#100648).
 fn check_netns(command: Command, netns: Option<&Path>, override_own: bool) -> Result<(), Error> {
@@ -284,28 +283,24 @@ fn check_netns(command: Command, netns: Option<&Path>, override_own: bool) -> Re
             _ => Err(Error::env("CNI_NETNS is not set")),
         };
     };
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if command == Command::Del && e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+    let ns = match Netns::open(path) {
+        Ok(ns) => ns,
+        Err(e) if command == Command::Del && is_gone(&e) => return Ok(()),
+        Err(e @ netlink::Error::NotNetns(_)) => return Err(Error::env(format!("CNI_NETNS {e}"))),
         Err(e) => return Err(Error::env(format!("CNI_NETNS \"{}\" cannot be opened: {e}", path.display()))),
     };
-    let is_nsfs = nix::sys::statfs::statfs(path)
-        .map(|fs| fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
-        .unwrap_or(false);
-    if !is_nsfs {
-        return Err(Error::env(format!("CNI_NETNS \"{}\" is not a network namespace", path.display())));
-    }
-    if !override_own {
-        if let Ok(own) = std::fs::metadata("/proc/thread-self/ns/net") {
-            if own.dev() == meta.dev() && own.ino() == meta.ino() {
-                return Err(Error::env(format!(
-                    "CNI_NETNS \"{}\" is the plugin's own network namespace; refusing to act on the host",
-                    path.display()
-                )));
-            }
-        }
+    if !override_own && Netns::current().is_ok_and(|own| own.id() == ns.id()) {
+        return Err(Error::env(format!(
+            "CNI_NETNS \"{}\" is the plugin's own network namespace; refusing to act on the host",
+            path.display()
+        )));
     }
     Ok(())
+}
+
+/// A netns path that no longer holds a network namespace.
+fn is_gone(e: &netlink::Error) -> bool {
+    matches!(e, netlink::Error::NotNetns(_)) || e.is_not_found()
 }
 
 #[cfg(test)]
@@ -405,9 +400,14 @@ mod tests {
         both["cni.dev/attachments"] = json!([{"containerID": "b", "ifname": "eth1"}]);
         let v = req(both).valid_attachments().unwrap();
         assert!(v.contains(&("a".into(), "eth0".into())) && v.contains(&("b".into(), "eth1".into())));
-        let mut bad = base;
+        let mut bad = base.clone();
         bad["cni.dev/valid-attachments"] = json!("nope");
-        assert_eq!(req(bad).valid_attachments().unwrap_err().code(), 6);
+        assert_eq!(req(bad).valid_attachments().unwrap_err().code(), 7);
+        let mut no_ifname = base;
+        no_ifname["cni.dev/valid-attachments"] = json!([{"containerID": "a"}, {"containerID": "b", "ifname": ""}]);
+        let e = req(no_ifname).valid_attachments().unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("cni.dev/valid-attachments[0].ifname"), "{e}");
     }
 
     #[test]
