@@ -16,7 +16,7 @@
 //! replaces an existing name, so it is the atomic reservation, and a reader
 //! sees either no file or a complete one. Temporary files are named
 //! `.weft-tmp.*` (never an address), exist only while the lock is held, and
-//! leftovers of a crash are removed by the next opener.
+//! leftovers of a crash are removed by the next listing.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -162,29 +162,19 @@ impl Store {
                 }
             }
         };
-        let store = Store { dir: dir.to_path_buf(), _lock: lock };
-        store.remove_stale_temporaries();
-        Ok(store)
+        Ok(Store { dir: dir.to_path_buf(), _lock: lock })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// Temporaries only live while their writer holds the lock, which is now
-    /// ours: any still here are left over from a crash.
-    fn remove_stale_temporaries(&self) {
-        let Ok(list) = fs::read_dir(&self.dir) else { return };
-        for entry in list.flatten() {
-            if entry.file_name().to_str().is_some_and(|n| n.starts_with(TMP_PREFIX)) {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
-    }
-
     /// Every reservation file, plus errors for files that could not be read
-    /// (those are reported and otherwise left alone).
+    /// (those are reported and otherwise left alone). Temporaries of other
+    /// processes are removed on the way: they only live while their writer
+    /// holds the lock, which is now ours, so they are left over from a crash.
     pub fn entries(&self) -> Result<(Vec<Entry>, Vec<Error>), Error> {
+        let own_tmp = format!("{TMP_PREFIX}{}.", std::process::id());
         let list = fs::read_dir(&self.dir)
             .map_err(|e| io_err(format!("cannot list the store directory {}", self.dir.display()), &e))?;
         let mut entries = Vec::new();
@@ -198,6 +188,10 @@ impl Store {
                 }
             };
             let Some(name) = item.file_name().to_str().map(str::to_string) else { continue };
+            if name.starts_with(TMP_PREFIX) && !name.starts_with(&own_tmp) {
+                let _ = fs::remove_file(item.path());
+                continue;
+            }
             let Some(ip) = ip_from_name(&name) else { continue };
             if item.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
@@ -263,19 +257,20 @@ impl Store {
         text.trim().parse::<IpAddr>().ok().map(canonical_ip)
     }
 
-    /// Record the round-robin position of range set `set` (replaced
-    /// atomically). Not fsynced: after a crash the worst case is an
-    /// unreadable position, and allocation then restarts at rangeStart.
+    /// Record the round-robin position of range set `set`, rewritten in
+    /// place as the reference does: readers hold the lock, and after a crash
+    /// the worst case is an empty or unreadable position, from which
+    /// allocation restarts at rangeStart. Not fsynced for the same reason.
     pub fn set_last_reserved(&self, set: usize, ip: IpAddr) -> Result<(), Error> {
-        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.dir.join(format!("{TMP_PREFIX}{}.{n}", std::process::id()));
         let target = self.dir.join(format!("{LAST_RESERVED_PREFIX}{set}"));
-        let result = write_new(&tmp, ip.to_string().as_bytes(), false).and_then(|()| fs::rename(&tmp, &target));
-        if let Err(e) = result {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_err(format!("cannot write {}", target.display()), &e));
-        }
-        Ok(())
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&target)
+            .and_then(|mut f| f.write_all(ip.to_string().as_bytes()))
+            .map_err(|e| io_err(format!("cannot write {}", target.display()), &e))
     }
 
     /// Make created and removed names durable.
@@ -338,12 +333,8 @@ impl Store {
 
 /// Create `path` exclusively with mode 0600, write `data`, fsync.
 fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    write_new(path, data, true)
-}
-
-fn write_new(path: &Path, data: &[u8], sync: bool) -> std::io::Result<()> {
     let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    let result = f.write_all(data).and_then(|()| if sync { f.sync_all() } else { Ok(()) });
+    let result = f.write_all(data).and_then(|()| f.sync_all());
     if result.is_err() {
         drop(f);
         let _ = fs::remove_file(path);
@@ -434,9 +425,12 @@ pub mod tests {
         let tmp = TempDir::new("stale");
         fs::write(tmp.0.join(".weft-tmp.1.1"), "c1\r\neth0").unwrap();
         let store = Store::open(&tmp.0).unwrap();
+        assert!(store.entries().unwrap().0.is_empty());
         assert_eq!(names(&tmp.0), ["lock"]);
+        // This process's own pending write survives a listing.
         let _p = store.prepare("c1", "eth0").unwrap();
         assert!(store.entries().unwrap().0.is_empty());
+        assert_eq!(names(&tmp.0).len(), 2);
     }
 
     #[test]
