@@ -18,7 +18,8 @@ const VETH_NAME_ATTEMPTS: usize = 10;
 #[derive(Default)]
 struct Undo<'a> {
     bridge_created: Option<u32>,
-    host_veth: Option<u32>,
+    /// The host end's name, known before the pair exists.
+    host_veth: Option<String>,
     ipam: Option<(&'a Delegate, &'a [u8])>,
     firewall: bool,
 }
@@ -34,8 +35,10 @@ impl Undo<'_> {
             }
         }
         // Deleting the host end removes the container end with it.
-        if let Some(index) = self.host_veth {
-            let _ = host.delete_link(index);
+        if let Some(name) = self.host_veth {
+            if let Ok(Some(link)) = host.link_by_name(&name) {
+                let _ = host.delete_link(link.index);
+            }
         }
         if let Some(index) = self.bridge_created {
             let has_ports = host.links().map(|l| l.iter().any(|l| l.master == Some(index))).unwrap_or(true);
@@ -209,11 +212,12 @@ fn create_veth(
         let peer = random_veth_name();
         match pod.create_veth(&req.ifname, config.mtu, config.mac, &peer, host_ns) {
             Ok(()) => {
+                // Recorded before any other fallible call, so the pair cannot leak.
+                undo.host_veth = Some(peer.clone());
                 let host_veth = host
                     .link_by_name(&peer)
                     .map_err(|e| Error::kernel(format!("look up {peer}"), e))?
                     .ok_or_else(|| Error::new(ErrorCode::Kernel, format!("host veth {peer} vanished")))?;
-                undo.host_veth = Some(host_veth.index);
                 host.set_alias(host_veth.index, &crate::attachment_alias(req))
                     .map_err(|e| Error::kernel(format!("label {peer}"), e))?;
                 let container = pod

@@ -5,7 +5,7 @@ use weft_cni::{CniResult, Command, Error, ErrorCode, Request};
 use weft_netlink::{format_mac, IpFamily, Link, Netlink};
 
 use crate::config::BridgeConfig;
-use crate::{host_netlink, ipam, open_netns};
+use crate::{firewall, host_netlink, ipam, open_netns};
 
 fn mismatch(msg: String) -> Error {
     Error::new(ErrorCode::CheckFailed, msg)
@@ -24,8 +24,12 @@ pub fn check(req: &Request, config: &BridgeConfig) -> Result<(), Error> {
     if bridge.kind.as_deref() != Some("bridge") {
         return Err(mismatch(format!("{} is not a bridge", config.bridge)));
     }
+    // Only a gateway bridge has its MAC pinned; otherwise it follows its
+    // lowest port MAC and changes whenever that pod goes away.
     if let Some(want) = prev.interfaces.iter().find(|i| i.name == config.bridge && i.sandbox.is_none()) {
-        expect_mac(&bridge, want.mac.as_deref())?;
+        if config.is_gateway {
+            expect_mac(&bridge, want.mac.as_deref())?;
+        }
     }
     if config.promisc_mode && !bridge.promisc {
         return Err(mismatch(format!("bridge {} is not in promiscuous mode", config.bridge)));
@@ -60,7 +64,9 @@ pub fn check(req: &Request, config: &BridgeConfig) -> Result<(), Error> {
     if host_veth.master != Some(bridge.index) {
         return Err(mismatch(format!("host veth {} is not attached to {}", host_veth.name, config.bridge)));
     }
-    check_addresses_and_routes(&prev, container_pos, &mut pod, &container)
+    check_addresses_and_routes(&prev, container_pos, &mut pod, &container)?;
+    let addrs: Vec<_> = prev.ips.iter().filter(|ip| ip.interface == Some(container_pos)).map(|ip| ip.address).collect();
+    firewall::check(req, config, &addrs)
 }
 
 fn expect_mac(link: &Link, want: Option<&str>) -> Result<(), Error> {

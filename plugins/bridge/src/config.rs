@@ -37,17 +37,15 @@ struct Raw {
     #[serde(default)]
     macspoofchk: bool,
     #[serde(default)]
-    disable_container_interface: bool,
+    vlan_trunk: Value,
+    #[serde(default)]
+    disable_container_interface: Value,
     #[serde(default)]
     port_isolation: bool,
     #[serde(default)]
     ipam: Value,
     #[serde(default)]
     dns: Option<Dns>,
-    #[serde(default)]
-    args: Value,
-    #[serde(default)]
-    runtime_config: Value,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +74,7 @@ pub struct BridgeConfig {
     /// The IPAM plugin's type; None for an L2-only network.
     pub ipam_type: Option<String>,
     pub dns: Option<Dns>,
+    /// Set only for ADD (see `with_requested_mac`).
     pub mac: Option<[u8; 6]>,
 }
 
@@ -113,12 +112,12 @@ impl BridgeConfig {
             },
             other => return Err(Error::config(format!("ipam must be an object, not {other}"))),
         };
-        if raw.disable_container_interface && ipam_type.is_some() {
+        // As in the reference, this combination is invalid whether supported or not.
+        if is_set(&raw.disable_container_interface) && ipam_type.is_some() {
             return Err(Error::config("disableContainerInterface cannot be combined with ipam"));
         }
-        if raw.disable_container_interface {
-            return Err(Error::new(weft_cni::ErrorCode::UnsupportedField, "disableContainerInterface=true is not supported by weft"));
-        }
+        refuse_unsupported("vlanTrunk", &raw.vlan_trunk)?;
+        refuse_unsupported("disableContainerInterface", &raw.disable_container_interface)?;
         Ok(BridgeConfig {
             bridge,
             is_gateway: raw.is_gateway || raw.is_default_gateway,
@@ -136,20 +135,39 @@ impl BridgeConfig {
             port_isolation: raw.port_isolation,
             ipam_type,
             dns: raw.dns.filter(|d| !d.is_empty()),
-            mac: requested_mac(req, &raw.args, &raw.runtime_config)?,
+            mac: None,
         })
     }
+
+    /// ADD only: the MAC the runtime asked for. CNI_ARGS are checked
+    /// strictly here; DEL must not fail on them and release nothing.
+    pub fn with_requested_mac(mut self, req: &Request) -> Result<BridgeConfig, Error> {
+        self.mac = requested_mac(req)?;
+        Ok(self)
+    }
+}
+
+/// Present with a value other than null or false.
+fn is_set(value: &Value) -> bool {
+    !matches!(value, Value::Null | Value::Bool(false))
+}
+
+fn refuse_unsupported(field: &str, value: &Value) -> Result<(), Error> {
+    if is_set(value) {
+        return Err(Error::new(weft_cni::ErrorCode::UnsupportedField, format!("{field} ({value}) is not supported by weft")));
+    }
+    Ok(())
 }
 
 /// The container MAC: CNI_ARGS MAC, then args.cni.mac, then
 /// runtimeConfig.mac; later sources win, as in the reference.
-fn requested_mac(req: &Request, args: &Value, runtime_config: &Value) -> Result<Option<[u8; 6]>, Error> {
+fn requested_mac(req: &Request) -> Result<Option<[u8; 6]>, Error> {
     let cni_args = CniArgs::parse(&req.args, &["IP", "MAC", "K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID"])?;
     let mut chosen: Option<(&str, String)> = cni_args.get("MAC").map(|m| ("CNI_ARGS MAC", m.to_string()));
-    if let Some(m) = args.pointer("/cni/mac").and_then(Value::as_str) {
+    if let Some(m) = req.config.pointer("/args/cni/mac").and_then(Value::as_str) {
         chosen = Some(("args.cni.mac", m.to_string()));
     }
-    if let Some(m) = runtime_config.get("mac").and_then(Value::as_str) {
+    if let Some(m) = req.config.pointer("/runtimeConfig/mac").and_then(Value::as_str) {
         chosen = Some(("runtimeConfig.mac", m.to_string()));
     }
     match chosen {

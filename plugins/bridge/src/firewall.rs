@@ -1,10 +1,9 @@
-//! Per-container firewall rules: source NAT for ipMasq and the MAC spoof
-//! check. Rules are tagged with the network and container ID, so DEL finds
-//! and removes them without knowing the addresses (the reference leaks its
-//! masquerade rules when the netns is already gone).
+//! Per-attachment firewall rules: source NAT for ipMasq and the MAC spoof
+//! check. Rules carry a key derived from (network, containerID, ifname), so
+//! DEL finds and removes them without knowing the addresses (the reference
+//! leaks its masquerade rules when the netns is already gone).
 
 use std::io::Write;
-use std::net::IpAddr;
 use std::process::{Command as Process, Stdio};
 
 use ipnetwork::IpNetwork;
@@ -15,41 +14,111 @@ use crate::config::{BridgeConfig, MasqBackend};
 
 const NFT_MASQ_TABLE: &str = "weft_masquerade";
 const NFT_SPOOF_TABLE: &str = "weft_macspoof";
+/// nft refuses comments longer than 128 characters.
+const COMMENT_MAX: usize = 128;
+/// Ends every comment; the key after it is what DEL, CHECK and GC match.
+const KEY_MARK: &str = " key=";
+const KEY_LEN: usize = 32;
+/// (IPv4?, list command, restore command) of each iptables family.
+const IPTABLES_FAMILIES: [(bool, &str, &str); 2] =
+    [(true, "iptables", "iptables-restore"), (false, "ip6tables", "ip6tables-restore")];
 
 fn fail(msg: String) -> Error {
     Error::new(ErrorCode::Firewall, msg)
 }
 
-/// The tag stored in each rule's comment.
-fn tag(req: &Request) -> String {
-    tag_for(&req.name, &req.container_id)
+/// FNV-1a 64 over NUL-separated parts: stable, and no hashing crate.
+fn fnv1a(parts: &[&str]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, part) in parts.iter().enumerate() {
+        let sep: &[u8] = if i == 0 { &[] } else { &[0] };
+        for b in sep.iter().chain(part.as_bytes()) {
+            hash ^= u64::from(*b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
 }
 
-fn tag_for(network: &str, container_id: &str) -> String {
-    format!("weft net={network} id={container_id}")
+/// The first half of every key of `network`'s rules.
+fn network_key(network: &str) -> String {
+    format!("{:016x}", fnv1a(&[network]))
 }
 
-/// The container ID in a rule comment of `network`, if it is one of ours.
-fn tagged_container<'a>(comment: &'a str, network: &str) -> Option<&'a str> {
-    comment.strip_prefix("weft net=")?.strip_prefix(network)?.strip_prefix(" id=")
+/// A fixed-length key, so a comment fits whatever the names' lengths; its
+/// network half lets GC tell this network's rules from others'.
+fn key_for(network: &str, container_id: &str, ifname: &str) -> String {
+    format!("{}{:016x}", network_key(network), fnv1a(&[network, container_id, ifname]))
 }
 
-/// GC: remove the rules of every container of this network that is not in
-/// `valid_ids`, including those whose veth (and netns) vanished long ago.
-pub fn gc(req: &Request, config: &BridgeConfig, valid_ids: &[&str]) -> Result<(), Error> {
-    let stale = |comment: &str| tagged_container(comment, &req.name).is_some_and(|id| !valid_ids.contains(&id));
+fn key(req: &Request) -> String {
+    key_for(&req.name, &req.container_id, &req.ifname)
+}
+
+/// A readable owner for people reading the ruleset (cut to fit, never
+/// parsed), then the key. Only printable ASCII is kept, so the text is safe
+/// inside quotes and `truncate` cannot split a character.
+fn comment(req: &Request) -> String {
+    let mut readable: String = format!("weft net={} id={}", req.name, req.container_id)
+        .chars()
+        .filter(|c| *c == ' ' || (c.is_ascii_graphic() && *c != '"' && *c != '\\'))
+        .collect();
+    readable.truncate(COMMENT_MAX - KEY_MARK.len() - KEY_LEN);
+    format!("{readable}{KEY_MARK}{}", key(req))
+}
+
+/// The key at the end of one of our comments.
+fn comment_key(comment: &str) -> Option<&str> {
+    let (_, key) = comment.rsplit_once(KEY_MARK)?;
+    key.get(..KEY_LEN).filter(|k| k.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A per-attachment chain, named by the attachment half of its key.
+fn iptables_chain(key: &str) -> String {
+    format!("WEFT-MASQ-{}", key.get(KEY_LEN / 2..).unwrap_or(key))
+}
+
+/// GC: remove the rules of every attachment of this network that is not in
+/// `valid` (containerID, ifname), including those whose veth (and netns)
+/// vanished long ago.
+pub fn gc(req: &Request, config: &BridgeConfig, valid: &[(String, String)]) -> Result<(), Error> {
+    let ours = network_key(&req.name);
+    let valid: Vec<String> = valid.iter().map(|(id, ifname)| key_for(&req.name, id, ifname)).collect();
+    let stale = |key: &str| key.starts_with(&ours) && !valid.iter().any(|v| v == key);
+    let stale_comment = |comment: &str| comment_key(comment).is_some_and(stale);
     let mut errors = Vec::new();
     if config.ip_masq {
         let r = match backend(config) {
-            MasqBackend::Nftables => nft_delete_where("inet", NFT_MASQ_TABLE, "postrouting", stale),
-            MasqBackend::Iptables => iptables_masq_gc(req, &stale),
+            MasqBackend::Nftables => nft_delete_where("inet", NFT_MASQ_TABLE, "postrouting", stale_comment),
+            MasqBackend::Iptables => iptables_masq_gc(&stale),
         };
         errors.extend(r.err());
     }
     if config.mac_spoof_check {
-        errors.extend(nft_delete_where("bridge", NFT_SPOOF_TABLE, "prerouting", stale).err());
+        errors.extend(nft_delete_where("bridge", NFT_SPOOF_TABLE, "prerouting", stale_comment).err());
     }
     Error::from_list(errors)
+}
+
+/// CHECK: this attachment's rules must still be there, one masquerade rule
+/// per address in `addrs`.
+pub fn check(req: &Request, config: &BridgeConfig, addrs: &[IpNetwork]) -> Result<(), Error> {
+    let key = key(req);
+    let mine = |comment: &str| comment_key(comment) == Some(key.as_str());
+    let missing = |what: &str| Err(Error::new(ErrorCode::CheckFailed, format!("the {what} rules of {} are missing", req.ifname)));
+    if config.ip_masq {
+        let complete = match backend(config) {
+            MasqBackend::Nftables => nft_handles("inet", NFT_MASQ_TABLE, "postrouting", mine)?.len() >= addrs.len(),
+            MasqBackend::Iptables => iptables_masq_complete(&key, addrs)?,
+        };
+        if !complete {
+            return missing("masquerade");
+        }
+    }
+    if config.mac_spoof_check && nft_handles("bridge", NFT_SPOOF_TABLE, "prerouting", mine)?.is_empty() {
+        return missing("macspoofchk");
+    }
+    Ok(())
 }
 
 fn backend(config: &BridgeConfig) -> MasqBackend {
@@ -99,16 +168,18 @@ pub fn setup(req: &Request, config: &BridgeConfig, result: &CniResult) -> Result
 }
 
 pub fn teardown(req: &Request, config: &BridgeConfig) -> Result<(), Error> {
+    let key = key(req);
+    let mine = |comment: &str| comment_key(comment) == Some(key.as_str());
     let mut errors = Vec::new();
     if config.ip_masq {
         let r = match backend(config) {
-            MasqBackend::Nftables => nft_delete_tagged("inet", NFT_MASQ_TABLE, "postrouting", &tag(req)),
-            MasqBackend::Iptables => iptables_masq_teardown(req),
+            MasqBackend::Nftables => nft_delete_where("inet", NFT_MASQ_TABLE, "postrouting", mine),
+            MasqBackend::Iptables => iptables_masq_teardown_chain(&iptables_chain(&key)),
         };
         errors.extend(r.err());
     }
     if config.mac_spoof_check {
-        errors.extend(nft_delete_tagged("bridge", NFT_SPOOF_TABLE, "prerouting", &tag(req)).err());
+        errors.extend(nft_delete_where("bridge", NFT_SPOOF_TABLE, "prerouting", mine).err());
     }
     Error::from_list(errors)
 }
@@ -121,6 +192,11 @@ fn multicast(ip: &IpNetwork) -> &'static str {
     }
 }
 
+/// The subnet `ip` is on.
+fn subnet(ip: &IpNetwork) -> IpNetwork {
+    IpNetwork::new(ip.network(), ip.prefix()).unwrap_or(*ip)
+}
+
 fn nft_masq_setup(req: &Request, result: &CniResult) -> Result<(), Error> {
     let mut script = format!(
         "add table inet {NFT_MASQ_TABLE}\n\
@@ -128,35 +204,31 @@ fn nft_masq_setup(req: &Request, result: &CniResult) -> Result<(), Error> {
     );
     for ip in &result.ips {
         let family = if ip.address.is_ipv4() { "ip" } else { "ip6" };
-        let subnet = IpNetwork::new(ip.address.network(), ip.address.prefix()).unwrap_or(ip.address);
         script.push_str(&format!(
-            "add rule inet {NFT_MASQ_TABLE} postrouting {family} saddr {} {family} daddr != {subnet} {family} daddr != {} masquerade comment \"{}\"\n",
+            "add rule inet {NFT_MASQ_TABLE} postrouting {family} saddr {} {family} daddr != {} {family} daddr != {} masquerade comment \"{}\"\n",
             ip.address.ip(),
+            subnet(&ip.address),
             multicast(&ip.address),
-            tag(req)
+            comment(req)
         ));
     }
     run("nft", &["-f", "-"], &script).map(|_| ())
 }
 
-/// Delete every rule of `table`/`chain` whose comment is `tag`; a missing
-/// table or chain means there is nothing to delete.
-fn nft_delete_tagged(family: &str, table: &str, chain: &str, tag: &str) -> Result<(), Error> {
-    nft_delete_where(family, table, chain, |comment| comment == tag)
-}
-
-fn nft_delete_where(family: &str, table: &str, chain: &str, matches: impl Fn(&str) -> bool) -> Result<(), Error> {
+/// Handles of the rules of `table`/`chain` whose comment `matches`; a
+/// missing table or chain has none.
+fn nft_handles(family: &str, table: &str, chain: &str, matches: impl Fn(&str) -> bool) -> Result<Vec<u64>, Error> {
     let tables = run("nft", &["-j", "list", "tables", family], "")?;
     let has_table = serde_json::from_str::<Value>(&tables)
         .ok()
         .and_then(|v| v.get("nftables").and_then(Value::as_array).cloned())
         .is_some_and(|items| items.iter().any(|i| i.pointer("/table/name").and_then(Value::as_str) == Some(table)));
     if !has_table {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let listing = run("nft", &["-j", "list", "table", family, table], "")?;
     let parsed: Value = serde_json::from_str(&listing).map_err(|e| fail(format!("cannot parse nft output: {e}")))?;
-    let handles: Vec<u64> = parsed
+    Ok(parsed
         .get("nftables")
         .and_then(Value::as_array)
         .map(|items| {
@@ -168,7 +240,11 @@ fn nft_delete_where(family: &str, table: &str, chain: &str, matches: impl Fn(&st
                 .filter_map(|r| r.get("handle").and_then(Value::as_u64))
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default())
+}
+
+fn nft_delete_where(family: &str, table: &str, chain: &str, matches: impl Fn(&str) -> bool) -> Result<(), Error> {
+    let handles = nft_handles(family, table, chain, matches)?;
     if handles.is_empty() {
         return Ok(());
     }
@@ -179,77 +255,81 @@ fn nft_delete_where(family: &str, table: &str, chain: &str, matches: impl Fn(&st
     run("nft", &["-f", "-"], &script).map(|_| ())
 }
 
-/// A per-container chain name; FNV-1a keeps it short and stable without a
-/// hashing crate.
-fn iptables_chain(req: &Request) -> String {
-    iptables_chain_for(&req.name, &req.container_id)
+/// `iptables -t nat -S` of one family; None when that family's tool fails
+/// (e.g. no IPv6).
+fn iptables_nat(list: &str) -> Option<String> {
+    run(list, &["-w", "-t", "nat", "-S"], "").ok()
 }
 
-fn iptables_chain_for(network: &str, container_id: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in network.bytes().chain([0u8]).chain(container_id.bytes()) {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("WEFT-MASQ-{hash:016x}")
+/// The POSTROUTING rules of `nat` that jump to `chain`.
+fn postrouting_jumps<'a>(nat: &'a str, chain: &str) -> impl Iterator<Item = &'a str> {
+    let jump = format!("-j {chain}");
+    nat.lines().filter(move |l| l.starts_with("-A POSTROUTING ") && l.ends_with(&jump))
 }
 
-fn iptables_for(ip: &IpAddr) -> &'static str {
-    if ip.is_ipv4() {
-        "iptables-restore"
-    } else {
-        "ip6tables-restore"
-    }
-}
-
+/// One restore per family: each script redeclares the chain, which
+/// flushes it, so all of a family's rules must go in together.
 fn iptables_masq_setup(req: &Request, result: &CniResult) -> Result<(), Error> {
-    let chain = iptables_chain(req);
-    for ip in &result.ips {
-        let subnet = IpNetwork::new(ip.address.network(), ip.address.prefix()).unwrap_or(ip.address);
-        let host_prefix = if ip.address.is_ipv4() { 32 } else { 128 };
-        let rules = format!(
-            "*nat\n:{chain} - [0:0]\n-A {chain} -d {subnet} -j ACCEPT\n-A {chain} ! -d {} -j MASQUERADE\n\
-             -A POSTROUTING -s {}/{host_prefix} -m comment --comment \"{}\" -j {chain}\nCOMMIT\n",
-            multicast(&ip.address),
-            ip.address.ip(),
-            tag(req)
-        );
-        run(iptables_for(&ip.address.ip()), &["-w", "--noflush"], &rules)?;
+    let comment = comment(req);
+    let chain = iptables_chain(&key(req));
+    for (v4, _, restore) in IPTABLES_FAMILIES {
+        let ips: Vec<&IpNetwork> = result.ips.iter().map(|ip| &ip.address).filter(|a| a.is_ipv4() == v4).collect();
+        let Some(first) = ips.first() else { continue };
+        let host_prefix = if v4 { 32 } else { 128 };
+        let mut script = format!("*nat\n:{chain} - [0:0]\n");
+        for ip in &ips {
+            script.push_str(&format!("-A {chain} -d {} -j ACCEPT\n", subnet(ip)));
+        }
+        script.push_str(&format!("-A {chain} ! -d {} -j MASQUERADE\n", multicast(first)));
+        for ip in &ips {
+            script.push_str(&format!("-A POSTROUTING -s {}/{host_prefix} -m comment --comment \"{comment}\" -j {chain}\n", ip.ip()));
+        }
+        script.push_str("COMMIT\n");
+        run(restore, &["-w", "--noflush"], &script)?;
     }
     Ok(())
 }
 
-fn iptables_masq_gc(req: &Request, stale: &dyn Fn(&str) -> bool) -> Result<(), Error> {
-    let Ok(current) = run("iptables", &["-w", "-t", "nat", "-S", "POSTROUTING"], "") else {
-        return Ok(());
-    };
-    let mut errors = Vec::new();
-    let prefix = format!("weft net={} id=", req.name);
-    for line in current.lines() {
-        let Some(start) = line.find(&prefix) else { continue };
-        let id: String = line[start + prefix.len()..].chars().take_while(|c| *c != '"' && *c != ' ').collect();
-        if stale(&tag_for(&req.name, &id)) {
-            errors.extend(iptables_masq_teardown_chain(&iptables_chain_for(&req.name, &id)).err());
+/// Whether the chain of `key` exists in each family of `addrs`, with one
+/// POSTROUTING jump per address.
+fn iptables_masq_complete(key: &str, addrs: &[IpNetwork]) -> Result<bool, Error> {
+    let chain = iptables_chain(key);
+    for (v4, list, _) in IPTABLES_FAMILIES {
+        let wanted = addrs.iter().filter(|a| a.is_ipv4() == v4).count();
+        if wanted == 0 {
+            continue;
+        }
+        let nat = iptables_nat(list).ok_or_else(|| fail(format!("cannot list the {list} nat table")))?;
+        let has_chain = nat.lines().any(|l| l == format!("-N {chain}"));
+        if !has_chain || postrouting_jumps(&nat, &chain).count() < wanted {
+            return Ok(false);
         }
     }
-    Error::from_list(errors)
+    Ok(true)
 }
 
-fn iptables_masq_teardown(req: &Request) -> Result<(), Error> {
-    iptables_masq_teardown_chain(&iptables_chain(req))
+fn iptables_masq_gc(stale: &dyn Fn(&str) -> bool) -> Result<(), Error> {
+    let mut chains: Vec<String> = Vec::new();
+    for (_, list, _) in IPTABLES_FAMILIES {
+        let Some(nat) = iptables_nat(list) else { continue };
+        for line in nat.lines().filter(|l| l.starts_with("-A POSTROUTING ")) {
+            let Some(key) = comment_key(line).filter(|k| stale(k)) else { continue };
+            let chain = iptables_chain(key);
+            if !chains.contains(&chain) {
+                chains.push(chain);
+            }
+        }
+    }
+    let errors = chains.iter().filter_map(|c| iptables_masq_teardown_chain(c).err()).collect();
+    Error::from_list(errors)
 }
 
 fn iptables_masq_teardown_chain(chain: &str) -> Result<(), Error> {
     let mut errors = Vec::new();
-    for (list, restore) in [("iptables", "iptables-restore"), ("ip6tables", "ip6tables-restore")] {
-        let Ok(current) = run(list, &["-w", "-t", "nat", "-S"], "") else { continue };
-        let jump = format!("-j {chain}");
-        let deletes: String = current
-            .lines()
-            .filter(|l| l.starts_with("-A POSTROUTING ") && l.ends_with(&jump))
-            .map(|l| format!("-D{}\n", &l[2..]))
-            .collect();
-        let chain_exists = current.lines().any(|l| l == format!("-N {chain}"));
+    for (_, list, restore) in IPTABLES_FAMILIES {
+        let Some(nat) = iptables_nat(list) else { continue };
+        let deletes: String = postrouting_jumps(&nat, chain).map(|l| format!("-D{}\n", &l[2..])).collect();
+        let chain_exists = nat.lines().any(|l| l == format!("-N {chain}"));
         if deletes.is_empty() && !chain_exists {
             continue;
         }
@@ -272,7 +352,7 @@ pub fn setup_spoof_check(req: &Request, _config: &BridgeConfig, host_veth: &str,
         "add table bridge {NFT_SPOOF_TABLE}\n\
          add chain bridge {NFT_SPOOF_TABLE} prerouting {{ type filter hook prerouting priority -300; policy accept; }}\n\
          add rule bridge {NFT_SPOOF_TABLE} prerouting iifname \"{host_veth}\" ether saddr != {mac} drop comment \"{}\"\n",
-        tag(req)
+        comment(req)
     );
     run("nft", &["-f", "-"], &script).map(|_| ())
 }

@@ -24,10 +24,7 @@ pub fn gc(req: &Request, config: &BridgeConfig) -> Result<(), Error> {
         errors.push(e);
     }
     match req.valid_attachments() {
-        Ok(valid) => {
-            let ids: Vec<&str> = valid.iter().map(|(id, _)| id.as_str()).collect();
-            errors.extend(firewall::gc(req, config, &ids).err());
-        }
+        Ok(valid) => errors.extend(firewall::gc(req, config, &valid).err()),
         Err(e) => errors.push(e),
     }
     Error::from_list(errors)

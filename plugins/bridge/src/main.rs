@@ -20,7 +20,7 @@ struct Bridge;
 
 impl Plugin for Bridge {
     fn add(&self, req: &Request) -> Result<CniResult, Error> {
-        add::add(req, &BridgeConfig::parse(req)?)
+        add::add(req, &BridgeConfig::parse(req)?.with_requested_mac(req)?)
     }
     fn del(&self, req: &Request) -> Result<(), Error> {
         del::del(req, &BridgeConfig::parse(req)?)
