@@ -1,10 +1,9 @@
-//! /run/flannel/subnet.env: render (flannel's exact variable order), write
-//! atomically (temp file + fsync + rename, mode 0644) and read back.
+//! /run/flannel/subnet.env for weftd: one subnet and network per family, on
+//! top of the reader, renderer and atomic write in the `flannel-env` crate
+//! (shared with the flannel CNI plugin, so both accept the same files).
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,112 +17,55 @@ pub struct SubnetEnv {
 }
 
 impl SubnetEnv {
+    /// flannel's format; a family is written only when both its network and
+    /// subnet are known.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        if let (Some(n), Some(s)) = (self.network, self.subnet) {
-            out.push_str(&format!("FLANNEL_NETWORK={n}\n"));
-            out.push_str(&format!(
-                "FLANNEL_SUBNET={}\n",
-                crate::config::gateway_cidr(&s)
-            ));
-        }
-        if let (Some(n), Some(s)) = (self.ipv6_network, self.ipv6_subnet) {
-            out.push_str(&format!("FLANNEL_IPV6_NETWORK={n}\n"));
-            out.push_str(&format!(
-                "FLANNEL_IPV6_SUBNET={}\n",
-                crate::config::gateway_cidr_v6(&s)
-            ));
-        }
-        out.push_str(&format!("FLANNEL_MTU={}\n", self.mtu));
-        out.push_str(&format!("FLANNEL_IPMASQ={}\n", self.ipmasq));
-        out
+        let (networks, subnet) = match (self.network, self.subnet) {
+            (Some(n), Some(s)) => (vec![n], Some(s)),
+            _ => (vec![], None),
+        };
+        let (ipv6_networks, ipv6_subnet) = match (self.ipv6_network, self.ipv6_subnet) {
+            (Some(n), Some(s)) => (vec![n], Some(s)),
+            _ => (vec![], None),
+        };
+        flannel_env::SubnetEnv { networks, subnet, ipv6_networks, ipv6_subnet, mtu: self.mtu, ipmasq: self.ipmasq }.render()
     }
 }
 
-/// Parse KEY=VALUE lines (comments, blanks, `export ` and quotes tolerated).
-pub fn parse_env(text: &str) -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        if let Some((k, v)) = line.split_once('=') {
-            let v = v.trim();
-            let v = v
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .unwrap_or(v);
-            m.insert(k.trim().to_string(), v.to_string());
+/// The previous run's file, if it exists and parses (a file that does not
+/// parse is ignored with a warning: a fresh subnet is taken instead).
+fn read(path: &Path) -> Option<flannel_env::SubnetEnv> {
+    match flannel_env::SubnetEnv::read(path) {
+        Ok(env) => Some(env),
+        Err(flannel_env::ReadError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            crate::warn!("ignoring the previous subnet file", error = e);
+            None
         }
     }
-    m
 }
 
 /// The subnet recorded by a previous run (FLANNEL_SUBNET's network), and the
 /// network it belonged to, if the file exists and parses.
 pub fn read_previous(path: &Path) -> Option<(Option<Ipv4Network>, Ipv4Network)> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let m = parse_env(&text);
-    let sub: Ipv4Network = m.get("FLANNEL_SUBNET")?.parse().ok()?;
-    let sub = Ipv4Network::new(sub.network(), sub.prefix()).ok()?;
-    let net = m
-        .get("FLANNEL_NETWORK")
-        .and_then(|n| n.split(',').next()?.parse().ok());
-    Some((net, sub))
+    let env = read(path)?;
+    Some((env.networks.first().copied(), env.subnet?))
 }
 
 /// The IPv6 subnet recorded by a previous run (FLANNEL_IPV6_SUBNET's
 /// network) and its FLANNEL_IPV6_NETWORK, if present.
 pub fn read_previous_v6(path: &Path) -> Option<(Option<Ipv6Network>, Ipv6Network)> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let m = parse_env(&text);
-    let sub: Ipv6Network = m.get("FLANNEL_IPV6_SUBNET")?.parse().ok()?;
-    let sub = Ipv6Network::new(sub.network(), sub.prefix()).ok()?;
-    let net = m
-        .get("FLANNEL_IPV6_NETWORK")
-        .and_then(|n| n.split(',').next()?.parse().ok());
-    Some((net, sub))
+    let env = read(path)?;
+    Some((env.ipv6_networks.first().copied(), env.ipv6_subnet?))
 }
 
 /// Write `contents` to `path` atomically with mode 0644, creating the
 /// directory (0755) if needed. Readers see either the old or the new file.
 pub fn write_atomic(path: &Path, contents: &str) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "subnet.env".into());
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let res = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        // The umask may have narrowed the mode.
-        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-        f.write_all(contents.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
     }
-    res
+    flannel_env::write_atomic(path, contents.as_bytes(), 0o644)
 }
 
 #[cfg(test)]
@@ -161,6 +103,10 @@ mod tests {
             e.render(),
             "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.52.1/24\nFLANNEL_IPV6_NETWORK=2001:cafe:42::/56\nFLANNEL_IPV6_SUBNET=2001:cafe:42::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
         );
+        // What weftd writes, the shared reader (the CNI plugin's) reads back.
+        let back = flannel_env::SubnetEnv::parse(&e.render()).unwrap();
+        assert_eq!(back.subnet, e.subnet);
+        assert_eq!(back.ipv6_subnet, e.ipv6_subnet);
     }
 
     #[test]
@@ -192,18 +138,27 @@ mod tests {
         );
         write_atomic(&path, "FLANNEL_MTU=1\n").unwrap();
         assert_eq!(read_previous(&path), None);
+        write_atomic(&path, "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=garbage\n").unwrap();
+        assert_eq!(read_previous(&path), None);
         let leftovers: Vec<_> = std::fs::read_dir(dir.join("sub")).unwrap().collect();
         assert_eq!(leftovers.len(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(read_previous(&path), None);
     }
 
     #[test]
-    fn parse_env_tolerates_noise() {
-        let m = parse_env("# c\n\nexport FLANNEL_MTU=1450\nFLANNEL_SUBNET=\"10.1.2.1/24\"\n");
-        assert_eq!(m.get("FLANNEL_MTU").map(String::as_str), Some("1450"));
+    fn reads_flanneld_files_with_dotenv_noise() {
+        let dir = std::env::temp_dir().join(format!("weftd-env-noise-{}", std::process::id()));
+        let path = dir.join("subnet.env");
+        write_atomic(
+            &path,
+            "# c\n\nexport FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=\"10.1.2.1/24\"\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+        )
+        .unwrap();
         assert_eq!(
-            m.get("FLANNEL_SUBNET").map(String::as_str),
-            Some("10.1.2.1/24")
+            read_previous(&path),
+            Some((Some("10.1.0.0/16".parse().unwrap()), "10.1.2.0/24".parse().unwrap()))
         );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,6 +1,7 @@
 //! weft-install: the DaemonSet's init container step. Copies the CNI plugin
 //! binaries and the conflist onto the host, each replaced atomically
-//! (temporary file in the target directory, fsync, rename), so a runtime
+//! (flannel-env's write_atomic: temporary file in the target directory,
+//! fsync, rename, fsync of the directory), so a runtime
 //! never executes or reads a half-written file and a running plugin is
 //! never hit by "text file busy".
 //!
@@ -11,9 +12,7 @@
 //!              bridge host-local loopback flannel
 //! ```
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -44,21 +43,7 @@ fn install(src: &Path, dst: &Path, mode: u32) -> Result<()> {
     let data = fs::read(src).with_context(|| format!("read {}", src.display()))?;
     let dir = dst.parent().context("destination has no parent directory")?;
     fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let name = dst.file_name().context("destination has no file name")?.to_string_lossy();
-    let tmp = dir.join(format!(".{name}.weft-install.{}", std::process::id()));
-    let written = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(&data).and_then(|()| f.sync_all()))
-        .and_then(|()| fs::rename(&tmp, dst));
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("install {}", dst.display()));
-    }
-    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("sync {}", dir.display()))?;
+    flannel_env::write_atomic(dst, &data, mode).with_context(|| format!("install {}", dst.display()))?;
     eprintln!("weft-install: installed {}", dst.display());
     Ok(())
 }

@@ -2,20 +2,15 @@
 //! subnet.env into a bridge + host-local delegate config, stores it under
 //! dataDir/<containerID> for DEL, and runs the delegate.
 
-mod subnet_env;
-
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use ipnetwork::IpNetwork;
+use flannel_env::{ReadError, SubnetEnv};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use weft_cni::delegate::Delegate;
 use weft_cni::{CniResult, Command, Error, ErrorCode, Plugin, Request};
-
-use subnet_env::SubnetEnv;
 
 const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
 const DEFAULT_DATA_DIR: &str = "/var/lib/cni/flannel";
@@ -62,6 +57,15 @@ impl FlannelConfig {
     }
 }
 
+/// subnet.env, or why not: absent or unreadable means weftd/flanneld has not
+/// written it yet (try again later), garbage is a config error.
+fn read_subnet_env(path: &Path) -> Result<SubnetEnv, Error> {
+    SubnetEnv::read(path).map_err(|e| match e {
+        ReadError::Io { .. } => Error::new(ErrorCode::TryAgainLater, format!("{e} (is weftd/flanneld running?)")),
+        ReadError::Parse { .. } => Error::config(e.to_string()),
+    })
+}
+
 /// The delegate config flannel's plugin would build, key for key.
 fn build_delegate(req: &Request, config: &FlannelConfig, env: &SubnetEnv) -> Result<Value, Error> {
     let mut delegate = config.delegate.clone().unwrap_or_default();
@@ -76,14 +80,8 @@ fn build_delegate(req: &Request, config: &FlannelConfig, env: &SubnetEnv) -> Res
 
     let mut ipam = config.ipam.clone().unwrap_or_default();
     ipam.entry("type").or_insert_with(|| json!("host-local"));
-    let ranges: Vec<Value> = env
-        .subnets
-        .iter()
-        .map(|s| {
-            let network = IpNetwork::new(s.network(), s.prefix()).unwrap_or(*s);
-            json!([{ "subnet": network.to_string() }])
-        })
-        .collect();
+    let subnets = env.subnet.iter().map(ToString::to_string).chain(env.ipv6_subnet.iter().map(ToString::to_string));
+    let ranges: Vec<Value> = subnets.map(|s| json!([{ "subnet": s }])).collect();
     ipam.insert("ranges".into(), Value::Array(ranges));
     let mut routes = match ipam.get("routes") {
         Some(Value::Array(r)) => r.clone(),
@@ -91,6 +89,7 @@ fn build_delegate(req: &Request, config: &FlannelConfig, env: &SubnetEnv) -> Res
         Some(_) => return Err(Error::config("ipam.routes must be a list")),
     };
     routes.extend(env.networks.iter().map(|n| json!({ "dst": n.to_string() })));
+    routes.extend(env.ipv6_networks.iter().map(|n| json!({ "dst": n.to_string() })));
     ipam.insert("routes".into(), Value::Array(routes));
     delegate.insert("ipam".into(), Value::Object(ipam));
 
@@ -116,17 +115,8 @@ fn store(path: &Path, delegate: &Value) -> Result<(), Error> {
             .create(dir)
             .map_err(|e| Error::io(format!("create {}", dir.display()), &e))?;
     }
-    let tmp = path.with_extension("tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        f.write_all(delegate.to_string().as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(format!("store delegate config {}", path.display()), &e)
-    })
+    flannel_env::write_atomic(path, delegate.to_string().as_bytes(), 0o600)
+        .map_err(|e| Error::io(format!("store delegate config {}", path.display()), &e))
 }
 
 /// The stored delegate config with this request's prevResult, if any.
@@ -150,17 +140,14 @@ struct Flannel;
 impl Plugin for Flannel {
     fn add(&self, req: &Request) -> Result<CniResult, Error> {
         let config = FlannelConfig::parse(req)?;
-        let env = SubnetEnv::read(config.subnet_file())?;
+        let env = read_subnet_env(config.subnet_file())?;
         let delegate = build_delegate(req, &config, &env)?;
         let plugin = delegate_for(req, &delegate)?;
         let stored = config.stored_config(&req.container_id);
         store(&stored, &delegate)?;
-        let result = plugin.add(delegate.to_string().as_bytes());
-        if result.is_err() {
-            // The delegate undid its own work; drop the record of it too.
-            let _ = std::fs::remove_file(&stored);
-        }
-        result
+        // Kept when the delegate fails, as flannel does: its rollback may
+        // have failed too, and the runtime's DEL needs this to clean up.
+        plugin.add(delegate.to_string().as_bytes())
     }
 
     fn del(&self, req: &Request) -> Result<(), Error> {
@@ -188,7 +175,7 @@ impl Plugin for Flannel {
 
     fn status(&self, req: &Request) -> Result<(), Error> {
         let config = FlannelConfig::parse(req)?;
-        let env = SubnetEnv::read(config.subnet_file())
+        let env = read_subnet_env(config.subnet_file())
             .map_err(|e| Error::new(ErrorCode::NotAvailable, format!("network not ready: {e}")))?;
         let delegate = build_delegate(req, &config, &env)?;
         delegate_for(req, &delegate)?.run(Command::Status, delegate.to_string().as_bytes())
@@ -200,7 +187,7 @@ impl Plugin for Flannel {
         let config = FlannelConfig::parse(req)?;
         let valid = req.valid_attachments()?;
         let mut errors = Vec::new();
-        match SubnetEnv::read(config.subnet_file()).and_then(|env| build_delegate(req, &config, &env)) {
+        match read_subnet_env(config.subnet_file()).and_then(|env| build_delegate(req, &config, &env)) {
             Ok(mut delegate) => {
                 for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
                     if let (Some(v), Value::Object(map)) = (req.config.get(key), &mut delegate) {
@@ -216,6 +203,10 @@ impl Plugin for Flannel {
         if let Ok(entries) = std::fs::read_dir(config.data_dir()) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
+                // A temp file may belong to an ADD in flight.
+                if flannel_env::is_temp_name(&name) {
+                    continue;
+                }
                 if weft_cni::validate::container_id(&name).is_ok() && !valid.iter().any(|(id, _)| *id == name) {
                     if let Err(e) = std::fs::remove_file(entry.path()) {
                         errors.push(Error::io(format!("remove {}", entry.path().display()), &e));
@@ -271,6 +262,19 @@ mod tests {
                 "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.3.0/24"}]], "routes": [{"dst": "10.244.0.0/16"}]}
             })
         );
+    }
+
+    #[test]
+    fn dual_stack_gets_a_range_set_and_a_route_per_family() {
+        let req = request(json!({"cniVersion": "1.0.0", "name": "n", "type": "flannel"}));
+        let env = SubnetEnv::parse(
+            "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.52.1/24\nFLANNEL_IPV6_NETWORK=2001:cafe:42::/56\n\
+             FLANNEL_IPV6_SUBNET=2001:cafe:42::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+        )
+        .unwrap();
+        let d = build_delegate(&req, &FlannelConfig::parse(&req).unwrap(), &env).unwrap();
+        assert_eq!(d["ipam"]["ranges"], json!([[{"subnet": "10.5.52.0/24"}], [{"subnet": "2001:cafe:42::/64"}]]));
+        assert_eq!(d["ipam"]["routes"], json!([{"dst": "10.5.0.0/16"}, {"dst": "2001:cafe:42::/56"}]));
     }
 
     #[test]
