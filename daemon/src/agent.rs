@@ -3,9 +3,8 @@
 
 use crate::config::{LeaseAttrs, NetConfig};
 use crate::dataplane::Command;
-use crate::lease::{
-    entry_from_kv, peers6_from, peers_from, renew_after, Entry, OwnLease, Registry, Rng,
-};
+use crate::lease::{entry_from_kv, renew_after, Entry, OwnLease, Registry, Rng};
+use crate::peers::{Rejections, Scopes};
 use crate::metrics::Metrics;
 use crate::subnet_env::{write_atomic, SubnetEnv};
 use etcd_client::{EventType, WatchOptions};
@@ -35,6 +34,9 @@ pub struct Agent {
     pub masq_forward: bool,
     pub masq_fully_random: bool,
     pub metrics: Arc<Metrics>,
+    /// What a peer's lease must stay clear of (see [`crate::peers`]).
+    pub scopes: Scopes,
+    pub rejections: Rejections,
 }
 
 struct Backoff(Duration);
@@ -217,7 +219,8 @@ impl Agent {
             }
         }
         let own_subnet = own.subnet;
-        self.publish(&entries, &own_subnet);
+        let own_subnets = (own.subnet, own.subnet6);
+        self.publish(&entries, own_subnets);
 
         let prefix = crate::config::subnets_prefix(&self.reg.prefix);
         let mut stream = self
@@ -324,23 +327,28 @@ impl Agent {
                         }
                     }
                     if changed {
-                        self.publish(&entries, &own_subnet);
+                        self.publish(&entries, own_subnets);
                     }
                 }
             }
         }
     }
 
-    fn publish(&self, entries: &BTreeMap<Ipv4Network, Entry>, own: &Ipv4Network) {
-        let peers = peers_from(entries, Some(own));
-        let peers6 = if self.cfg.ipv6.is_some() {
-            peers6_from(entries, Some(own))
-        } else {
-            Vec::new()
-        };
+    /// Send the data plane the validated peers; log rejected leases once.
+    fn publish(
+        &mut self,
+        entries: &BTreeMap<Ipv4Network, Entry>,
+        own: (Ipv4Network, Option<Ipv6Network>),
+    ) {
+        let sel = crate::peers::select(entries.values(), Some(own), &self.scopes);
+        self.rejections.report(&sel.rejected);
+        self.metrics.leases_known.store(
+            entries.keys().filter(|s| **s != own.0).count() as u64,
+            Relaxed,
+        );
         self.metrics
-            .leases_known
-            .store(entries.keys().filter(|s| *s != own).count() as u64, Relaxed);
-        let _ = self.dataplane.send(Command::Peers(peers, peers6));
+            .leases_rejected
+            .store(sel.rejected.len() as u64, Relaxed);
+        let _ = self.dataplane.send(Command::Peers(sel.v4, sel.v6));
     }
 }

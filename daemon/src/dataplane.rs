@@ -15,6 +15,7 @@
 //! right stay untouched, so pods do not lose packets across a restart.
 
 use crate::config::{VXLAN_OVERHEAD_V4, VXLAN_OVERHEAD_V6};
+use crate::logging::Repeats;
 use crate::metrics::{now_unix, Metrics};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use std::collections::{BTreeMap, BTreeSet};
@@ -153,11 +154,15 @@ pub enum Op<N: Subnet = Ipv4Network> {
 }
 
 /// Desired peers vs kernel entries -> the operations that make the kernel
-/// match, for either address family. Only entries inside `network`
-/// (neighbours, routes) or with a destination (FDB) are considered ours.
+/// match, for either address family. Kernel entries are recognised as ours
+/// by their signature, wherever their address lies, so anything weftd (or
+/// flanneld) ever programmed can be removed: routes that are onlink via
+/// their own network address, permanent neighbours, and FDB entries with a
+/// destination and a non-zero MAC (all on our device; the caller passes
+/// only the device's entries).
 /// Order: stale routes go first, then per peer neighbour, FDB, route (so the
 /// route never needs ARP/ND), then stale neighbour and FDB entries.
-pub fn diff<N: Subnet>(network: &N, peers: &[Peer<N>], k: &KernelState<N>) -> Vec<Op<N>> {
+pub fn diff<N: Subnet>(peers: &[Peer<N>], k: &KernelState<N>) -> Vec<Op<N>> {
     let mut ops = Vec::new();
     let want_routes: BTreeMap<N, N::Addr> =
         peers.iter().map(|p| (p.subnet, p.subnet.base())).collect();
@@ -166,8 +171,9 @@ pub fn diff<N: Subnet>(network: &N, peers: &[Peer<N>], k: &KernelState<N>) -> Ve
     let want_fdb: BTreeSet<([u8; 6], IpAddr)> =
         peers.iter().map(|p| (p.mac, p.public_ip.into())).collect();
 
-    for (dst, gw, _) in &k.routes {
-        if network.has(dst.base()) && !want_routes.contains_key(dst) {
+    for (dst, gw, onlink) in &k.routes {
+        let ours = *onlink && *gw == Some(dst.base().into());
+        if ours && !want_routes.contains_key(dst) {
             ops.push(Op::DelRoute { dst: *dst, gw: *gw });
         }
     }
@@ -210,8 +216,8 @@ pub fn diff<N: Subnet>(network: &N, peers: &[Peer<N>], k: &KernelState<N>) -> Ve
             });
         }
     }
-    for (ip, _, _) in &k.neighbours {
-        if network.has(*ip) && !want_neigh.contains_key(ip) {
+    for (ip, _, state) in &k.neighbours {
+        if state & nud::PERMANENT != 0 && !want_neigh.contains_key(ip) {
             ops.push(Op::DelNeigh { ip: *ip });
         }
     }
@@ -263,6 +269,9 @@ pub struct Underlay {
     /// The interface's first global IPv6 address (the default PublicIPv6).
     pub ip6: Option<Ipv6Addr>,
     pub mtu: u32,
+    /// Every global address on the interface, with its prefix: no peer
+    /// subnet may overlap these.
+    pub nets: Vec<IpNetwork>,
 }
 
 fn first_v4(nl: &mut Netlink, index: u32) -> Result<Option<Ipv4Addr>, weft_netlink::Error> {
@@ -293,6 +302,12 @@ fn first_global_v6(nl: &mut Netlink, index: u32) -> Result<Option<Ipv6Addr>, wef
 pub fn find_underlay(nl: &mut Netlink, ifaces: &[String]) -> Result<Underlay, DataplaneError> {
     let mut u = find_underlay_v4(nl, ifaces)?;
     u.ip6 = first_global_v6(nl, u.index)?;
+    u.nets = nl
+        .addresses(Some(u.index))?
+        .into_iter()
+        .filter(|a| a.scope == 0) // RT_SCOPE_UNIVERSE
+        .map(|a| a.net)
+        .collect();
     Ok(u)
 }
 
@@ -310,6 +325,7 @@ fn find_underlay_v4(nl: &mut Netlink, ifaces: &[String]) -> Result<Underlay, Dat
                         name: l.name.clone(),
                         ip: v4,
                         mtu: l.mtu,
+                        nets: Vec::new(),
                     });
                 }
             }
@@ -323,6 +339,7 @@ fn find_underlay_v4(nl: &mut Netlink, ifaces: &[String]) -> Result<Underlay, Dat
                 name: l.name.clone(),
                 ip,
                 mtu: l.mtu,
+                nets: Vec::new(),
             });
         }
     }
@@ -356,6 +373,7 @@ fn find_underlay_v4(nl: &mut Netlink, ifaces: &[String]) -> Result<Underlay, Dat
         name: l.name.clone(),
         ip,
         mtu: l.mtu,
+        nets: Vec::new(),
     })
 }
 
@@ -433,11 +451,12 @@ pub enum Command {
 /// One family's device and its desired state.
 struct Overlay<N: Subnet> {
     spec: DeviceSpec,
-    network: N,
     local: Option<N>,
     peers: Option<Vec<Peer<N>>>,
     /// Device index last seen, to notice a recreation.
     index: Option<u32>,
+    /// Programming errors already logged (each is logged once a minute at most).
+    errors: Repeats,
 }
 
 /// What one reconcile pass of one family achieved (for the metrics).
@@ -450,13 +469,13 @@ struct Outcome {
 }
 
 impl<N: Subnet> Overlay<N> {
-    fn new(spec: DeviceSpec, network: N) -> Self {
+    fn new(spec: DeviceSpec) -> Self {
         Overlay {
             spec,
-            network,
             local: None,
             peers: None,
             index: None,
+            errors: Repeats::new(ERROR_LOG_EVERY),
         }
     }
 
@@ -623,7 +642,9 @@ impl<N: Subnet> Overlay<N> {
         }
     }
 
-    /// One full pass: device, address, then peers (once known).
+    /// One full pass: device, address, then peers (once known). The
+    /// outcome is computed from the one kernel read and the result of each
+    /// operation; the kernel is not read a second time.
     fn reconcile(
         &mut self,
         nl: &mut Netlink,
@@ -648,8 +669,8 @@ impl<N: Subnet> Overlay<N> {
         // Never program our own subnet, whatever the caller sent.
         let peers: Vec<Peer<N>> = peers.into_iter().filter(|p| p.subnet != local).collect();
         let kernel = self.kernel_state(nl, index)?;
-        let ops = diff(&self.network, &peers, &kernel);
-        let mut errors = 0u64;
+        let ops = diff(&peers, &kernel);
+        let mut failed = Vec::new();
         for op in &ops {
             match Self::exec(nl, index, op) {
                 Ok(()) => {
@@ -657,46 +678,48 @@ impl<N: Subnet> Overlay<N> {
                     crate::debug!("programmed", dev = self.spec.name, op = format!("{op:?}"));
                 }
                 Err(e) => {
-                    errors += 1;
                     metrics.programming_errors.fetch_add(1, Relaxed);
-                    crate::error!(
-                        "programming failed",
-                        dev = self.spec.name,
-                        op = format!("{op:?}"),
-                        error = e
-                    );
+                    let op_text = format!("{op:?}");
+                    if let Some(n) = self.errors.check(&format!("{op_text} {e}")) {
+                        crate::error!(
+                            "programming failed",
+                            dev = self.spec.name,
+                            op = op_text,
+                            error = e,
+                            repeats_suppressed = n
+                        );
+                    }
+                    failed.push(op);
                 }
             }
         }
+        self.errors.sweep();
         if !ops.is_empty() {
             crate::info!(
                 "data plane synced",
                 dev = self.spec.name,
                 peers = peers.len(),
                 ops = ops.len(),
-                errors = errors
+                errors = failed.len()
             );
         }
-        // Count what is really there now.
-        let after = if ops.is_empty() {
-            kernel
-        } else {
-            self.kernel_state(nl, index)?
-        };
-        let missing = diff(&self.network, &peers, &after);
-        let bad: BTreeSet<N> = missing
+        // A peer is programmed unless one of its entries failed to go in.
+        let bad: BTreeSet<N> = failed
             .iter()
             .filter_map(|o| match o {
                 Op::SetNeigh { ip, .. } => peers
                     .iter()
                     .find(|p| p.subnet.base() == *ip)
                     .map(|p| p.subnet),
-                Op::SetFdb { mac, .. } => peers.iter().find(|p| p.mac == *mac).map(|p| p.subnet),
+                Op::SetFdb { mac, dst } => peers
+                    .iter()
+                    .find(|p| p.mac == *mac && p.public_ip == *dst)
+                    .map(|p| p.subnet),
                 Op::SetRoute { dst, .. } => Some(*dst),
                 _ => None,
             })
             .collect();
-        let set_ops = missing
+        let failed_sets = failed
             .iter()
             .filter(|o| {
                 matches!(
@@ -708,11 +731,14 @@ impl<N: Subnet> Overlay<N> {
         Ok(Outcome {
             peers: peers.len() as u64,
             peers_ok: peers.len().saturating_sub(bad.len()) as u64,
-            entries_ok: (peers.len() as u64 * 3).saturating_sub(set_ops),
-            clean: errors == 0 && missing.is_empty(),
+            entries_ok: (peers.len() as u64 * 3).saturating_sub(failed_sets),
+            clean: failed.is_empty(),
         })
     }
 }
+
+/// How often one repeating error is logged at most.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Dataplane {
     nl: Netlink,
@@ -720,24 +746,26 @@ pub struct Dataplane {
     v4: Overlay<Ipv4Network>,
     /// `flannel-v6.<VNI>` when the config is dual-stack.
     v6: Option<Overlay<Ipv6Network>>,
+    errors: Repeats,
 }
 
 impl Dataplane {
     pub fn new(
         spec: DeviceSpec,
-        network: Ipv4Network,
-        v6: Option<(DeviceSpec, Ipv6Network)>,
+        spec6: Option<DeviceSpec>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, DataplaneError> {
         Ok(Dataplane {
             nl: Netlink::new()?,
             metrics,
-            v4: Overlay::new(spec, network),
-            v6: v6.map(|(s, n)| Overlay::new(s, n)),
+            v4: Overlay::new(spec),
+            v6: spec6.map(Overlay::new),
+            errors: Repeats::new(ERROR_LOG_EVERY),
         })
     }
 
-    /// The thread body: apply commands, reconcile on each change and every `interval`.
+    /// The thread body: apply commands, reconcile on each change and every
+    /// `interval`. Readiness (`peers_synced`) follows every pass.
     pub fn run(mut self, rx: Receiver<Command>, interval: Duration) {
         loop {
             let mut changed = false;
@@ -754,15 +782,28 @@ impl Dataplane {
                 self.apply(c);
                 changed = true;
             }
-            if let Err(e) = self.reconcile() {
-                self.metrics.programming_errors.fetch_add(1, Relaxed);
-                crate::error!("data plane reconcile failed", error = e, changed = changed);
-                if matches!(e, DataplaneError::Netlink(weft_netlink::Error::Io { .. })) {
-                    if let Ok(nl) = Netlink::new() {
-                        self.nl = nl;
+            let synced = match self.reconcile() {
+                Ok(synced) => synced,
+                Err(e) => {
+                    self.metrics.programming_errors.fetch_add(1, Relaxed);
+                    if let Some(n) = self.errors.check(&e.to_string()) {
+                        crate::error!(
+                            "data plane reconcile failed",
+                            error = e,
+                            changed = changed,
+                            repeats_suppressed = n
+                        );
                     }
+                    if matches!(e, DataplaneError::Netlink(weft_netlink::Error::Io { .. })) {
+                        if let Ok(nl) = Netlink::new() {
+                            self.nl = nl;
+                        }
+                    }
+                    false
                 }
-            }
+            };
+            self.errors.sweep();
+            self.metrics.peers_synced.store(synced, Relaxed);
         }
     }
 
@@ -784,10 +825,10 @@ impl Dataplane {
     }
 
     /// One full pass over both families; the IPv4 side first, and an IPv6
-    /// failure does not stop it.
-    pub fn reconcile(&mut self) -> Result<(), DataplaneError> {
+    /// failure does not stop it. `Ok(true)`: every peer is programmed.
+    pub fn reconcile(&mut self) -> Result<bool, DataplaneError> {
         if self.v4.local.is_none() {
-            return Ok(());
+            return Ok(false);
         }
         let o4 = self.v4.reconcile(&mut self.nl, &self.metrics)?;
         let mut outcomes = vec![o4];
@@ -798,28 +839,28 @@ impl Dataplane {
                 Err(e) => v6_err = Some(e),
             }
         }
-        let known = self.v4.peers.is_some();
+        if self.v4.peers.is_none() {
+            return v6_err.map_or(Ok(false), Err);
+        }
         let sum = |f: fn(&Outcome) -> u64| outcomes.iter().map(f).sum::<u64>();
-        if known {
-            self.metrics
-                .entries_programmed
-                .store(sum(|o| o.entries_ok), Relaxed);
-            self.metrics.peers_programmed.store(
-                // A peer counts once: the v4 count, lowered by v6 peers that are not programmed.
-                outcomes[0]
-                    .peers_ok
-                    .saturating_sub(outcomes.iter().skip(1).map(|o| o.peers - o.peers_ok).sum()),
-                Relaxed,
-            );
-            if v6_err.is_none() && outcomes.iter().all(|o| o.clean) {
-                self.metrics.last_sync_seconds.store(now_unix(), Relaxed);
-                self.metrics.peers_synced.store(true, Relaxed);
-            }
+        self.metrics
+            .entries_programmed
+            .store(sum(|o| o.entries_ok), Relaxed);
+        self.metrics.peers_programmed.store(
+            // A peer counts once: the v4 count, lowered by v6 peers that are not programmed.
+            outcomes[0]
+                .peers_ok
+                .saturating_sub(outcomes.iter().skip(1).map(|o| o.peers - o.peers_ok).sum()),
+            Relaxed,
+        );
+        if let Some(e) = v6_err {
+            return Err(e);
         }
-        match v6_err {
-            Some(e) => Err(e),
-            None => Ok(()),
+        let clean = outcomes.iter().all(|o| o.clean);
+        if clean {
+            self.metrics.last_sync_seconds.store(now_unix(), Relaxed);
         }
+        Ok(clean)
     }
 }
 
@@ -853,12 +894,11 @@ mod tests {
                 .collect(),
         }
     }
-    const NET: &str = "10.5.0.0/16";
 
     #[test]
     fn empty_kernel_gets_three_entries_per_peer_in_order() {
         let p = peer("10.5.7.0/24", 7, [198, 51, 100, 7]);
-        let ops = diff(&net(NET), &[p], &KernelState::default());
+        let ops = diff(&[p], &KernelState::default());
         assert_eq!(
             ops,
             vec![
@@ -884,14 +924,14 @@ mod tests {
             peer("10.5.7.0/24", 7, [198, 51, 100, 7]),
             peer("10.5.8.0/24", 8, [198, 51, 100, 8]),
         ];
-        assert!(diff(&net(NET), &peers, &programmed(&peers)).is_empty());
+        assert!(diff(&peers, &programmed(&peers)).is_empty());
     }
 
     #[test]
     fn removed_peer_loses_all_three_route_first() {
         let a = peer("10.5.7.0/24", 7, [198, 51, 100, 7]);
         let b = peer("10.5.8.0/24", 8, [198, 51, 100, 8]);
-        let ops = diff(&net(NET), &[a], &programmed(&[a, b]));
+        let ops = diff(&[a], &programmed(&[a, b]));
         assert_eq!(
             ops,
             vec![
@@ -917,7 +957,7 @@ mod tests {
             mac: [2, 0, 0, 0, 0, 0x77],
             ..old
         };
-        let ops = diff(&net(NET), &[new], &programmed(&[old]));
+        let ops = diff(&[new], &programmed(&[old]));
         assert_eq!(
             ops,
             vec![
@@ -944,7 +984,7 @@ mod tests {
             public_ip: Ipv4Addr::new(198, 51, 100, 70),
             ..old
         };
-        let ops = diff(&net(NET), &[new], &programmed(&[old]));
+        let ops = diff(&[new], &programmed(&[old]));
         assert_eq!(
             ops,
             vec![
@@ -968,7 +1008,7 @@ mod tests {
         k.neighbours[0].2 = nud::STALE; // and the neighbour is no longer permanent
         k.routes
             .push((a.subnet, Some(IpAddr::V4(a.subnet.network())), false)); // not onlink
-        let ops = diff(&net(NET), &[a], &k);
+        let ops = diff(&[a], &k);
         assert_eq!(
             ops,
             vec![
@@ -979,6 +1019,35 @@ mod tests {
                 Op::SetRoute {
                     dst: a.subnet,
                     gw: a.subnet.network()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn our_entries_are_removed_by_signature_wherever_they_are() {
+        // What a bad lease `198.51.100.0-26` once made weftd install, and a
+        // route/neighbour that merely sit on the device but are not ours.
+        let bad = peer("198.51.100.0/26", 9, [198, 51, 100, 9]);
+        let mut k = programmed(&[bad]);
+        k.routes.push((net("10.5.9.0/24"), None, false));
+        k.routes
+            .push((net("10.5.8.0/24"), Some(IpAddr::V4(Ipv4Addr::new(10, 5, 8, 1))), true));
+        k.neighbours
+            .push((Ipv4Addr::new(10, 5, 9, 1), Some([2, 1, 1, 1, 1, 1]), nud::REACHABLE));
+        assert_eq!(
+            diff(&[], &k),
+            vec![
+                Op::DelRoute {
+                    dst: bad.subnet,
+                    gw: Some(IpAddr::V4(bad.subnet.network()))
+                },
+                Op::DelNeigh {
+                    ip: bad.subnet.network()
+                },
+                Op::DelFdb {
+                    mac: bad.mac,
+                    dst: IpAddr::V4(bad.public_ip)
                 },
             ]
         );
@@ -998,7 +1067,7 @@ mod tests {
             IpAddr::V4(Ipv4Addr::new(239, 1, 1, 1)),
             nud::PERMANENT,
         ));
-        assert!(diff(&net(NET), &[], &k).is_empty());
+        assert!(diff(&[], &k).is_empty());
     }
 
     #[test]
@@ -1020,6 +1089,7 @@ mod tests {
             ip: Ipv4Addr::new(198, 51, 100, 7),
             ip6: None,
             mtu: 1500,
+            nets: Vec::new(),
         };
         let s = DeviceSpec::new(1, 8472, &u, None, [2, 0, 0, 0, 0, 1]);
         assert_eq!(s.name, "flannel.1");
@@ -1046,10 +1116,9 @@ mod tests {
 
     #[test]
     fn the_same_diff_drives_ipv6() {
-        let net6: Ipv6Network = "fd00:10:244::/56".parse().unwrap();
         let a = peer6("fd00:10:244:7::/64", 7, "2001:db8:100::7");
         let b = peer6("fd00:10:244:8::/64", 8, "2001:db8:100::8");
-        let ops = diff(&net6, &[a], &KernelState::default());
+        let ops = diff(&[a], &KernelState::default());
         assert_eq!(
             ops,
             vec![
@@ -1081,10 +1150,10 @@ mod tests {
                 .map(|p| (p.subnet, Some(IpAddr::V6(p.subnet.network())), true))
                 .collect(),
         };
-        assert!(diff(&net6, &[a, b], &programmed).is_empty());
+        assert!(diff(&[a, b], &programmed).is_empty());
         // Lease removal drops all three, route first.
         assert_eq!(
-            diff(&net6, &[a], &programmed),
+            diff(&[a], &programmed),
             vec![
                 Op::DelRoute {
                     dst: b.subnet,
@@ -1104,7 +1173,7 @@ mod tests {
         k.routes.push(("fe80::/64".parse().unwrap(), None, false));
         k.neighbours
             .push(("fe80::1".parse().unwrap(), Some([2; 6]), nud::REACHABLE));
-        assert!(diff(&net6, &[a, b], &k).is_empty());
+        assert!(diff(&[a, b], &k).is_empty());
     }
 
     #[test]

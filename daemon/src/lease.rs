@@ -6,7 +6,6 @@ use crate::config::{
 };
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
 use ipnetwork::{Ipv4Network, Ipv6Network};
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -474,44 +473,6 @@ impl Registry {
     }
 }
 
-/// Peers (remote vxlan leases) from the current entries.
-pub fn peers_from(
-    entries: &BTreeMap<Ipv4Network, Entry>,
-    own: Option<&Ipv4Network>,
-) -> Vec<crate::dataplane::Peer> {
-    entries
-        .values()
-        .filter(|e| Some(&e.subnet) != own)
-        .filter_map(|e| {
-            let a = e.attrs.as_ref()?;
-            Some(crate::dataplane::Peer {
-                subnet: e.subnet,
-                mac: a.vtep_mac()?,
-                public_ip: a.public_ipv4()?,
-            })
-        })
-        .collect()
-}
-
-/// IPv6 peers (remote dual-stack vxlan leases) for `flannel-v6.<VNI>`.
-pub fn peers6_from(
-    entries: &BTreeMap<Ipv4Network, Entry>,
-    own: Option<&Ipv4Network>,
-) -> Vec<crate::dataplane::Peer<Ipv6Network>> {
-    entries
-        .values()
-        .filter(|e| Some(&e.subnet) != own)
-        .filter_map(|e| {
-            let a = e.attrs.as_ref()?;
-            Some(crate::dataplane::Peer {
-                subnet: e.subnet6?,
-                mac: a.vtep_mac_v6()?,
-                public_ip: a.public_ipv6_addr()?,
-            })
-        })
-        .collect()
-}
-
 /// When to renew: `margin` before expiry, but never later than half the TTL
 /// would allow if the margin is longer than the TTL.
 pub fn renew_after(ttl: i64, margin_secs: i64) -> Duration {
@@ -627,25 +588,6 @@ mod tests {
         // ...but a reservation outside the config is left alone.
         let (_, stale) = run(&[entry("10.5.9.0/24", "198.51.100.1", 0)], None);
         assert!(stale.is_empty());
-    }
-
-    #[test]
-    fn peers_exclude_own_and_non_vxlan() {
-        let mut m = BTreeMap::new();
-        for e in [
-            entry("10.5.1.0/24", "198.51.100.2", 1),
-            entry("10.5.2.0/24", "198.51.100.1", 1),
-            Entry {
-                attrs: LeaseAttrs::parse(br#"{"PublicIP":"1.2.3.4","BackendType":"host-gw"}"#),
-                ..entry("10.5.3.0/24", "1.2.3.4", 1)
-            },
-        ] {
-            m.insert(e.subnet, e);
-        }
-        let own: Ipv4Network = "10.5.2.0/24".parse().unwrap();
-        let p = peers_from(&m, Some(&own));
-        assert_eq!(p.len(), 1);
-        assert_eq!(p[0].subnet, "10.5.1.0/24".parse::<Ipv4Network>().unwrap());
     }
 
     #[test]
@@ -782,30 +724,5 @@ mod tests {
         assert!(lost_to_older(&all, p, &b.key(p), 12));
         assert!(lost_to_older(&all, p, &c.key(p), 13));
         assert!(!lost_to_older(std::slice::from_ref(&b), p, &b.key(p), 12));
-    }
-
-    #[test]
-    fn v6_peers_only_from_dual_stack_leases() {
-        let mut m = BTreeMap::new();
-        for e in [
-            entry6("10.5.1.0/24", "fd00:5:0:1::/64", "198.51.100.2", 1),
-            entry("10.5.2.0/24", "198.51.100.3", 1),
-            entry6("10.5.3.0/24", "fd00:5:0:3::/64", "198.51.100.1", 1),
-        ] {
-            m.insert(e.subnet, e);
-        }
-        let own: Ipv4Network = "10.5.3.0/24".parse().unwrap();
-        let p = peers6_from(&m, Some(&own));
-        assert_eq!(p.len(), 1);
-        assert_eq!(
-            p[0].subnet,
-            "fd00:5:0:1::/64".parse::<Ipv6Network>().unwrap()
-        );
-        assert_eq!(p[0].mac, [2, 0, 0, 0, 0, 2]);
-        assert_eq!(
-            p[0].public_ip,
-            "2001:db8:100::9".parse::<std::net::Ipv6Addr>().unwrap()
-        );
-        assert_eq!(peers_from(&m, Some(&own)).len(), 2);
     }
 }

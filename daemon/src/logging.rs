@@ -93,6 +93,66 @@ pub fn emit(level: Level, msg: &str, kv: &[(&str, String)]) {
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
+/// Rate limit for an error that repeats identically (same operation, same
+/// failure) pass after pass: the first occurrence is logged, then at most
+/// one every `every`, carrying how many were suppressed in between. A key
+/// not seen during a pass is forgotten by [`Repeats::sweep`], so the error
+/// is logged again at once if it comes back.
+#[derive(Debug)]
+pub struct Repeats {
+    every: std::time::Duration,
+    seen: std::collections::BTreeMap<String, Seen>,
+}
+
+#[derive(Debug)]
+struct Seen {
+    logged_at: std::time::Instant,
+    suppressed: u64,
+    live: bool,
+}
+
+impl Repeats {
+    pub fn new(every: std::time::Duration) -> Self {
+        Repeats {
+            every,
+            seen: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// `Some(suppressed)` when this occurrence of `key` is to be logged.
+    pub fn check(&mut self, key: &str) -> Option<u64> {
+        let now = std::time::Instant::now();
+        match self.seen.get_mut(key) {
+            Some(s) => {
+                s.live = true;
+                if now.duration_since(s.logged_at) >= self.every {
+                    s.logged_at = now;
+                    Some(std::mem::take(&mut s.suppressed))
+                } else {
+                    s.suppressed += 1;
+                    None
+                }
+            }
+            None => {
+                self.seen.insert(
+                    key.to_string(),
+                    Seen {
+                        logged_at: now,
+                        suppressed: 0,
+                        live: true,
+                    },
+                );
+                Some(0)
+            }
+        }
+    }
+
+    /// Forget the keys not checked since the previous sweep.
+    pub fn sweep(&mut self) {
+        self.seen.retain(|_, s| std::mem::take(&mut s.live));
+    }
+}
+
 #[macro_export]
 macro_rules! log_at {
     ($lvl:expr, $msg:expr $(, $k:ident = $v:expr)* $(,)?) => {
@@ -120,6 +180,22 @@ mod tests {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn repeats_are_rate_limited_and_forgotten_when_they_stop() {
+        let mut r = Repeats::new(Duration::from_secs(3600));
+        assert_eq!(r.check("a"), Some(0));
+        assert_eq!(r.check("a"), None);
+        assert_eq!(r.check("b"), Some(0));
+        r.sweep();
+        assert_eq!(r.check("a"), None);
+        r.sweep();
+        r.sweep(); // "a" and "b" not seen in the last pass
+        assert_eq!(r.check("a"), Some(0));
+        let mut fast = Repeats::new(Duration::ZERO);
+        fast.check("x");
+        assert_eq!(fast.check("x"), Some(0));
     }
 
     #[test]

@@ -67,6 +67,7 @@ mod lease;
 mod logging;
 mod masq;
 mod metrics;
+mod peers;
 mod subnet_env;
 
 use anyhow::{bail, Context};
@@ -320,13 +321,20 @@ async fn run(f: flags::Flags) -> anyhow::Result<()> {
             );
             // Pods get one MTU for both families: the smaller one.
             mtu = mtu.min(spec6.mtu);
-            Some((spec6, c6.network))
+            Some((spec6, public_ipv6))
         }
     };
+    let scopes = peers::Scopes::new(
+        cfg.network,
+        cfg.ipv6.as_ref().map(|c6| c6.network),
+        &underlay.nets,
+        public_ip,
+        v6.as_ref().map(|(_, ip6)| *ip6),
+    );
 
     // Data plane thread.
     let (dp_tx, dp_rx) = std::sync::mpsc::channel();
-    let dp = dataplane::Dataplane::new(spec.clone(), cfg.network, v6, metrics.clone())?;
+    let dp = dataplane::Dataplane::new(spec.clone(), v6.map(|(s, _)| s), metrics.clone())?;
     let interval = Duration::from_secs(f.reconcile_interval);
     std::thread::Builder::new()
         .name("dataplane".into())
@@ -376,6 +384,8 @@ async fn run(f: flags::Flags) -> anyhow::Result<()> {
         masq_forward: f.iptables_forward_rules,
         masq_fully_random: !f.ip_masq_fully_random_disable,
         metrics,
+        scopes,
+        rejections: peers::Rejections::default(),
     };
     agent.run(stop_rx).await
 }

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 pub struct Metrics {
     /// Remote leases currently known (excluding ours).
     pub leases_known: AtomicU64,
+    /// Remote leases ignored because they fail validation (see `peers`).
+    pub leases_rejected: AtomicU64,
     /// Remote vxlan leases currently programmed (neighbour + FDB + route all present).
     pub peers_programmed: AtomicU64,
     /// Kernel entries (neighbours, FDB entries, routes) currently desired and present.
@@ -40,6 +42,12 @@ impl Metrics {
             "gauge",
             "Remote subnet leases known from etcd.",
             self.leases_known.load(Relaxed),
+        );
+        put(
+            "weftd_leases_rejected",
+            "gauge",
+            "Remote subnet leases ignored as invalid (outside Network, overlapping, bad PublicIP or VtepMAC).",
+            self.leases_rejected.load(Relaxed),
         );
         put(
             "weftd_peers_programmed",

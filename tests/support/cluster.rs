@@ -354,3 +354,35 @@ impl Drop for Cluster {
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
+
+/// Helpers for the weftd end-to-end tests (tests/weftd.rs).
+impl Cluster {
+    /// weftd's log on node `n` (all runs).
+    pub fn weftd_log(&self, n: u32) -> String {
+        std::fs::read_to_string(self.state.join("logs").join(format!("weftd-n{n}.log")))
+            .unwrap_or_default()
+    }
+
+    /// The value of an unlabelled metric from node `n`'s /metrics.
+    pub fn metric(&self, n: u32, name: &str) -> Option<u64> {
+        let out = self.try_sh(&format!(
+            "ip netns exec '{}' curl -sf --max-time 2 http://127.0.0.1:$(cluster_node_healthz_port {n})/metrics",
+            self.node_ns(n)
+        ));
+        String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == name).then(|| v.trim().parse().ok()).flatten()
+        })
+    }
+
+    /// (HTTP status, body) of node `n`'s /readyz; status 0 when unreachable.
+    pub fn readyz(&self, n: u32) -> (u16, String) {
+        let out = self.try_sh(&format!(
+            "ip netns exec '{}' curl -s --max-time 2 -w '\\n%{{http_code}}' http://127.0.0.1:$(cluster_node_healthz_port {n})/readyz",
+            self.node_ns(n)
+        ));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+}
