@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use serde_json::{json, Value};
@@ -1091,4 +1092,367 @@ fn unsupported_cni_version_is_rejected() {
         env.add(&pod, &env.conf(version)).expect_error(1);
     }
     env.assert_nothing_left(&pod);
+}
+
+// ---------------------------------------------------------------------------
+// Regressions: unpinned bridge MAC, firewall keys, iptables, CNI_ARGS on
+// DEL, rollback of any netlink failure, unsupported fields, CHECK of rules
+// ---------------------------------------------------------------------------
+
+/// The nft rules (any table) whose JSON mentions `needle` (a pod IP or a
+/// host veth name, quoted so 10.244.1.2 does not match 10.244.1.20).
+fn rules_mentioning(node: &Netns, needle: &str) -> Vec<Value> {
+    let quoted = format!("\"{needle}\"");
+    nft_rules(node)
+        .into_iter()
+        .filter(|r| r.to_string().contains(&quoted))
+        .collect()
+}
+
+/// The rules of weft's own nft tables.
+fn weft_nft_rules(node: &Netns) -> Vec<Value> {
+    nft_rules(node)
+        .into_iter()
+        .filter(|r| r["table"].as_str().is_some_and(|t| t.starts_with("weft_")))
+        .collect()
+}
+
+/// The lines of the node's `iptables -t nat -S` (or ip6tables) that
+/// mention weft's per-attachment chains.
+fn iptables_weft_lines(node: &Netns, v6: bool) -> Vec<String> {
+    let tool = if v6 { "ip6tables" } else { "iptables" };
+    node.sh(&format!("{tool} -w -t nat -S"))
+        .lines()
+        .filter(|l| l.contains("WEFT-MASQ"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn check_passes_on_an_unpinned_bridge_after_its_lowest_port_leaves() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let (a, b) = (env.node.pod(), env.node.pod());
+    let mut conf = merged(&env.conf("1.0.0"), json!({"isGateway": false}));
+    conf["ipam"]["routes"] = json!([]);
+    let ra = env.add_ok(&a, &conf);
+    // Make A's port the lowest MAC, so the bridge takes it while A is there.
+    let low = "02:00:00:00:00:01";
+    env.node
+        .sh(&format!("ip link set {} address {low}", host_veth(&ra)));
+    let rb = env.add_ok(&b, &conf);
+    assert_eq!(rb["interfaces"][0]["mac"], low, "{rb}");
+
+    env.del(&a, &conf).expect_ok();
+    eventually("A's host veth is gone", || {
+        link(&env.node, &host_veth(&ra)).is_none()
+    });
+    assert_ne!(link(&env.node, BRIDGE).unwrap()["address"], low);
+
+    env.check(&b, &conf, &rb).expect_ok();
+}
+
+#[test]
+fn ip_masq_and_macspoofchk_work_with_long_names() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    let net = format!("weft-{}", "n".repeat(95));
+    let cid = "c".repeat(64);
+    let conf = network(
+        "1.0.0",
+        &net,
+        merged(
+            &bridge_plugin(
+                BRIDGE,
+                host_local_ipam(env.data.path(), subnet_range(SUBNET)),
+            ),
+            json!({"ipMasq": true, "macspoofchk": true}),
+        ),
+    );
+
+    let r = env
+        .run(&CniCall::add(&pod, conf.clone()).container_id(&cid))
+        .expect_ok();
+
+    let rules = weft_nft_rules(&env.node);
+    assert_eq!(rules.len(), 2, "one masquerade and one spoof rule: {rules:?}");
+    for rule in &rules {
+        let comment = rule["comment"].as_str().unwrap_or("");
+        assert!(comment.len() <= 128, "comment too long: {comment}");
+    }
+    env.run(&CniCall::check(&pod, with_prev(&conf, &r)).container_id(&cid))
+        .expect_ok();
+
+    env.run(&CniCall::del(&pod, conf).container_id(&cid))
+        .expect_ok();
+    assert_eq!(weft_nft_rules(&env.node), Vec::<Value>::new());
+    assert_eq!(reserved_addrs(env.data.path(), &net), Vec::<IpAddr>::new());
+    env.assert_no_veths();
+}
+
+#[test]
+fn two_attachments_of_one_container_keep_separate_firewall_rules() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    let cid = container_id(&pod);
+    let mut conf = merged(
+        &env.conf("1.1.0"),
+        json!({"ipMasq": true, "macspoofchk": true}),
+    );
+    // Both attachments would want the one default route.
+    conf["ipam"]["routes"] = json!([]);
+    let add = |ifname: &str| {
+        env.run(&CniCall::add(&pod, conf.clone()).ifname(ifname))
+            .expect_ok()
+    };
+    // Each attachment's rules: its masquerade rule (by address) and its
+    // spoof check (by host veth).
+    let rules_of = |r: &Value| {
+        let mut rules = rules_mentioning(&env.node, &result_ip(r).to_string());
+        rules.extend(rules_mentioning(&env.node, &host_veth(r)));
+        rules
+    };
+    let r0 = add("eth0");
+    let r1 = add("eth1");
+    assert_eq!(rules_of(&r0).len(), 2, "{:?}", nft_rules(&env.node));
+    assert_eq!(rules_of(&r1).len(), 2, "{:?}", nft_rules(&env.node));
+
+    env.run(&CniCall::del(&pod, conf.clone()).ifname("eth0"))
+        .expect_ok();
+    assert_eq!(rules_of(&r0), Vec::<Value>::new());
+    assert_eq!(rules_of(&r1).len(), 2, "DEL of eth0 removed eth1's rules");
+    env.run(&CniCall::check(&pod, with_prev(&conf, &r1)).ifname("eth1"))
+        .expect_ok();
+
+    // GC keeps (cid, eth1) only: eth0's rules go although the container is valid.
+    let r0 = add("eth0");
+    let gc = merged(
+        &conf,
+        json!({"cni.dev/valid-attachments": [{"containerID": cid, "ifname": "eth1"}]}),
+    );
+    env.run(&CniCall::gc(gc)).expect_ok();
+    assert_eq!(rules_of(&r0), Vec::<Value>::new());
+    assert_eq!(rules_of(&r1).len(), 2, "GC removed the valid attachment's rules");
+}
+
+#[test]
+fn iptables_masq_covers_every_address_of_a_family_and_del_removes_it() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    let mut conf = merged(
+        &env.conf("1.0.0"),
+        json!({"ipMasq": true, "ipMasqBackend": "iptables"}),
+    );
+    conf["ipam"]["ranges"] = json!([[subnet_range(SUBNET)], [subnet_range("10.244.2.0/24")]]);
+    let r = env.add_ok(&pod, &conf);
+    assert_eq!(r["ips"].as_array().map(Vec::len), Some(2), "{r}");
+
+    let lines = iptables_weft_lines(&env.node, false);
+    for want in [
+        "-d 10.244.1.0/24 -j ACCEPT",
+        "-d 10.244.2.0/24 -j ACCEPT",
+        "-j MASQUERADE",
+    ] {
+        assert!(lines.iter().any(|l| l.contains(want)), "no `{want}` in {lines:#?}");
+    }
+    let jumps = lines.iter().filter(|l| l.starts_with("-A POSTROUTING")).count();
+    assert_eq!(jumps, 2, "{lines:#?}");
+    env.check(&pod, &conf, &r).expect_ok();
+
+    env.del(&pod, &conf).expect_ok();
+    assert_eq!(iptables_weft_lines(&env.node, false), Vec::<String>::new());
+    assert_eq!(iptables_weft_lines(&env.node, true), Vec::<String>::new());
+    env.assert_nothing_left(&pod);
+}
+
+#[test]
+fn iptables_masq_gc_removes_ipv6_chains() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    let mut conf = merged(
+        &env.conf_on("1.1.0", "fd00:10:244:1::/64"),
+        json!({"ipMasq": true, "ipMasqBackend": "iptables"}),
+    );
+    conf["ipam"]["routes"] = json!([{"dst": "::/0"}]);
+    env.add_ok(&pod, &conf);
+    assert!(!iptables_weft_lines(&env.node, true).is_empty());
+
+    let gc = merged(&conf, json!({"cni.dev/valid-attachments": []}));
+    env.run(&CniCall::gc(gc)).expect_ok();
+
+    assert_eq!(iptables_weft_lines(&env.node, true), Vec::<String>::new());
+    assert_eq!(env.reserved(), Vec::<IpAddr>::new());
+}
+
+#[test]
+fn del_and_check_ignore_cni_args_add_would_refuse() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let conf = merged(&env.conf("1.0.0"), json!({"ipMasq": true}));
+    for args in ["FOO=x", "IgnoreUnknown=1;MAC=zz"] {
+        let pod = env.node.pod();
+        let r = env.add_ok(&pod, &conf);
+
+        env.run(&CniCall::del(&pod, with_prev(&conf, &r)).cni_args(args))
+            .expect_ok();
+
+        env.assert_nothing_left(&pod);
+
+        let pod = env.node.pod();
+        let r = env.add_ok(&pod, &conf);
+        env.run(&CniCall::check(&pod, with_prev(&conf, &r)).cni_args(args))
+            .expect_ok();
+        env.del(&pod, &conf).expect_ok();
+    }
+}
+
+/// ADD with the n-th netlink request failing (every one the plugin makes is
+/// a sendto; strace injects EIO), for n = 1, 2, ... until ADD gets through:
+/// each failed ADD must leave nothing behind, including a bridge it made.
+fn assert_rollback_on_each_netlink_failure(env: &Env, bridge_preexists: bool) {
+    assert!(
+        std::process::Command::new("strace").arg("-V").output().is_ok(),
+        "`strace` is not installed: apt-get install strace"
+    );
+    let wrappers = TempDir::new();
+    let conf = merged(&env.conf("1.0.0"), json!({"ipMasq": true}));
+    let mut failed = 0;
+    for n in 1..=60 {
+        let wrapper = wrappers.join(format!("bridge-{n}"));
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec strace -qq -o /dev/null -e trace=sendto -e inject=sendto:error=EIO:when={n} {} \"$@\"\n",
+                plugin_path("bridge").display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let pod = env.node.pod();
+        let out = CniCall::add(&pod, conf.clone()).run_in(&env.node, &wrapper);
+        if out.success() {
+            env.del(&pod, &conf).expect_ok();
+            env.assert_nothing_left(&pod);
+            break;
+        }
+        failed += 1;
+        assert_eq!(out.json.clone().unwrap_or_default()["code"], 100, "failure {n}: {out:?}");
+        env.assert_nothing_left(&pod);
+        assert_eq!(
+            link(&env.node, BRIDGE).is_some(),
+            bridge_preexists,
+            "failure {n}: the bridge is left or gone"
+        );
+    }
+    assert!(failed >= 8, "only {failed} netlink calls failed: is strace injecting?");
+}
+
+#[test]
+fn add_rolls_back_whichever_netlink_call_fails() {
+    if !require_root() {
+        return;
+    }
+    assert_rollback_on_each_netlink_failure(&Env::new(), false);
+}
+
+#[test]
+fn add_on_an_existing_bridge_rolls_back_whichever_netlink_call_fails() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    env.node
+        .sh(&format!("ip link add {BRIDGE} type bridge && ip link set {BRIDGE} up"));
+    assert_rollback_on_each_netlink_failure(&env, true);
+}
+
+#[test]
+fn unsupported_fields_are_refused_with_code_2() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let pod = env.node.pod();
+    let mut l2 = env.conf("1.0.0");
+    l2["ipam"] = json!({});
+    for (conf, field) in [
+        (merged(&env.conf("1.0.0"), json!({"vlanTrunk": [{"id": 5}]})), "vlanTrunk"),
+        (merged(&env.conf("1.0.0"), json!({"vlanTrunk": [{"minID": 2, "maxID": 9}]})), "vlanTrunk"),
+        (merged(&l2, json!({"disableContainerInterface": true})), "disableContainerInterface"),
+        (merged(&l2, json!({"disableContainerInterface": "yes"})), "disableContainerInterface"),
+    ] {
+        let err = env.add(&pod, &conf).expect_error(2);
+        assert!(err["msg"].as_str().unwrap_or("").contains(field), "{err}");
+        env.assert_nothing_left(&pod);
+    }
+    // Absent, null and false are the defaults.
+    for patch in [
+        json!({"vlanTrunk": null, "disableContainerInterface": false}),
+        json!({"disableContainerInterface": null}),
+    ] {
+        let conf = merged(&env.conf("1.0.0"), patch);
+        env.add_ok(&pod, &conf);
+        env.del(&pod, &conf).expect_ok();
+    }
+}
+
+/// `check_detects` with `patch` applied to the config.
+fn check_detects_with(patch: Value, sabotage: impl Fn(&Env, &Netns, &Value)) {
+    let env = Env::new();
+    let pod = env.node.pod();
+    let conf = merged(&env.conf("1.0.0"), patch);
+    let r = env.add_ok(&pod, &conf);
+    env.check(&pod, &conf, &r).expect_ok();
+    sabotage(&env, &pod, &r);
+    let err = env.check(&pod, &conf, &r).expect_error(105);
+    assert!(err["msg"].as_str().unwrap_or("").contains("rules"), "{err}");
+}
+
+#[test]
+fn check_fails_when_the_masquerade_rule_is_removed() {
+    if !require_root() {
+        return;
+    }
+    check_detects_with(json!({"ipMasq": true}), |env, _, _| {
+        env.node.sh("nft flush chain inet weft_masquerade postrouting");
+    });
+}
+
+#[test]
+fn check_fails_when_the_iptables_masquerade_jump_is_removed() {
+    if !require_root() {
+        return;
+    }
+    check_detects_with(
+        json!({"ipMasq": true, "ipMasqBackend": "iptables"}),
+        |env, _, _| {
+            env.node.sh("iptables -w -t nat -F POSTROUTING");
+        },
+    );
+}
+
+#[test]
+fn check_fails_when_the_spoof_check_rule_is_removed() {
+    if !require_root() {
+        return;
+    }
+    check_detects_with(json!({"macspoofchk": true}), |env, _, _| {
+        env.node.sh("nft flush chain bridge weft_macspoof prerouting");
+    });
 }

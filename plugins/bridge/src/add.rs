@@ -17,8 +17,8 @@ const VETH_NAME_ATTEMPTS: usize = 10;
 
 #[derive(Default)]
 struct Undo<'a> {
-    bridge_created: Option<u32>,
-    /// The host end's name, known before the pair exists.
+    /// Names, known before the links exist, so no lookup can lose them.
+    bridge_created: Option<String>,
     host_veth: Option<String>,
     ipam: Option<(&'a Delegate, &'a [u8])>,
     firewall: bool,
@@ -40,10 +40,12 @@ impl Undo<'_> {
                 let _ = host.delete_link(link.index);
             }
         }
-        if let Some(index) = self.bridge_created {
-            let has_ports = host.links().map(|l| l.iter().any(|l| l.master == Some(index))).unwrap_or(true);
-            if !has_ports {
-                let _ = host.delete_link(index);
+        if let Some(name) = self.bridge_created {
+            if let Ok(Some(bridge)) = host.link_by_name(&name) {
+                let has_ports = host.links().map(|l| l.iter().any(|l| l.master == Some(bridge.index))).unwrap_or(true);
+                if !has_ports {
+                    let _ = host.delete_link(bridge.index);
+                }
             }
         }
     }
@@ -158,11 +160,12 @@ fn add_steps<'a>(
 
 fn ensure_bridge(host: &mut Netlink, config: &BridgeConfig, undo: &mut Undo) -> Result<Link, Error> {
     let name = &config.bridge;
-    let created = match host.create_bridge(name, config.mtu, config.vlan.is_some()) {
-        Ok(()) => true,
-        Err(e) if e.is_exists() => false,
+    match host.create_bridge(name, config.mtu, config.vlan.is_some()) {
+        // Only a bridge this ADD made is removed on rollback (if still unused).
+        Ok(()) => undo.bridge_created = Some(name.clone()),
+        Err(e) if e.is_exists() => {}
         Err(e) => return Err(Error::kernel(format!("create bridge {name}"), e)),
-    };
+    }
     let bridge = host
         .link_by_name(name)
         .map_err(|e| Error::kernel(format!("look up bridge {name}"), e))?
@@ -172,10 +175,6 @@ fn ensure_bridge(host: &mut Netlink, config: &BridgeConfig, undo: &mut Undo) -> 
             "\"{name}\" already exists and is a {} device, not a bridge",
             bridge.kind.as_deref().unwrap_or("plain")
         )));
-    }
-    if created {
-        // Only a bridge this ADD made is removed on rollback (if still unused).
-        undo.bridge_created = Some(bridge.index);
     }
     if config.promisc_mode && !bridge.promisc {
         host.set_promisc(bridge.index, true).map_err(|e| Error::kernel(format!("set {name} promisc"), e))?;
