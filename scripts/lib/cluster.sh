@@ -61,6 +61,7 @@
 #   cluster_pod_add N POD (prints IP)   cluster_pod_del N POD   cluster_pod_ns/_ip/_cid N POD
 #   cluster_pods ("N POD IP")   cluster_pods_of N   cluster_cni N CMD [POD [IFNAME]]
 #   cluster_ping N1 POD1 N2 POD2 [COUNT]   cluster_ping_all
+#   cluster_node_etcd_cut N   cluster_node_etcd_restore N
 
 WC_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 WC_REPO=$(cd "$WC_LIB_DIR/../.." && pwd)
@@ -612,4 +613,29 @@ cluster_teardown() {
     else
         rm -rf "$WC_STATE"
     fi
+}
+
+# --- faults ---------------------------------------------------------------------
+# cluster_node_etcd_cut N: node N can no longer reach etcd (its packets to
+# and from etcd's client port are dropped by an nftables table inside the
+# node netns only); the underlay, VXLAN and the other nodes are untouched.
+cluster_node_etcd_cut() {
+    _wc_need_init || return 1
+    _wc_log "cutting n$1 off from etcd"
+    ip netns exec "$(cluster_node_ns "$1")" nft -f - <<EOF
+table inet weft-etcd-cut {
+    chain out { type filter hook output priority 0; policy accept; ip daddr $WC_ETCD_IP tcp dport 2379 drop; }
+    chain in { type filter hook input priority 0; policy accept; ip saddr $WC_ETCD_IP tcp sport 2379 drop; }
+}
+EOF
+}
+
+# cluster_node_etcd_restore N: undo cluster_node_etcd_cut (no-op if not cut).
+cluster_node_etcd_restore() {
+    _wc_need_init || return 1
+    local ns
+    ns=$(cluster_node_ns "$1")
+    ip netns exec "$ns" nft list table inet weft-etcd-cut >/dev/null 2>&1 || return 0
+    _wc_log "reconnecting n$1 to etcd"
+    ip netns exec "$ns" nft delete table inet weft-etcd-cut
 }

@@ -350,6 +350,19 @@ impl Drop for Cluster {
     }
 }
 
+impl Cluster {
+    /// Drops node `n`'s traffic to and from etcd (nftables inside the node
+    /// netns); the data plane is untouched.
+    pub fn etcd_cut(&self, n: u32) {
+        self.sh(&format!("cluster_node_etcd_cut {n}"));
+    }
+
+    /// Undoes [`etcd_cut`](Cluster::etcd_cut).
+    pub fn etcd_restore(&self, n: u32) {
+        self.sh(&format!("cluster_node_etcd_restore {n}"));
+    }
+}
+
 /// Single-quotes `s` for sh.
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
