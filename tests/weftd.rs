@@ -108,3 +108,85 @@ fn leases_outside_the_network_are_never_programmed_and_old_entries_are_removed()
     assert!(c.has_peer(1, "10.244.202.0/24", "198.51.100.70"));
     assert!(c.has_peer(1, &c.subnet(2), &c.node_ip(2)));
 }
+
+/// A fake `nft` in front of the real one: with `<dir>/broken` present only
+/// `nft list tables` works (so weftd picks nftables), everything else fails.
+fn broken_nft(dir: &TempDir) -> String {
+    let nft = dir.join("nft");
+    let real = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("nft");
+    std::fs::write(
+        &nft,
+        format!(
+            "#!/bin/sh\nif [ -e '{d}/broken' ] && [ \"$*\" != 'list tables' ]; then echo 'nft: broken for the test' >&2; exit 1; fi\nexec {real} \"$@\"\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&nft, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(dir.join("broken"), "").unwrap();
+    dir.path().display().to_string()
+}
+
+#[test]
+fn subnet_env_is_written_only_once_masquerade_rules_are_in_and_readyz_follows_them() {
+    if !require_root() {
+        return;
+    }
+    let c = Cluster::new("--reconcile-interval=1 --ip-masq --masq-backend=nftables --iptables-resync=1");
+    c.write_config(None);
+    let fake = TempDir::new();
+    let bin = broken_nft(&fake);
+    c.sh("cluster_node_create 1");
+    c.sh(&format!("export PATH='{bin}':\"$PATH\"; cluster_weftd_start 1"));
+    // The rules cannot go in: no subnet.env (it would say FLANNEL_IPMASQ=true
+    // and the CNI plugin would not masquerade either), not ready.
+    std::thread::sleep(secs(4));
+    assert!(c.weftd_running(1), "{}", c.weftd_log(1));
+    assert!(!c.subnet_file(1).exists(), "subnet.env written without masquerade rules");
+    let (code, body) = c.readyz(1);
+    assert_eq!((code, body.trim()), (503, "subnet.env not written yet"));
+    let log = c.weftd_log(1);
+    assert!(log.contains("installing masquerade rules"), "{log}");
+    // nft works again: rules, then subnet.env, then ready.
+    std::fs::remove_file(fake.join("broken")).unwrap();
+    c.sh("cluster_node_wait_ready 1 15");
+    let ruleset = c.ns_sh(&c.node_ns(1), "nft list ruleset");
+    assert!(ruleset.contains("masquerade"), "{ruleset}");
+    let env = std::fs::read_to_string(c.subnet_file(1)).unwrap();
+    assert!(env.contains("FLANNEL_IPMASQ=true\n"), "{env}");
+    // The rules get lost and cannot be restored: /readyz says so, and
+    // recovers once they are back.
+    std::fs::write(fake.join("broken"), "").unwrap();
+    c.ns_sh(&c.node_ns(1), "nft list tables | grep -E 'weft|flannel' | while read -r _ fam t; do nft delete table $fam $t; done");
+    assert!(
+        c.wait_for(secs(10), || c.readyz(1).0 == 503),
+        "still ready without masquerade rules"
+    );
+    assert_eq!(c.readyz(1).1.trim(), "masquerade rules not installed");
+    std::fs::remove_file(fake.join("broken")).unwrap();
+    assert!(c.wait_for(secs(10), || c.readyz(1).0 == 200), "{}", c.weftd_log(1));
+    assert!(c.ns_sh(&c.node_ns(1), "nft list ruleset").contains("masquerade"));
+}
+
+#[test]
+fn ip_masq_without_a_working_firewall_tool_fails_at_start() {
+    if !require_root() {
+        return;
+    }
+    let c = Cluster::new("--ip-masq");
+    c.write_config(None);
+    c.sh("cluster_node_create 1");
+    let empty = TempDir::new();
+    let out = c.try_sh(&format!(
+        "ip netns exec \"$(cluster_node_ns 1)\" env PATH='{}' \"$(_wc_bin)/weftd\" --etcd-endpoints=\"$WC_ETCD_EP\" \
+         --iface=eth0 --subnet-file=\"$(cluster_node_subnet_file 1)\" --ip-masq",
+        empty.path().display()
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("neither nftables nor iptables works"), "{err}");
+    assert!(!c.subnet_file(1).exists());
+}

@@ -7,6 +7,7 @@ use crate::lease::{entry_from_kv, renew_after, Entry, OwnLease, Registry, Rng};
 use crate::peers::{Rejections, Scopes};
 use crate::metrics::Metrics;
 use crate::subnet_env::{write_atomic, SubnetEnv};
+use anyhow::Context;
 use etcd_client::{EventType, WatchOptions};
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::collections::BTreeMap;
@@ -30,7 +31,7 @@ pub struct Agent {
     /// The IPv6 subnet from subnet.env (dual-stack only).
     pub previous6: Option<Ipv6Network>,
     pub dataplane: std::sync::mpsc::Sender<Command>,
-    pub masq: Option<std::sync::mpsc::Sender<crate::masq::Rules>>,
+    pub masq: Option<std::sync::mpsc::Sender<crate::masq::Request>>,
     pub masq_forward: bool,
     pub masq_fully_random: bool,
     pub metrics: Arc<Metrics>,
@@ -62,22 +63,33 @@ enum Inner {
 }
 
 impl Agent {
-    /// Our subnets became (or changed to) `subnet`/`subnet6`: masq rules,
-    /// subnet.env, data plane.
-    fn on_subnet(
+    /// Our subnets became (or changed to) `subnet`/`subnet6`: masquerade
+    /// rules first (and wait until they are in: subnet.env's
+    /// FLANNEL_IPMASQ=true tells the CNI plugin not to masquerade, so the
+    /// rules must exist before anyone reads it), then subnet.env, then the
+    /// data plane. Not ready while this runs.
+    async fn on_subnet(
         &mut self,
         subnet: Ipv4Network,
         subnet6: Option<Ipv6Network>,
-    ) -> Result<(), std::io::Error> {
+    ) -> anyhow::Result<()> {
+        self.metrics.subnet_env_written.store(false, Relaxed);
         let network6 = self.cfg.ipv6.as_ref().map(|c| c.network);
         if let Some(tx) = &self.masq {
-            let _ = tx.send(crate::masq::Rules {
+            let (done, installed) = tokio::sync::oneshot::channel();
+            let rules = crate::masq::Rules {
                 pod: subnet,
                 cluster: self.cfg.network,
                 forward: self.masq_forward,
                 fully_random: self.masq_fully_random,
                 v6: subnet6.zip(network6),
-            });
+            };
+            tx.send(crate::masq::Request { rules, done })
+                .map_err(|_| anyhow::anyhow!("the masquerade worker has stopped"))?;
+            installed
+                .await
+                .map_err(|_| anyhow::anyhow!("the masquerade worker has stopped"))?
+                .context("installing masquerade rules")?;
         }
         let env = SubnetEnv {
             network: Some(self.cfg.network),
@@ -87,7 +99,10 @@ impl Agent {
             mtu: self.mtu,
             ipmasq: self.ip_masq,
         };
-        write_atomic(&self.subnet_file, &env.render())?;
+        let (path, text) = (self.subnet_file.clone(), env.render());
+        tokio::task::spawn_blocking(move || write_atomic(&path, &text))
+            .await?
+            .with_context(|| format!("writing {}", self.subnet_file.display()))?;
         self.metrics.subnet_env_written.store(true, Relaxed);
         crate::info!(
             "wrote subnet file",
@@ -138,12 +153,16 @@ impl Agent {
                                 crate::warn!("our subnet changed", old = old, new = l.subnet);
                             }
                             // subnet.env must be written before anything depends on us.
-                            while let Err(e) = self.on_subnet(l.subnet, l.subnet6) {
-                                crate::error!(
-                                    "writing the subnet file failed; retrying",
-                                    path = self.subnet_file.display(),
-                                    error = e
-                                );
+                            let mut setup_errors =
+                                crate::logging::Repeats::new(Duration::from_secs(60));
+                            while let Err(e) = self.on_subnet(l.subnet, l.subnet6).await {
+                                if let Some(n) = setup_errors.check(&format!("{e:#}")) {
+                                    crate::error!(
+                                        "setting up our subnet failed; retrying",
+                                        error = format!("{e:#}"),
+                                        repeats_suppressed = n
+                                    );
+                                }
                                 tokio::select! {
                                     _ = sleep(Duration::from_secs(1)) => {}
                                     _ = shutdown.changed() => return Ok(()),

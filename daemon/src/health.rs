@@ -12,21 +12,10 @@ pub fn respond(path: &str, m: &Metrics) -> (u16, &'static str, String) {
     let path = path.split('?').next().unwrap_or(path);
     match path {
         "/healthz" => (200, "text/plain", "ok\n".into()),
-        "/readyz" => {
-            if m.ready() {
-                (200, "text/plain", "ok\n".into())
-            } else {
-                let why = if !m
-                    .subnet_env_written
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                {
-                    "subnet.env not written yet\n"
-                } else {
-                    "peers not synced yet\n"
-                };
-                (503, "text/plain", why.into())
-            }
-        }
+        "/readyz" => match m.not_ready_reason() {
+            None => (200, "text/plain", "ok\n".into()),
+            Some(why) => (503, "text/plain", format!("{why}\n")),
+        },
         "/metrics" => (200, "text/plain; version=0.0.4", m.render()),
         _ => (404, "text/plain", "not found\n".into()),
     }
@@ -113,6 +102,16 @@ mod tests {
         assert_eq!(respond("/readyz", &m).0, 503);
         m.peers_synced.store(true, Relaxed);
         assert_eq!(respond("/readyz?verbose", &m).0, 200);
+        // With --ip-masq the rules must be in place too, and readiness
+        // follows their state.
+        m.masq_enabled.store(true, Relaxed);
+        let (code, _, body) = respond("/readyz", &m);
+        assert_eq!((code, body.as_str()), (503, "masquerade rules not installed\n"));
+        m.masq_ok.store(true, Relaxed);
+        assert_eq!(respond("/readyz", &m).0, 200);
+        m.peers_synced.store(false, Relaxed);
+        assert_eq!(respond("/readyz", &m).2, "peers not synced\n");
+        m.peers_synced.store(true, Relaxed);
         assert_eq!(respond("/nope", &m).0, 404);
         assert!(respond("/metrics", &m).2.contains("weftd_ready 1"));
     }

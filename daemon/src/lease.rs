@@ -194,6 +194,7 @@ pub struct Registry {
     pub ttl: i64,
 }
 
+#[derive(Clone)]
 pub struct TlsFiles {
     pub ca: Option<Vec<u8>>,
     pub cert_key: Option<(Vec<u8>, Vec<u8>)>,

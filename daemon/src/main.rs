@@ -99,6 +99,15 @@ fn main() {
         std::process::exit(2);
     }
     logging::set_verbose(flags.verbose);
+    // Blocking start-up work (files, nft/iptables probes) before the async
+    // runtime exists, so no tokio worker ever blocks on it.
+    let pre = match Prepared::new(&flags) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("weftd: {e:#}");
+            std::process::exit(1);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -110,9 +119,37 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = rt.block_on(run(flags)) {
+    if let Err(e) = rt.block_on(run(flags, pre)) {
         eprintln!("weftd: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// What weftd reads or probes once before the runtime starts.
+struct Prepared {
+    tls: Option<lease::TlsFiles>,
+    /// The masquerade backend, when `--ip-masq` is set.
+    masq: Option<masq::Backend>,
+    previous: Option<(Option<ipnetwork::Ipv4Network>, ipnetwork::Ipv4Network)>,
+    previous6: Option<(Option<ipnetwork::Ipv6Network>, ipnetwork::Ipv6Network)>,
+}
+
+impl Prepared {
+    fn new(f: &flags::Flags) -> anyhow::Result<Prepared> {
+        let masq = if f.ip_masq {
+            let b = masq::detect(&f.masq_backend)
+                .with_context(|| format!("--ip-masq (--masq-backend={})", f.masq_backend))?;
+            info!("ip masquerade enabled", backend = format!("{b:?}"));
+            Some(b)
+        } else {
+            None
+        };
+        Ok(Prepared {
+            tls: read_tls(f)?,
+            masq,
+            previous: subnet_env::read_previous(&f.subnet_file),
+            previous6: subnet_env::read_previous_v6(&f.subnet_file),
+        })
     }
 }
 
@@ -133,9 +170,9 @@ fn read_tls(f: &flags::Flags) -> anyhow::Result<Option<lease::TlsFiles>> {
 
 async fn connect(
     f: &flags::Flags,
+    tls: Option<lease::TlsFiles>,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Option<etcd_client::Client>> {
-    let tls = read_tls(f)?;
     let user = f.etcd_username.clone().zip(f.etcd_password.clone());
     let endpoints: Vec<String> = f
         .etcd_endpoints
@@ -145,13 +182,7 @@ async fn connect(
         .collect();
     let mut delay = Duration::from_millis(200);
     loop {
-        let opts = lease::connect_options(
-            tls.as_ref().map(|t| lease::TlsFiles {
-                ca: t.ca.clone(),
-                cert_key: t.cert_key.clone(),
-            }),
-            user.clone(),
-        );
+        let opts = lease::connect_options(tls.clone(), user.clone());
         match etcd_client::Client::connect(&endpoints, Some(opts)).await {
             Ok(c) => return Ok(Some(c)),
             Err(e @ etcd_client::Error::InvalidArgs(_))
@@ -174,7 +205,7 @@ async fn connect(
     }
 }
 
-async fn run(f: flags::Flags) -> anyhow::Result<()> {
+async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -218,7 +249,7 @@ async fn run(f: flags::Flags) -> anyhow::Result<()> {
         tokio::spawn(health::serve(l, metrics.clone()));
     }
 
-    let Some(client) = connect(&f, &mut stop_rx).await? else {
+    let Some(client) = connect(&f, pre.tls, &mut stop_rx).await? else {
         return Ok(());
     };
     let mut reg = lease::Registry {
@@ -342,29 +373,31 @@ async fn run(f: flags::Flags) -> anyhow::Result<()> {
         .context("spawning the data plane thread")?;
 
     // Masquerade thread.
-    let masq_tx = if f.ip_masq {
-        let (tx, rx) = std::sync::mpsc::channel::<masq::Rules>();
-        let backend = masq::detect(&f.masq_backend);
-        info!("ip masquerade enabled", backend = format!("{backend:?}"));
-        let resync = Duration::from_secs(f.iptables_resync);
-        let m = metrics.clone();
-        std::thread::Builder::new()
-            .name("masq".into())
-            .spawn(move || masq_loop(masq::Masq::new(backend), rx, resync, m))
-            .context("spawning the masq thread")?;
-        Some(tx)
-    } else {
-        None
+    let masq_tx = match pre.masq {
+        Some(backend) => {
+            let (tx, rx) = std::sync::mpsc::channel::<masq::Request>();
+            let resync = Duration::from_secs(f.iptables_resync);
+            let m = metrics.clone();
+            m.masq_enabled
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            std::thread::Builder::new()
+                .name("masq".into())
+                .spawn(move || masq::worker(masq::Masq::new(backend), rx, resync, m))
+                .context("spawning the masq thread")?;
+            Some(tx)
+        }
+        None => None,
     };
 
-    let previous = subnet_env::read_previous(&f.subnet_file)
+    let previous = pre
+        .previous
         .filter(|(net, _)| net.is_none() || *net == Some(cfg.network))
         .map(|(_, s)| s);
     if let Some(p) = previous {
         info!("previous subnet from subnet file", subnet = p);
     }
     let previous6 = cfg.ipv6.as_ref().and_then(|c6| {
-        subnet_env::read_previous_v6(&f.subnet_file)
+        pre.previous6
             .filter(|(net, _)| net.is_none() || *net == Some(c6.network))
             .map(|(_, s)| s)
     });
@@ -388,55 +421,4 @@ async fn run(f: flags::Flags) -> anyhow::Result<()> {
         rejections: peers::Rejections::default(),
     };
     agent.run(stop_rx).await
-}
-
-fn masq_loop(
-    mut m: masq::Masq,
-    rx: std::sync::mpsc::Receiver<masq::Rules>,
-    resync: Duration,
-    metrics: Arc<metrics::Metrics>,
-) {
-    use std::sync::atomic::Ordering::Relaxed;
-    use std::sync::mpsc::RecvTimeoutError;
-    let mut pending: Option<masq::Rules> = None;
-    loop {
-        match rx.recv_timeout(resync) {
-            Ok(r) => pending = Some(r),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
-        }
-        while let Ok(r) = rx.try_recv() {
-            pending = Some(r);
-        }
-        if let Some(r) = pending.clone() {
-            match m.set(r.clone()) {
-                Ok(()) => {
-                    metrics.masq_repairs.fetch_add(1, Relaxed);
-                    info!(
-                        "masquerade rules installed",
-                        backend = format!("{:?}", m.backend()),
-                        pod = r.pod,
-                        cluster = r.cluster
-                    );
-                    pending = None;
-                }
-                Err(e) => {
-                    metrics.programming_errors.fetch_add(1, Relaxed);
-                    error!("installing masquerade rules failed; retrying", error = e);
-                }
-            }
-            continue;
-        }
-        match m.resync() {
-            Ok(true) => {
-                metrics.masq_repairs.fetch_add(1, Relaxed);
-                warn!("masquerade rules were altered; re-applied");
-            }
-            Ok(false) => {}
-            Err(e) => {
-                metrics.programming_errors.fetch_add(1, Relaxed);
-                error!("masquerade resync failed", error = e);
-            }
-        }
-    }
 }

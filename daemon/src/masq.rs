@@ -18,6 +18,8 @@ const FWD_COMMENT: &str = "flanneld forward";
 pub enum MasqError {
     #[error("{cmd}: {msg}")]
     Command { cmd: String, msg: String },
+    #[error("neither nftables nor iptables works: {0}")]
+    NoBackend(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,18 +222,86 @@ fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, MasqErro
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// nftables if `nft list tables` works, else iptables.
-pub fn detect(preference: &str) -> Backend {
+/// The backend to use: `preference` (auto, nftables, iptables) checked to
+/// work, for auto nftables if `nft list tables` works, else iptables. An
+/// error when the chosen tool (or, for auto, neither) works: with
+/// `--ip-masq` weftd must not start and announce masquerading it cannot do.
+/// Blocking (runs the tools): call it before the async runtime starts.
+pub fn detect(preference: &str) -> Result<Backend, MasqError> {
+    let nft = || run("nft", &["list", "tables"], None).map(|_| Backend::Nftables);
+    let ipt = || {
+        run("iptables", &["-w", "-t", "nat", "-S", "POSTROUTING"], None)
+            .map(|_| Backend::Iptables)
+    };
     match preference {
-        "nftables" => Backend::Nftables,
-        "iptables" => Backend::Iptables,
-        _ => {
-            if run("nft", &["list", "tables"], None).is_ok() {
-                Backend::Nftables
-            } else {
-                Backend::Iptables
+        "nftables" => nft(),
+        "iptables" => ipt(),
+        _ => nft().or_else(|e_nft| {
+            ipt().map_err(|e_ipt| MasqError::NoBackend(format!("{e_nft}; {e_ipt}")))
+        }),
+    }
+}
+
+/// A rule set for the worker, and where to report whether it went in.
+pub struct Request {
+    pub rules: Rules,
+    pub done: tokio::sync::oneshot::Sender<Result<(), MasqError>>,
+}
+
+/// The masquerade worker (a dedicated thread: it runs nft/iptables).
+/// Installs each requested rule set and answers the request with the
+/// outcome; between requests, checks every `resync` that the rules are
+/// intact and re-applies them if not. `masq_ok` follows every attempt, so
+/// /readyz reports rules that are missing.
+pub fn worker(
+    mut m: Masq,
+    rx: std::sync::mpsc::Receiver<Request>,
+    resync: std::time::Duration,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut errors = crate::logging::Repeats::new(std::time::Duration::from_secs(60));
+    loop {
+        let result = match rx.recv_timeout(resync) {
+            Ok(req) => {
+                let r = m.set(req.rules.clone());
+                match &r {
+                    Ok(()) => {
+                        metrics.masq_repairs.fetch_add(1, Relaxed);
+                        crate::info!(
+                            "masquerade rules installed",
+                            backend = format!("{:?}", m.backend()),
+                            pod = req.rules.pod,
+                            cluster = req.rules.cluster
+                        );
+                    }
+                    Err(e) => crate::error!("installing masquerade rules failed", error = e),
+                }
+                let ok = r.is_ok();
+                let _ = req.done.send(r);
+                Ok(ok)
+            }
+            Err(RecvTimeoutError::Timeout) => m.resync().map(|repaired| {
+                if repaired {
+                    metrics.masq_repairs.fetch_add(1, Relaxed);
+                    crate::warn!("masquerade rules were altered; re-applied");
+                }
+                true
+            }),
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        match result {
+            Ok(ok) => metrics.masq_ok.store(ok, Relaxed),
+            Err(e) => {
+                metrics.masq_ok.store(false, Relaxed);
+                metrics.programming_errors.fetch_add(1, Relaxed);
+                if let Some(n) = errors.check(&e.to_string()) {
+                    crate::error!("masquerade resync failed", error = e, repeats_suppressed = n);
+                }
             }
         }
+        errors.sweep();
     }
 }
 

@@ -23,11 +23,29 @@ pub struct Metrics {
     pub last_sync_seconds: AtomicU64,
     pub subnet_env_written: AtomicBool,
     pub peers_synced: AtomicBool,
+    /// `--ip-masq` is set: readiness needs `masq_ok` too.
+    pub masq_enabled: AtomicBool,
+    /// The masquerade rules were installed (and found intact by the last resync).
+    pub masq_ok: AtomicBool,
 }
 
 impl Metrics {
     pub fn ready(&self) -> bool {
-        self.subnet_env_written.load(Relaxed) && self.peers_synced.load(Relaxed)
+        self.not_ready_reason().is_none()
+    }
+
+    /// Why /readyz answers 503, or None when ready. Every condition is
+    /// current state: each can become false again.
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if !self.subnet_env_written.load(Relaxed) {
+            Some("subnet.env not written yet")
+        } else if self.masq_enabled.load(Relaxed) && !self.masq_ok.load(Relaxed) {
+            Some("masquerade rules not installed")
+        } else if !self.peers_synced.load(Relaxed) {
+            Some("peers not synced")
+        } else {
+            None
+        }
     }
 
     pub fn render(&self) -> String {
@@ -112,7 +130,7 @@ impl Metrics {
         put(
             "weftd_ready",
             "gauge",
-            "1 once subnet.env is written and peers are synced.",
+            "1 while subnet.env is written, masquerade rules (with --ip-masq) are in place and peers are programmed.",
             u64::from(self.ready()),
         );
         s
