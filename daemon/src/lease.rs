@@ -433,6 +433,11 @@ impl Registry {
 
     /// Move our key onto a fresh etcd lease if nobody touched it since we
     /// last saw it. `Ok(None)`: the key changed or vanished; re-acquire.
+    ///
+    /// When the transaction fails in transport, it may still have been
+    /// applied (the response was lost): the key is re-read and the outcome
+    /// judged by its etcd lease id ([`judge_renewal`]). Revoking the new
+    /// lease blindly would delete our key along with it.
     pub async fn renew(
         &mut self,
         own: &OwnLease,
@@ -450,27 +455,91 @@ impl Registry {
                 attrs.to_json(),
                 Some(PutOptions::new().with_lease(g.id())),
             )]);
-        let r = match self.client.txn(txn).await {
-            Ok(r) => r,
+        let outcome = match self.client.txn(txn).await {
+            Ok(r) if r.succeeded() => Renewal::Applied {
+                mod_revision: header_rev(r.header())?,
+            },
+            Ok(_) => Renewal::Lost,
             Err(e) => {
-                let _ = self.client.lease_revoke(g.id()).await;
-                return Err(e.into());
+                // If the key cannot be read either, leave the new lease
+                // alone: if it holds our key it keeps it alive, if not it
+                // expires by itself. The next attempt's compare-and-swap
+                // sorts out which.
+                let now = self.client.get(own.key.clone(), None).await?;
+                let kv = now.kvs().first().map(|kv| KeySeen {
+                    lease: kv.lease(),
+                    create_revision: kv.create_revision(),
+                    mod_revision: kv.mod_revision(),
+                });
+                let judged = judge_renewal(kv, own, g.id());
+                crate::warn!(
+                    "lease renewal transaction failed; judged from our key",
+                    error = e,
+                    outcome = format!("{judged:?}")
+                );
+                if judged == Renewal::NotApplied {
+                    let _ = self.client.lease_revoke(g.id()).await;
+                    return Err(e.into());
+                }
+                judged
             }
         };
-        if !r.succeeded() {
-            let _ = self.client.lease_revoke(g.id()).await;
-            return Ok(None);
+        match outcome {
+            Renewal::Applied { mod_revision } => {
+                // The old etcd lease now holds no key; drop it rather than wait 24h.
+                if own.etcd_lease != 0 {
+                    let _ = self.client.lease_revoke(own.etcd_lease).await;
+                }
+                Ok(Some(OwnLease {
+                    etcd_lease: g.id(),
+                    mod_revision,
+                    ttl: g.ttl(),
+                    ..own.clone()
+                }))
+            }
+            Renewal::NotApplied | Renewal::Lost => {
+                let _ = self.client.lease_revoke(g.id()).await;
+                Ok(None)
+            }
         }
-        // The old etcd lease now holds no key; drop it rather than wait 24h.
-        if own.etcd_lease != 0 {
-            let _ = self.client.lease_revoke(own.etcd_lease).await;
+    }
+}
+
+/// Our key as read back after a renewal whose outcome is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeySeen {
+    pub lease: i64,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+}
+
+/// What a renewal did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// Our key is on the new etcd lease.
+    Applied { mod_revision: i64 },
+    /// Our key is untouched: retry later (the new lease can go).
+    NotApplied,
+    /// The key is gone or someone else changed it: re-acquire.
+    Lost,
+}
+
+/// Decide from the re-read key (`None`: absent) what a renewal onto
+/// `new_lease` did. The lease id is ours alone, so a key on it is proof
+/// the put went in.
+pub fn judge_renewal(kv: Option<KeySeen>, own: &OwnLease, new_lease: i64) -> Renewal {
+    match kv {
+        Some(k) if k.create_revision == own.create_revision && k.lease == new_lease => {
+            Renewal::Applied {
+                mod_revision: k.mod_revision,
+            }
         }
-        Ok(Some(OwnLease {
-            etcd_lease: g.id(),
-            mod_revision: header_rev(r.header())?,
-            ttl: g.ttl(),
-            ..own.clone()
-        }))
+        Some(k)
+            if k.create_revision == own.create_revision && k.mod_revision == own.mod_revision =>
+        {
+            Renewal::NotApplied
+        }
+        _ => Renewal::Lost,
     }
 }
 
@@ -589,6 +658,41 @@ mod tests {
         // ...but a reservation outside the config is left alone.
         let (_, stale) = run(&[entry("10.5.9.0/24", "198.51.100.1", 0)], None);
         assert!(stale.is_empty());
+    }
+
+    #[test]
+    fn a_renewal_with_a_lost_response_is_judged_from_the_key() {
+        let own = OwnLease {
+            subnet: "10.5.1.0/24".parse().unwrap(),
+            subnet6: None,
+            key: "/coreos.com/network/subnets/10.5.1.0-24".into(),
+            etcd_lease: 100,
+            create_revision: 5,
+            mod_revision: 9,
+            ttl: 60,
+        };
+        let seen = |lease, create_revision, mod_revision| {
+            Some(KeySeen {
+                lease,
+                create_revision,
+                mod_revision,
+            })
+        };
+        // The put went in: the key is on the new lease. Keep it (revoking
+        // the new lease would delete our key).
+        assert_eq!(
+            judge_renewal(seen(200, 5, 12), &own, 200),
+            Renewal::Applied { mod_revision: 12 }
+        );
+        // Not applied: the key is as we left it; retry.
+        assert_eq!(
+            judge_renewal(seen(100, 5, 9), &own, 200),
+            Renewal::NotApplied
+        );
+        // Gone, re-created, or rewritten by someone else: re-acquire.
+        assert_eq!(judge_renewal(None, &own, 200), Renewal::Lost);
+        assert_eq!(judge_renewal(seen(200, 11, 12), &own, 200), Renewal::Lost);
+        assert_eq!(judge_renewal(seen(300, 5, 12), &own, 200), Renewal::Lost);
     }
 
     #[test]
