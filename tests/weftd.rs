@@ -56,18 +56,29 @@ fn leases_outside_the_network_are_never_programmed_and_old_entries_are_removed()
     // The stale entries go (they are ours by their signature, not their address).
     let t = Instant::now();
     assert!(
-        c.wait_for(secs(10), || c.lacks_peer(1, "198.51.100.0/26", "198.51.100.66")),
+        c.wait_for(secs(10), || c.lacks_peer(
+            1,
+            "198.51.100.0/26",
+            "198.51.100.66"
+        )),
         "stale underlay route not removed:\n{}\n{}",
         c.sh("cluster_node_show 1"),
         c.weftd_log(1)
     );
-    note(&format!("stale 198.51.100.0/26 entries removed in {:?}", t.elapsed()));
+    note(&format!(
+        "stale 198.51.100.0/26 entries removed in {:?}",
+        t.elapsed()
+    ));
     // A good lease added afterwards is programmed everywhere: etcd is
     // reachable and the data plane keeps going.
     c.sh("cluster_lease_put 10.244.202.0/24 198.51.100.70 02:00:00:00:00:70");
     for n in [1, 2] {
         assert!(
-            c.wait_for(secs(10), || c.has_peer(n, "10.244.202.0/24", "198.51.100.70")),
+            c.wait_for(secs(10), || c.has_peer(
+                n,
+                "10.244.202.0/24",
+                "198.51.100.70"
+            )),
             "n{n} did not program the good lease:\n{}",
             c.sh(&format!("cluster_node_show {n}"))
         );
@@ -77,14 +88,25 @@ fn leases_outside_the_network_are_never_programmed_and_old_entries_are_removed()
     std::thread::sleep(secs(3));
     for n in [1, 2] {
         let routes = overlay_routes(&c, n);
-        for bad_route in ["198.51.100.0/26", "default", "10.244.200.0/24", "10.244.201.0/24"] {
-            assert!(!routes.contains(bad_route), "n{n} has {bad_route}:\n{routes}");
+        for bad_route in [
+            "198.51.100.0/26",
+            "default",
+            "10.244.200.0/24",
+            "10.244.201.0/24",
+        ] {
+            assert!(
+                !routes.contains(bad_route),
+                "n{n} has {bad_route}:\n{routes}"
+            );
         }
         let neigh = c.ns_sh(&c.node_ns(n), "ip neigh show dev flannel.1");
         assert!(!neigh.contains("198.51.100.0 "), "{neigh}");
         let fdb = c.ns_sh(&c.node_ns(n), "bridge fdb show dev flannel.1");
         for (_, ip, mac) in bad {
-            assert!(!fdb.contains(mac) && !fdb.contains(&format!("dst {ip} ")), "{fdb}");
+            assert!(
+                !fdb.contains(mac) && !fdb.contains(&format!("dst {ip} ")),
+                "{fdb}"
+            );
         }
         let (code, body) = c.readyz(n);
         assert_eq!(code, 200, "n{n} /readyz: {body}");
@@ -135,17 +157,24 @@ fn subnet_env_is_written_only_once_masquerade_rules_are_in_and_readyz_follows_th
     if !require_root() {
         return;
     }
-    let c = Cluster::new("--reconcile-interval=1 --ip-masq --masq-backend=nftables --iptables-resync=1");
+    let c = Cluster::new(
+        "--reconcile-interval=1 --ip-masq --masq-backend=nftables --iptables-resync=1",
+    );
     c.write_config(None);
     let fake = TempDir::new();
     let bin = broken_nft(&fake);
     c.sh("cluster_node_create 1");
-    c.sh(&format!("export PATH='{bin}':\"$PATH\"; cluster_weftd_start 1"));
+    c.sh(&format!(
+        "export PATH='{bin}':\"$PATH\"; cluster_weftd_start 1"
+    ));
     // The rules cannot go in: no subnet.env (it would say FLANNEL_IPMASQ=true
     // and the CNI plugin would not masquerade either), not ready.
     std::thread::sleep(secs(4));
     assert!(c.weftd_running(1), "{}", c.weftd_log(1));
-    assert!(!c.subnet_file(1).exists(), "subnet.env written without masquerade rules");
+    assert!(
+        !c.subnet_file(1).exists(),
+        "subnet.env written without masquerade rules"
+    );
     let (code, body) = c.readyz(1);
     assert_eq!((code, body.trim()), (503, "subnet.env not written yet"));
     let log = c.weftd_log(1);
@@ -167,8 +196,14 @@ fn subnet_env_is_written_only_once_masquerade_rules_are_in_and_readyz_follows_th
     );
     assert_eq!(c.readyz(1).1.trim(), "masquerade rules not installed");
     std::fs::remove_file(fake.join("broken")).unwrap();
-    assert!(c.wait_for(secs(10), || c.readyz(1).0 == 200), "{}", c.weftd_log(1));
-    assert!(c.ns_sh(&c.node_ns(1), "nft list ruleset").contains("masquerade"));
+    assert!(
+        c.wait_for(secs(10), || c.readyz(1).0 == 200),
+        "{}",
+        c.weftd_log(1)
+    );
+    assert!(c
+        .ns_sh(&c.node_ns(1), "nft list ruleset")
+        .contains("masquerade"));
 }
 
 #[test]

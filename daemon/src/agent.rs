@@ -4,8 +4,8 @@
 use crate::config::{LeaseAttrs, NetConfig};
 use crate::dataplane::Command;
 use crate::lease::{entry_from_kv, renew_after, Entry, OwnLease, Registry, Rng};
-use crate::peers::{Rejections, Scopes};
 use crate::metrics::Metrics;
+use crate::peers::{Rejections, Scopes};
 use crate::subnet_env::{write_atomic, SubnetEnv};
 use anyhow::Context;
 use etcd_client::{EventType, WatchOptions};

@@ -1031,10 +1031,16 @@ mod tests {
         let bad = peer("198.51.100.0/26", 9, [198, 51, 100, 9]);
         let mut k = programmed(&[bad]);
         k.routes.push((net("10.5.9.0/24"), None, false));
-        k.routes
-            .push((net("10.5.8.0/24"), Some(IpAddr::V4(Ipv4Addr::new(10, 5, 8, 1))), true));
-        k.neighbours
-            .push((Ipv4Addr::new(10, 5, 9, 1), Some([2, 1, 1, 1, 1, 1]), nud::REACHABLE));
+        k.routes.push((
+            net("10.5.8.0/24"),
+            Some(IpAddr::V4(Ipv4Addr::new(10, 5, 8, 1))),
+            true,
+        ));
+        k.neighbours.push((
+            Ipv4Addr::new(10, 5, 9, 1),
+            Some([2, 1, 1, 1, 1, 1]),
+            nud::REACHABLE,
+        ));
         assert_eq!(
             diff(&[], &k),
             vec![

@@ -106,7 +106,10 @@ mod tests {
         // follows their state.
         m.masq_enabled.store(true, Relaxed);
         let (code, _, body) = respond("/readyz", &m);
-        assert_eq!((code, body.as_str()), (503, "masquerade rules not installed\n"));
+        assert_eq!(
+            (code, body.as_str()),
+            (503, "masquerade rules not installed\n")
+        );
         m.masq_ok.store(true, Relaxed);
         assert_eq!(respond("/readyz", &m).0, 200);
         m.peers_synced.store(false, Relaxed);

@@ -230,8 +230,7 @@ fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, MasqErro
 pub fn detect(preference: &str) -> Result<Backend, MasqError> {
     let nft = || run("nft", &["list", "tables"], None).map(|_| Backend::Nftables);
     let ipt = || {
-        run("iptables", &["-w", "-t", "nat", "-S", "POSTROUTING"], None)
-            .map(|_| Backend::Iptables)
+        run("iptables", &["-w", "-t", "nat", "-S", "POSTROUTING"], None).map(|_| Backend::Iptables)
     };
     match preference {
         "nftables" => nft(),
@@ -297,7 +296,11 @@ pub fn worker(
                 metrics.masq_ok.store(false, Relaxed);
                 metrics.programming_errors.fetch_add(1, Relaxed);
                 if let Some(n) = errors.check(&e.to_string()) {
-                    crate::error!("masquerade resync failed", error = e, repeats_suppressed = n);
+                    crate::error!(
+                        "masquerade resync failed",
+                        error = e,
+                        repeats_suppressed = n
+                    );
                 }
             }
         }

@@ -152,7 +152,10 @@ fn select_family<N: Subnet>(
         };
         let conflict = out.iter().find_map(|(name, p)| {
             if overlap(&p.subnet, &c.subnet) {
-                Some(format!("subnet {} overlaps the older lease {name}", c.subnet))
+                Some(format!(
+                    "subnet {} overlaps the older lease {name}",
+                    c.subnet
+                ))
             } else if p.mac == mac && p.public_ip != public_ip {
                 Some(format!(
                     "VtepMAC {} is already used by the older lease {name}",
@@ -329,15 +332,47 @@ mod tests {
             ("10.0.0.0-8", good.clone(), "outside the network"),
             ("10.5.1.0-25", good.clone(), "overlaps our own subnet"),
             ("10.5.0.0-16", good.clone(), "overlaps our own subnet"),
-            ("10.5.9.0-24", vx("0.0.0.0", "02:00:00:00:00:09"), "not a usable"),
-            ("10.5.9.0-24", vx("224.0.0.1", "02:00:00:00:00:09"), "not a usable"),
-            ("10.5.9.0-24", vx("10.5.7.7", "02:00:00:00:00:09"), "not a usable"),
-            ("10.5.9.0-24", vx("198.51.100.11", "02:00:00:00:00:09"), "this node's"),
-            ("10.5.9.0-24", vx("nope", "02:00:00:00:00:09"), "no valid PublicIP"),
-            ("10.5.9.0-24", vx("198.51.100.19", "00:00:00:00:00:00"), "not a unicast MAC"),
-            ("10.5.9.0-24", vx("198.51.100.19", "03:00:00:00:00:09"), "not a unicast MAC"),
+            (
+                "10.5.9.0-24",
+                vx("0.0.0.0", "02:00:00:00:00:09"),
+                "not a usable",
+            ),
+            (
+                "10.5.9.0-24",
+                vx("224.0.0.1", "02:00:00:00:00:09"),
+                "not a usable",
+            ),
+            (
+                "10.5.9.0-24",
+                vx("10.5.7.7", "02:00:00:00:00:09"),
+                "not a usable",
+            ),
+            (
+                "10.5.9.0-24",
+                vx("198.51.100.11", "02:00:00:00:00:09"),
+                "this node's",
+            ),
+            (
+                "10.5.9.0-24",
+                vx("nope", "02:00:00:00:00:09"),
+                "no valid PublicIP",
+            ),
+            (
+                "10.5.9.0-24",
+                vx("198.51.100.19", "00:00:00:00:00:00"),
+                "not a unicast MAC",
+            ),
+            (
+                "10.5.9.0-24",
+                vx("198.51.100.19", "03:00:00:00:00:09"),
+                "not a unicast MAC",
+            ),
             ("10.5.9.0-24", vx("198.51.100.19", "zz"), "VtepMAC"),
-            ("10.5.9.0-24", r#"{"PublicIP":"198.51.100.19"}"#.into(), "not a vxlan lease"),
+            (
+                "10.5.9.0-24",
+                r#"{"PublicIP":"198.51.100.19"}"#.into(),
+                "not a vxlan lease",
+            ),
         ];
         for (key, value, why) in cases {
             let s = run(&[lease(key, &value, 3)]);
@@ -351,7 +386,11 @@ mod tests {
     fn network_overlapping_the_underlay_still_keeps_the_underlay_clear() {
         let mut sc = scopes(false);
         sc.v4.network = "198.51.0.0/16".parse().unwrap();
-        let es = [lease("198.51.100.0-24", &vx("192.0.2.1", "02:00:00:00:00:02"), 3)];
+        let es = [lease(
+            "198.51.100.0-24",
+            &vx("192.0.2.1", "02:00:00:00:00:02"),
+            3,
+        )];
         let s = select(&es, None, &sc);
         assert!(s.v4.is_empty());
         assert!(s.rejected["198.51.100.0-24"].contains("underlay"));
@@ -385,14 +424,21 @@ mod tests {
             lease("10.5.3.0-24&fd00:9::-64", &v("2001:db8:100::13"), 4),
             lease("10.5.4.0-24", &vx("198.51.100.14", "02:00:00:00:00:04"), 5),
         ];
-        let own = ("10.5.1.0/24".parse().unwrap(), Some("fd00:5:0:1::/64".parse().unwrap()));
+        let own = (
+            "10.5.1.0/24".parse().unwrap(),
+            Some("fd00:5:0:1::/64".parse().unwrap()),
+        );
         let s = select(&es, Some(own), &scopes(true));
         // .3 keeps its IPv4 side (same VTEP as .2, same PublicIP).
         assert_eq!(s.v4.len(), 3, "{s:?}");
         assert_eq!(s.v6.len(), 1);
-        assert_eq!(s.v6[0].public_ip, "2001:db8:100::12".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            s.v6[0].public_ip,
+            "2001:db8:100::12".parse::<Ipv6Addr>().unwrap()
+        );
         assert_eq!(s.rejected.len(), 1);
-        assert!(s.rejected["10.5.3.0-24&fd00:9::-64"].starts_with("IPv6: subnet fd00:9::/64 is outside"));
+        assert!(s.rejected["10.5.3.0-24&fd00:9::-64"]
+            .starts_with("IPv6: subnet fd00:9::/64 is outside"));
     }
 
     #[test]
