@@ -153,8 +153,9 @@ pub fn plan(
 }
 
 /// After creating `key` (at `rev`): does an older key claim one of its
-/// subnets? Keys differ when only the IPv6 part differs, so the create
-/// transaction alone cannot stop two nodes taking the same IPv4 subnet.
+/// subnets? Keys differ when the prefix length or only the IPv6 part
+/// differs, so the create transaction alone cannot stop two nodes taking
+/// overlapping subnets.
 pub fn lost_to_older(entries: &[Entry], prefix: &str, key: &str, rev: i64) -> bool {
     let Some(me) = entries.iter().find(|e| e.key(prefix) == key) else {
         return true;
@@ -391,21 +392,22 @@ impl Registry {
                         continue;
                     }
                     let rev = header_rev(r.header())?;
-                    if subnet6.is_some() {
-                        let (now, _) = self.list().await?;
-                        if lost_to_older(&now, &self.prefix, &key, rev) {
-                            let txn = Txn::new()
-                                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
-                                .and_then([TxnOp::delete(key.clone(), None)]);
-                            self.client.txn(txn).await?;
-                            let _ = self.client.lease_revoke(g.id()).await;
-                            crate::info!(
-                                "an older lease holds one of our subnets; retrying",
-                                key = key,
-                                attempt = attempt + 1
-                            );
-                            continue;
-                        }
+                    // The txn guards only this exact key: another key for an
+                    // overlapping subnet (other prefix length, other IPv6 part) may
+                    // have been created since our listing. The older key wins.
+                    let (now, _) = self.list().await?;
+                    if lost_to_older(&now, &self.prefix, &key, rev) {
+                        let txn = Txn::new()
+                            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+                            .and_then([TxnOp::delete(key.clone(), None)]);
+                        self.client.txn(txn).await?;
+                        let _ = self.client.lease_revoke(g.id()).await;
+                        crate::info!(
+                            "an older lease holds one of our subnets; retrying",
+                            key = key,
+                            attempt = attempt + 1
+                        );
+                        continue;
                     }
                     match subnet6 {
                         Some(s6) => crate::info!(
@@ -829,5 +831,17 @@ mod tests {
         assert!(lost_to_older(&all, p, &b.key(p), 12));
         assert!(lost_to_older(&all, p, &c.key(p), 13));
         assert!(!lost_to_older(std::slice::from_ref(&b), p, &b.key(p), 12));
+        // IPv4 only: a /25 inside an older /24 loses, the /24 does not.
+        let big = Entry {
+            create_revision: 20,
+            ..entry("10.5.8.0/24", "198.51.100.2", 1)
+        };
+        let small = Entry {
+            create_revision: 21,
+            ..entry("10.5.8.128/25", "198.51.100.1", 1)
+        };
+        let both = [big.clone(), small.clone()];
+        assert!(lost_to_older(&both, p, &small.key(p), 21));
+        assert!(!lost_to_older(&both, p, &big.key(p), 20));
     }
 }
