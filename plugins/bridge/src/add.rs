@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
-use weft_cni::delegate::Delegate;
+use weft_cni::delegate::{Delegate, Running};
 use weft_cni::{CniResult, Command, Error, ErrorCode, Interface, Request, Route};
 use weft_netlink::{format_mac, netns, Link, Netlink, Netns};
 
@@ -14,6 +14,11 @@ use crate::{firewall, host_netlink, ipam, open_netns};
 /// Index of the container interface in the result, as in the reference.
 const CONTAINER_IF: usize = 2;
 const VETH_NAME_ATTEMPTS: usize = 10;
+/// IPAM plugins that allocate from their config alone and never look at the
+/// container interface. They run while the veth is being made, so ADD waits
+/// for the longer of the two instead of their sum; any other IPAM (dhcp
+/// needs the interface) runs after, as in the reference.
+const INTERFACE_INDEPENDENT_IPAM: &[&str] = &["host-local", "static"];
 
 #[derive(Default)]
 struct Undo<'a> {
@@ -68,7 +73,15 @@ pub fn add(req: &Request, config: &BridgeConfig) -> Result<CniResult, Error> {
     }
 
     let mut undo = Undo::default();
-    let result = add_steps(req, config, ipam.as_ref(), &pod_ns, &mut pod, &host_ns, &mut host, &mut undo);
+    let early_ipam = match (&ipam, config.ipam_type.as_deref()) {
+        (Some(delegate), Some(kind)) if INTERFACE_INDEPENDENT_IPAM.contains(&kind) => {
+            let running = delegate.start(Command::Add, &req.stdin)?;
+            undo.ipam = Some((delegate, &req.stdin));
+            Some(running)
+        }
+        _ => None,
+    };
+    let result = add_steps(req, config, ipam.as_ref(), early_ipam, &pod_ns, &mut pod, &host_ns, &mut host, &mut undo);
     if result.is_err() {
         undo.run(&mut host, req, config);
     }
@@ -80,6 +93,8 @@ fn add_steps<'a>(
     req: &'a Request,
     config: &BridgeConfig,
     ipam: Option<&'a Delegate>,
+    // Dropped (so waited for) on any early return, before a rollback DEL.
+    early_ipam: Option<Running>,
     pod_ns: &Netns,
     pod: &mut Netlink,
     host_ns: &Netns,
@@ -121,7 +136,10 @@ fn add_steps<'a>(
     };
 
     if let Some(ipam) = ipam {
-        let allocated = ipam.add(&req.stdin);
+        let allocated = match early_ipam {
+            Some(running) => running.result(),
+            None => ipam.add(&req.stdin),
+        };
         undo.ipam = Some((ipam, &req.stdin));
         let allocated = allocated?;
         if allocated.ips.is_empty() {

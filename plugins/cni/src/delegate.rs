@@ -33,6 +33,11 @@ pub fn find(kind: &str, cni_path: &[PathBuf]) -> Result<PathBuf, Error> {
 /// Run `binary` for `command` with `stdin`; the rest of the environment is
 /// inherited. Returns the plugin's stdout JSON, if any.
 pub fn exec(binary: &Path, command: Command, stdin: &[u8]) -> Result<Option<Value>, Error> {
+    start(binary, command, stdin)?.wait()
+}
+
+/// Start `binary` for `command` and hand it `stdin`, without waiting.
+pub fn start(binary: &Path, command: Command, stdin: &[u8]) -> Result<Running, Error> {
     let name = binary.display().to_string();
     let mut child = Process::new(binary)
         .env("CNI_COMMAND", command.as_str())
@@ -43,24 +48,65 @@ pub fn exec(binary: &Path, command: Command, stdin: &[u8]) -> Result<Option<Valu
         .map_err(|e| Error::new(ErrorCode::DelegateFailed, format!("cannot run plugin {name}: {e}")))?;
     if let Some(mut pipe) = child.stdin.take() {
         // A plugin may exit without reading stdin; its exit status tells.
+        // A config fits the pipe buffer, so this does not wait for the child.
         let _ = pipe.write_all(stdin);
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::new(ErrorCode::DelegateFailed, format!("plugin {name} failed: {e}")))?;
-    let parsed: Option<Value> = serde_json::from_slice(&out.stdout).ok();
-    if out.status.success() {
-        if parsed.is_none() && !out.stdout.iter().all(u8::is_ascii_whitespace) {
-            return Err(Error::new(ErrorCode::DelegateFailed, format!("plugin {name} printed output that is not JSON")));
+    Ok(Running { name, child: Some(child) })
+}
+
+/// A delegated plugin that has been started. Dropping it waits for the
+/// plugin to exit, so nothing can overtake a call still in flight (a
+/// rollback DEL must come after the ADD it undoes).
+pub struct Running {
+    name: String,
+    child: Option<std::process::Child>,
+}
+
+impl Running {
+    /// Wait for the plugin; its stdout JSON, if any, or its error.
+    pub fn wait(mut self) -> Result<Option<Value>, Error> {
+        let name = std::mem::take(&mut self.name);
+        let child = self
+            .child
+            .take()
+            .ok_or_else(|| Error::new(ErrorCode::DelegateFailed, format!("plugin {name} was already waited for")))?;
+        let out = child
+            .wait_with_output()
+            .map_err(|e| Error::new(ErrorCode::DelegateFailed, format!("plugin {name} failed: {e}")))?;
+        let parsed: Option<Value> = serde_json::from_slice(&out.stdout).ok();
+        if out.status.success() {
+            if parsed.is_none() && !out.stdout.iter().all(u8::is_ascii_whitespace) {
+                return Err(Error::new(ErrorCode::DelegateFailed, format!("plugin {name} printed output that is not JSON")));
+            }
+            return Ok(parsed);
         }
-        return Ok(parsed);
+        match parsed.as_ref().and_then(|v| v.get("code").and_then(Value::as_u64).map(|c| (c, v))) {
+            Some((code, v)) => Err(delegated_error(&name, code, v)),
+            None => Err(Error::new(
+                ErrorCode::DelegateFailed,
+                format!("plugin {name} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+            )),
+        }
     }
-    match parsed.as_ref().and_then(|v| v.get("code").and_then(Value::as_u64).map(|c| (c, v))) {
-        Some((code, v)) => Err(delegated_error(&name, code, v)),
-        None => Err(Error::new(
-            ErrorCode::DelegateFailed,
-            format!("plugin {name} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
-        )),
+
+    /// Wait for an ADD and decode its result.
+    pub fn result(self) -> Result<CniResult, Error> {
+        let name = self.name.clone();
+        let value = self
+            .wait()?
+            .ok_or_else(|| Error::new(ErrorCode::DelegateFailed, format!("plugin {name} printed no result")))?;
+        CniResult::from_value(&value)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Closing our ends first: a plugin blocked on a full pipe exits.
+            drop(child.stdout.take());
+            drop(child.stderr.take());
+            let _ = child.wait();
+        }
     }
 }
 
@@ -92,11 +138,12 @@ impl Delegate {
     }
 
     pub fn add(&self, stdin: &[u8]) -> Result<CniResult, Error> {
-        let out = exec(&self.binary, Command::Add, stdin)?;
-        let value = out.ok_or_else(|| {
-            Error::new(ErrorCode::DelegateFailed, format!("plugin {} printed no result", self.binary.display()))
-        })?;
-        CniResult::from_value(&value)
+        self.start(Command::Add, stdin)?.result()
+    }
+
+    /// Start `command` and return at once; see [`Running`].
+    pub fn start(&self, command: Command, stdin: &[u8]) -> Result<Running, Error> {
+        start(&self.binary, command, stdin)
     }
 
     pub fn run(&self, command: Command, stdin: &[u8]) -> Result<(), Error> {
