@@ -225,3 +225,34 @@ fn ip_masq_without_a_working_firewall_tool_fails_at_start() {
     assert!(err.contains("neither nftables nor iptables works"), "{err}");
     assert!(!c.subnet_file(1).exists());
 }
+
+#[test]
+fn acquire_failures_are_not_counted_as_etcd_reconnects() {
+    if !require_root() {
+        return;
+    }
+    let c = Cluster::new("--reconcile-interval=1");
+    // Exactly one subnet, and someone else holds it: "out of subnets".
+    c.write_config(Some(
+        r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.5.0","SubnetMax":"10.244.5.0","Backend":{"Type":"vxlan"}}"#,
+    ));
+    c.sh("cluster_lease_put 10.244.5.0/24 198.51.100.99 02:00:00:00:00:99");
+    c.sh("cluster_node_create 1 && cluster_weftd_start 1");
+    assert!(
+        c.wait_for(secs(10), || c
+            .weftd_log(1)
+            .matches("out of subnets")
+            .count()
+            >= 3),
+        "{}",
+        c.weftd_log(1)
+    );
+    assert_eq!(c.metric(1, "weftd_etcd_reconnects_total"), Some(0));
+    assert_eq!(c.metric(1, "weftd_lease_acquisitions_total"), Some(0));
+    assert_eq!(c.readyz(1).0, 503);
+    // The subnet frees up: the node takes it.
+    c.sh("cluster_lease_del 10.244.5.0/24");
+    c.sh("cluster_node_wait_ready 1 20");
+    assert_eq!(c.subnet(1), "10.244.5.0/24");
+    assert_eq!(c.metric(1, "weftd_etcd_reconnects_total"), Some(0));
+}

@@ -40,6 +40,10 @@ pub struct Agent {
     pub rejections: Rejections,
 }
 
+/// A watch that has lived this long without being cancelled is healthy.
+const WATCH_HEALTHY_AFTER: Duration = Duration::from_secs(10);
+
+/// Reconnect backoff for list/watch and acquire: 100 ms doubling to 5 s.
 struct Backoff(Duration);
 
 impl Backoff {
@@ -173,7 +177,6 @@ impl Agent {
                         own = Some(l);
                     }
                     Err(e) => {
-                        self.metrics.etcd_reconnects.fetch_add(1, Relaxed);
                         crate::error!("acquiring a subnet lease failed; retrying", error = e);
                         tokio::select! {
                             _ = backoff.wait() => {}
@@ -191,7 +194,15 @@ impl Agent {
                 Ok(Some(Inner::Reacquire)) => {
                     own = None;
                 }
-                Ok(Some(Inner::Relist)) => {}
+                // Back off here too: a watch that is cancelled as soon as it
+                // is created must not turn into a list+watch loop. The
+                // backoff is reset only once a watch has proven healthy.
+                Ok(Some(Inner::Relist)) => {
+                    tokio::select! {
+                        _ = backoff.wait() => {}
+                        _ = shutdown.changed() => return Ok(()),
+                    }
+                }
                 Err(e) => {
                     self.metrics.etcd_reconnects.fetch_add(1, Relaxed);
                     crate::warn!(
@@ -255,7 +266,11 @@ impl Agent {
             )
             .await?;
         crate::debug!("watching leases", revision = rev + 1, known = entries.len());
-        backoff.reset();
+        // The watch counts as healthy (and the reconnect backoff is reset)
+        // once it delivers a response or has lived WATCH_HEALTHY_AFTER.
+        let mut healthy = false;
+        let healthy_after = sleep(WATCH_HEALTHY_AFTER);
+        tokio::pin!(healthy_after);
         let mut progress = tokio::time::interval(Duration::from_secs(30));
         progress.tick().await;
         loop {
@@ -288,6 +303,10 @@ impl Agent {
                         }
                     }
                 }
+                _ = &mut healthy_after, if !healthy => {
+                    healthy = true;
+                    backoff.reset();
+                }
                 _ = progress.tick() => {
                     // Detect a dead stream (etcd-client#48): a progress request must not fail.
                     stream.request_progress().await?;
@@ -300,6 +319,12 @@ impl Agent {
                         crate::warn!("watch canceled; re-listing", compact_revision = resp.compact_revision(), reason = resp.cancel_reason());
                         self.metrics.etcd_reconnects.fetch_add(1, Relaxed);
                         return Ok(Some(Inner::Relist));
+                    }
+                    // The "created" answer proves nothing: a watch can be
+                    // cancelled right after it.
+                    if !healthy && !resp.created() {
+                        healthy = true;
+                        backoff.reset();
                     }
                     let mut changed = false;
                     for ev in resp.events() {

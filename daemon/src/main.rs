@@ -267,12 +267,7 @@ async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
                 "network config not found in etcd; waiting",
                 key = config::config_key(&reg.prefix)
             ),
-            Err(e) => {
-                metrics
-                    .etcd_reconnects
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                warn!("reading network config failed; retrying", error = e)
-            }
+            Err(e) => warn!("reading network config failed; retrying", error = e),
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}

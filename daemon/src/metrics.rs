@@ -82,7 +82,7 @@ impl Metrics {
         put(
             "weftd_etcd_reconnects_total",
             "counter",
-            "etcd list/watch reconnects.",
+            "etcd list/watch sessions re-established after an error or a cancelled watch.",
             self.etcd_reconnects.load(Relaxed),
         );
         put(
