@@ -256,3 +256,64 @@ fn acquire_failures_are_not_counted_as_etcd_reconnects() {
     assert_eq!(c.subnet(1), "10.244.5.0/24");
     assert_eq!(c.metric(1, "weftd_etcd_reconnects_total"), Some(0));
 }
+
+#[test]
+fn masquerade_rules_replace_flannels_instead_of_adding_a_second_set() {
+    if !require_root() {
+        return;
+    }
+    let c = Cluster::new("--reconcile-interval=1 --ip-masq --iptables-resync=1");
+    c.write_config(None);
+    // n1: nftables, with flanneld's table (for an old subnet) and an
+    // earlier weft's table present. n2: iptables, with flanneld's chain.
+    c.sh("cluster_node_create 1 && cluster_node_create 2 --masq-backend=iptables");
+    c.ns_sh(
+        &c.node_ns(1),
+        "nft add table ip flannel-ipv4 && \
+         nft add chain ip flannel-ipv4 postrtg '{ type nat hook postrouting priority srcnat; }' && \
+         nft add rule ip flannel-ipv4 postrtg ip saddr 10.244.99.0/24 ip daddr 10.244.0.0/16 return && \
+         nft add table ip weft-ipv4 && \
+         nft add chain ip weft-ipv4 postrtg '{ type nat hook postrouting priority srcnat; }'",
+    );
+    c.ns_sh(
+        &c.node_ns(2),
+        "iptables -w -t nat -N FLANNEL-POSTRTG && \
+         iptables -w -t nat -A POSTROUTING -m comment --comment 'flanneld masq' -j FLANNEL-POSTRTG && \
+         iptables -w -t nat -A FLANNEL-POSTRTG -s 10.244.99.0/24 -d 10.244.0.0/16 -m comment --comment 'flanneld masq' -j RETURN",
+    );
+    c.sh("cluster_weftd_start 1 && cluster_weftd_start 2 && cluster_node_wait_ready 1 && cluster_node_wait_ready 2");
+    let (s1, s2) = (c.subnet(1), c.subnet(2));
+
+    let tables = c.ns_sh(&c.node_ns(1), "nft list tables");
+    assert_eq!(
+        tables.matches("table ip flannel-ipv4").count(),
+        1,
+        "{tables}"
+    );
+    assert!(!tables.contains("weft-ipv4"), "{tables}");
+    let t = c.ns_sh(&c.node_ns(1), "nft list table ip flannel-ipv4");
+    assert!(!t.contains("10.244.99.0"), "{t}");
+    assert!(
+        t.contains(&format!("ip saddr {s1} ip daddr 10.244.0.0/16 return")),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!("ip saddr != {s1} ip daddr 10.244.0.0/16 return")),
+        "{t}"
+    );
+    assert_eq!(t.matches("masquerade").count(), 2, "{t}");
+
+    let post = c.ns_sh(&c.node_ns(2), "iptables -w -t nat -S POSTROUTING");
+    assert_eq!(post.matches("-j FLANNEL-POSTRTG").count(), 1, "{post}");
+    let chain = c.ns_sh(&c.node_ns(2), "iptables -w -t nat -S FLANNEL-POSTRTG");
+    assert!(!chain.contains("10.244.99.0"), "{chain}");
+    assert_eq!(chain.matches("flanneld masq").count(), 6, "{chain}");
+    assert!(
+        chain.contains(&format!("-s {s2} -d 10.244.0.0/16")),
+        "{chain}"
+    );
+    // Restarting does not add a second jump either.
+    c.weftd_restart(2);
+    let post = c.ns_sh(&c.node_ns(2), "iptables -w -t nat -S POSTROUTING");
+    assert_eq!(post.matches("-j FLANNEL-POSTRTG").count(), 1, "{post}");
+}

@@ -14,12 +14,12 @@ use std::path::PathBuf;
     about = "weft node agent: flannel-compatible etcd leases and VXLAN overlay"
 )]
 pub struct Flags {
-    /// etcd endpoints (comma-separated or repeated).
+    /// etcd endpoints (comma-separated or repeated); flanneld's default.
     #[arg(
         long,
         env = "FLANNELD_ETCD_ENDPOINTS",
         value_delimiter = ',',
-        default_value = "http://127.0.0.1:2379"
+        default_value = "http://127.0.0.1:4001,http://127.0.0.1:2379"
     )]
     pub etcd_endpoints: Vec<String>,
     /// etcd key prefix holding `config` and `subnets/`.
@@ -170,7 +170,10 @@ mod tests {
     #[test]
     fn defaults() {
         let f = parse(&[]).unwrap();
-        assert_eq!(f.etcd_endpoints, vec!["http://127.0.0.1:2379"]);
+        assert_eq!(
+            f.etcd_endpoints,
+            vec!["http://127.0.0.1:4001", "http://127.0.0.1:2379"]
+        );
         assert_eq!(f.etcd_prefix, "/coreos.com/network");
         assert_eq!(f.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
         assert!(!f.ip_masq);

@@ -12,14 +12,17 @@
 //!    a v4 and a v6 subnet together in one key `10.5.1.0-24&fd00:5:0:1::-64`
 //!    whose value adds PublicIPv6 and BackendV6Data{VNI,VtepMAC} (a lost
 //!    race on either subnet is detected after the create and retried);
-//! 3. with `--ip-masq`, installs flannel's masquerade/forward rules (nftables
-//!    table `ip weft-ipv4` [+ `ip6 weft-ipv6`, ff00::/8], or iptables
-//!    [+ ip6tables] chains FLANNEL-POSTRTG/FLANNEL-FWD);
-//! 4. writes `--subnet-file` atomically (FLANNEL_NETWORK, FLANNEL_SUBNET,
+//! 3. with `--ip-masq`, installs flannel's masquerade/forward rules under
+//!    flannel's names (nftables table `ip flannel-ipv4` [+ `ip6 flannel-ipv6`,
+//!    ff00::/8], or iptables [+ ip6tables] chains FLANNEL-POSTRTG/FLANNEL-FWD
+//!    via iptables-restore), and waits until they are in;
+//! 4. then writes `--subnet-file` atomically (FLANNEL_NETWORK, FLANNEL_SUBNET,
 //!    [FLANNEL_IPV6_NETWORK, FLANNEL_IPV6_SUBNET,] FLANNEL_MTU, FLANNEL_IPMASQ;
 //!    dual-stack FLANNEL_MTU is the smaller of the two devices' MTUs);
 //! 5. creates/keeps `flannel.<VNI>` (MTU underlay − 50) and programs, per
-//!    remote lease, neighbour + FDB + onlink route; when dual-stack the same
+//!    remote lease that passes validation (inside Network, clear of our
+//!    subnet, the underlay and older leases, usable PublicIP/VtepMAC),
+//!    neighbour + FDB + onlink route; when dual-stack the same
 //!    on `flannel-v6.<VNI>` (local = PublicIPv6, MTU underlay − 70, our v6
 //!    subnet base as /128) from peers' v6 subnets, PublicIPv6 and v6 VtepMAC,
 //!    with the same family-generic diff; it reconciles kernel state against
@@ -41,7 +44,8 @@
 //! (`--public-ipv6` defaults to the interface's first global IPv6 address).
 //!
 //! Endpoints (when `--healthz-port` != 0): `/healthz` (process alive),
-//! `/readyz` (200 once subnet.env is written and peers are programmed),
+//! `/readyz` (200 while subnet.env is written, masquerade rules with
+//! `--ip-masq` are in place and peers are programmed; 503 names the gap),
 //! `/metrics` (Prometheus text). Logs: key=value lines on stderr.
 //! Other flags: `--etcd-username/--etcd-password`, `--ip-masq-fully-random-disable`,
 //! `--iptables-forward-rules=false`, `--iptables-resync=5`, `--masq-backend=auto|nftables|iptables`,

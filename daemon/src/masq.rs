@@ -1,16 +1,20 @@
 //! `--ip-masq`: flannel's masquerade and FORWARD-accept rules, via nftables
-//! (table `ip weft-ipv4`, and `ip6 weft-ipv6` when dual-stack) when `nft`
-//! works, else iptables/ip6tables (chains FLANNEL-POSTRTG / FLANNEL-FWD, as
-//! flannel names them). IPv6 uses the same rules with ff00::/8 in place of
-//! 224.0.0.0/4. The whole set is
-//! replaced atomically on a subnet change and re-applied whenever a resync
-//! finds it altered.
+//! (table `ip flannel-ipv4`, and `ip6 flannel-ipv6` when dual-stack) when
+//! `nft` works, else iptables/ip6tables (chains FLANNEL-POSTRTG /
+//! FLANNEL-FWD). Tables, chains, comments and rules are flannel's own, so
+//! weft taking over a flannel node replaces flannel's rules instead of
+//! adding a second set. IPv6 uses the same rules with ff00::/8 in place of
+//! 224.0.0.0/4. The whole set is replaced atomically (one `nft -f`
+//! transaction per table; one `iptables-restore --noflush` per family) on
+//! a subnet change and re-applied whenever a resync finds it altered.
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::process::{Command, Stdio};
 
-pub const NFT_TABLE: &str = "weft-ipv4";
-pub const NFT_TABLE_V6: &str = "weft-ipv6";
+pub const NFT_TABLE: &str = "flannel-ipv4";
+pub const NFT_TABLE_V6: &str = "flannel-ipv6";
+/// Table names of earlier weft versions, removed in the same transaction.
+const OLD_NFT_TABLES: [&str; 2] = ["weft-ipv4", "weft-ipv6"];
 const MASQ_COMMENT: &str = "flanneld masq";
 const FWD_COMMENT: &str = "flanneld forward";
 
@@ -87,13 +91,17 @@ pub fn nft_script_v6(r: &Rules) -> Option<String> {
 fn nft_family(f: &Fam, r: &Rules) -> String {
     let (pod, cl, ip, m) = (&f.pod, &f.cluster, f.nft, f.mcast);
     let rnd = if r.fully_random { " fully-random" } else { "" };
+    let old = OLD_NFT_TABLES[usize::from(ip == "ip6")];
+    // Rule 5 is flannel's nftables form (`saddr != POD daddr CLUSTER`);
+    // its iptables form differs (see rules_for).
     let mut s = format!(
-        "table {ip} {t}\ndelete table {ip} {t}\ntable {ip} {t} {{\n\
+        "table {ip} {old}\ndelete table {ip} {old}\n\
+         table {ip} {t}\ndelete table {ip} {t}\ntable {ip} {t} {{\n\
          \tchain postrtg {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\
          \t\tmeta mark & 0x4000 == 0x4000 return\n\
          \t\t{ip} saddr {pod} {ip} daddr {cl} return\n\
          \t\t{ip} saddr {cl} {ip} daddr {pod} return\n\
-         \t\t{ip} saddr != {cl} {ip} daddr {pod} return\n\
+         \t\t{ip} saddr != {pod} {ip} daddr {cl} return\n\
          \t\t{ip} saddr {cl} {ip} daddr != {m} masquerade{rnd}\n\
          \t\t{ip} saddr != {cl} {ip} daddr {cl} masquerade{rnd}\n\
          \t}}\n",
@@ -416,43 +424,62 @@ impl Masq {
         .is_ok()
     }
 
+    /// The family's chains in one `iptables-restore --noflush`: each
+    /// declared chain is flushed and refilled in the same commit, so the
+    /// rules are never half there. Jumps are added only when missing.
     fn iptables_apply(&mut self, f: &Fam, r: &Rules) -> Result<(), MasqError> {
         let bin = f.iptables;
-        let mut chains = vec![("nat", "FLANNEL-POSTRTG", "POSTROUTING", MASQ_COMMENT)];
-        if r.forward {
-            chains.push(("filter", "FLANNEL-FWD", "FORWARD", FWD_COMMENT));
-        }
-        for (table, chain, from, comment) in &chains {
-            // Create (may exist) and flush: this also drops rules for an old subnet.
-            let _ = run(bin, &["-w", "-t", table, "-N", chain], None);
-            run(bin, &["-w", "-t", table, "-F", chain], None)?;
-            if !self.jump_present(bin, table, from, chain, comment) {
-                run(
-                    bin,
-                    &[
-                        "-w",
-                        "-t",
-                        table,
-                        "-A",
-                        from,
-                        "-j",
-                        chain,
-                        "-m",
-                        "comment",
-                        "--comment",
-                        comment,
-                    ],
-                    None,
-                )?;
-            }
-        }
-        for (t, ch, args) in rules_for(f, r) {
-            let mut a = vec!["-w", "-t", t, "-A", ch];
-            a.extend(args.iter().map(String::as_str));
-            run(bin, &a, None)?;
-        }
+        let missing: Vec<&str> = chains(r)
+            .into_iter()
+            .filter(|(t, ch, from, c)| !self.jump_present(bin, t, from, ch, c))
+            .map(|(t, ..)| t)
+            .collect();
+        let restore = format!("{bin}-restore");
+        run(
+            &restore,
+            &["-w", "--noflush"],
+            Some(&restore_script(f, r, &missing)),
+        )?;
         Ok(())
     }
+}
+
+/// (table, chain, jumped to from, comment) of the rule set.
+fn chains(r: &Rules) -> Vec<(&'static str, &'static str, &'static str, &'static str)> {
+    let mut v = vec![("nat", "FLANNEL-POSTRTG", "POSTROUTING", MASQ_COMMENT)];
+    if r.forward {
+        v.push(("filter", "FLANNEL-FWD", "FORWARD", FWD_COMMENT));
+    }
+    v
+}
+
+/// The iptables-restore input for one family; `missing_jumps` are the
+/// tables whose jump into our chain has to be appended.
+fn restore_script(f: &Fam, r: &Rules, missing_jumps: &[&str]) -> String {
+    let quote = |a: &str| {
+        if a.contains(' ') {
+            format!("\"{a}\"")
+        } else {
+            a.to_string()
+        }
+    };
+    let rules = rules_for(f, r);
+    let mut s = String::new();
+    for (table, chain, from, comment) in chains(r) {
+        s.push_str(&format!("*{table}\n:{chain} - [0:0]\n"));
+        if missing_jumps.contains(&table) {
+            s.push_str(&format!(
+                "-A {from} -j {chain} -m comment --comment {}\n",
+                quote(comment)
+            ));
+        }
+        for (_, _, args) in rules.iter().filter(|(t, c, _)| *t == table && *c == chain) {
+            let args: Vec<String> = args.iter().map(|a| quote(a)).collect();
+            s.push_str(&format!("-A {chain} {}\n", args.join(" ")));
+        }
+        s.push_str("COMMIT\n");
+    }
+    s
 }
 
 #[cfg(test)]
@@ -484,12 +511,12 @@ mod tests {
         assert_eq!(nft_script(&r), nft_script(&rules()));
         let s = nft_script_v6(&r).unwrap();
         let want = [
-            "table ip6 weft-ipv6\ndelete table ip6 weft-ipv6\n",
+            "table ip6 flannel-ipv6\ndelete table ip6 flannel-ipv6\n",
             "type nat hook postrouting priority srcnat",
             "meta mark & 0x4000 == 0x4000 return",
             "ip6 saddr fd00:10:244:5::/64 ip6 daddr fd00:10:244::/56 return",
             "ip6 saddr fd00:10:244::/56 ip6 daddr fd00:10:244:5::/64 return",
-            "ip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244:5::/64 return",
+            "ip6 saddr != fd00:10:244:5::/64 ip6 daddr fd00:10:244::/56 return",
             "ip6 saddr fd00:10:244::/56 ip6 daddr != ff00::/8 masquerade fully-random",
             "ip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244::/56 masquerade fully-random",
             "ip6 saddr fd00:10:244::/56 accept",
@@ -515,12 +542,12 @@ mod tests {
     fn nft_script_has_flannels_rules_in_order() {
         let s = nft_script(&rules());
         let want = [
-            "table ip weft-ipv4\ndelete table ip weft-ipv4\n",
+            "table ip flannel-ipv4\ndelete table ip flannel-ipv4\n",
             "type nat hook postrouting priority srcnat",
             "meta mark & 0x4000 == 0x4000 return",
             "ip saddr 10.5.52.0/24 ip daddr 10.5.0.0/16 return",
             "ip saddr 10.5.0.0/16 ip daddr 10.5.52.0/24 return",
-            "ip saddr != 10.5.0.0/16 ip daddr 10.5.52.0/24 return",
+            "ip saddr != 10.5.52.0/24 ip daddr 10.5.0.0/16 return",
             "ip saddr 10.5.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random",
             "ip saddr != 10.5.0.0/16 ip daddr 10.5.0.0/16 masquerade fully-random",
             "type filter hook forward priority filter",
@@ -558,5 +585,43 @@ mod tests {
         });
         assert_eq!(plain.len(), 6);
         assert!(!plain[5].2.contains(&"--random-fully".to_string()));
+    }
+
+    #[test]
+    fn nft_script_replaces_old_weft_tables_too() {
+        let s = nft_script(&rules());
+        assert!(
+            s.starts_with("table ip weft-ipv4\ndelete table ip weft-ipv4\n"),
+            "{s}"
+        );
+        let r = Rules {
+            v6: Some(("fd00::/64".parse().unwrap(), "fd00::/56".parse().unwrap())),
+            ..rules()
+        };
+        assert!(nft_script_v6(&r)
+            .unwrap()
+            .starts_with("table ip6 weft-ipv6\ndelete table ip6 weft-ipv6\n"));
+    }
+
+    #[test]
+    fn iptables_restore_script_is_whole_chains() {
+        let r = rules();
+        let s = restore_script(&fams(&r)[0], &r, &["nat"]);
+        assert_eq!(
+            s,
+            "*nat\n:FLANNEL-POSTRTG - [0:0]\n\
+             -A POSTROUTING -j FLANNEL-POSTRTG -m comment --comment \"flanneld masq\"\n\
+             -A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -j RETURN -m comment --comment \"flanneld masq\"\n\
+             -A FLANNEL-POSTRTG -s 10.5.52.0/24 -d 10.5.0.0/16 -j RETURN -m comment --comment \"flanneld masq\"\n\
+             -A FLANNEL-POSTRTG -s 10.5.0.0/16 -d 10.5.52.0/24 -j RETURN -m comment --comment \"flanneld masq\"\n\
+             -A FLANNEL-POSTRTG ! -s 10.5.0.0/16 -d 10.5.52.0/24 -j RETURN -m comment --comment \"flanneld masq\"\n\
+             -A FLANNEL-POSTRTG -s 10.5.0.0/16 ! -d 224.0.0.0/4 -j MASQUERADE --random-fully -m comment --comment \"flanneld masq\"\n\
+             -A FLANNEL-POSTRTG ! -s 10.5.0.0/16 -d 10.5.0.0/16 -j MASQUERADE --random-fully -m comment --comment \"flanneld masq\"\n\
+             COMMIT\n\
+             *filter\n:FLANNEL-FWD - [0:0]\n\
+             -A FLANNEL-FWD -s 10.5.0.0/16 -j ACCEPT -m comment --comment \"flanneld forward\"\n\
+             -A FLANNEL-FWD -d 10.5.0.0/16 -j ACCEPT -m comment --comment \"flanneld forward\"\n\
+             COMMIT\n"
+        );
     }
 }

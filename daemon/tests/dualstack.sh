@@ -155,8 +155,8 @@ check "n1 v4 route to n2 unchanged" bash -c "ip netns exec $N1 ip route show $S2
 check "overlay ping6 n1 -> n2 ($B1 -> $B2)" wait_for 10 inns "$N1" ping -6 -c1 -W1 -I "$B1" "$B2"
 check "overlay ping6 n3 -> n1 ($B3 -> $B1)" wait_for 10 inns "${NODES[2]}" ping -6 -c1 -W1 -I "$B3" "$B1"
 check "overlay ping (v4) n1 -> n2" inns "$N1" ping -c1 -W2 -I "${S1%/*}" "${S2%/*}"
-check "n1 nft ip6 weft-ipv6 masq with ff00::/8" wait_for 10 bash -c "ip netns exec $N1 nft list table ip6 weft-ipv6 | grep -q 'ip6 daddr != ff00::/8 masquerade'"
-check "n1 nft ip weft-ipv4 still present" bash -c "ip netns exec $N1 nft list table ip weft-ipv4 | grep -q masquerade"
+check "n1 nft ip6 flannel-ipv6 masq with ff00::/8" wait_for 10 bash -c "ip netns exec $N1 nft list table ip6 flannel-ipv6 | grep -q 'ip6 daddr != ff00::/8 masquerade'"
+check "n1 nft ip flannel-ipv4 still present" bash -c "ip netns exec $N1 nft list table ip flannel-ipv4 | grep -q masquerade"
 check "readyz 200" wait_for 10 inns "$N1" curl -sf http://127.0.0.1:8081/readyz
 
 # --- pod to pod across nodes ----------------------------------------------

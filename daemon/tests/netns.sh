@@ -127,13 +127,13 @@ check "overlay ping n1 -> n2 ($G2)" inns "${NODES[0]}" ping -c1 -W2 -I "$G1" "$G
 check "readyz 200" wait_for 10 inns "${NODES[0]}" curl -sf http://127.0.0.1:8081/readyz
 check "healthz 200" inns "${NODES[0]}" curl -sf http://127.0.0.1:8081/healthz
 check "metrics leases_known 1" bash -c "ip netns exec ${NODES[0]} curl -sf http://127.0.0.1:8081/metrics | grep -qx 'weftd_leases_known 1'"
-check "nft masq table present" bash -c "ip netns exec ${NODES[0]} nft list table ip weft-ipv4 | grep -q 'masquerade'"
+check "nft masq table present" bash -c "ip netns exec ${NODES[0]} nft list table ip flannel-ipv4 | grep -q 'masquerade'"
 
 # --- drift repair -------------------------------------------------------------
 inns "${NODES[0]}" ip route del "$S2"
 check "deleted route is restored" wait_for 10 bash -c "ip netns exec ${NODES[0]} ip route show $S2 | grep -q onlink"
-inns "${NODES[0]}" nft flush chain ip weft-ipv4 postrtg
-check "flushed masq chain restored" wait_for 10 bash -c "ip netns exec ${NODES[0]} nft list chain ip weft-ipv4 postrtg | grep -q masquerade"
+inns "${NODES[0]}" nft flush chain ip flannel-ipv4 postrtg
+check "flushed masq chain restored" wait_for 10 bash -c "ip netns exec ${NODES[0]} nft list chain ip flannel-ipv4 postrtg | grep -q masquerade"
 inns "${NODES[0]}" ip link del flannel.1
 check "deleted device recreated with entries replayed" wait_for 15 bash -c "ip netns exec ${NODES[0]} ip route show $S2 | grep -q onlink && ip netns exec ${NODES[0]} bridge fdb show dev flannel.1 | grep -q 198.51.100.12"
 check "overlay ping after recreation" wait_for 10 inns "${NODES[0]}" ping -c1 -W1 -I "$G1" "$G2"
