@@ -317,3 +317,45 @@ fn masquerade_rules_replace_flannels_instead_of_adding_a_second_set() {
     let post = c.ns_sh(&c.node_ns(2), "iptables -w -t nat -S POSTROUTING");
     assert_eq!(post.matches("-j FLANNEL-POSTRTG").count(), 1, "{post}");
 }
+
+#[test]
+fn a_deleted_vxlan_device_is_recreated_at_once_not_at_the_next_pass() {
+    if !require_root() {
+        return;
+    }
+    // A long reconcile interval: only the link notification can explain a
+    // prompt recreation.
+    let c = two_nodes("--reconcile-interval=60");
+    let (s2, ip2) = (c.subnet(2), c.node_ip(2));
+    let before = c.metric(1, "weftd_device_recreations_total").unwrap();
+    for round in 0..2 {
+        let t = Instant::now();
+        c.ns_sh(&c.node_ns(1), "ip link del flannel.1");
+        assert!(
+            c.wait_for(secs(5), || c.has_peer(1, &s2, &ip2)),
+            "round {round}: flannel.1 and n2's entries not back within 5 s:\n{}\n{}",
+            c.sh("cluster_node_show 1"),
+            c.weftd_log(1)
+        );
+        note(&format!(
+            "round {round}: flannel.1 recreated and replayed in {:?}",
+            t.elapsed()
+        ));
+        assert!(c.wait_for(secs(5), || c.readyz(1).0 == 200));
+    }
+    assert_eq!(
+        c.metric(1, "weftd_device_recreations_total"),
+        Some(before + 2)
+    );
+    // Set down by hand: back up at once too.
+    c.ns_sh(&c.node_ns(1), "ip link set flannel.1 down");
+    assert!(c.wait_for(secs(5), || c
+        .ns_sh(&c.node_ns(1), "ip -o link show flannel.1")
+        .contains(",UP")));
+    let gw1 = c.subnet(1).split('/').next().unwrap().to_string();
+    let gw2 = s2.split('/').next().unwrap().to_string();
+    c.ns_sh(
+        &c.node_ns(1),
+        &format!("ping -n -c1 -W2 -I {gw1} {gw2} >/dev/null"),
+    );
+}

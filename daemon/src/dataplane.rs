@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
-use weft_netlink::{format_mac, nud, IpFamily, Netlink, Route, VxlanSpec};
+use weft_netlink::{format_mac, nud, IpFamily, LinkEvent, Netlink, Route, VxlanSpec};
 
 #[derive(thiserror::Error, Debug)]
 pub enum DataplaneError {
@@ -446,6 +446,54 @@ pub enum Command {
     /// The complete set of remote vxlan peers, IPv4 and IPv6 sides
     /// (replaces the previous sets).
     Peers(Vec<Peer>, Vec<Peer<Ipv6Network>>),
+    /// One of our devices was deleted or went down (see [`watch_links`]):
+    /// reconcile now rather than at the next interval.
+    LinkChanged,
+}
+
+/// The link-watch thread body: wake the data plane as soon as one of
+/// `names` is deleted or set down, or notifications were lost, so a
+/// deleted `flannel.<VNI>` is recreated and replayed at once instead of at
+/// the next `--reconcile-interval` pass. Returns when the data plane is gone.
+pub fn watch_links(names: Vec<String>, tx: std::sync::mpsc::Sender<Command>) {
+    loop {
+        let mut mon = match weft_netlink::LinkMonitor::new() {
+            Ok(m) => m,
+            Err(e) => {
+                crate::error!(
+                    "cannot subscribe to link notifications; retrying",
+                    error = e
+                );
+                std::thread::sleep(Duration::from_secs(5));
+                continue;
+            }
+        };
+        loop {
+            let events = match mon.recv() {
+                Ok(ev) => ev,
+                Err(e) => {
+                    crate::error!("link notifications failed; resubscribing", error = e);
+                    std::thread::sleep(Duration::from_secs(1));
+                    break;
+                }
+            };
+            let mut wake = false;
+            for ev in &events {
+                match ev {
+                    LinkEvent::Del(l) if names.contains(&l.name) => {
+                        crate::warn!("vxlan device deleted; recreating", dev = l.name);
+                        wake = true;
+                    }
+                    LinkEvent::New(l) if names.contains(&l.name) && !l.up => wake = true,
+                    LinkEvent::Lost => wake = true,
+                    _ => {}
+                }
+            }
+            if wake && tx.send(Command::LinkChanged).is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// One family's device and its desired state.
@@ -764,6 +812,13 @@ impl Dataplane {
         })
     }
 
+    /// The device names, for [`watch_links`].
+    pub fn device_names(&self) -> Vec<String> {
+        std::iter::once(self.v4.spec.name.clone())
+            .chain(self.v6.iter().map(|v| v.spec.name.clone()))
+            .collect()
+    }
+
     /// The thread body: apply commands, reconcile on each change and every
     /// `interval`. Readiness (`peers_synced`) follows every pass.
     pub fn run(mut self, rx: Receiver<Command>, interval: Duration) {
@@ -821,6 +876,7 @@ impl Dataplane {
                     v6.peers = Some(p6);
                 }
             }
+            Command::LinkChanged => {}
         }
     }
 

@@ -366,10 +366,15 @@ async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
     let (dp_tx, dp_rx) = std::sync::mpsc::channel();
     let dp = dataplane::Dataplane::new(spec.clone(), v6.map(|(s, _)| s), metrics.clone())?;
     let interval = Duration::from_secs(f.reconcile_interval);
+    let (names, wake) = (dp.device_names(), dp_tx.clone());
     std::thread::Builder::new()
         .name("dataplane".into())
         .spawn(move || dp.run(dp_rx, interval))
         .context("spawning the data plane thread")?;
+    std::thread::Builder::new()
+        .name("links".into())
+        .spawn(move || dataplane::watch_links(names, wake))
+        .context("spawning the link-watch thread")?;
 
     // Masquerade thread.
     let masq_tx = match pre.masq {

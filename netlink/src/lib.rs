@@ -18,6 +18,7 @@
 mod addr;
 mod error;
 mod link;
+mod monitor;
 mod neigh;
 pub mod netns;
 mod route;
@@ -26,6 +27,7 @@ mod socket;
 pub use addr::Address;
 pub use error::Error;
 pub use link::{BridgeVlan, Link, VxlanInfo, VxlanSpec};
+pub use monitor::{LinkEvent, LinkMonitor};
 pub use neigh::{FdbEntry, Neighbour};
 pub use netns::{read_sysctl, write_sysctl, Netns};
 pub use route::{IpFamily, Route};
