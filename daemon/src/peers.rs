@@ -134,6 +134,8 @@ fn reject_alone<N: Subnet>(c: &Candidate<N>, own: Option<&N>, s: &Scope<N>) -> O
 /// Validate one family. Among leases that conflict with each other
 /// (overlapping subnets, one VtepMAC behind two PublicIPs), the older one
 /// (lower create revision) wins, as it does when leases are acquired.
+/// O(n log n): accepted subnets never overlap, so only the nearest
+/// accepted bases below and above a candidate's base can conflict with it.
 fn select_family<N: Subnet>(
     mut cands: Vec<Candidate<N>>,
     own: Option<&N>,
@@ -141,7 +143,8 @@ fn select_family<N: Subnet>(
     rejected: &mut BTreeMap<String, String>,
 ) -> Vec<Peer<N>> {
     cands.sort_by(|a, b| (a.create_revision, &a.name).cmp(&(b.create_revision, &b.name)));
-    let mut out: Vec<(String, Peer<N>)> = Vec::new();
+    let mut by_base: BTreeMap<N::Addr, (Peer<N>, String)> = BTreeMap::new();
+    let mut by_mac: BTreeMap<[u8; 6], (N::Addr, String)> = BTreeMap::new();
     for c in cands {
         if let Some(why) = reject_alone(&c, own, s) {
             rejected.insert(c.name, why);
@@ -150,36 +153,39 @@ fn select_family<N: Subnet>(
         let (Some(public_ip), Some(mac)) = (c.public_ip, c.mac) else {
             continue; // reject_alone covers both
         };
-        let conflict = out.iter().find_map(|(name, p)| {
-            if overlap(&p.subnet, &c.subnet) {
-                Some(format!(
-                    "subnet {} overlaps the older lease {name}",
-                    c.subnet
-                ))
-            } else if p.mac == mac && p.public_ip != public_ip {
-                Some(format!(
+        let base = c.subnet.base();
+        let below = by_base.range(..=base).next_back().map(|(_, v)| v);
+        let above = by_base.range(base..).next().map(|(_, v)| v);
+        let overlapping = below
+            .filter(|(p, _)| overlap(&p.subnet, &c.subnet))
+            .or(above.filter(|(p, _)| c.subnet.has(p.subnet.base())));
+        let conflict = if let Some((_, name)) = overlapping {
+            Some(format!(
+                "subnet {} overlaps the older lease {name}",
+                c.subnet
+            ))
+        } else {
+            match by_mac.get(&mac) {
+                Some((ip, name)) if *ip != public_ip => Some(format!(
                     "VtepMAC {} is already used by the older lease {name}",
                     weft_netlink::format_mac(&mac)
-                ))
-            } else {
-                None
+                )),
+                _ => None,
             }
-        });
-        match conflict {
-            Some(why) => {
-                rejected.insert(c.name, why);
-            }
-            None => out.push((
-                c.name,
-                Peer {
-                    subnet: c.subnet,
-                    mac,
-                    public_ip,
-                },
-            )),
+        };
+        if let Some(why) = conflict {
+            rejected.insert(c.name, why);
+            continue;
         }
+        by_mac.entry(mac).or_insert((public_ip, c.name.clone()));
+        let peer = Peer {
+            subnet: c.subnet,
+            mac,
+            public_ip,
+        };
+        by_base.insert(base, (peer, c.name));
     }
-    let mut peers: Vec<Peer<N>> = out.into_iter().map(|(_, p)| p).collect();
+    let mut peers: Vec<Peer<N>> = by_base.into_values().map(|(p, _)| p).collect();
     peers.sort();
     peers
 }
@@ -410,6 +416,32 @@ mod tests {
         assert_eq!(subnets, ["10.5.4.0/24", "10.5.7.0/24"]);
         assert!(s.rejected["10.5.4.0-25"].contains("older lease 10.5.4.0-24"));
         assert!(s.rejected["10.5.6.0-24"].contains("VtepMAC"));
+    }
+
+    #[test]
+    fn conflicts_are_found_on_both_sides_of_a_base() {
+        let l = |sub: &str, n: u8, rev| {
+            lease(
+                sub,
+                &vx(
+                    &format!("198.51.100.{n}"),
+                    &format!("02:00:00:00:00:{n:02x}"),
+                ),
+                rev,
+            )
+        };
+        let es = [
+            l("10.5.8.0-24", 20, 1),
+            l("10.5.10.0-24", 21, 2),
+            l("10.5.8.0-21", 22, 3),    // contains both older ones
+            l("10.5.10.128-25", 23, 4), // inside an older one
+            l("10.5.9.0-24", 24, 5),    // between them, free
+        ];
+        let s = run(&es);
+        let subnets: Vec<String> = s.v4.iter().map(|p| p.subnet.to_string()).collect();
+        assert_eq!(subnets, ["10.5.8.0/24", "10.5.9.0/24", "10.5.10.0/24"]);
+        assert!(s.rejected["10.5.8.0-21"].contains("older lease 10.5.8.0-24"));
+        assert!(s.rejected["10.5.10.128-25"].contains("older lease 10.5.10.0-24"));
     }
 
     #[test]
