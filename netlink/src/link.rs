@@ -408,18 +408,21 @@ impl Netlink {
         )
     }
 
-    /// Set the interface alias (`ip link set ... alias`).
-    pub fn set_alias(&mut self, index: u32, alias: &str) -> Result<(), Error> {
-        let mut m = msg_for(index);
-        m.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
-        self.change(m, &format!("set alias on #{index}"))
-    }
-
     /// Attach to a bridge (or other master).
     pub fn set_master(&mut self, index: u32, master: u32) -> Result<(), Error> {
         let mut m = msg_for(index);
         m.attributes.push(LinkAttribute::Controller(master));
         self.change(m, &format!("set master of #{index} to #{master}"))
+    }
+
+    /// Make `index` a port of `master`, label it with `alias` and, with
+    /// `up`, bring it up: one request instead of three (`ip link set ...
+    /// master ... alias ... up`).
+    pub fn attach_port(&mut self, index: u32, master: u32, alias: &str, up: bool) -> Result<(), Error> {
+        let mut m = if up { flag_msg(index, LinkFlags::Up, true) } else { msg_for(index) };
+        m.attributes.push(LinkAttribute::Controller(master));
+        m.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
+        self.change(m, &format!("attach #{index} to #{master}"))
     }
 
     /// Detach from its master.

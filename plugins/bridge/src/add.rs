@@ -103,7 +103,10 @@ fn add_steps<'a>(
 ) -> Result<CniResult, Error> {
     let bridge = ensure_bridge(host, config, undo)?;
     let (host_veth, container) = create_veth(req, config, pod, host_ns, host, undo)?;
-    host.set_master(host_veth.index, bridge.index)
+    // The alias labels the veth for GC. A VLAN port comes up only once its
+    // VLANs are set.
+    let up_now = config.vlan.is_none();
+    host.attach_port(host_veth.index, bridge.index, &crate::attachment_alias(req), up_now)
         .map_err(|e| Error::kernel(format!("attach {} to {}", host_veth.name, bridge.name), e))?;
     if config.hairpin_mode || config.port_isolation {
         host.set_bridge_port(host_veth.index, config.hairpin_mode, config.port_isolation)
@@ -118,7 +121,9 @@ fn add_steps<'a>(
         host.bridge_vlan_add(host_veth.index, vid, true, true)
             .map_err(|e| Error::kernel(format!("add vlan {vid} to {}", host_veth.name), e))?;
     }
-    host.set_up(host_veth.index).map_err(|e| Error::kernel(format!("set {} up", host_veth.name), e))?;
+    if !up_now {
+        host.set_up(host_veth.index).map_err(|e| Error::kernel(format!("set {} up", host_veth.name), e))?;
+    }
 
     let mut result = CniResult {
         interfaces: vec![
@@ -178,16 +183,21 @@ fn add_steps<'a>(
 
 fn ensure_bridge(host: &mut Netlink, config: &BridgeConfig, undo: &mut Undo) -> Result<Link, Error> {
     let name = &config.bridge;
-    match host.create_bridge(name, config.mtu, config.vlan.is_some()) {
-        // Only a bridge this ADD made is removed on rollback (if still unused).
-        Ok(()) => undo.bridge_created = Some(name.clone()),
-        Err(e) if e.is_exists() => {}
-        Err(e) => return Err(Error::kernel(format!("create bridge {name}"), e)),
-    }
-    let bridge = host
-        .link_by_name(name)
-        .map_err(|e| Error::kernel(format!("look up bridge {name}"), e))?
-        .ok_or_else(|| Error::new(ErrorCode::Kernel, format!("bridge {name} vanished after creation")))?;
+    let look_up = |host: &mut Netlink| host.link_by_name(name).map_err(|e| Error::kernel(format!("look up bridge {name}"), e));
+    // Usually the bridge is there already: one lookup, no create.
+    let bridge = match look_up(host)? {
+        Some(bridge) => bridge,
+        None => {
+            match host.create_bridge(name, config.mtu, config.vlan.is_some()) {
+                // Only a bridge this ADD made is removed on rollback (if still unused).
+                Ok(()) => undo.bridge_created = Some(name.clone()),
+                // A concurrent ADD made it first.
+                Err(e) if e.is_exists() => {}
+                Err(e) => return Err(Error::kernel(format!("create bridge {name}"), e)),
+            }
+            look_up(host)?.ok_or_else(|| Error::new(ErrorCode::Kernel, format!("bridge {name} vanished after creation")))?
+        }
+    };
     if bridge.kind.as_deref() != Some("bridge") {
         return Err(Error::config(format!(
             "\"{name}\" already exists and is a {} device, not a bridge",
@@ -235,8 +245,6 @@ fn create_veth(
                     .link_by_name(&peer)
                     .map_err(|e| Error::kernel(format!("look up {peer}"), e))?
                     .ok_or_else(|| Error::new(ErrorCode::Kernel, format!("host veth {peer} vanished")))?;
-                host.set_alias(host_veth.index, &crate::attachment_alias(req))
-                    .map_err(|e| Error::kernel(format!("label {peer}"), e))?;
                 let container = pod
                     .link_by_name(&req.ifname)
                     .map_err(|e| Error::kernel(format!("look up {}", req.ifname), e))?
