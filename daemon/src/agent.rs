@@ -6,7 +6,6 @@ use crate::dataplane::Command;
 use crate::lease::{entry_from_kv, renew_after, Entry, OwnLease, Registry, Rng};
 use crate::metrics::Metrics;
 use crate::peers::{Rejections, Scopes};
-use crate::subnet_env::{write_atomic, SubnetEnv};
 use anyhow::Context;
 use etcd_client::{EventType, WatchOptions};
 use ipnetwork::{Ipv4Network, Ipv6Network};
@@ -95,27 +94,27 @@ impl Agent {
                 .map_err(|_| anyhow::anyhow!("the masquerade worker has stopped"))?
                 .context("installing masquerade rules")?;
         }
-        let env = SubnetEnv {
-            network: Some(self.cfg.network),
+        let env = flannel_env::SubnetEnv {
+            networks: vec![self.cfg.network],
             subnet: Some(subnet),
-            ipv6_network: network6.filter(|_| subnet6.is_some()),
-            ipv6_subnet: subnet6,
+            ipv6_networks: subnet6.and(network6).into_iter().collect(),
+            ipv6_subnet: subnet6.filter(|_| network6.is_some()),
             mtu: self.mtu,
             ipmasq: self.ip_masq,
         };
-        let (path, text) = (self.subnet_file.clone(), env.render());
-        tokio::task::spawn_blocking(move || write_atomic(&path, &text))
+        let path = self.subnet_file.clone();
+        tokio::task::spawn_blocking(move || env.write(&path))
             .await?
             .with_context(|| format!("writing {}", self.subnet_file.display()))?;
         self.metrics.subnet_env_written.store(true, Relaxed);
         crate::info!(
             "wrote subnet file",
             path = self.subnet_file.display(),
-            subnet = crate::config::gateway_cidr(&subnet),
+            subnet = flannel_env::gateway_cidr(&subnet),
             mtu = self.mtu
         );
         if let Some(s6) = subnet6 {
-            crate::info!("IPv6 subnet", subnet6 = crate::config::gateway_cidr_v6(&s6));
+            crate::info!("IPv6 subnet", subnet6 = flannel_env::gateway_cidr_v6(&s6));
         }
         let _ = self.dataplane.send(Command::Local { subnet, subnet6 });
         Ok(())

@@ -340,11 +340,6 @@ pub fn overlaps_v6(a: &Ipv6Network, b: &Ipv6Network) -> bool {
 }
 
 /// FLANNEL_IPV6_SUBNET: first address + 1 with the lease prefix.
-pub fn gateway_cidr_v6(s: &Ipv6Network) -> String {
-    let gw = Ipv6Addr::from(u128::from(s.network()).wrapping_add(1));
-    format!("{gw}/{}", s.prefix())
-}
-
 fn parse_backend(v: Option<&Value>) -> Result<VxlanBackend, ConfigError> {
     let obj = match v {
         None | Some(Value::Null) => {
@@ -433,11 +428,6 @@ pub fn overlaps(a: &Ipv4Network, b: &Ipv4Network) -> bool {
 }
 
 /// The gateway address flannel writes as FLANNEL_SUBNET: first address + 1.
-pub fn gateway_cidr(s: &Ipv4Network) -> String {
-    let gw = Ipv4Addr::from(u32::from(s.network()).wrapping_add(1));
-    format!("{gw}/{}", s.prefix())
-}
-
 /// `10.5.52.0/24` -> `10.5.52.0-24`.
 pub fn lease_key_name(s: &Ipv4Network) -> String {
     format!("{}-{}", s.network(), s.prefix())
@@ -788,11 +778,6 @@ mod tests {
         assert_eq!(h.vtep_mac(), None);
     }
 
-    #[test]
-    fn gateway() {
-        assert_eq!(gateway_cidr(&net("10.5.52.0/24")), "10.5.52.1/24");
-    }
-
     fn net6(s: &str) -> Ipv6Network {
         s.parse().unwrap()
     }
@@ -870,10 +855,6 @@ mod tests {
         }
         let e = v6("").unwrap_err();
         assert!(e.to_string().contains("IPv6Network is missing"), "{e}");
-        assert_eq!(
-            gateway_cidr_v6(&net6("fd00:10:244:5::/64")),
-            "fd00:10:244:5::1/64"
-        );
     }
 
     #[test]
