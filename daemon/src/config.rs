@@ -322,7 +322,7 @@ impl V6Config {
         let mut out = Vec::new();
         while a <= max && out.len() < limit {
             if let Ok(s) = Ipv6Network::new(Ipv6Addr::from(a), self.subnet_len) {
-                if !taken.iter().any(|t| overlaps_v6(t, &s)) {
+                if !taken.iter().any(|t| t.overlaps(s)) {
                     out.push(s);
                 }
             }
@@ -335,11 +335,6 @@ impl V6Config {
     }
 }
 
-pub fn overlaps_v6(a: &Ipv6Network, b: &Ipv6Network) -> bool {
-    a.contains(b.network()) || b.contains(a.network())
-}
-
-/// FLANNEL_IPV6_SUBNET: first address + 1 with the lease prefix.
 fn parse_backend(v: Option<&Value>) -> Result<VxlanBackend, ConfigError> {
     let obj = match v {
         None | Some(Value::Null) => {
@@ -413,7 +408,7 @@ impl NetConfig {
         while a <= max && out.len() < limit {
             let ip = Ipv4Addr::from(a as u32);
             if let Ok(s) = Ipv4Network::new(ip, self.subnet_len) {
-                if !taken.iter().any(|t| overlaps(t, &s)) {
+                if !taken.iter().any(|t| t.overlaps(s)) {
                     out.push(s);
                 }
             }
@@ -423,11 +418,6 @@ impl NetConfig {
     }
 }
 
-pub fn overlaps(a: &Ipv4Network, b: &Ipv4Network) -> bool {
-    a.contains(b.network()) || b.contains(a.network())
-}
-
-/// The gateway address flannel writes as FLANNEL_SUBNET: first address + 1.
 /// `10.5.52.0/24` -> `10.5.52.0-24`.
 pub fn lease_key_name(s: &Ipv4Network) -> String {
     format!("{}-{}", s.network(), s.prefix())

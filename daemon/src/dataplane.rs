@@ -45,6 +45,8 @@ pub trait Subnet: Copy + Ord + Debug + Display + Send + 'static {
     /// The network (base) address: the peer's VTEP address and gateway.
     fn base(&self) -> Self::Addr;
     fn has(&self, a: Self::Addr) -> bool;
+    /// ipnetwork's `overlaps`, for code generic over the family.
+    fn overlaps(&self, other: &Self) -> bool;
     fn ip_network(&self) -> IpNetwork;
     /// The base address as a host prefix (/32 or /128).
     fn host(&self) -> Result<IpNetwork, DataplaneError>;
@@ -60,6 +62,9 @@ impl Subnet for Ipv4Network {
     }
     fn has(&self, a: Ipv4Addr) -> bool {
         self.contains(a)
+    }
+    fn overlaps(&self, other: &Self) -> bool {
+        Ipv4Network::overlaps(*self, *other)
     }
     fn ip_network(&self) -> IpNetwork {
         IpNetwork::V4(*self)
@@ -91,6 +96,9 @@ impl Subnet for Ipv6Network {
     }
     fn has(&self, a: Ipv6Addr) -> bool {
         self.contains(a)
+    }
+    fn overlaps(&self, other: &Self) -> bool {
+        Ipv6Network::overlaps(*self, *other)
     }
     fn ip_network(&self) -> IpNetwork {
         IpNetwork::V6(*self)

@@ -126,7 +126,7 @@ pub fn plan(
     }
     let taken: Vec<Ipv4Network> = entries.iter().map(|e| e.subnet).collect();
     let v4 = match previous {
-        Some(p) if cfg.fits(&p) && !taken.iter().any(|t| crate::config::overlaps(t, &p)) => p,
+        Some(p) if cfg.fits(&p) && !taken.iter().any(|t| t.overlaps(p)) => p,
         _ => {
             let free = cfg.free_subnets(&taken, 100);
             if free.is_empty() {
@@ -140,7 +140,7 @@ pub fn plan(
     };
     let taken6: Vec<Ipv6Network> = entries.iter().filter_map(|e| e.subnet6).collect();
     let v6 = match previous6 {
-        Some(p) if c6.fits(&p) && !taken6.iter().any(|t| crate::config::overlaps_v6(t, &p)) => p,
+        Some(p) if c6.fits(&p) && !taken6.iter().any(|t| t.overlaps(p)) => p,
         _ => {
             let free = c6.free_subnets(&taken6, 100);
             if free.is_empty() {
@@ -163,8 +163,8 @@ pub fn lost_to_older(entries: &[Entry], prefix: &str, key: &str, rev: i64) -> bo
     entries.iter().any(|e| {
         e.key(prefix) != key
             && e.create_revision < rev
-            && (crate::config::overlaps(&e.subnet, &me.subnet)
-                || matches!((e.subnet6, me.subnet6), (Some(a), Some(b)) if crate::config::overlaps_v6(&a, &b)))
+            && (e.subnet.overlaps(me.subnet)
+                || matches!((e.subnet6, me.subnet6), (Some(a), Some(b)) if a.overlaps(b)))
     })
 }
 

@@ -148,11 +148,12 @@ impl Prepared {
         } else {
             None
         };
+        let previous = subnet_env::read_previous(&f.subnet_file);
         Ok(Prepared {
             tls: read_tls(f)?,
             masq,
-            previous: subnet_env::read_previous(&f.subnet_file),
-            previous6: subnet_env::read_previous_v6(&f.subnet_file),
+            previous: previous.as_ref().and_then(subnet_env::previous_v4),
+            previous6: previous.as_ref().and_then(subnet_env::previous_v6),
         })
     }
 }

@@ -77,10 +77,6 @@ struct Candidate<N: Subnet> {
     create_revision: i64,
 }
 
-fn overlap<N: Subnet>(a: &N, b: &N) -> bool {
-    a.has(b.base()) || b.has(a.base())
-}
-
 fn inside<N: Subnet>(outer: &N, inner: &N) -> bool {
     outer.has(inner.base()) && outer.ip_network().prefix() <= inner.ip_network().prefix()
 }
@@ -100,10 +96,10 @@ fn reject_alone<N: Subnet>(c: &Candidate<N>, own: Option<&N>, s: &Scope<N>) -> O
     if !inside(net, &c.subnet) {
         return Some(format!("subnet {} is outside the network {net}", c.subnet));
     }
-    if let Some(own) = own.filter(|o| overlap(*o, &c.subnet)) {
+    if let Some(own) = own.filter(|o| o.overlaps(&c.subnet)) {
         return Some(format!("subnet {} overlaps our own subnet {own}", c.subnet));
     }
-    if let Some(u) = s.underlay.iter().find(|u| overlap(*u, &c.subnet)) {
+    if let Some(u) = s.underlay.iter().find(|u| u.overlaps(&c.subnet)) {
         return Some(format!(
             "subnet {} overlaps the underlay network {u}",
             c.subnet
@@ -157,7 +153,7 @@ fn select_family<N: Subnet>(
         let below = by_base.range(..=base).next_back().map(|(_, v)| v);
         let above = by_base.range(base..).next().map(|(_, v)| v);
         let overlapping = below
-            .filter(|(p, _)| overlap(&p.subnet, &c.subnet))
+            .filter(|(p, _)| p.subnet.overlaps(&c.subnet))
             .or(above.filter(|(p, _)| c.subnet.has(p.subnet.base())));
         let conflict = if let Some((_, name)) = overlapping {
             Some(format!(
