@@ -97,7 +97,9 @@ fn link_set(ns: &Netns) -> BTreeSet<String> {
             format!(
                 "{} kind={} master={}",
                 l["ifname"].as_str().unwrap_or("?"),
-                l.pointer("/linkinfo/info_kind").and_then(Value::as_str).unwrap_or("-"),
+                l.pointer("/linkinfo/info_kind")
+                    .and_then(Value::as_str)
+                    .unwrap_or("-"),
                 l["master"].as_str().unwrap_or("-")
             )
         })
@@ -116,7 +118,13 @@ fn addr_set(ns: &Netns) -> BTreeSet<String> {
                 .into_iter()
                 // IPv6 link-local addresses come and go with link state.
                 .filter(|a| a["scope"] != "link")
-                .map(move |a| format!("{name} {}/{}", a["local"].as_str().unwrap_or("?"), a["prefixlen"]))
+                .map(move |a| {
+                    format!(
+                        "{name} {}/{}",
+                        a["local"].as_str().unwrap_or("?"),
+                        a["prefixlen"]
+                    )
+                })
         })
         .collect()
 }
@@ -160,11 +168,36 @@ fn assert_nothing_left(before: &Snapshot, node: &Node, pod: &Netns, data: &Path)
             a.difference(b).collect::<Vec<_>>()
         )
     };
-    assert_eq!(before.node_links, after.node_links, "node links: {}", diff(&before.node_links, &after.node_links));
-    assert_eq!(before.node_addrs, after.node_addrs, "node addresses: {}", diff(&before.node_addrs, &after.node_addrs));
-    assert_eq!(before.pod_links, after.pod_links, "pod links: {}", diff(&before.pod_links, &after.pod_links));
-    assert_eq!(before.pod_addrs, after.pod_addrs, "pod addresses: {}", diff(&before.pod_addrs, &after.pod_addrs));
-    assert_eq!(before.reservations, after.reservations, "reservations: {}", diff(&before.reservations, &after.reservations));
+    assert_eq!(
+        before.node_links,
+        after.node_links,
+        "node links: {}",
+        diff(&before.node_links, &after.node_links)
+    );
+    assert_eq!(
+        before.node_addrs,
+        after.node_addrs,
+        "node addresses: {}",
+        diff(&before.node_addrs, &after.node_addrs)
+    );
+    assert_eq!(
+        before.pod_links,
+        after.pod_links,
+        "pod links: {}",
+        diff(&before.pod_links, &after.pod_links)
+    );
+    assert_eq!(
+        before.pod_addrs,
+        after.pod_addrs,
+        "pod addresses: {}",
+        diff(&before.pod_addrs, &after.pod_addrs)
+    );
+    assert_eq!(
+        before.reservations,
+        after.reservations,
+        "reservations: {}",
+        diff(&before.reservations, &after.reservations)
+    );
     assert_eq!(before.ruleset, after.ruleset, "firewall rules changed");
 }
 
@@ -199,7 +232,13 @@ struct Case {
     build: Build,
 }
 
-fn case(what: &str, plugin: &'static str, code: u64, msg_has: &[&str], build: impl Fn(&Ctx) -> CniCall + 'static) -> Case {
+fn case(
+    what: &str,
+    plugin: &'static str,
+    code: u64,
+    msg_has: &[&str],
+    build: impl Fn(&Ctx) -> CniCall + 'static,
+) -> Case {
     Case {
         what: format!("{plugin}: {what}"),
         plugin,
@@ -210,7 +249,13 @@ fn case(what: &str, plugin: &'static str, code: u64, msg_has: &[&str], build: im
 }
 
 /// The same case for each of `plugins`.
-fn for_each(plugins: &[&'static str], what: &str, code: u64, msg_has: &[&str], build: impl Fn(&Ctx, &str) -> CniCall + Clone + 'static) -> Vec<Case> {
+fn for_each(
+    plugins: &[&'static str],
+    what: &str,
+    code: u64,
+    msg_has: &[&str],
+    build: impl Fn(&Ctx, &str) -> CniCall + Clone + 'static,
+) -> Vec<Case> {
     plugins
         .iter()
         .map(|&p| {
@@ -233,10 +278,15 @@ fn check_error(case: &Case, call: &CniCall, out: &CniOutput) {
     let msg = err["msg"].as_str().unwrap_or_default();
     assert!(!msg.is_empty(), "no msg: {err}");
     for want in &case.msg_has {
-        assert!(msg.contains(want.as_str()), "msg {msg:?} does not name {want:?}");
+        assert!(
+            msg.contains(want.as_str()),
+            "msg {msg:?} does not name {want:?}"
+        );
     }
     // Errors carry a cniVersion: the request's when it is one weft speaks.
-    let version = err["cniVersion"].as_str().unwrap_or_else(|| panic!("no cniVersion in {err}"));
+    let version = err["cniVersion"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no cniVersion in {err}"));
     assert!(SUPPORTED.contains(&version), "{err}");
     if let Some(asked) = call.stdin.get("cniVersion").and_then(Value::as_str) {
         if call.raw_stdin.is_none() && SUPPORTED.contains(&asked) {
@@ -244,7 +294,12 @@ fn check_error(case: &Case, call: &CniCall, out: &CniOutput) {
         }
     }
     // Exactly one JSON object on stdout.
-    assert_eq!(out.stdout.trim().lines().count(), 1, "stdout: {:?}", out.stdout);
+    assert_eq!(
+        out.stdout.trim().lines().count(),
+        1,
+        "stdout: {:?}",
+        out.stdout
+    );
 }
 
 /// Runs every case on its own fresh pod and reports all failures at once.
@@ -255,7 +310,11 @@ fn run_cases(cases: Vec<Case>) {
     for case in &cases {
         let pod = node.pod();
         let result = catch_unwind(AssertUnwindSafe(|| {
-            let ctx = Ctx { node: &node, pod: &pod, data: data.path() };
+            let ctx = Ctx {
+                node: &node,
+                pod: &pod,
+                data: data.path(),
+            };
             let call = (case.build)(&ctx);
             let before = snapshot(&node, &pod, data.path());
             let out = call.run_in(&node, &plugin_path(case.plugin));
@@ -295,11 +354,35 @@ fn malformed_and_incomplete_config() {
             c
         }
     };
-    cases.extend(for_each(ALL, "truncated JSON", 6, &["JSON"], raw(br#"{"cniVersion": "1.0.0", "name": "#)));
+    cases.extend(for_each(
+        ALL,
+        "truncated JSON",
+        6,
+        &["JSON"],
+        raw(br#"{"cniVersion": "1.0.0", "name": "#),
+    ));
     cases.extend(for_each(ALL, "empty stdin", 6, &[], raw(b"")));
-    cases.extend(for_each(ALL, "a JSON array, not an object", 6, &["object"], raw(b"[1, 2]")));
-    cases.extend(for_each(ALL, "trailing garbage", 6, &[], raw(br#"{"cniVersion": "1.0.0", "name": "n"} x"#)));
-    cases.extend(for_each(ALL, "not UTF-8", 6, &[], raw(b"{\"cniVersion\": \"1.0.0\", \"name\": \"\xff\xfe\"}")));
+    cases.extend(for_each(
+        ALL,
+        "a JSON array, not an object",
+        6,
+        &["object"],
+        raw(b"[1, 2]"),
+    ));
+    cases.extend(for_each(
+        ALL,
+        "trailing garbage",
+        6,
+        &[],
+        raw(br#"{"cniVersion": "1.0.0", "name": "n"} x"#),
+    ));
+    cases.extend(for_each(
+        ALL,
+        "not UTF-8",
+        6,
+        &[],
+        raw(b"{\"cniVersion\": \"1.0.0\", \"name\": \"\xff\xfe\"}"),
+    ));
     cases.extend(for_each(ALL, "missing name", 7, &["name"], |ctx, p| {
         CniCall::add(ctx.pod, with(ctx.conf(p), "/name", None))
     }));
@@ -309,18 +392,44 @@ fn malformed_and_incomplete_config() {
     cases.extend(for_each(ALL, "name with a slash", 7, &["a/b"], |ctx, p| {
         CniCall::add(ctx.pod, with(ctx.conf(p), "/name", Some(json!("a/b"))))
     }));
-    cases.extend(for_each(ALL, "name not a string", 7, &["name"], |ctx, p| {
-        CniCall::add(ctx.pod, with(ctx.conf(p), "/name", Some(json!(42))))
-    }));
-    cases.extend(for_each(ALL, "missing cniVersion", 1, &["cniVersion"], |ctx, p| {
-        CniCall::add(ctx.pod, with(ctx.conf(p), "/cniVersion", None))
-    }));
-    cases.extend(for_each(ALL, "unknown cniVersion 9.9.9", 1, &["9.9.9"], |ctx, p| {
-        CniCall::add(ctx.pod, with(ctx.conf(p), "/cniVersion", Some(json!("9.9.9"))))
-    }));
-    cases.extend(for_each(ALL, "DEL with unknown cniVersion", 1, &["9.9.9"], |ctx, p| {
-        CniCall::del(ctx.pod, with(ctx.conf(p), "/cniVersion", Some(json!("9.9.9"))))
-    }));
+    cases.extend(for_each(
+        ALL,
+        "name not a string",
+        7,
+        &["name"],
+        |ctx, p| CniCall::add(ctx.pod, with(ctx.conf(p), "/name", Some(json!(42)))),
+    ));
+    cases.extend(for_each(
+        ALL,
+        "missing cniVersion",
+        1,
+        &["cniVersion"],
+        |ctx, p| CniCall::add(ctx.pod, with(ctx.conf(p), "/cniVersion", None)),
+    ));
+    cases.extend(for_each(
+        ALL,
+        "unknown cniVersion 9.9.9",
+        1,
+        &["9.9.9"],
+        |ctx, p| {
+            CniCall::add(
+                ctx.pod,
+                with(ctx.conf(p), "/cniVersion", Some(json!("9.9.9"))),
+            )
+        },
+    ));
+    cases.extend(for_each(
+        ALL,
+        "DEL with unknown cniVersion",
+        1,
+        &["9.9.9"],
+        |ctx, p| {
+            CniCall::del(
+                ctx.pod,
+                with(ctx.conf(p), "/cniVersion", Some(json!("9.9.9"))),
+            )
+        },
+    ));
     run_cases(cases);
 }
 
@@ -340,80 +449,183 @@ fn bad_environment() {
         ("..", "dot-dot"),
         ("", "empty"),
     ] {
-        cases.extend(for_each(ALL, &format!("CNI_IFNAME {why}"), 4, &["CNI_IFNAME"], move |ctx, p| ctx.add(p).ifname(bad)));
+        cases.extend(for_each(
+            ALL,
+            &format!("CNI_IFNAME {why}"),
+            4,
+            &["CNI_IFNAME"],
+            move |ctx, p| ctx.add(p).ifname(bad),
+        ));
     }
-    cases.extend(for_each(ALL, "DEL with a bad CNI_IFNAME", 4, &["CNI_IFNAME"], |ctx, p| {
-        CniCall::del(ctx.pod, ctx.conf(p)).ifname("a/b")
-    }));
-    cases.extend(for_each(ALL, "CNI_IFNAME unset", 4, &["CNI_IFNAME"], |ctx, p| {
-        let mut c = ctx.add(p);
-        c.ifname = None;
-        c
-    }));
-    cases.extend(for_each(ALL, "empty CNI_CONTAINERID", 3, &["CNI_CONTAINERID"], |ctx, p| ctx.add(p).container_id("")));
-    cases.extend(for_each(ALL, "CNI_CONTAINERID unset", 3, &["CNI_CONTAINERID"], |ctx, p| {
-        let mut c = ctx.add(p);
-        c.container_id = None;
-        c
-    }));
-    for bad in ["-leading-dash", "has space", "a/b", "../etc", "semi;colon", "ünïcode"] {
-        cases.extend(for_each(ALL, &format!("CNI_CONTAINERID {bad:?}"), 4, &["CNI_CONTAINERID"], move |ctx, p| ctx.add(p).container_id(bad)));
+    cases.extend(for_each(
+        ALL,
+        "DEL with a bad CNI_IFNAME",
+        4,
+        &["CNI_IFNAME"],
+        |ctx, p| CniCall::del(ctx.pod, ctx.conf(p)).ifname("a/b"),
+    ));
+    cases.extend(for_each(
+        ALL,
+        "CNI_IFNAME unset",
+        4,
+        &["CNI_IFNAME"],
+        |ctx, p| {
+            let mut c = ctx.add(p);
+            c.ifname = None;
+            c
+        },
+    ));
+    cases.extend(for_each(
+        ALL,
+        "empty CNI_CONTAINERID",
+        3,
+        &["CNI_CONTAINERID"],
+        |ctx, p| ctx.add(p).container_id(""),
+    ));
+    cases.extend(for_each(
+        ALL,
+        "CNI_CONTAINERID unset",
+        3,
+        &["CNI_CONTAINERID"],
+        |ctx, p| {
+            let mut c = ctx.add(p);
+            c.container_id = None;
+            c
+        },
+    ));
+    for bad in [
+        "-leading-dash",
+        "has space",
+        "a/b",
+        "../etc",
+        "semi;colon",
+        "ünïcode",
+    ] {
+        cases.extend(for_each(
+            ALL,
+            &format!("CNI_CONTAINERID {bad:?}"),
+            4,
+            &["CNI_CONTAINERID"],
+            move |ctx, p| ctx.add(p).container_id(bad),
+        ));
     }
-    cases.extend(for_each(ALL, "DEL with an empty CNI_CONTAINERID", 3, &["CNI_CONTAINERID"], |ctx, p| {
-        CniCall::del(ctx.pod, ctx.conf(p)).container_id("")
-    }));
-    cases.extend(for_each(ALL, "unknown CNI_COMMAND", 4, &["FOO"], |ctx, p| {
-        let mut c = ctx.add(p);
-        c.command = "FOO".into();
-        c
-    }));
-    cases.extend(for_each(ALL, "lower-case CNI_COMMAND", 4, &["add"], |ctx, p| {
-        let mut c = ctx.add(p);
-        c.command = "add".into();
-        c
-    }));
-    cases.extend(for_each(ALL, "empty CNI_COMMAND", 4, &["CNI_COMMAND"], |ctx, p| {
-        let mut c = ctx.add(p);
-        c.command = String::new();
-        c
-    }));
+    cases.extend(for_each(
+        ALL,
+        "DEL with an empty CNI_CONTAINERID",
+        3,
+        &["CNI_CONTAINERID"],
+        |ctx, p| CniCall::del(ctx.pod, ctx.conf(p)).container_id(""),
+    ));
+    cases.extend(for_each(
+        ALL,
+        "unknown CNI_COMMAND",
+        4,
+        &["FOO"],
+        |ctx, p| {
+            let mut c = ctx.add(p);
+            c.command = "FOO".into();
+            c
+        },
+    ));
+    cases.extend(for_each(
+        ALL,
+        "lower-case CNI_COMMAND",
+        4,
+        &["add"],
+        |ctx, p| {
+            let mut c = ctx.add(p);
+            c.command = "add".into();
+            c
+        },
+    ));
+    cases.extend(for_each(
+        ALL,
+        "empty CNI_COMMAND",
+        4,
+        &["CNI_COMMAND"],
+        |ctx, p| {
+            let mut c = ctx.add(p);
+            c.command = String::new();
+            c
+        },
+    ));
     // CNI_NETNS
-    cases.extend(for_each(ALL, "CNI_NETNS unset for ADD", 4, &["CNI_NETNS"], |ctx, p| {
-        let mut c = ctx.add(p);
-        c.netns = None;
-        c
-    }));
-    cases.extend(for_each(ALL, "CNI_NETNS does not exist", 4, &["/run/netns/wt-no-such-netns"], |ctx, p| {
-        ctx.add(p).netns("/run/netns/wt-no-such-netns")
-    }));
-    cases.extend(for_each(ALL, "CNI_NETNS is a regular file", 4, &["not a network namespace"], |ctx, p| {
-        let file = ctx.data.join("not-a-netns");
-        std::fs::write(&file, "").unwrap();
-        ctx.add(p).netns(file.to_str().unwrap())
-    }));
-    cases.extend(for_each(ALL, "CNI_NETNS is a directory", 4, &["/tmp"], |ctx, p| ctx.add(p).netns("/tmp")));
+    cases.extend(for_each(
+        ALL,
+        "CNI_NETNS unset for ADD",
+        4,
+        &["CNI_NETNS"],
+        |ctx, p| {
+            let mut c = ctx.add(p);
+            c.netns = None;
+            c
+        },
+    ));
+    cases.extend(for_each(
+        ALL,
+        "CNI_NETNS does not exist",
+        4,
+        &["/run/netns/wt-no-such-netns"],
+        |ctx, p| ctx.add(p).netns("/run/netns/wt-no-such-netns"),
+    ));
+    cases.extend(for_each(
+        ALL,
+        "CNI_NETNS is a regular file",
+        4,
+        &["not a network namespace"],
+        |ctx, p| {
+            let file = ctx.data.join("not-a-netns");
+            std::fs::write(&file, "").unwrap();
+            ctx.add(p).netns(file.to_str().unwrap())
+        },
+    ));
+    cases.extend(for_each(
+        ALL,
+        "CNI_NETNS is a directory",
+        4,
+        &["/tmp"],
+        |ctx, p| ctx.add(p).netns("/tmp"),
+    ));
     // The plugin's own UTS namespace: a namespace file it can open, of the wrong type.
-    cases.extend(for_each(ALL, "CNI_NETNS is another kind of namespace", 4, &["/proc/self/ns/uts", "not a network namespace"], |ctx, p| {
-        ctx.add(p).netns("/proc/self/ns/uts")
-    }));
+    cases.extend(for_each(
+        ALL,
+        "CNI_NETNS is another kind of namespace",
+        4,
+        &["/proc/self/ns/uts", "not a network namespace"],
+        |ctx, p| ctx.add(p).netns("/proc/self/ns/uts"),
+    ));
     // The node's own netns: acting there would reconfigure the host
     // (loopback DEL downed the host's lo: kubernetes#100648).
     for cmd in ["ADD", "DEL", "CHECK"] {
-        cases.extend(for_each(ALL, &format!("{cmd} with CNI_NETNS = the node's own netns"), 4, &["own network namespace"], move |ctx, p| {
-            let mut c = ctx.add(p).netns(ctx.node.path_str());
-            c.command = cmd.into();
-            if cmd == "CHECK" {
-                c.stdin["prevResult"] = json!({"cniVersion": "1.0.0"});
-            }
-            c
-        }));
+        cases.extend(for_each(
+            ALL,
+            &format!("{cmd} with CNI_NETNS = the node's own netns"),
+            4,
+            &["own network namespace"],
+            move |ctx, p| {
+                let mut c = ctx.add(p).netns(ctx.node.path_str());
+                c.command = cmd.into();
+                if cmd == "CHECK" {
+                    c.stdin["prevResult"] = json!({"cniVersion": "1.0.0"});
+                }
+                c
+            },
+        ));
     }
-    cases.extend(for_each(&["bridge", "host-local"], "unknown CNI_ARGS key without IgnoreUnknown", 4, &["FOO"], |ctx, p| {
-        ctx.add(p).cni_args("FOO=bar")
-    }));
-    cases.extend(for_each(&["bridge", "host-local"], "CNI_ARGS item without '='", 4, &["garbage"], |ctx, p| {
-        ctx.add(p).cni_args("IgnoreUnknown=1;garbage")
-    }));
+    cases.extend(for_each(
+        &["bridge", "host-local"],
+        "unknown CNI_ARGS key without IgnoreUnknown",
+        4,
+        &["FOO"],
+        |ctx, p| ctx.add(p).cni_args("FOO=bar"),
+    ));
+    cases.extend(for_each(
+        &["bridge", "host-local"],
+        "CNI_ARGS item without '='",
+        4,
+        &["garbage"],
+        |ctx, p| ctx.add(p).cni_args("IgnoreUnknown=1;garbage"),
+    ));
     run_cases(cases);
 }
 
@@ -424,25 +636,46 @@ fn version_gates() {
     }
     let mut cases = Vec::new();
     for old in ["0.3.0", "0.3.1"] {
-        cases.extend(for_each(ALL, &format!("CHECK at {old}"), 1, &["CHECK", old], move |ctx, p| {
-            let conf = with(ctx.conf(p), "/cniVersion", Some(json!(old)));
-            CniCall::check(ctx.pod, conf)
-        }));
+        cases.extend(for_each(
+            ALL,
+            &format!("CHECK at {old}"),
+            1,
+            &["CHECK", old],
+            move |ctx, p| {
+                let conf = with(ctx.conf(p), "/cniVersion", Some(json!(old)));
+                CniCall::check(ctx.pod, conf)
+            },
+        ));
     }
     for cmd in ["GC", "STATUS"] {
         for old in ["1.0.0", "0.4.0"] {
-            cases.extend(for_each(ALL, &format!("{cmd} at {old}"), 1, &[cmd, old], move |ctx, p| {
-                let conf = with(ctx.conf(p), "/cniVersion", Some(json!(old)));
-                let mut c = CniCall::new(cmd, conf);
-                c.container_id = None;
-                c.ifname = None;
-                c
-            }));
+            cases.extend(for_each(
+                ALL,
+                &format!("{cmd} at {old}"),
+                1,
+                &[cmd, old],
+                move |ctx, p| {
+                    let conf = with(ctx.conf(p), "/cniVersion", Some(json!(old)));
+                    let mut c = CniCall::new(cmd, conf);
+                    c.container_id = None;
+                    c.ifname = None;
+                    c
+                },
+            ));
         }
     }
-    cases.extend(for_each(ALL, "versions the spec dropped (0.2.0)", 1, &["0.2.0"], |ctx, p| {
-        CniCall::add(ctx.pod, with(ctx.conf(p), "/cniVersion", Some(json!("0.2.0"))))
-    }));
+    cases.extend(for_each(
+        ALL,
+        "versions the spec dropped (0.2.0)",
+        1,
+        &["0.2.0"],
+        |ctx, p| {
+            CniCall::add(
+                ctx.pod,
+                with(ctx.conf(p), "/cniVersion", Some(json!("0.2.0"))),
+            )
+        },
+    ));
     run_cases(cases);
 }
 
@@ -451,43 +684,171 @@ fn bad_bridge_config() {
     if !require_root() {
         return;
     }
-    let bridge = |what: &str, code: u64, msg_has: &[&str], pointer: &'static str, value: Option<Value>| {
-        case(what, "bridge", code, msg_has, move |ctx| {
-            CniCall::add(ctx.pod, with(ctx.conf("bridge"), pointer, value.clone()))
-        })
-    };
+    let bridge =
+        |what: &str, code: u64, msg_has: &[&str], pointer: &'static str, value: Option<Value>| {
+            case(what, "bridge", code, msg_has, move |ctx| {
+                CniCall::add(ctx.pod, with(ctx.conf("bridge"), pointer, value.clone()))
+            })
+        };
     let cases = vec![
-        bridge("vlan above 4094", 7, &["vlan", "5000"], "/vlan", Some(json!(5000))),
-        bridge("negative vlan", 7, &["vlan", "-1"], "/vlan", Some(json!(-1))),
-        bridge("vlan is a string", 6, &["vlan"], "/vlan", Some(json!("ten"))),
-        bridge("mtu below the minimum", 7, &["mtu"], "/mtu", Some(json!(10))),
-        bridge("bridge name too long", 7, &["wtbr0123456789abc"], "/bridge", Some(json!("wtbr0123456789abc"))),
-        bridge("bridge name with a slash", 7, &["a/b"], "/bridge", Some(json!("a/b"))),
-        bridge("unknown ipMasqBackend", 7, &["ipMasqBackend", "pf"], "/ipMasqBackend", Some(json!("pf"))),
-        bridge("ipam is not an object", 7, &["ipam"], "/ipam", Some(json!("host-local"))),
+        bridge(
+            "vlan above 4094",
+            7,
+            &["vlan", "5000"],
+            "/vlan",
+            Some(json!(5000)),
+        ),
+        bridge(
+            "negative vlan",
+            7,
+            &["vlan", "-1"],
+            "/vlan",
+            Some(json!(-1)),
+        ),
+        bridge(
+            "vlan is a string",
+            6,
+            &["vlan"],
+            "/vlan",
+            Some(json!("ten")),
+        ),
+        bridge(
+            "mtu below the minimum",
+            7,
+            &["mtu"],
+            "/mtu",
+            Some(json!(10)),
+        ),
+        bridge(
+            "bridge name too long",
+            7,
+            &["wtbr0123456789abc"],
+            "/bridge",
+            Some(json!("wtbr0123456789abc")),
+        ),
+        bridge(
+            "bridge name with a slash",
+            7,
+            &["a/b"],
+            "/bridge",
+            Some(json!("a/b")),
+        ),
+        bridge(
+            "unknown ipMasqBackend",
+            7,
+            &["ipMasqBackend", "pf"],
+            "/ipMasqBackend",
+            Some(json!("pf")),
+        ),
+        bridge(
+            "ipam is not an object",
+            7,
+            &["ipam"],
+            "/ipam",
+            Some(json!("host-local")),
+        ),
         bridge("ipam.type missing", 7, &["ipam.type"], "/ipam/type", None),
-        bridge("ipam.type empty", 7, &["ipam.type"], "/ipam/type", Some(json!(""))),
-        bridge("ipam.type is a path", 7, &["../../../bin/sh"], "/ipam/type", Some(json!("../../../bin/sh"))),
-        bridge("ipam.type not on CNI_PATH", 7, &["no-such-ipam", "not found"], "/ipam/type", Some(json!("no-such-ipam"))),
-        bridge("invalid runtimeConfig.mac", 7, &["runtimeConfig.mac", "zz:zz"], "/runtimeConfig", Some(json!({"mac": "zz:zz:zz:zz:zz:zz"}))),
-        bridge("multicast runtimeConfig.mac", 7, &["runtimeConfig.mac", "01:00:5e"], "/runtimeConfig", Some(json!({"mac": "01:00:5e:00:00:01"}))),
-        bridge("short args.cni.mac", 7, &["args.cni.mac"], "/args", Some(json!({"cni": {"mac": "0a:58:0a"}}))),
-        bridge("bad CIDR in the ipam subnet (from host-local)", 7, &["10.244.20.0/33"], "/ipam/ranges", Some(json!([[{"subnet": "10.244.20.0/33"}]]))),
-        bridge("ipam subnet is not a CIDR", 7, &["not-a-cidr"], "/ipam/ranges", Some(json!([[{"subnet": "not-a-cidr"}]]))),
+        bridge(
+            "ipam.type empty",
+            7,
+            &["ipam.type"],
+            "/ipam/type",
+            Some(json!("")),
+        ),
+        bridge(
+            "ipam.type is a path",
+            7,
+            &["../../../bin/sh"],
+            "/ipam/type",
+            Some(json!("../../../bin/sh")),
+        ),
+        bridge(
+            "ipam.type not on CNI_PATH",
+            7,
+            &["no-such-ipam", "not found"],
+            "/ipam/type",
+            Some(json!("no-such-ipam")),
+        ),
+        bridge(
+            "invalid runtimeConfig.mac",
+            7,
+            &["runtimeConfig.mac", "zz:zz"],
+            "/runtimeConfig",
+            Some(json!({"mac": "zz:zz:zz:zz:zz:zz"})),
+        ),
+        bridge(
+            "multicast runtimeConfig.mac",
+            7,
+            &["runtimeConfig.mac", "01:00:5e"],
+            "/runtimeConfig",
+            Some(json!({"mac": "01:00:5e:00:00:01"})),
+        ),
+        bridge(
+            "short args.cni.mac",
+            7,
+            &["args.cni.mac"],
+            "/args",
+            Some(json!({"cni": {"mac": "0a:58:0a"}})),
+        ),
+        bridge(
+            "bad CIDR in the ipam subnet (from host-local)",
+            7,
+            &["10.244.20.0/33"],
+            "/ipam/ranges",
+            Some(json!([[{"subnet": "10.244.20.0/33"}]])),
+        ),
+        bridge(
+            "ipam subnet is not a CIDR",
+            7,
+            &["not-a-cidr"],
+            "/ipam/ranges",
+            Some(json!([[{"subnet": "not-a-cidr"}]])),
+        ),
         bridge("ipam ranges missing", 7, &["range"], "/ipam/ranges", None),
-        case("hairpinMode with promiscMode", "bridge", 7, &["hairpinMode", "promiscMode"], |ctx| {
-            let conf = with(ctx.conf("bridge"), "/hairpinMode", Some(json!(true)));
-            CniCall::add(ctx.pod, with(conf, "/promiscMode", Some(json!(true))))
-        }),
-        case("disableContainerInterface with ipam", "bridge", 7, &["disableContainerInterface"], |ctx| {
-            CniCall::add(ctx.pod, with(ctx.conf("bridge"), "/disableContainerInterface", Some(json!(true))))
-        }),
-        case("invalid CNI_ARGS MAC", "bridge", 7, &["MAC", "nope"], |ctx| ctx.add("bridge").cni_args("IgnoreUnknown=1;MAC=nope")),
-        case("IPAM binary missing from CNI_PATH", "bridge", 7, &["host-local"], |ctx| {
-            let empty = ctx.data.join("empty-cni-path");
-            std::fs::create_dir_all(&empty).unwrap();
-            ctx.add("bridge").cni_path(&[&empty])
-        }),
+        case(
+            "hairpinMode with promiscMode",
+            "bridge",
+            7,
+            &["hairpinMode", "promiscMode"],
+            |ctx| {
+                let conf = with(ctx.conf("bridge"), "/hairpinMode", Some(json!(true)));
+                CniCall::add(ctx.pod, with(conf, "/promiscMode", Some(json!(true))))
+            },
+        ),
+        case(
+            "disableContainerInterface with ipam",
+            "bridge",
+            7,
+            &["disableContainerInterface"],
+            |ctx| {
+                CniCall::add(
+                    ctx.pod,
+                    with(
+                        ctx.conf("bridge"),
+                        "/disableContainerInterface",
+                        Some(json!(true)),
+                    ),
+                )
+            },
+        ),
+        case(
+            "invalid CNI_ARGS MAC",
+            "bridge",
+            7,
+            &["MAC", "nope"],
+            |ctx| ctx.add("bridge").cni_args("IgnoreUnknown=1;MAC=nope"),
+        ),
+        case(
+            "IPAM binary missing from CNI_PATH",
+            "bridge",
+            7,
+            &["host-local"],
+            |ctx| {
+                let empty = ctx.data.join("empty-cni-path");
+                std::fs::create_dir_all(&empty).unwrap();
+                ctx.add("bridge").cni_path(&[&empty])
+            },
+        ),
         case("CNI_PATH unset", "bridge", 4, &["CNI_PATH"], |ctx| {
             let mut c = ctx.add("bridge");
             c.cni_path = None;
@@ -498,44 +859,114 @@ fn bad_bridge_config() {
             c.cni_path = Some(String::new());
             c
         }),
-        case("the bridge name is taken by a veth", "bridge", 7, &["wtnotabr"], |ctx| {
-            ctx.node.sh("ip link show wtnotabr >/dev/null 2>&1 || ip link add wtnotabr type veth peer name wtnotabrp");
-            CniCall::add(ctx.pod, with(ctx.conf("bridge"), "/bridge", Some(json!("wtnotabr"))))
-        }),
-        case("requested IP outside the range", "bridge", 102, &["10.244.99.9"], |ctx| {
-            ctx.add("bridge").cni_args("IgnoreUnknown=1;IP=10.244.99.9")
-        }),
+        case(
+            "the bridge name is taken by a veth",
+            "bridge",
+            7,
+            &["wtnotabr"],
+            |ctx| {
+                ctx.node.sh("ip link show wtnotabr >/dev/null 2>&1 || ip link add wtnotabr type veth peer name wtnotabrp");
+                CniCall::add(
+                    ctx.pod,
+                    with(ctx.conf("bridge"), "/bridge", Some(json!("wtnotabr"))),
+                )
+            },
+        ),
+        case(
+            "requested IP outside the range",
+            "bridge",
+            102,
+            &["10.244.99.9"],
+            |ctx| ctx.add("bridge").cni_args("IgnoreUnknown=1;IP=10.244.99.9"),
+        ),
         case("exhausted range", "bridge", 101, &["10.244.22."], |ctx| {
-            let conf = with(ctx.conf("bridge"), "/ipam/ranges", Some(json!([[{"subnet": "10.244.22.0/30"}]])));
+            let conf = with(
+                ctx.conf("bridge"),
+                "/ipam/ranges",
+                Some(json!([[{"subnet": "10.244.22.0/30"}]])),
+            );
             fill(ctx, &conf);
             CniCall::add(ctx.pod, conf)
         }),
-        case("the container interface already exists", "bridge", 103, &["eth0"], |ctx| {
-            ctx.pod.sh("ip link add eth0 type veth peer name eth0p");
-            ctx.add("bridge")
-        }),
+        case(
+            "the container interface already exists",
+            "bridge",
+            103,
+            &["eth0"],
+            |ctx| {
+                ctx.pod.sh("ip link add eth0 type veth peer name eth0p");
+                ctx.add("bridge")
+            },
+        ),
         // Failures after IPAM allocated: the reservation must be released
         // and the veth removed again.
-        case("a route the kernel rejects (unreachable gateway)", "bridge", 100, &["10.250.0.0/16"], |ctx| {
-            let routes = json!([{"dst": "0.0.0.0/0"}, {"dst": "10.250.0.0/16", "gw": "192.0.2.1"}]);
-            CniCall::add(ctx.pod, with(ctx.conf("bridge"), "/ipam/routes", Some(routes)))
-        }),
-        case("the existing bridge (up) has another address in the subnet", "bridge", 7, &["wtconfl", "forceAddress"], |ctx| {
-            ctx.node.sh("ip link show wtconfl >/dev/null 2>&1 || \
+        case(
+            "a route the kernel rejects (unreachable gateway)",
+            "bridge",
+            100,
+            &["10.250.0.0/16"],
+            |ctx| {
+                let routes =
+                    json!([{"dst": "0.0.0.0/0"}, {"dst": "10.250.0.0/16", "gw": "192.0.2.1"}]);
+                CniCall::add(
+                    ctx.pod,
+                    with(ctx.conf("bridge"), "/ipam/routes", Some(routes)),
+                )
+            },
+        ),
+        case(
+            "the existing bridge (up) has another address in the subnet",
+            "bridge",
+            7,
+            &["wtconfl", "forceAddress"],
+            |ctx| {
+                ctx.node.sh("ip link show wtconfl >/dev/null 2>&1 || \
                          (ip link add wtconfl type bridge && ip addr add 10.244.20.200/24 dev wtconfl && ip link set wtconfl up)");
-            CniCall::add(ctx.pod, with(ctx.conf("bridge"), "/bridge", Some(json!("wtconfl"))))
-        }),
+                CniCall::add(
+                    ctx.pod,
+                    with(ctx.conf("bridge"), "/bridge", Some(json!("wtconfl"))),
+                )
+            },
+        ),
         // An administrator's bridge that is still down is not ours to delete
         // when the ADD fails.
-        case("the existing bridge (down) has another address in the subnet", "bridge", 7, &["wtconfd", "forceAddress"], |ctx| {
-            ctx.node.sh("ip link show wtconfd >/dev/null 2>&1 || \
+        case(
+            "the existing bridge (down) has another address in the subnet",
+            "bridge",
+            7,
+            &["wtconfd", "forceAddress"],
+            |ctx| {
+                ctx.node.sh("ip link show wtconfd >/dev/null 2>&1 || \
                          (ip link add wtconfd type bridge && ip addr add 10.244.20.201/24 dev wtconfd)");
-            CniCall::add(ctx.pod, with(ctx.conf("bridge"), "/bridge", Some(json!("wtconfd"))))
-        }),
-        case("CHECK without prevResult", "bridge", 7, &["prevResult"], |ctx| CniCall::check(ctx.pod, ctx.conf("bridge"))),
-        case("CHECK with a malformed prevResult", "bridge", 6, &["prevResult"], |ctx| {
-            CniCall::check(ctx.pod, with(ctx.conf("bridge"), "/prevResult", Some(json!({"cniVersion": "1.0.0", "ips": "nope"}))))
-        }),
+                CniCall::add(
+                    ctx.pod,
+                    with(ctx.conf("bridge"), "/bridge", Some(json!("wtconfd"))),
+                )
+            },
+        ),
+        case(
+            "CHECK without prevResult",
+            "bridge",
+            7,
+            &["prevResult"],
+            |ctx| CniCall::check(ctx.pod, ctx.conf("bridge")),
+        ),
+        case(
+            "CHECK with a malformed prevResult",
+            "bridge",
+            6,
+            &["prevResult"],
+            |ctx| {
+                CniCall::check(
+                    ctx.pod,
+                    with(
+                        ctx.conf("bridge"),
+                        "/prevResult",
+                        Some(json!({"cniVersion": "1.0.0", "ips": "nope"})),
+                    ),
+                )
+            },
+        ),
     ];
     run_cases(cases);
 }
@@ -559,64 +990,204 @@ fn bad_host_local_config() {
     if !require_root() {
         return;
     }
-    let hl = |what: &str, code: u64, msg_has: &[&str], pointer: &'static str, value: Option<Value>| {
-        case(what, "host-local", code, msg_has, move |ctx| {
-            CniCall::add(ctx.pod, with(ctx.conf("host-local"), pointer, value.clone()))
-        })
-    };
+    let hl =
+        |what: &str, code: u64, msg_has: &[&str], pointer: &'static str, value: Option<Value>| {
+            case(what, "host-local", code, msg_has, move |ctx| {
+                CniCall::add(
+                    ctx.pod,
+                    with(ctx.conf("host-local"), pointer, value.clone()),
+                )
+            })
+        };
     let range = |r: Value| Some(json!([[r]]));
     let cases = vec![
         hl("ipam missing", 7, &["ipam"], "/ipam", None),
         hl("ranges missing", 7, &["range"], "/ipam/ranges", None),
-        hl("ranges empty", 7, &["range"], "/ipam/ranges", Some(json!([]))),
-        hl("an empty range set", 7, &["range set"], "/ipam/ranges", Some(json!([[]]))),
-        hl("prefix too long", 7, &["10.244.21.0/33"], "/ipam/ranges", range(json!({"subnet": "10.244.21.0/33"}))),
-        hl("subnet too small (/31)", 7, &["10.244.21.0/31"], "/ipam/ranges", range(json!({"subnet": "10.244.21.0/31"}))),
-        hl("host bits set", 7, &["10.244.21.5/24"], "/ipam/ranges", range(json!({"subnet": "10.244.21.5/24"}))),
-        hl("subnet is not a CIDR", 7, &["banana"], "/ipam/ranges", range(json!({"subnet": "banana"}))),
-        hl("subnet missing", 7, &["subnet"], "/ipam/ranges", range(json!({"rangeStart": "10.244.21.5"}))),
-        hl("rangeStart outside the subnet", 7, &["rangeStart", "10.244.99.5"], "/ipam/ranges",
-            range(json!({"subnet": "10.244.21.0/24", "rangeStart": "10.244.99.5"}))),
-        hl("rangeStart after rangeEnd", 7, &["rangeStart"], "/ipam/ranges",
-            range(json!({"subnet": "10.244.21.0/24", "rangeStart": "10.244.21.50", "rangeEnd": "10.244.21.10"}))),
-        hl("rangeEnd not an IP", 7, &["rangeEnd"], "/ipam/ranges",
-            range(json!({"subnet": "10.244.21.0/24", "rangeEnd": "10.244.21"}))),
-        hl("gateway of the wrong family", 7, &["gateway"], "/ipam/ranges",
-            range(json!({"subnet": "10.244.21.0/24", "gateway": "fd00::1"}))),
-        hl("overlapping range sets", 7, &["overlaps"], "/ipam/ranges",
-            Some(json!([[{"subnet": "10.244.21.0/24"}], [{"subnet": "10.244.21.128/25"}]]))),
-        hl("route dst not a CIDR", 7, &["routes", "nope"], "/ipam/routes", Some(json!([{"dst": "nope"}]))),
-        hl("invalid runtimeConfig.ips", 7, &["runtimeConfig.ips"], "/runtimeConfig", Some(json!({"ips": ["10.244.21.7/99"]}))),
-        hl("args.cni.ips not a list", 7, &["args.cni.ips"], "/args", Some(json!({"cni": {"ips": "10.244.21.7"}}))),
-        hl("resolvConf missing", 5, &["/nonexistent/resolv.conf"], "/ipam/resolvConf", Some(json!("/nonexistent/resolv.conf"))),
-        case("invalid CNI_ARGS IP", "host-local", 4, &["IP", "nope"], |ctx| ctx.add("host-local").cni_args("IP=nope")),
-        case("requested IP is the gateway", "host-local", 102, &["10.244.21.1"], |ctx| {
-            ctx.add("host-local").cni_args("IP=10.244.21.1")
-        }),
-        case("requested IP outside every range", "host-local", 102, &["10.244.99.9"], |ctx| {
-            ctx.add("host-local").cni_args("IP=10.244.99.9")
-        }),
-        case("requested IP already taken", "host-local", 102, &["10.244.21.9"], |ctx| {
-            CniCall::add(&Netns::new(), ctx.conf("host-local"))
-                .container_id("owner")
-                .cni_args("IP=10.244.21.9")
-                .run_in(ctx.node, &plugin_path("host-local"))
-                .expect_ok();
-            ctx.add("host-local").cni_args("IP=10.244.21.9")
-        }),
-        case("dataDir is a regular file", "host-local", 5, &["not-a-dir"], |ctx| {
-            let file = ctx.data.join("not-a-dir");
-            std::fs::write(&file, "").unwrap();
-            CniCall::add(ctx.pod, with(ctx.conf("host-local"), "/ipam/dataDir", Some(json!(file))))
-        }),
-        case("exhausted range", "host-local", 101, &["10.244.23."], move |ctx| {
-            let conf = with(ctx.conf("host-local"), "/ipam/ranges", range(json!({"subnet": "10.244.23.0/29"})));
-            fill(ctx, &conf);
-            CniCall::add(ctx.pod, conf)
-        }),
-        case("CHECK without a reservation", "host-local", 105, &["no address"], |ctx| {
-            CniCall::check(ctx.pod, ctx.conf("host-local"))
-        }),
+        hl(
+            "ranges empty",
+            7,
+            &["range"],
+            "/ipam/ranges",
+            Some(json!([])),
+        ),
+        hl(
+            "an empty range set",
+            7,
+            &["range set"],
+            "/ipam/ranges",
+            Some(json!([[]])),
+        ),
+        hl(
+            "prefix too long",
+            7,
+            &["10.244.21.0/33"],
+            "/ipam/ranges",
+            range(json!({"subnet": "10.244.21.0/33"})),
+        ),
+        hl(
+            "subnet too small (/31)",
+            7,
+            &["10.244.21.0/31"],
+            "/ipam/ranges",
+            range(json!({"subnet": "10.244.21.0/31"})),
+        ),
+        hl(
+            "host bits set",
+            7,
+            &["10.244.21.5/24"],
+            "/ipam/ranges",
+            range(json!({"subnet": "10.244.21.5/24"})),
+        ),
+        hl(
+            "subnet is not a CIDR",
+            7,
+            &["banana"],
+            "/ipam/ranges",
+            range(json!({"subnet": "banana"})),
+        ),
+        hl(
+            "subnet missing",
+            7,
+            &["subnet"],
+            "/ipam/ranges",
+            range(json!({"rangeStart": "10.244.21.5"})),
+        ),
+        hl(
+            "rangeStart outside the subnet",
+            7,
+            &["rangeStart", "10.244.99.5"],
+            "/ipam/ranges",
+            range(json!({"subnet": "10.244.21.0/24", "rangeStart": "10.244.99.5"})),
+        ),
+        hl(
+            "rangeStart after rangeEnd",
+            7,
+            &["rangeStart"],
+            "/ipam/ranges",
+            range(
+                json!({"subnet": "10.244.21.0/24", "rangeStart": "10.244.21.50", "rangeEnd": "10.244.21.10"}),
+            ),
+        ),
+        hl(
+            "rangeEnd not an IP",
+            7,
+            &["rangeEnd"],
+            "/ipam/ranges",
+            range(json!({"subnet": "10.244.21.0/24", "rangeEnd": "10.244.21"})),
+        ),
+        hl(
+            "gateway of the wrong family",
+            7,
+            &["gateway"],
+            "/ipam/ranges",
+            range(json!({"subnet": "10.244.21.0/24", "gateway": "fd00::1"})),
+        ),
+        hl(
+            "overlapping range sets",
+            7,
+            &["overlaps"],
+            "/ipam/ranges",
+            Some(json!([[{"subnet": "10.244.21.0/24"}], [{"subnet": "10.244.21.128/25"}]])),
+        ),
+        hl(
+            "route dst not a CIDR",
+            7,
+            &["routes", "nope"],
+            "/ipam/routes",
+            Some(json!([{"dst": "nope"}])),
+        ),
+        hl(
+            "invalid runtimeConfig.ips",
+            7,
+            &["runtimeConfig.ips"],
+            "/runtimeConfig",
+            Some(json!({"ips": ["10.244.21.7/99"]})),
+        ),
+        hl(
+            "args.cni.ips not a list",
+            7,
+            &["args.cni.ips"],
+            "/args",
+            Some(json!({"cni": {"ips": "10.244.21.7"}})),
+        ),
+        hl(
+            "resolvConf missing",
+            5,
+            &["/nonexistent/resolv.conf"],
+            "/ipam/resolvConf",
+            Some(json!("/nonexistent/resolv.conf")),
+        ),
+        case(
+            "invalid CNI_ARGS IP",
+            "host-local",
+            4,
+            &["IP", "nope"],
+            |ctx| ctx.add("host-local").cni_args("IP=nope"),
+        ),
+        case(
+            "requested IP is the gateway",
+            "host-local",
+            102,
+            &["10.244.21.1"],
+            |ctx| ctx.add("host-local").cni_args("IP=10.244.21.1"),
+        ),
+        case(
+            "requested IP outside every range",
+            "host-local",
+            102,
+            &["10.244.99.9"],
+            |ctx| ctx.add("host-local").cni_args("IP=10.244.99.9"),
+        ),
+        case(
+            "requested IP already taken",
+            "host-local",
+            102,
+            &["10.244.21.9"],
+            |ctx| {
+                CniCall::add(&Netns::new(), ctx.conf("host-local"))
+                    .container_id("owner")
+                    .cni_args("IP=10.244.21.9")
+                    .run_in(ctx.node, &plugin_path("host-local"))
+                    .expect_ok();
+                ctx.add("host-local").cni_args("IP=10.244.21.9")
+            },
+        ),
+        case(
+            "dataDir is a regular file",
+            "host-local",
+            5,
+            &["not-a-dir"],
+            |ctx| {
+                let file = ctx.data.join("not-a-dir");
+                std::fs::write(&file, "").unwrap();
+                CniCall::add(
+                    ctx.pod,
+                    with(ctx.conf("host-local"), "/ipam/dataDir", Some(json!(file))),
+                )
+            },
+        ),
+        case(
+            "exhausted range",
+            "host-local",
+            101,
+            &["10.244.23."],
+            move |ctx| {
+                let conf = with(
+                    ctx.conf("host-local"),
+                    "/ipam/ranges",
+                    range(json!({"subnet": "10.244.23.0/29"})),
+                );
+                fill(ctx, &conf);
+                CniCall::add(ctx.pod, conf)
+            },
+        ),
+        case(
+            "CHECK without a reservation",
+            "host-local",
+            105,
+            &["no address"],
+            |ctx| CniCall::check(ctx.pod, ctx.conf("host-local")),
+        ),
     ];
     run_cases(cases);
 }
@@ -627,12 +1198,25 @@ fn bad_loopback_state() {
         return;
     }
     let cases = vec![
-        case("lo carries a non-loopback address", "loopback", 7, &["10.244.24.9"], |ctx| {
-            ctx.pod.sh("ip addr add 10.244.24.9/32 dev lo");
-            ctx.add("loopback")
-        }),
+        case(
+            "lo carries a non-loopback address",
+            "loopback",
+            7,
+            &["10.244.24.9"],
+            |ctx| {
+                ctx.pod.sh("ip addr add 10.244.24.9/32 dev lo");
+                ctx.add("loopback")
+            },
+        ),
         case("CHECK with lo down", "loopback", 105, &["lo"], |ctx| {
-            CniCall::check(ctx.pod, with(ctx.conf("loopback"), "/prevResult", Some(json!({"cniVersion": "1.0.0"}))))
+            CniCall::check(
+                ctx.pod,
+                with(
+                    ctx.conf("loopback"),
+                    "/prevResult",
+                    Some(json!({"cniVersion": "1.0.0"})),
+                ),
+            )
         }),
     ];
     run_cases(cases);
@@ -651,37 +1235,61 @@ fn huge_and_deeply_nested_input() {
     let mut cases = Vec::new();
     for cmd in ["ADD", "DEL", "CHECK", "GC", "STATUS"] {
         let doc = nested();
-        cases.extend(for_each(ALL, &format!("{cmd}: 100k nested arrays"), 6, &[], move |ctx, p| {
-            let mut c = ctx.add(p);
-            c.command = cmd.into();
-            c.raw_stdin = Some(doc.clone().into_bytes());
-            c
-        }));
+        cases.extend(for_each(
+            ALL,
+            &format!("{cmd}: 100k nested arrays"),
+            6,
+            &[],
+            move |ctx, p| {
+                let mut c = ctx.add(p);
+                c.command = cmd.into();
+                c.raw_stdin = Some(doc.clone().into_bytes());
+                c
+            },
+        ));
     }
     let inner = nested();
-    cases.extend(for_each(ALL, "100k nested arrays inside a valid config", 6, &[], move |ctx, p| {
-        let mut text = serde_json::to_string(&ctx.conf(p)).unwrap();
-        text.pop();
-        text.push_str(&format!(r#","junk":{inner}}}"#));
-        let mut c = ctx.add(p);
-        c.raw_stdin = Some(text.into_bytes());
-        c
-    }));
+    cases.extend(for_each(
+        ALL,
+        "100k nested arrays inside a valid config",
+        6,
+        &[],
+        move |ctx, p| {
+            let mut text = serde_json::to_string(&ctx.conf(p)).unwrap();
+            text.pop();
+            text.push_str(&format!(r#","junk":{inner}}}"#));
+            let mut c = ctx.add(p);
+            c.raw_stdin = Some(text.into_bytes());
+            c
+        },
+    ));
     let objects = format!("{}{}", r#"{"a":"#.repeat(DEPTH), "}".repeat(DEPTH));
-    cases.extend(for_each(ALL, "100k nested objects", 6, &[], move |ctx, p| {
-        let mut c = ctx.add(p);
-        c.raw_stdin = Some(objects.clone().into_bytes());
-        c
-    }));
-    cases.extend(for_each(ALL, "a 32 MiB config cut short", 6, &[], |ctx, p| {
-        let mut text = serde_json::to_string(&ctx.conf(p)).unwrap();
-        text.pop();
-        text.push_str(r#","junk":""#);
-        text.push_str(&"A".repeat(32 << 20));
-        let mut c = ctx.add(p);
-        c.raw_stdin = Some(text.into_bytes());
-        c
-    }));
+    cases.extend(for_each(
+        ALL,
+        "100k nested objects",
+        6,
+        &[],
+        move |ctx, p| {
+            let mut c = ctx.add(p);
+            c.raw_stdin = Some(objects.clone().into_bytes());
+            c
+        },
+    ));
+    cases.extend(for_each(
+        ALL,
+        "a 32 MiB config cut short",
+        6,
+        &[],
+        |ctx, p| {
+            let mut text = serde_json::to_string(&ctx.conf(p)).unwrap();
+            text.pop();
+            text.push_str(r#","junk":""#);
+            text.push_str(&"A".repeat(32 << 20));
+            let mut c = ctx.add(p);
+            c.raw_stdin = Some(text.into_bytes());
+            c
+        },
+    ));
     run_cases(cases);
 }
 

@@ -46,7 +46,10 @@ impl Env {
         network(
             version,
             NET,
-            bridge_plugin(BRIDGE, host_local_ipam(self.data.path(), subnet_range(subnet))),
+            bridge_plugin(
+                BRIDGE,
+                host_local_ipam(self.data.path(), subnet_range(subnet)),
+            ),
         )
     }
 
@@ -1180,7 +1183,11 @@ fn ip_masq_and_macspoofchk_work_with_long_names() {
         .expect_ok();
 
     let rules = weft_nft_rules(&env.node);
-    assert_eq!(rules.len(), 2, "one masquerade and one spoof rule: {rules:?}");
+    assert_eq!(
+        rules.len(),
+        2,
+        "one masquerade and one spoof rule: {rules:?}"
+    );
     for rule in &rules {
         let comment = rule["comment"].as_str().unwrap_or("");
         assert!(comment.len() <= 128, "comment too long: {comment}");
@@ -1240,7 +1247,11 @@ fn two_attachments_of_one_container_keep_separate_firewall_rules() {
     );
     env.run(&CniCall::gc(gc)).expect_ok();
     assert_eq!(rules_of(&r0), Vec::<Value>::new());
-    assert_eq!(rules_of(&r1).len(), 2, "GC removed the valid attachment's rules");
+    assert_eq!(
+        rules_of(&r1).len(),
+        2,
+        "GC removed the valid attachment's rules"
+    );
 }
 
 #[test]
@@ -1264,9 +1275,15 @@ fn iptables_masq_covers_every_address_of_a_family_and_del_removes_it() {
         "-d 10.244.2.0/24 -j ACCEPT",
         "-j MASQUERADE",
     ] {
-        assert!(lines.iter().any(|l| l.contains(want)), "no `{want}` in {lines:#?}");
+        assert!(
+            lines.iter().any(|l| l.contains(want)),
+            "no `{want}` in {lines:#?}"
+        );
     }
-    let jumps = lines.iter().filter(|l| l.starts_with("-A POSTROUTING")).count();
+    let jumps = lines
+        .iter()
+        .filter(|l| l.starts_with("-A POSTROUTING"))
+        .count();
     assert_eq!(jumps, 2, "{lines:#?}");
     env.check(&pod, &conf, &r).expect_ok();
 
@@ -1327,7 +1344,10 @@ fn del_and_check_ignore_cni_args_add_would_refuse() {
 /// each failed ADD must leave nothing behind, including a bridge it made.
 fn assert_rollback_on_each_netlink_failure(env: &Env, bridge_preexists: bool) {
     assert!(
-        std::process::Command::new("strace").arg("-V").output().is_ok(),
+        std::process::Command::new("strace")
+            .arg("-V")
+            .output()
+            .is_ok(),
         "`strace` is not installed: apt-get install strace"
     );
     let wrappers = TempDir::new();
@@ -1352,7 +1372,11 @@ fn assert_rollback_on_each_netlink_failure(env: &Env, bridge_preexists: bool) {
             break;
         }
         failed += 1;
-        assert_eq!(out.json.clone().unwrap_or_default()["code"], 100, "failure {n}: {out:?}");
+        assert_eq!(
+            out.json.clone().unwrap_or_default()["code"],
+            100,
+            "failure {n}: {out:?}"
+        );
         env.assert_nothing_left(&pod);
         assert_eq!(
             link(&env.node, BRIDGE).is_some(),
@@ -1360,7 +1384,10 @@ fn assert_rollback_on_each_netlink_failure(env: &Env, bridge_preexists: bool) {
             "failure {n}: the bridge is left or gone"
         );
     }
-    assert!(failed >= 8, "only {failed} netlink calls failed: is strace injecting?");
+    assert!(
+        failed >= 8,
+        "only {failed} netlink calls failed: is strace injecting?"
+    );
 }
 
 #[test]
@@ -1377,8 +1404,9 @@ fn add_on_an_existing_bridge_rolls_back_whichever_netlink_call_fails() {
         return;
     }
     let env = Env::new();
-    env.node
-        .sh(&format!("ip link add {BRIDGE} type bridge && ip link set {BRIDGE} up"));
+    env.node.sh(&format!(
+        "ip link add {BRIDGE} type bridge && ip link set {BRIDGE} up"
+    ));
     assert_rollback_on_each_netlink_failure(&env, true);
 }
 
@@ -1392,10 +1420,25 @@ fn unsupported_fields_are_refused_with_code_2() {
     let mut l2 = env.conf("1.0.0");
     l2["ipam"] = json!({});
     for (conf, field) in [
-        (merged(&env.conf("1.0.0"), json!({"vlanTrunk": [{"id": 5}]})), "vlanTrunk"),
-        (merged(&env.conf("1.0.0"), json!({"vlanTrunk": [{"minID": 2, "maxID": 9}]})), "vlanTrunk"),
-        (merged(&l2, json!({"disableContainerInterface": true})), "disableContainerInterface"),
-        (merged(&l2, json!({"disableContainerInterface": "yes"})), "disableContainerInterface"),
+        (
+            merged(&env.conf("1.0.0"), json!({"vlanTrunk": [{"id": 5}]})),
+            "vlanTrunk",
+        ),
+        (
+            merged(
+                &env.conf("1.0.0"),
+                json!({"vlanTrunk": [{"minID": 2, "maxID": 9}]}),
+            ),
+            "vlanTrunk",
+        ),
+        (
+            merged(&l2, json!({"disableContainerInterface": true})),
+            "disableContainerInterface",
+        ),
+        (
+            merged(&l2, json!({"disableContainerInterface": "yes"})),
+            "disableContainerInterface",
+        ),
     ] {
         let err = env.add(&pod, &conf).expect_error(2);
         assert!(err["msg"].as_str().unwrap_or("").contains(field), "{err}");
@@ -1430,7 +1473,8 @@ fn check_fails_when_the_masquerade_rule_is_removed() {
         return;
     }
     check_detects_with(json!({"ipMasq": true}), |env, _, _| {
-        env.node.sh("nft flush chain inet weft_masquerade postrouting");
+        env.node
+            .sh("nft flush chain inet weft_masquerade postrouting");
     });
 }
 
@@ -1453,6 +1497,7 @@ fn check_fails_when_the_spoof_check_rule_is_removed() {
         return;
     }
     check_detects_with(json!({"macspoofchk": true}), |env, _, _| {
-        env.node.sh("nft flush chain bridge weft_macspoof prerouting");
+        env.node
+            .sh("nft flush chain bridge weft_macspoof prerouting");
     });
 }

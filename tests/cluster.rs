@@ -84,7 +84,10 @@ fn pods_on_different_nodes_reach_each_other_both_ways() {
     assert!(text.contains("24 ok, 0 failed"), "{text}");
     // Replies come from the peer pod's own address (no NAT on the way).
     let ip_b = c.pod_ip(2, "b");
-    let from = c.ns_sh(&c.pod_ns(1, "a"), &format!("ping -n -c1 -W2 {ip_b} | head -2"));
+    let from = c.ns_sh(
+        &c.pod_ns(1, "a"),
+        &format!("ping -n -c1 -W2 {ip_b} | head -2"),
+    );
     assert!(from.contains(&format!("from {ip_b}")), "{from}");
 }
 
@@ -138,7 +141,9 @@ struct Pinger {
 impl Pinger {
     fn start(ns: &str, dst: &str, interval: &str, count: u32) -> Pinger {
         let child = Command::new("ip")
-            .args(["netns", "exec", ns, "ping", "-n", "-q", "-i", interval, "-W", "2"])
+            .args([
+                "netns", "exec", ns, "ping", "-n", "-q", "-i", interval, "-W", "2",
+            ])
             .args(["-c", &count.to_string(), dst])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -161,7 +166,12 @@ impl Pinger {
             std::thread::sleep(Duration::from_millis(50));
         }
         let mut out = String::new();
-        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
         let line = out
             .lines()
             .find(|l| l.contains("packets transmitted"))
@@ -203,7 +213,10 @@ fn weftd_restarts_keep_the_subnet_and_lose_no_packet() {
     for n in [1, 2, 3] {
         let started = Instant::now();
         c.weftd_restart(n);
-        note(&format!("weftd on n{n} restarted and ready in {:?}", started.elapsed()));
+        note(&format!(
+            "weftd on n{n} restarted and ready in {:?}",
+            started.elapsed()
+        ));
         std::thread::sleep(Duration::from_millis(500));
     }
     // One restart without waiting for readiness, with SIGKILL (a crash).
@@ -233,7 +246,10 @@ fn entries_deleted_by_hand_are_repaired() {
     let cases = [
         ("route", format!("ip route del {s2}")),
         ("neighbour", format!("ip neigh del {gw2} dev flannel.1")),
-        ("fdb", format!("bridge fdb del {mac2} dev flannel.1 dst {ip2} self")),
+        (
+            "fdb",
+            format!("bridge fdb del {mac2} dev flannel.1 dst {ip2} self"),
+        ),
         (
             "all three",
             format!(
@@ -248,7 +264,10 @@ fn entries_deleted_by_hand_are_repaired() {
         let t = Instant::now();
         // --reconcile-interval=1: repaired within a few seconds.
         assert_has_peer(&c, 1, &s2, &ip2, secs(6));
-        note(&format!("{what} deleted by hand: repaired in {:?}", t.elapsed()));
+        note(&format!(
+            "{what} deleted by hand: repaired in {:?}",
+            t.elapsed()
+        ));
     }
     // The other peer was never touched, and traffic flows again.
     assert!(c.has_peer(1, &c.subnet(3), &c.node_ip(3)));
@@ -269,7 +288,9 @@ fn etcd_outage_keeps_traffic_and_weftd_catches_up_afterwards() {
         assert_has_peer(&c, n, "10.244.98.0/24", "198.51.100.98", secs(10));
     }
     let (s3, ip3) = (c.subnet(3), c.node_ip(3));
-    let reconnects_before = c.metric(1, RECONNECTS).expect("n1 exposes the reconnect counter");
+    let reconnects_before = c
+        .metric(1, RECONNECTS)
+        .expect("n1 exposes the reconnect counter");
 
     // n1 is cut off from etcd (dropped packets, like a partition). Every
     // change below is made while it is, so none can reach n1 before it
@@ -287,17 +308,35 @@ fn etcd_outage_keeps_traffic_and_weftd_catches_up_afterwards() {
     // keeps running, and keeps its kernel state: nothing is flushed,
     // nothing learnt.
     assert!(
-        c.wait_for(secs(45), || c.metric(1, RECONNECTS).is_some_and(|r| r > reconnects_before)),
+        c.wait_for(secs(45), || c
+            .metric(1, RECONNECTS)
+            .is_some_and(|r| r > reconnects_before)),
         "n1's {RECONNECTS} stayed at {reconnects_before} while cut off from etcd\n{}",
         c.log_tails()
     );
-    assert!(c.weftd_running(1), "weftd on n1 exited while cut off\n{}", c.log_tails());
-    assert!(c.has_peer(1, "10.244.98.0/24", "198.51.100.98"), "n1 dropped a lease while cut off");
-    assert!(c.has_peer(1, &s3, &ip3), "n1 dropped n3's entries while cut off");
-    assert!(c.lacks_peer(1, "10.244.99.0/24", "198.51.100.99"), "n1 learnt a lease while cut off: the cut does not work");
+    assert!(
+        c.weftd_running(1),
+        "weftd on n1 exited while cut off\n{}",
+        c.log_tails()
+    );
+    assert!(
+        c.has_peer(1, "10.244.98.0/24", "198.51.100.98"),
+        "n1 dropped a lease while cut off"
+    );
+    assert!(
+        c.has_peer(1, &s3, &ip3),
+        "n1 dropped n3's entries while cut off"
+    );
+    assert!(
+        c.lacks_peer(1, "10.244.99.0/24", "198.51.100.99"),
+        "n1 learnt a lease while cut off: the cut does not work"
+    );
     // Pod traffic across nodes never depended on etcd.
     let (tx, rx, line) = pinger.finish(secs(60));
-    assert_eq!(rx, tx, "pod packets lost while n1 was cut off from etcd: {line}");
+    assert_eq!(
+        rx, tx,
+        "pod packets lost while n1 was cut off from etcd: {line}"
+    );
     assert_pings(&c, 2, "a", 1, "a");
 
     c.etcd_restore(1);
@@ -317,7 +356,11 @@ fn etcd_outage_keeps_traffic_and_weftd_catches_up_afterwards() {
     c.sh("cluster_etcd_stop");
     std::thread::sleep(secs(3));
     for n in [1, 2] {
-        assert!(c.weftd_running(n), "weftd on n{n} exited while etcd was down\n{}", c.log_tails());
+        assert!(
+            c.weftd_running(n),
+            "weftd on n{n} exited while etcd was down\n{}",
+            c.log_tails()
+        );
     }
     assert_pings(&c, 1, "a", 2, "a");
     c.sh("cluster_etcd_start && cluster_lease_del 10.244.99.0/24");
@@ -364,13 +407,20 @@ fn flannel_format_config_and_hand_written_leases_are_honoured() {
     }
     c.wait_converged();
     for n in [1, 2, 3] {
-        assert_ne!(c.subnet(n), "10.244.77.0/24", "n{n} took the hand-written lease's subnet");
+        assert_ne!(
+            c.subnet(n),
+            "10.244.77.0/24",
+            "n{n} took the hand-written lease's subnet"
+        );
         // Route, neighbour (-> the hand-written VtepMAC) and FDB for .77.
         assert_has_peer(&c, n, "10.244.77.0/24", "198.51.100.77", secs(10));
         let neigh = c.ns_sh(&c.node_ns(n), "ip neigh show dev flannel.1 10.244.77.0");
         assert!(neigh.contains(mac77), "{neigh}");
         let fdb = c.ns_sh(&c.node_ns(n), "bridge fdb show dev flannel.1");
-        assert!(fdb.contains(&format!("{mac77} dst 198.51.100.77 self permanent")), "{fdb}");
+        assert!(
+            fdb.contains(&format!("{mac77} dst 198.51.100.77 self permanent")),
+            "{fdb}"
+        );
     }
     // Give the hand-made node the entries flanneld would have for n1, then
     // ping across: pod on n1 <-> the hand-made node's flannel.1 address.
@@ -385,7 +435,10 @@ fn flannel_format_config_and_hand_written_leases_are_honoured() {
         ),
     );
     let pod1 = c.pod_ip(1, "a");
-    c.ns_sh(&c.pod_ns(1, "a"), "ping -n -c2 -i 0.2 -W2 10.244.77.0 >/dev/null");
+    c.ns_sh(
+        &c.pod_ns(1, "a"),
+        "ping -n -c2 -i 0.2 -W2 10.244.77.0 >/dev/null",
+    );
     c.ns_sh(&ns77, &format!("ping -n -c2 -i 0.2 -W2 {pod1} >/dev/null"));
 
     // weftd's own leases and subnet.env are in flannel's format.
@@ -431,9 +484,18 @@ fn flannel_plugin_del_removes_veth_ip_and_stored_config() {
     let cid = c.sh("cluster_pod_cid 1 a").trim().to_string();
     let stored = c.node_dir(1).join("flannel").join(&cid);
     let reserved = c.node_dir(1).join("ipam").join("cbr0").join(&ip);
-    let veths = || c.ns_sh(&node, "ip -o link show type veth master cni0 | wc -l").trim().parse::<u32>().unwrap();
+    let veths = || {
+        c.ns_sh(&node, "ip -o link show type veth master cni0 | wc -l")
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+    };
     assert_eq!(veths(), 2);
-    assert!(reserved.exists(), "no host-local reservation {}", reserved.display());
+    assert!(
+        reserved.exists(),
+        "no host-local reservation {}",
+        reserved.display()
+    );
     // The stored delegate config is flannel's bridge + host-local config.
     let delegate: Value = serde_json::from_str(&std::fs::read_to_string(&stored).unwrap()).unwrap();
     assert_eq!(delegate["type"], "bridge");
@@ -443,8 +505,14 @@ fn flannel_plugin_del_removes_veth_ip_and_stored_config() {
     assert_eq!(delegate["hairpinMode"], true);
     assert_eq!(delegate["isDefaultGateway"], true);
     assert_eq!(delegate["ipam"]["type"], "host-local");
-    assert_eq!(delegate["ipam"]["ranges"], json!([[{"subnet": c.subnet(1)}]]));
-    assert_eq!(delegate["ipam"]["routes"], json!([{"dst": "10.244.0.0/16"}]));
+    assert_eq!(
+        delegate["ipam"]["ranges"],
+        json!([[{"subnet": c.subnet(1)}]])
+    );
+    assert_eq!(
+        delegate["ipam"]["routes"],
+        json!([{"dst": "10.244.0.0/16"}])
+    );
     assert_eq!(
         delegate["ipam"]["dataDir"],
         c.node_dir(1).join("ipam").to_str().unwrap()
@@ -454,9 +522,15 @@ fn flannel_plugin_del_removes_veth_ip_and_stored_config() {
     assert!(!stored.exists(), "stored delegate config survives DEL");
     assert!(!reserved.exists(), "IP {ip} still reserved after DEL");
     let pod_links = c.ns_sh(&c.pod_ns(1, "a"), "ip -o link show");
-    assert!(!pod_links.contains("eth0"), "pod still has eth0: {pod_links}");
+    assert!(
+        !pod_links.contains("eth0"),
+        "pod still has eth0: {pod_links}"
+    );
     // The host end goes too (bridge deletes the pair in the background).
-    assert!(c.wait_for(secs(5), || veths() == 1), "host veth survives DEL");
+    assert!(
+        c.wait_for(secs(5), || veths() == 1),
+        "host veth survives DEL"
+    );
     // DEL again is a no-op success (stored config gone).
     c.sh("cluster_cni 1 DEL a >/dev/null");
     // The other pod is untouched and still reachable through cni0.
@@ -484,10 +558,18 @@ fn flannel_plugin_status_waits_for_subnet_env() {
     assert!(!c.subnet_file(1).exists());
     let out = c.try_sh(status);
     assert!(!out.status.success(), "STATUS succeeded without subnet.env");
-    let err: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("STATUS output not JSON ({e}): {:?}", String::from_utf8_lossy(&out.stdout)));
+    let err: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "STATUS output not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
     assert_eq!(err["code"], 50, "{err}");
-    assert!(c.weftd_running(1), "weftd must wait for the config\n{}", c.log_tails());
+    assert!(
+        c.weftd_running(1),
+        "weftd must wait for the config\n{}",
+        c.log_tails()
+    );
 
     c.write_config(None);
     c.sh("cluster_node_wait_ready 1");
@@ -519,19 +601,34 @@ fn weftd_takes_flanneld_environment_fallbacks_and_flags_win_over_them() {
         "export FLANNELD_IP_MASQ=true FLANNELD_SUBNET_FILE={} && cluster_node_add 2",
         shell_quote(env_subnet_file.to_str().unwrap())
     ));
-    let masq_rules = |n: u32| c.ns_sh(&c.node_ns(n), "nft list ruleset").matches("masquerade").count();
+    let masq_rules = |n: u32| {
+        c.ns_sh(&c.node_ns(n), "nft list ruleset")
+            .matches("masquerade")
+            .count()
+    };
 
     // FLANNELD_IP_MASQ=true stands in for --ip-masq ...
     let env2 = std::fs::read_to_string(c.subnet_file(2)).unwrap();
     assert!(env2.contains("FLANNEL_IPMASQ=true\n"), "{env2}");
-    assert!(c.wait_for(secs(10), || masq_rules(2) > 0), "FLANNELD_IP_MASQ=true installed no masquerade rule");
+    assert!(
+        c.wait_for(secs(10), || masq_rules(2) > 0),
+        "FLANNELD_IP_MASQ=true installed no masquerade rule"
+    );
     // ... while --subnet-file, given on the command line, wins over
     // FLANNELD_SUBNET_FILE, as in flanneld.
-    assert!(!env_subnet_file.exists(), "FLANNELD_SUBNET_FILE overrode --subnet-file");
+    assert!(
+        !env_subnet_file.exists(),
+        "FLANNELD_SUBNET_FILE overrode --subnet-file"
+    );
     // The node without the variables: no masquerading.
     let env1 = std::fs::read_to_string(c.subnet_file(1)).unwrap();
     assert!(env1.contains("FLANNEL_IPMASQ=false\n"), "{env1}");
-    assert_eq!(masq_rules(1), 0, "{}", c.ns_sh(&c.node_ns(1), "nft list ruleset"));
+    assert_eq!(
+        masq_rules(1),
+        0,
+        "{}",
+        c.ns_sh(&c.node_ns(1), "nft list ruleset")
+    );
     // Both nodes work together.
     c.pod_add(1, "a");
     c.pod_add(2, "a");

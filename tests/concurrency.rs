@@ -70,18 +70,32 @@ fn hundred_pods_added_and_deleted_sixteen_at_a_time() {
     let bridge = plugin_path("bridge");
     let pods: Vec<Netns> = parallel(PODS, |_| node.pod());
 
-    let results = parallel(PODS, |i| call("ADD", &pods[i], &conf).run_in(&node, &bridge));
+    let results = parallel(PODS, |i| {
+        call("ADD", &pods[i], &conf).run_in(&node, &bridge)
+    });
     let mut ips = Vec::new();
     for (pod, out) in pods.iter().zip(&results) {
         let result = out.expect_ok();
         let address = result["ips"][0]["address"].as_str().unwrap().to_string();
         // Each pod really has the address it was told about.
-        assert_eq!(ipv4_addrs(pod, "eth0"), vec![address.clone()], "{}", pod.name);
+        assert_eq!(
+            ipv4_addrs(pod, "eth0"),
+            vec![address.clone()],
+            "{}",
+            pod.name
+        );
         ips.push(address);
     }
     let distinct: HashSet<&String> = ips.iter().collect();
-    assert_eq!(distinct.len(), PODS, "duplicate addresses handed out: {ips:?}");
-    assert!(!ips.iter().any(|ip| ip == "10.244.16.1/24"), "the gateway was handed out");
+    assert_eq!(
+        distinct.len(),
+        PODS,
+        "duplicate addresses handed out: {ips:?}"
+    );
+    assert!(
+        !ips.iter().any(|ip| ip == "10.244.16.1/24"),
+        "the gateway was handed out"
+    );
 
     let reserved: HashSet<String> = reserved_ips(data.path(), NET).into_iter().collect();
     let expected: HashSet<String> = ips
@@ -104,13 +118,20 @@ fn hundred_pods_added_and_deleted_sixteen_at_a_time() {
         pod.sh("ping -c1 -W2 10.244.16.1 >/dev/null");
     }
 
-    for out in parallel(PODS, |i| call("DEL", &pods[i], &conf).run_in(&node, &bridge)) {
+    for out in parallel(PODS, |i| {
+        call("DEL", &pods[i], &conf).run_in(&node, &bridge)
+    }) {
         out.expect_ok();
     }
-    assert!(reserved_ips(data.path(), NET).is_empty(), "{:?}", reserved_ips(data.path(), NET));
+    assert!(
+        reserved_ips(data.path(), NET).is_empty(),
+        "{:?}",
+        reserved_ips(data.path(), NET)
+    );
     let left = store_files(data.path(), NET);
     assert!(
-        left.iter().all(|f| f == "lock" || f.starts_with("last_reserved_ip.")),
+        left.iter()
+            .all(|f| f == "lock" || f.starts_with("last_reserved_ip.")),
         "{left:?}"
     );
     assert!(veths_on_host(&node).is_empty());
@@ -134,7 +155,9 @@ fn racing_for_a_small_range_gives_each_address_once_and_cleans_up_losers() {
     let bridge = plugin_path("bridge");
     let pods: Vec<Netns> = parallel(PODS, |_| node.pod());
 
-    let results = parallel(PODS, |i| call("ADD", &pods[i], &conf).run_in(&node, &bridge));
+    let results = parallel(PODS, |i| {
+        call("ADD", &pods[i], &conf).run_in(&node, &bridge)
+    });
     let mut winners = Vec::new();
     let mut ips = HashSet::new();
     for (i, out) in results.iter().enumerate() {
@@ -179,7 +202,9 @@ fn interleaved_adds_and_dels_keep_the_store_consistent() {
     let bridge = plugin_path("bridge");
     let pods: Vec<Netns> = parallel(PODS, |_| node.pod());
     let (old, new) = pods.split_at(PODS / 2);
-    for out in parallel(old.len(), |i| call("ADD", &old[i], &conf).run_in(&node, &bridge)) {
+    for out in parallel(old.len(), |i| {
+        call("ADD", &old[i], &conf).run_in(&node, &bridge)
+    }) {
         out.expect_ok();
     }
     let outs = parallel(PODS, |i| {
@@ -203,7 +228,9 @@ fn interleaved_adds_and_dels_keep_the_store_consistent() {
         assert_eq!(addr.len(), 1, "{}", pod.name);
         assert!(reserved.contains(&addr[0].trim_end_matches("/24").to_string()));
     }
-    for out in parallel(new.len(), |i| call("DEL", &new[i], &conf).run_in(&node, &bridge)) {
+    for out in parallel(new.len(), |i| {
+        call("DEL", &new[i], &conf).run_in(&node, &bridge)
+    }) {
         out.expect_ok();
     }
     assert!(reserved_ips(data.path(), NET).is_empty());

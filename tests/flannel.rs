@@ -24,7 +24,11 @@ fn kube_flannel_conflist_works_unchanged_through_libcni() {
     let pod = node.pod();
     let tmp = TempDir::new();
     let conflist = workspace_root().join("conf/10-weft.conflist");
-    let cni_path = format!("{}:{}", plugin_dir().display(), reference_plugin_dir().display());
+    let cni_path = format!(
+        "{}:{}",
+        plugin_dir().display(),
+        reference_plugin_dir().display()
+    );
     let script = format!(
         r#"set -eu
 pod={tmp}/podns
@@ -49,13 +53,28 @@ echo "after-del veths: $(ip -o link show type veth | wc -l)"
         driver = driver_path().display(),
         conflist = conflist.display(),
     );
-    let out = node.exec("unshare", &["-m", "--propagation", "private", "sh", "-c", &script]);
+    let out = node.exec(
+        "unshare",
+        &["-m", "--propagation", "private", "sh", "-c", &script],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "libcni run failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let line = |key: &str| stdout.lines().find_map(|l| l.strip_prefix(key)).unwrap_or_else(|| panic!("no {key} in:\n{stdout}")).trim().to_string();
+    assert!(
+        out.status.success(),
+        "libcni run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = |key: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in:\n{stdout}"))
+            .trim()
+            .to_string()
+    };
 
     let result: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("result.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("result.json")).unwrap())
+            .unwrap();
     assert_eq!(result["cniVersion"], "0.3.1");
     let ip = result["ips"][0]["address"].as_str().unwrap();
     assert!(ip.starts_with("10.244.61.") && ip.ends_with("/24"), "{ip}");
@@ -67,14 +86,26 @@ echo "after-del veths: $(ip -o link show type veth | wc -l)"
     assert_eq!(stored["isGateway"], true);
     assert_eq!(stored["ipMasq"], false);
     assert_eq!(stored["mtu"], 1450);
-    assert_eq!(stored["ipam"]["ranges"], serde_json::json!([[{"subnet": "10.244.61.0/24"}]]));
+    assert_eq!(
+        stored["ipam"]["ranges"],
+        serde_json::json!([[{"subnet": "10.244.61.0/24"}]])
+    );
     assert_eq!(line("reserved:"), ip.trim_end_matches("/24"));
     assert_eq!(line("hairpin:"), "1");
     let pod_line = line("pod:");
-    assert!(pod_line.contains(ip) && pod_line.ends_with("mtu 1450"), "{pod_line}");
+    assert!(
+        pod_line.contains(ip) && pod_line.ends_with("mtu 1450"),
+        "{pod_line}"
+    );
     let routes = line("routes:");
-    assert!(routes.contains("default via 10.244.61.1"), "isDefaultGateway: {routes}");
-    assert!(routes.contains("10.244.0.0/16 via 10.244.61.1"), "route to the Network: {routes}");
+    assert!(
+        routes.contains("default via 10.244.61.1"),
+        "isDefaultGateway: {routes}"
+    );
+    assert!(
+        routes.contains("10.244.0.0/16 via 10.244.61.1"),
+        "route to the Network: {routes}"
+    );
 
     assert_eq!(line("after-del stored:"), "");
     assert_eq!(line("after-del reserved:"), "");
@@ -95,7 +126,10 @@ struct FlannelNode {
 
 impl FlannelNode {
     fn new() -> FlannelNode {
-        let f = FlannelNode { node: Node::new(), dir: TempDir::new() };
+        let f = FlannelNode {
+            node: Node::new(),
+            dir: TempDir::new(),
+        };
         std::fs::write(
             f.dir.join("subnet.env"),
             "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.42.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
@@ -123,7 +157,11 @@ impl FlannelNode {
     /// Every file name in the flannel dataDir.
     fn stored_names(&self) -> BTreeSet<String> {
         std::fs::read_dir(self.data_dir())
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -145,7 +183,13 @@ fn cid(pod: &Netns) -> String {
 }
 
 fn result_ip(result: &Value) -> String {
-    result["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string()
+    result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
@@ -162,19 +206,27 @@ fn check_passes_on_a_healthy_pod_and_reports_105_once_its_address_is_flushed() {
     assert_eq!(ipv4_addrs(&pod, "eth0"), vec![format!("{ip}/24")]);
 
     // CHECK delegates to bridge with the stored config: healthy passes.
-    f.run(&CniCall::check(&pod, with_prev(&conf, &result))).expect_ok();
+    f.run(&CniCall::check(&pod, with_prev(&conf, &result)))
+        .expect_ok();
 
     pod.sh("ip addr flush dev eth0");
     assert!(ipv4_addrs(&pod, "eth0").is_empty());
-    let err = f.run(&CniCall::check(&pod, with_prev(&conf, &result))).expect_error(105);
+    let err = f
+        .run(&CniCall::check(&pod, with_prev(&conf, &result)))
+        .expect_error(105);
     let text = err.to_string();
-    assert!(text.contains(&ip), "the error should name the missing address: {text}");
+    assert!(
+        text.contains(&ip),
+        "the error should name the missing address: {text}"
+    );
 
-    f.run(&CniCall::del(&pod, with_prev(&conf, &result))).expect_ok();
+    f.run(&CniCall::del(&pod, with_prev(&conf, &result)))
+        .expect_ok();
     assert!(f.reserved().is_empty(), "{:?}", f.reserved());
     assert!(!f.stored(&cid(&pod)).exists());
     // Without a stored config (never added, or deleted) CHECK fails too.
-    f.run(&CniCall::check(&pod, with_prev(&conf, &result))).expect_error(105);
+    f.run(&CniCall::check(&pod, with_prev(&conf, &result)))
+        .expect_error(105);
 }
 
 #[test]
@@ -199,20 +251,32 @@ fn gc_removes_the_stored_config_and_ip_of_dead_attachments_and_keeps_live_ones()
     let in_flight = format!(".{}.{}.0.tmp", cid(&live), std::process::id());
     std::fs::write(f.data_dir().join(&in_flight), "{").unwrap();
 
-    let gc = merged(&conf, json!({"cni.dev/valid-attachments": [{"containerID": cid(&live), "ifname": "eth0"}]}));
+    let gc = merged(
+        &conf,
+        json!({"cni.dev/valid-attachments": [{"containerID": cid(&live), "ifname": "eth0"}]}),
+    );
     assert_eq!(f.run(&CniCall::gc(gc)).expect_ok(), Value::Null);
 
     assert_eq!(f.stored_names(), BTreeSet::from([cid(&live), in_flight]));
-    assert_eq!(f.reserved(), vec![ip_live.clone()], "GC kept the dead attachment's IP {ip_dead}");
+    assert_eq!(
+        f.reserved(),
+        vec![ip_live.clone()],
+        "GC kept the dead attachment's IP {ip_dead}"
+    );
     // bridge's GC (run as flannel's delegate) removes the dead one's host veth.
-    eventually("the dead attachment's host veth is gone", || veth_names(&f.node).len() == 1);
+    eventually("the dead attachment's host veth is gone", || {
+        veth_names(&f.node).len() == 1
+    });
     // The live pod is untouched: CHECK passes and it still has its address.
-    f.run(&CniCall::check(&live, with_prev(&conf, &r_live))).expect_ok();
+    f.run(&CniCall::check(&live, with_prev(&conf, &r_live)))
+        .expect_ok();
     assert_eq!(ipv4_addrs(&live, "eth0"), vec![format!("{ip_live}/24")]);
 
     // The dead pod's DEL after GC is a no-op success; the live one's cleans up.
-    f.run(&CniCall::del(&dead, with_prev(&conf, &r_dead))).expect_ok();
-    f.run(&CniCall::del(&live, with_prev(&conf, &r_live))).expect_ok();
+    f.run(&CniCall::del(&dead, with_prev(&conf, &r_dead)))
+        .expect_ok();
+    f.run(&CniCall::del(&live, with_prev(&conf, &r_live)))
+        .expect_ok();
     assert!(f.reserved().is_empty());
     assert!(!f.stored(&cid(&live)).exists());
 }
@@ -228,16 +292,29 @@ fn stored_configs_of_ids_that_differ_in_an_extension_do_not_collide() {
     let f = FlannelNode::new();
     let conf = f.conf("1.0.0");
     let (p1, p2) = (f.node.pod(), f.node.pod());
-    let r1 = f.run(&CniCall::add(&p1, conf.clone()).container_id("a.tmp")).expect_ok();
-    let r2 = f.run(&CniCall::add(&p2, conf.clone()).container_id("a.b")).expect_ok();
-    assert_eq!(f.stored_names(), BTreeSet::from(["a.b".to_string(), "a.tmp".to_string()]));
+    let r1 = f
+        .run(&CniCall::add(&p1, conf.clone()).container_id("a.tmp"))
+        .expect_ok();
+    let r2 = f
+        .run(&CniCall::add(&p2, conf.clone()).container_id("a.b"))
+        .expect_ok();
+    assert_eq!(
+        f.stored_names(),
+        BTreeSet::from(["a.b".to_string(), "a.tmp".to_string()])
+    );
     for (pod, id, r) in [(&p1, "a.tmp", &r1), (&p2, "a.b", &r2)] {
-        let stored: Value = serde_json::from_str(&std::fs::read_to_string(f.stored(id)).unwrap()).unwrap();
+        let stored: Value =
+            serde_json::from_str(&std::fs::read_to_string(f.stored(id)).unwrap()).unwrap();
         assert_eq!(stored["type"], "bridge", "{id}: {stored}");
-        f.run(&CniCall::del(pod, with_prev(&conf, r)).container_id(id)).expect_ok();
+        f.run(&CniCall::del(pod, with_prev(&conf, r)).container_id(id))
+            .expect_ok();
     }
     assert!(f.stored_names().is_empty(), "{:?}", f.stored_names());
-    assert!(f.reserved().is_empty(), "DEL through the stored configs released nothing: {:?}", f.reserved());
+    assert!(
+        f.reserved().is_empty(),
+        "DEL through the stored configs released nothing: {:?}",
+        f.reserved()
+    );
 }
 
 #[test]
@@ -275,15 +352,22 @@ esac
     let path = [bin.path(), weft.as_path()];
     let leftover = leftovers.join(cid(&pod));
 
-    let err = f.run(&CniCall::add(&pod, conf.clone()).cni_path(&path)).expect_error(100);
+    let err = f
+        .run(&CniCall::add(&pod, conf.clone()).cni_path(&path))
+        .expect_error(100);
     assert!(err["msg"].as_str().unwrap().contains("rollback"), "{err}");
     assert!(leftover.exists(), "the delegate's ADD did not run");
-    let stored: Value = serde_json::from_str(&std::fs::read_to_string(f.stored(&cid(&pod))).unwrap()).unwrap();
+    let stored: Value =
+        serde_json::from_str(&std::fs::read_to_string(f.stored(&cid(&pod))).unwrap()).unwrap();
     assert_eq!(stored["type"], "leaky");
 
     // The runtime's DEL after the failed ADD reaches the delegate.
-    f.run(&CniCall::del(&pod, conf.clone()).cni_path(&path)).expect_ok();
-    assert!(!leftover.exists(), "DEL did not reach the delegate: its leftovers stay");
+    f.run(&CniCall::del(&pod, conf.clone()).cni_path(&path))
+        .expect_ok();
+    assert!(
+        !leftover.exists(),
+        "DEL did not reach the delegate: its leftovers stay"
+    );
     assert!(f.stored_names().is_empty(), "{:?}", f.stored_names());
     f.run(&CniCall::del(&pod, conf).cni_path(&path)).expect_ok();
 
@@ -292,8 +376,15 @@ esac
     let conf = f.conf("1.0.0");
     pod.sh("ip link add eth0 type veth peer name other0");
     let out = f.run(&CniCall::add(&pod, conf.clone()));
-    assert!(!out.success(), "ADD over an existing eth0 succeeded: {}", out.stdout);
-    assert!(f.stored(&cid(&pod)).exists(), "stored config dropped after a failed ADD");
+    assert!(
+        !out.success(),
+        "ADD over an existing eth0 succeeded: {}",
+        out.stdout
+    );
+    assert!(
+        f.stored(&cid(&pod)).exists(),
+        "stored config dropped after a failed ADD"
+    );
     f.run(&CniCall::del(&pod, conf)).expect_ok();
     assert!(f.stored_names().is_empty(), "{:?}", f.stored_names());
     assert!(f.reserved().is_empty(), "{:?}", f.reserved());

@@ -43,7 +43,10 @@ fn mixed_plugin_dir(choices: &[(&str, Impl)]) -> TempDir {
 
 /// The bridge entry: bridge `BRIDGE` with host-local on 10.244.<third>.0/24.
 fn bridge_entry(data: &Path, third: u8) -> Value {
-    bridge_plugin(BRIDGE, host_local_ipam(data, subnet_range(&format!("10.244.{third}.0/24"))))
+    bridge_plugin(
+        BRIDGE,
+        host_local_ipam(data, subnet_range(&format!("10.244.{third}.0/24"))),
+    )
 }
 
 /// ADD, CHECK and DEL of one attachment through libcni with `bridge` and
@@ -54,14 +57,25 @@ fn bridge_and_host_local_round_trip(bridge: Impl, ipam: Impl, third: u8) {
     let pod = node.pod();
     let data = TempDir::new();
     let dir = mixed_plugin_dir(&[("bridge", bridge), ("host-local", ipam)]);
-    let net = Driver::new(&conflist("1.0.0", NET, vec![bridge_entry(data.path(), third)]), &[dir.path()]);
+    let net = Driver::new(
+        &conflist("1.0.0", NET, vec![bridge_entry(data.path(), third)]),
+        &[dir.path()],
+    );
 
     let result = net.add(&node, &pod, "c1", "eth0").expect_ok();
     let ip = format!("10.244.{third}.2");
     assert_eq!(result["cniVersion"], "1.0.0", "{result}");
     assert_eq!(result["ips"][0]["address"], format!("{ip}/24"), "{result}");
-    assert_eq!(result["ips"][0]["gateway"], format!("10.244.{third}.1"), "{result}");
-    assert_eq!(result["interfaces"][2]["sandbox"], pod.path_str(), "{result}");
+    assert_eq!(
+        result["ips"][0]["gateway"],
+        format!("10.244.{third}.1"),
+        "{result}"
+    );
+    assert_eq!(
+        result["interfaces"][2]["sandbox"],
+        pod.path_str(),
+        "{result}"
+    );
     assert_eq!(ipv4_addrs(&pod, "eth0"), vec![format!("{ip}/24")]);
     assert!(routes(&pod)
         .iter()
@@ -71,15 +85,24 @@ fn bridge_and_host_local_round_trip(bridge: Impl, ipam: Impl, third: u8) {
     assert_eq!(veths[0]["master"], BRIDGE);
     assert!(ipv4_addrs(&node, BRIDGE).contains(&format!("10.244.{third}.1/24")));
     assert_eq!(reserved_ips(data.path(), NET), vec![ip.clone()]);
-    assert_eq!(reservation(data.path(), NET, &ip).as_deref(), Some("c1\r\neth0"));
-    assert_eq!(last_reserved(data.path(), NET).as_deref(), Some(ip.as_str()));
+    assert_eq!(
+        reservation(data.path(), NET, &ip).as_deref(),
+        Some("c1\r\neth0")
+    );
+    assert_eq!(
+        last_reserved(data.path(), NET).as_deref(),
+        Some(ip.as_str())
+    );
 
     net.check(&node, &pod, "c1", "eth0").expect_ok();
 
     // A CHECK failure from either side still surfaces through the other.
     std::fs::remove_file(store_dir(data.path(), NET).join(&ip)).unwrap();
     let out = net.check(&node, &pod, "c1", "eth0");
-    assert!(!out.success(), "CHECK passed without a reservation: {out:?}");
+    assert!(
+        !out.success(),
+        "CHECK passed without a reservation: {out:?}"
+    );
     std::fs::write(store_dir(data.path(), NET).join(&ip), "c1\r\neth0").unwrap();
     net.check(&node, &pod, "c1", "eth0").expect_ok();
 
@@ -110,18 +133,34 @@ fn weft_bridge_maps_the_reference_host_locals_999() {
     let data = TempDir::new();
     let dir = mixed_plugin_dir(&[("bridge", Impl::Weft), ("host-local", Impl::Go)]);
     // A /30 holds one pod: .1 is the gateway, .2 the pod, .3 broadcast.
-    let conf = network("1.0.0", NET, bridge_plugin(BRIDGE, host_local_ipam(data.path(), subnet_range("10.244.20.0/30"))));
+    let conf = network(
+        "1.0.0",
+        NET,
+        bridge_plugin(
+            BRIDGE,
+            host_local_ipam(data.path(), subnet_range("10.244.20.0/30")),
+        ),
+    );
     let first = node.pod();
-    CniCall::add(&first, conf.clone()).cni_path(&[dir.path()]).run_in(&node, &plugin_path("bridge")).expect_ok();
+    CniCall::add(&first, conf.clone())
+        .cni_path(&[dir.path()])
+        .run_in(&node, &plugin_path("bridge"))
+        .expect_ok();
     let second = node.pod();
-    let err = CniCall::add(&second, conf).cni_path(&[dir.path()]).run_in(&node, &plugin_path("bridge")).expect_error(106);
+    let err = CniCall::add(&second, conf)
+        .cni_path(&[dir.path()])
+        .run_in(&node, &plugin_path("bridge"))
+        .expect_error(106);
     let details = err["details"].as_str().unwrap_or_default();
     assert!(details.contains("answered code 999"), "{err}");
     assert!(!err["msg"].as_str().unwrap_or_default().is_empty(), "{err}");
     // Rolled back: the second pod has no interface, the host one veth.
     assert!(link(&second, "eth0").is_none());
     assert_eq!(veths_on_host(&node).len(), 1);
-    assert_eq!(reserved_ips(data.path(), NET), vec!["10.244.20.2".to_string()]);
+    assert_eq!(
+        reserved_ips(data.path(), NET),
+        vec!["10.244.20.2".to_string()]
+    );
 }
 
 #[test]
@@ -159,17 +198,21 @@ fn weft_bridge_chained_with_reference_portmap_tuning_bandwidth() {
         ("tuning", Impl::Go),
         ("bandwidth", Impl::Go),
     ]);
-    let list = conflist("1.0.0", NET, vec![
-        bridge_entry(data.path(), 12),
-        json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}),
-        json!({
-            "type": "tuning",
-            "mtu": 1400,
-            "sysctl": {"net.ipv4.conf.eth0.accept_local": "1"},
-            "dataDir": tuning_data.path()
-        }),
-        json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}),
-    ]);
+    let list = conflist(
+        "1.0.0",
+        NET,
+        vec![
+            bridge_entry(data.path(), 12),
+            json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}),
+            json!({
+                "type": "tuning",
+                "mtu": 1400,
+                "sysctl": {"net.ipv4.conf.eth0.accept_local": "1"},
+                "dataDir": tuning_data.path()
+            }),
+            json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}),
+        ],
+    );
     let mut net = Driver::new(&list, &[dir.path()]);
     net.cap_args = Some(json!({
         "portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}],
@@ -186,12 +229,16 @@ fn weft_bridge_chained_with_reference_portmap_tuning_bandwidth() {
 
     let result = net.add(&node, &pod, "c1", "eth0").expect_ok();
     assert_eq!(result["ips"][0]["address"], "10.244.12.2/24", "{result}");
-    let host_veth = result["interfaces"][1]["name"].as_str().unwrap().to_string();
+    let host_veth = result["interfaces"][1]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // tuning changed the container interface.
     assert_eq!(link(&pod, "eth0").unwrap()["mtu"], 1400);
     assert_eq!(
-        pod.sh("cat /proc/sys/net/ipv4/conf/eth0/accept_local").trim(),
+        pod.sh("cat /proc/sys/net/ipv4/conf/eth0/accept_local")
+            .trim(),
         "1"
     );
     // portmap: a DNAT to the pod for the host port.
@@ -203,11 +250,13 @@ fn weft_bridge_chained_with_reference_portmap_tuning_bandwidth() {
     // fed from the host veth's ingress (pod egress).
     let q = qdiscs(&node);
     assert!(
-        q.iter().any(|x| x["dev"] == host_veth.as_str() && x["kind"] == "tbf"),
+        q.iter()
+            .any(|x| x["dev"] == host_veth.as_str() && x["kind"] == "tbf"),
         "{q:?}"
     );
     assert!(
-        q.iter().any(|x| x["dev"] == host_veth.as_str() && x["kind"] == "ingress"),
+        q.iter()
+            .any(|x| x["dev"] == host_veth.as_str() && x["kind"] == "ingress"),
         "{q:?}"
     );
     let ifbs: Vec<Value> = links(&node)
@@ -216,7 +265,10 @@ fn weft_bridge_chained_with_reference_portmap_tuning_bandwidth() {
         .collect();
     assert_eq!(ifbs.len(), 1, "{ifbs:?}");
     let ifb = ifbs[0]["ifname"].as_str().unwrap();
-    assert!(q.iter().any(|x| x["dev"] == ifb && x["kind"] == "tbf"), "{q:?}");
+    assert!(
+        q.iter().any(|x| x["dev"] == ifb && x["kind"] == "tbf"),
+        "{q:?}"
+    );
 
     // Traffic to the host port on the node reaches the pod.
     let _server = pod.spawn(
@@ -232,7 +284,10 @@ fn weft_bridge_chained_with_reference_portmap_tuning_bandwidth() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    assert!(fetched.contains("Directory listing"), "no answer through the port mapping: {fetched:?}");
+    assert!(
+        fetched.contains("Directory listing"),
+        "no answer through the port mapping: {fetched:?}"
+    );
 
     check_chain(&node, &pod, &net, &list, dir.path());
     lo.check(&node, &pod, "c1", "lo").expect_ok();
@@ -269,7 +324,10 @@ fn check_chain(node: &Node, pod: &Netns, net: &Driver, list: &Value, dir: &Path)
     if !out.success() {
         let err = out.expect_error(999);
         assert!(
-            err["msg"].as_str().unwrap().starts_with("could not check ipv6 dnat"),
+            err["msg"]
+                .as_str()
+                .unwrap()
+                .starts_with("could not check ipv6 dnat"),
             "CHECK failed for another reason than plugins#819: {err}"
         );
     }
@@ -296,7 +354,9 @@ fn check_chain(node: &Node, pod: &Netns, net: &Driver, list: &Value, dir: &Path)
         obj.insert("name".into(), json!(NET));
         obj.insert("prevResult".into(), cached["result"].clone());
         let kind = plugin["type"].as_str().unwrap().to_string();
-        let mut call = CniCall::check(pod, conf).container_id("c1").cni_path(&[dir]);
+        let mut call = CniCall::check(pod, conf)
+            .container_id("c1")
+            .cni_path(&[dir]);
         if kind == "portmap" {
             call = call.env("PATH", &v4_path);
         }
@@ -317,7 +377,14 @@ fn ipam_conf(data: &Path, range: Value) -> Value {
     )
 }
 
-fn run_ipam(node: &Node, pod: &Netns, which: Impl, command: &str, conf: &Value, cid: &str) -> CniOutput {
+fn run_ipam(
+    node: &Node,
+    pod: &Netns,
+    which: Impl,
+    command: &str,
+    conf: &Value,
+    cid: &str,
+) -> CniOutput {
     CniCall::for_pod(command, pod, conf.clone())
         .container_id(cid)
         .run_in(node, &which.binary("host-local"))
@@ -343,12 +410,24 @@ fn host_local_store_is_shared_between_implementations() {
     // Go allocates; weft continues the round-robin from Go's last_reserved_ip.
     assert_eq!(add(Impl::Go, "go1"), "10.244.13.2/24");
     assert_eq!(add(Impl::Go, "go2"), "10.244.13.3/24");
-    assert_eq!(last_reserved(data.path(), NET).as_deref(), Some("10.244.13.3"));
+    assert_eq!(
+        last_reserved(data.path(), NET).as_deref(),
+        Some("10.244.13.3")
+    );
     assert_eq!(add(Impl::Weft, "weft1"), "10.244.13.4/24");
-    assert_eq!(last_reserved(data.path(), NET).as_deref(), Some("10.244.13.4"));
+    assert_eq!(
+        last_reserved(data.path(), NET).as_deref(),
+        Some("10.244.13.4")
+    );
     // Same file format on both sides.
-    assert_eq!(reservation(data.path(), NET, "10.244.13.3").as_deref(), Some("go2\r\neth0"));
-    assert_eq!(reservation(data.path(), NET, "10.244.13.4").as_deref(), Some("weft1\r\neth0"));
+    assert_eq!(
+        reservation(data.path(), NET, "10.244.13.3").as_deref(),
+        Some("go2\r\neth0")
+    );
+    assert_eq!(
+        reservation(data.path(), NET, "10.244.13.4").as_deref(),
+        Some("weft1\r\neth0")
+    );
     // ... and Go continues after weft's.
     assert_eq!(add(Impl::Go, "go3"), "10.244.13.5/24");
 
@@ -369,12 +448,20 @@ fn host_local_store_is_shared_between_implementations() {
     // weft DEL releases Go's allocation; Go DEL releases weft's.
     run(Impl::Weft, "DEL", "go1").expect_ok();
     run(Impl::Go, "DEL", "weft1").expect_ok();
-    assert_eq!(reserved_ips(data.path(), NET), vec!["10.244.13.3", "10.244.13.5"]);
+    assert_eq!(
+        reserved_ips(data.path(), NET),
+        vec!["10.244.13.3", "10.244.13.5"]
+    );
     // Neither reuses a released address before the range wraps.
     assert_eq!(add(Impl::Weft, "weft2"), "10.244.13.6/24");
     assert_eq!(add(Impl::Go, "go4"), "10.244.13.7/24");
 
-    for (which, cid) in [(Impl::Go, "go2"), (Impl::Weft, "go3"), (Impl::Go, "weft2"), (Impl::Weft, "go4")] {
+    for (which, cid) in [
+        (Impl::Go, "go2"),
+        (Impl::Weft, "go3"),
+        (Impl::Go, "weft2"),
+        (Impl::Weft, "go4"),
+    ] {
         run(which, "DEL", cid).expect_ok();
     }
     assert!(reserved_ips(data.path(), NET).is_empty());
@@ -405,7 +492,10 @@ fn host_local_round_robin_wraps_across_implementations() {
     assert_eq!(allocated(&add(Impl::Weft, "d")), "10.244.14.13/24");
     // Full: weft says so with its own code, Go with its catch-all.
     let full = add(Impl::Weft, "e").expect_error(101);
-    assert!(full["msg"].as_str().is_some_and(|m| !m.is_empty()), "{full}");
+    assert!(
+        full["msg"].as_str().is_some_and(|m| !m.is_empty()),
+        "{full}"
+    );
     assert!(!add(Impl::Go, "e").success());
     assert_eq!(reserved_ips(data.path(), NET).len(), 4);
 

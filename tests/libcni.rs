@@ -68,7 +68,10 @@ fn runtime_add_check_del_lifecycle() {
     assert_eq!(result["ips"][0]["address"], "10.244.1.2/24", "{result}");
     assert_eq!(result["ips"][0]["gateway"], "10.244.1.1", "{result}");
     assert_eq!(result["ips"][0]["interface"], 2, "{result}");
-    assert!(result["ips"][0].get("version").is_none(), "1.0.0 has no ips[].version: {result}");
+    assert!(
+        result["ips"][0].get("version").is_none(),
+        "1.0.0 has no ips[].version: {result}"
+    );
     let ifaces = result["interfaces"].as_array().unwrap();
     assert_eq!(ifaces.len(), 3, "{result}");
     assert_eq!(ifaces[0]["name"], BRIDGE);
@@ -77,7 +80,9 @@ fn runtime_add_check_del_lifecycle() {
     let host_veth = ifaces[1]["name"].as_str().unwrap().to_string();
 
     // libcni cached exactly what the plugin returned.
-    let cached = net.cached(NET, "c1", "eth0").expect("libcni caches the ADD result");
+    let cached = net
+        .cached(NET, "c1", "eth0")
+        .expect("libcni caches the ADD result");
     assert_eq!(cached["result"], result, "cache: {cached}");
     assert_eq!(cached["netns"], pod.path_str());
     assert_eq!(cached["ifName"], "eth0");
@@ -103,7 +108,11 @@ fn runtime_add_check_del_lifecycle() {
         reservation(data.path(), NET, "10.244.1.2").unwrap(),
         "c1\r\neth0"
     );
-    assert!(nft_ruleset(&node).contains("id=c1"), "ipMasq rule missing:\n{}", nft_ruleset(&node));
+    assert!(
+        nft_ruleset(&node).contains("id=c1"),
+        "ipMasq rule missing:\n{}",
+        nft_ruleset(&node)
+    );
 
     // CHECK passes on both lists.
     net.check(&node, &pod, "c1", "eth0").expect_ok();
@@ -123,8 +132,15 @@ fn runtime_add_check_del_lifecycle() {
     assert!(link(&pod, "eth0").is_none());
     assert!(veths_on_host(&node).is_empty());
     assert!(reserved_ips(data.path(), NET).is_empty());
-    assert!(!nft_ruleset(&node).contains("id=c1"), "ipMasq rule left:\n{}", nft_ruleset(&node));
-    assert!(net.cached(NET, "c1", "eth0").is_none(), "libcni drops the cache on DEL");
+    assert!(
+        !nft_ruleset(&node).contains("id=c1"),
+        "ipMasq rule left:\n{}",
+        nft_ruleset(&node)
+    );
+    assert!(
+        net.cached(NET, "c1", "eth0").is_none(),
+        "libcni drops the cache on DEL"
+    );
     assert!(!is_up(&pod, "lo"));
     assert!(link(&node, BRIDGE).is_some(), "the bridge is never removed");
 
@@ -171,7 +187,11 @@ fn del_after_the_pod_netns_is_gone_releases_everything() {
     out.expect_ok();
     assert!(reserved_ips(data.path(), NET).is_empty());
     assert!(veths_on_host(&node).is_empty());
-    assert!(!nft_ruleset(&node).contains("id=c1"), "{}", nft_ruleset(&node));
+    assert!(
+        !nft_ruleset(&node).contains("id=c1"),
+        "{}",
+        nft_ruleset(&node)
+    );
 }
 
 #[test]
@@ -189,7 +209,10 @@ fn capability_args_set_ip_and_mac() {
 
     let result = net.add(&node, &pod, "c1", "eth0").expect_ok();
     assert_eq!(result["ips"][0]["address"], "10.244.3.77/24", "{result}");
-    assert_eq!(result["interfaces"][2]["mac"], "0a:58:0a:f4:03:4d", "{result}");
+    assert_eq!(
+        result["interfaces"][2]["mac"], "0a:58:0a:f4:03:4d",
+        "{result}"
+    );
     assert_eq!(ipv4_addrs(&pod, "eth0"), vec!["10.244.3.77/24"]);
     assert_eq!(link(&pod, "eth0").unwrap()["address"], "0a:58:0a:f4:03:4d");
     assert_eq!(reserved_ips(data.path(), NET), vec!["10.244.3.77"]);
@@ -228,7 +251,10 @@ fn gc_releases_stale_attachments_and_keeps_valid_ones() {
     net.gc(&node, Some(&[("c0", "eth0")])).expect_ok();
     assert!(net.cached(NET, "c1", "eth0").is_none());
     assert!(link(&pods[1], "eth0").is_none());
-    assert_eq!(reserved_ips(data.path(), NET), vec!["10.244.4.2", "10.244.4.4"]);
+    assert_eq!(
+        reserved_ips(data.path(), NET),
+        vec!["10.244.4.2", "10.244.4.4"]
+    );
 
     let mut v11 = list.clone();
     v11["cniVersion"] = json!("1.1.0");
@@ -241,7 +267,10 @@ fn gc_releases_stale_attachments_and_keeps_valid_ones() {
     assert!(link(&pods[2], "eth0").is_none());
     let rules = nft_ruleset(&node);
     assert!(rules.contains("id=c0"), "{rules}");
-    assert!(!rules.contains("id=c1") && !rules.contains("id=c2"), "{rules}");
+    assert!(
+        !rules.contains("id=c1") && !rules.contains("id=c2"),
+        "{rules}"
+    );
     // STATUS at 1.1.0 reaches weft's plugins (the reference ones reject it).
     net.status(&node).expect_ok();
 

@@ -180,8 +180,15 @@ fn del_with_an_unmounted_netns_placeholder_succeeds() {
     let node = Node::new();
     let pod = node.pod();
     run(&node, CniCall::add(&pod, conf("1.0.0"))).expect_ok();
-    let umount = std::process::Command::new("umount").arg(&pod.path).status().unwrap();
-    assert!(umount.success() && pod.path.is_file(), "placeholder file left at {}", pod.path.display());
+    let umount = std::process::Command::new("umount")
+        .arg(&pod.path)
+        .status()
+        .unwrap();
+    assert!(
+        umount.success() && pod.path.is_file(),
+        "placeholder file left at {}",
+        pod.path.display()
+    );
     run(&node, CniCall::del(&pod, conf("1.0.0"))).expect_ok();
     // ADD and CHECK still refuse it.
     run(&node, CniCall::add(&pod, conf("1.0.0"))).expect_error(4);

@@ -31,11 +31,19 @@ fn documents() -> Vec<Yaml> {
 }
 
 fn kind<'a>(docs: &'a [Yaml], kind: &str) -> &'a Yaml {
-    docs.iter().find(|d| d["kind"].as_str() == Some(kind)).unwrap_or_else(|| panic!("no {kind} in kube-weft.yml"))
+    docs.iter()
+        .find(|d| d["kind"].as_str() == Some(kind))
+        .unwrap_or_else(|| panic!("no {kind} in kube-weft.yml"))
 }
 
 fn strings(v: &Yaml) -> Vec<String> {
-    v.as_sequence().map(|s| s.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default()
+    v.as_sequence()
+        .map(|s| {
+            s.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Binaries the workspace builds, from `cargo metadata`.
@@ -51,7 +59,11 @@ fn workspace_binaries() -> Vec<String> {
         .into_iter()
         .flatten()
         .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
-        .filter(|t| t["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin")))
+        .filter(|t| {
+            t["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "bin"))
+        })
         .filter_map(|t| t["name"].as_str().map(String::from))
         .collect()
 }
@@ -60,13 +72,22 @@ fn workspace_binaries() -> Vec<String> {
 fn every_document_parses_and_configmap_matches_conf_files() {
     let docs = documents();
     assert_eq!(
-        docs.iter().filter_map(|d| d["kind"].as_str()).collect::<Vec<_>>(),
+        docs.iter()
+            .filter_map(|d| d["kind"].as_str())
+            .collect::<Vec<_>>(),
         ["Namespace", "ConfigMap", "DaemonSet"]
     );
     let data = &kind(&docs, "ConfigMap")["data"];
-    let embedded: Json = serde_json::from_str(data["cni-conf.json"].as_str().expect("cni-conf.json")).expect("cni-conf.json is JSON");
-    assert_eq!(embedded, json_file("10-weft.conflist"), "ConfigMap cni-conf.json differs from conf/10-weft.conflist");
-    let net: Json = serde_json::from_str(data["net-conf.json"].as_str().expect("net-conf.json")).expect("net-conf.json is JSON");
+    let embedded: Json =
+        serde_json::from_str(data["cni-conf.json"].as_str().expect("cni-conf.json"))
+            .expect("cni-conf.json is JSON");
+    assert_eq!(
+        embedded,
+        json_file("10-weft.conflist"),
+        "ConfigMap cni-conf.json differs from conf/10-weft.conflist"
+    );
+    let net: Json = serde_json::from_str(data["net-conf.json"].as_str().expect("net-conf.json"))
+        .expect("net-conf.json is JSON");
     assert_eq!(net, json_file("net-conf.json"));
     assert!(data["etcd-endpoints"].as_str().is_some());
 }
@@ -75,7 +96,10 @@ fn every_document_parses_and_configmap_matches_conf_files() {
 fn conflist_is_kube_flannels_unchanged() {
     let conflist = json_file("10-weft.conflist");
     assert_eq!(conflist["plugins"][0]["type"], "flannel");
-    assert_eq!(conflist["plugins"][0]["delegate"], serde_json::json!({"hairpinMode": true, "isDefaultGateway": true}));
+    assert_eq!(
+        conflist["plugins"][0]["delegate"],
+        serde_json::json!({"hairpinMode": true, "isDefaultGateway": true})
+    );
     assert_eq!(conflist["plugins"][1]["type"], "portmap");
     assert_eq!(json_file("net-conf.json")["Backend"]["Type"], "vxlan");
 }
@@ -90,19 +114,32 @@ fn daemonset_runs_weftd_with_its_real_flags_and_installs_real_binaries() {
     let init = &pod["initContainers"][0];
     let install = strings(&init["command"]);
     assert_eq!(install[0], "/opt/weft/bin/weft-install");
-    let plugins: Vec<&String> = install.iter().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let plugins: Vec<&String> = install
+        .iter()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     assert!(!plugins.is_empty());
     let installer = "weft-install".to_string();
     for p in plugins.iter().copied().chain([&installer]) {
-        assert!(binaries.contains(p), "the init container installs {p}, which the workspace does not build");
+        assert!(
+            binaries.contains(p),
+            "the init container installs {p}, which the workspace does not build"
+        );
     }
 
     let weftd = &pod["containers"][0];
     let caps = strings(&weftd["securityContext"]["capabilities"]["add"]);
-    assert!(caps.contains(&"NET_ADMIN".into()) && caps.contains(&"NET_RAW".into()), "{caps:?}");
+    assert!(
+        caps.contains(&"NET_ADMIN".into()) && caps.contains(&"NET_RAW".into()),
+        "{caps:?}"
+    );
     let command = strings(&weftd["command"]);
     assert_eq!(command[0], "/opt/weft/bin/weftd");
-    let help = Command::new(plugin_dir().join("weftd")).arg("--help").output().expect("run weftd --help");
+    let help = Command::new(plugin_dir().join("weftd"))
+        .arg("--help")
+        .output()
+        .expect("run weftd --help");
     let help = String::from_utf8_lossy(&help.stdout);
     for flag in command.iter().skip(1) {
         let name = flag.split('=').next().unwrap_or(flag);
@@ -110,15 +147,30 @@ fn daemonset_runs_weftd_with_its_real_flags_and_installs_real_binaries() {
     }
     for env in weftd["env"].as_sequence().expect("env") {
         let name = env["name"].as_str().expect("env name");
-        let flag = name.strip_prefix("FLANNELD_").expect("weftd env is FLANNELD_*").to_lowercase().replace('_', "-");
-        assert!(help.contains(&format!("--{flag}")), "{name} maps to --{flag}, which weftd does not know");
+        let flag = name
+            .strip_prefix("FLANNELD_")
+            .expect("weftd env is FLANNELD_*")
+            .to_lowercase()
+            .replace('_', "-");
+        assert!(
+            help.contains(&format!("--{flag}")),
+            "{name} maps to --{flag}, which weftd does not know"
+        );
     }
     // Every mounted volume is declared.
-    let declared: Vec<&str> = pod["volumes"].as_sequence().expect("volumes").iter().filter_map(|v| v["name"].as_str()).collect();
+    let declared: Vec<&str> = pod["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
     for c in [init, weftd] {
         for m in c["volumeMounts"].as_sequence().expect("volumeMounts") {
             let name = m["name"].as_str().expect("mount name");
-            assert!(declared.contains(&name), "volume {name} is mounted but not declared");
+            assert!(
+                declared.contains(&name),
+                "volume {name} is mounted but not declared"
+            );
         }
     }
 }
@@ -129,15 +181,32 @@ fn containerfile_copies_files_that_exist() {
     let binaries = workspace_binaries();
     let mut copied = 0;
     for line in text.lines().map(str::trim) {
-        let line = line.strip_prefix("COPY").unwrap_or(line).trim().trim_end_matches('\\').trim();
-        for word in line.split_whitespace().filter(|w| w.starts_with("target/") || w.starts_with("conf/")) {
+        let line = line
+            .strip_prefix("COPY")
+            .unwrap_or(line)
+            .trim()
+            .trim_end_matches('\\')
+            .trim();
+        for word in line
+            .split_whitespace()
+            .filter(|w| w.starts_with("target/") || w.starts_with("conf/"))
+        {
             copied += 1;
             if let Some(bin) = word.strip_prefix("target/x86_64-unknown-linux-gnu/release/") {
-                assert!(binaries.contains(&bin.to_string()), "Containerfile copies {bin}, which the workspace does not build");
+                assert!(
+                    binaries.contains(&bin.to_string()),
+                    "Containerfile copies {bin}, which the workspace does not build"
+                );
             } else {
-                assert!(workspace_root().join(word).exists(), "Containerfile copies {word}, which does not exist");
+                assert!(
+                    workspace_root().join(word).exists(),
+                    "Containerfile copies {word}, which does not exist"
+                );
             }
         }
     }
-    assert!(copied >= 7, "expected the six binaries and the conflist, found {copied} sources");
+    assert!(
+        copied >= 7,
+        "expected the six binaries and the conflist, found {copied} sources"
+    );
 }

@@ -10,7 +10,11 @@ use std::path::Path;
 pub fn read_previous(path: &Path) -> Option<flannel_env::SubnetEnv> {
     match flannel_env::SubnetEnv::read(path) {
         Ok(env) => Some(env),
-        Err(flannel_env::ReadError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+        Err(flannel_env::ReadError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            None
+        }
         Err(e) => {
             crate::warn!("ignoring the previous subnet file", error = e);
             None
@@ -64,7 +68,10 @@ mod tests {
         );
         write(&path, "FLANNEL_MTU=1\n");
         assert_eq!(read_previous(&path), None);
-        write(&path, "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=garbage\n");
+        write(
+            &path,
+            "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=garbage\n",
+        );
         assert_eq!(read_previous(&path), None);
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(read_previous(&path), None);
@@ -80,7 +87,10 @@ mod tests {
         );
         assert_eq!(
             read_previous(&path).as_ref().and_then(previous_v4),
-            Some((Some("10.1.0.0/16".parse().unwrap()), "10.1.2.0/24".parse().unwrap()))
+            Some((
+                Some("10.1.0.0/16".parse().unwrap()),
+                "10.1.2.0/24".parse().unwrap()
+            ))
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -43,7 +43,10 @@ fn run_script(name: &str, tools: &[&str]) -> Result<(), String> {
     let miss = missing(tools);
     if !miss.is_empty() {
         if required {
-            return Err(format!("{name} needs: {} (WEFT_REQUIRE_ROOT=1)", miss.join(" ")));
+            return Err(format!(
+                "{name} needs: {} (WEFT_REQUIRE_ROOT=1)",
+                miss.join(" ")
+            ));
         }
         eprintln!("skipping {name}: missing tools: {}", miss.join(" "));
         return Ok(());

@@ -418,8 +418,18 @@ impl Netlink {
     /// Make `index` a port of `master`, label it with `alias` and, with
     /// `up`, bring it up: one request instead of three (`ip link set ...
     /// master ... alias ... up`).
-    pub fn attach_port(&mut self, index: u32, master: u32, alias: &str, up: bool) -> Result<(), Error> {
-        let mut m = if up { flag_msg(index, LinkFlags::Up, true) } else { msg_for(index) };
+    pub fn attach_port(
+        &mut self,
+        index: u32,
+        master: u32,
+        alias: &str,
+        up: bool,
+    ) -> Result<(), Error> {
+        let mut m = if up {
+            flag_msg(index, LinkFlags::Up, true)
+        } else {
+            msg_for(index)
+        };
         m.attributes.push(LinkAttribute::Controller(master));
         m.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
         self.change(m, &format!("attach #{index} to #{master}"))

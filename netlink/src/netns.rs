@@ -195,7 +195,11 @@ mod tests {
 
     #[test]
     fn open_refuses_what_is_not_a_network_namespace() {
-        for path in ["/proc/self/ns/uts", "/proc/self/ns/mnt", "/proc/self/status"] {
+        for path in [
+            "/proc/self/ns/uts",
+            "/proc/self/ns/mnt",
+            "/proc/self/status",
+        ] {
             let err = Netns::open(Path::new(path));
             assert!(matches!(err, Err(Error::NotNetns(_))), "{path}: {err:?}");
         }

@@ -47,7 +47,9 @@ struct Slot;
 
 impl Slot {
     fn take() -> Slot {
-        let mut used = SLOTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut used = SLOTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         while *used >= MAX_CLUSTERS {
             used = SLOT_FREED
                 .wait(used)
@@ -60,8 +62,9 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut used: MutexGuard<'_, usize> =
-            SLOTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut used: MutexGuard<'_, usize> = SLOTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         *used -= 1;
         SLOT_FREED.notify_one();
     }
@@ -178,7 +181,10 @@ impl Cluster {
         let Ok(entries) = std::fs::read_dir(self.state.join("pids")) else {
             return;
         };
-        let mut pids = self.pids.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut pids = self
+            .pids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for e in entries.flatten() {
             if let Some(pid) = std::fs::read_to_string(e.path())
                 .ok()
@@ -214,7 +220,9 @@ impl Cluster {
 
     /// (Re)starts weftd on node `n` and waits until it is ready.
     pub fn weftd_restart(&self, n: u32) {
-        self.sh(&format!("cluster_weftd_stop {n} && cluster_weftd_start {n} && cluster_node_wait_ready {n}"));
+        self.sh(&format!(
+            "cluster_weftd_stop {n} && cluster_weftd_start {n} && cluster_node_wait_ready {n}"
+        ));
     }
 
     pub fn weftd_running(&self, n: u32) -> bool {
@@ -223,12 +231,16 @@ impl Cluster {
 
     /// Adds pod `pod` on node `n` through the flannel plugin; returns its IP.
     pub fn pod_add(&self, n: u32, pod: &str) -> String {
-        self.sh(&format!("cluster_pod_add {n} {pod}")).trim().to_string()
+        self.sh(&format!("cluster_pod_add {n} {pod}"))
+            .trim()
+            .to_string()
     }
 
     /// The pod's IP as recorded at ADD.
     pub fn pod_ip(&self, n: u32, pod: &str) -> String {
-        self.sh(&format!("cluster_pod_ip {n} {pod}")).trim().to_string()
+        self.sh(&format!("cluster_pod_ip {n} {pod}"))
+            .trim()
+            .to_string()
     }
 
     /// `<prefix>-n<N>`.
@@ -256,7 +268,9 @@ impl Cluster {
 
     /// The node's lease subnet (from its subnet.env), e.g. `10.244.7.0/24`.
     pub fn subnet(&self, n: u32) -> String {
-        self.sh(&format!("cluster_node_subnet {n}")).trim().to_string()
+        self.sh(&format!("cluster_node_subnet {n}"))
+            .trim()
+            .to_string()
     }
 
     pub fn wait_converged(&self) {
@@ -294,7 +308,10 @@ impl Cluster {
 
     /// `ip netns exec <ns> sh -c script`, stdout; panics on failure.
     pub fn ns_sh(&self, ns: &str, script: &str) -> String {
-        self.sh(&format!("ip netns exec '{ns}' sh -c {}", shell_quote(script)))
+        self.sh(&format!(
+            "ip netns exec '{ns}' sh -c {}",
+            shell_quote(script)
+        ))
     }
 
     /// The flannel.1 MAC address of node `n`.
@@ -336,7 +353,11 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if std::env::var_os("WEFT_KEEP_CLUSTER_LOGS").is_some() || std::thread::panicking() {
-            note(&format!("cluster {} logs:\n{}", self.name, self.log_tails()));
+            note(&format!(
+                "cluster {} logs:\n{}",
+                self.name,
+                self.log_tails()
+            ));
         }
         let out = self.try_sh("cluster_teardown");
         if !out.status.success() {

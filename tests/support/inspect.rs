@@ -161,5 +161,7 @@ pub fn eventually(what: &str, cond: impl FnMut() -> bool) {
 /// recent kernels (seen on 6.18).
 #[track_caller]
 pub fn assert_no_veths(node: &Netns) {
-    eventually("no veth is left in the node", || veths_on_host(node).is_empty());
+    eventually("no veth is left in the node", || {
+        veths_on_host(node).is_empty()
+    });
 }

@@ -36,8 +36,10 @@ mod store;
 
 pub use cluster::{cluster_lib, shell_quote, Cluster};
 pub use cni::{plugin_dir, plugin_path, reference_plugin_dir, workspace_root, CniCall, CniOutput};
+pub use config::{
+    bridge_plugin, conflist, host_local_ipam, merged, network, subnet_range, with_prev,
+};
 pub use driver::{driver_path, Driver};
-pub use config::{bridge_plugin, conflist, host_local_ipam, merged, network, subnet_range, with_prev};
 pub use inspect::{
     addrs, assert_no_veths, eventually, has_flag, ipv4_addrs, is_up, link, links, nft_rules,
     nft_ruleset, routes, routes6, veth_names, veths_on_host, wait_until,

@@ -41,9 +41,12 @@ struct Args {
 
 fn install(src: &Path, dst: &Path, mode: u32) -> Result<()> {
     let data = fs::read(src).with_context(|| format!("read {}", src.display()))?;
-    let dir = dst.parent().context("destination has no parent directory")?;
+    let dir = dst
+        .parent()
+        .context("destination has no parent directory")?;
     fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    flannel_env::write_atomic(dst, &data, mode).with_context(|| format!("install {}", dst.display()))?;
+    flannel_env::write_atomic(dst, &data, mode)
+        .with_context(|| format!("install {}", dst.display()))?;
     eprintln!("weft-install: installed {}", dst.display());
     Ok(())
 }
@@ -53,9 +56,14 @@ fn run(args: &Args) -> Result<()> {
         if plugin.contains('/') || plugin.is_empty() {
             bail!("plugin name {plugin:?} is not a file name");
         }
-        install(&args.bin_src.join(plugin), &args.bin_dst.join(plugin), 0o755)?;
+        install(
+            &args.bin_src.join(plugin),
+            &args.bin_dst.join(plugin),
+            0o755,
+        )?;
     }
-    let conf = fs::read(&args.conf_src).with_context(|| format!("read {}", args.conf_src.display()))?;
+    let conf =
+        fs::read(&args.conf_src).with_context(|| format!("read {}", args.conf_src.display()))?;
     serde_json::from_slice::<serde_json::Value>(&conf)
         .with_context(|| format!("{} is not valid JSON", args.conf_src.display()))?;
     install(&args.conf_src, &args.conf_dst, 0o644)

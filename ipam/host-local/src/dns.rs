@@ -14,7 +14,8 @@ pub fn parse(text: &str) -> Dns {
             continue;
         }
         let mut words = line.split_whitespace();
-        let (Some(key), rest) = (words.next(), words.map(str::to_string).collect::<Vec<_>>()) else {
+        let (Some(key), rest) = (words.next(), words.map(str::to_string).collect::<Vec<_>>())
+        else {
             continue;
         };
         let Some(first) = rest.first() else { continue };
@@ -30,7 +31,12 @@ pub fn parse(text: &str) -> Dns {
 }
 
 pub fn load(path: &Path) -> Result<Dns, Error> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(format!("cannot read ipam.resolvConf \"{}\"", path.display()), &e))?;
+    let bytes = std::fs::read(path).map_err(|e| {
+        Error::io(
+            format!("cannot read ipam.resolvConf \"{}\"", path.display()),
+            &e,
+        )
+    })?;
     Ok(parse(&String::from_utf8_lossy(&bytes)))
 }
 
@@ -47,7 +53,10 @@ mod tests {
         );
         assert_eq!(dns.nameservers, ["10.96.0.10", "fd00::10"]);
         assert_eq!(dns.domain.as_deref(), Some("cluster.local"));
-        assert_eq!(dns.search, ["ns.svc.cluster.local", "svc.cluster.local", "cluster.local"]);
+        assert_eq!(
+            dns.search,
+            ["ns.svc.cluster.local", "svc.cluster.local", "cluster.local"]
+        );
         assert_eq!(dns.options, ["ndots:5", "edns0"]);
         assert!(parse("").is_empty());
     }

@@ -58,7 +58,9 @@ impl Range {
     /// Whether `ip` lies in `[start, end]` (and therefore in the subnet).
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical_ip(ip);
-        self.same_family(ip) && to_u128(self.start) <= to_u128(ip) && to_u128(ip) <= to_u128(self.end)
+        self.same_family(ip)
+            && to_u128(self.start) <= to_u128(ip)
+            && to_u128(ip) <= to_u128(self.end)
     }
 
     /// Whether the allocatable slices of the two ranges share an address.
@@ -70,7 +72,9 @@ impl Range {
 
     /// Number of addresses in `[start, end]`; saturates for an IPv6 ::/0-sized range.
     pub fn len(&self) -> u128 {
-        to_u128(self.end).saturating_sub(to_u128(self.start)).saturating_add(1)
+        to_u128(self.end)
+            .saturating_sub(to_u128(self.start))
+            .saturating_add(1)
     }
 }
 
@@ -103,14 +107,24 @@ impl RangeSet {
     }
 
     pub fn overlaps(&self, other: &RangeSet) -> bool {
-        self.ranges.iter().any(|a| other.ranges.iter().any(|b| a.overlaps(b)))
+        self.ranges
+            .iter()
+            .any(|a| other.ranges.iter().any(|b| a.overlaps(b)))
     }
 
     /// How many addresses the set can hand out: all of its ranges minus the
     /// gateways that fall inside them.
     pub fn capacity(&self) -> u128 {
-        let total = self.ranges.iter().fold(0u128, |acc, r| acc.saturating_add(r.len()));
-        let mut gateways: Vec<IpAddr> = self.ranges.iter().map(|r| r.gateway).filter(|g| self.contains(*g)).collect();
+        let total = self
+            .ranges
+            .iter()
+            .fold(0u128, |acc, r| acc.saturating_add(r.len()));
+        let mut gateways: Vec<IpAddr> = self
+            .ranges
+            .iter()
+            .map(|r| r.gateway)
+            .filter(|g| self.contains(*g))
+            .collect();
         gateways.sort();
         gateways.dedup();
         total.saturating_sub(gateways.len() as u128)
@@ -120,8 +134,16 @@ impl RangeSet {
     /// `last` when it lies in the set, else at the first range's start, and
     /// wrapping across the ranges in order. Gateways are skipped.
     pub fn candidates(&self, last: Option<IpAddr>) -> Candidates<'_> {
-        let total = self.ranges.iter().fold(0u128, |acc, r| acc.saturating_add(r.len()));
-        let mut it = Candidates { set: self, idx: 0, cur: 0, remaining: total };
+        let total = self
+            .ranges
+            .iter()
+            .fold(0u128, |acc, r| acc.saturating_add(r.len()));
+        let mut it = Candidates {
+            set: self,
+            idx: 0,
+            cur: 0,
+            remaining: total,
+        };
         let Some(first) = self.ranges.first() else {
             it.remaining = 0;
             return it;
@@ -162,7 +184,9 @@ pub struct Candidates<'a> {
 
 impl Candidates<'_> {
     fn advance(&mut self) {
-        let Some(range) = self.set.ranges.get(self.idx) else { return };
+        let Some(range) = self.set.ranges.get(self.idx) else {
+            return;
+        };
         if self.cur >= to_u128(range.end) {
             self.idx = (self.idx + 1) % self.set.ranges.len();
             if let Some(next) = self.set.ranges.get(self.idx) {
@@ -201,24 +225,41 @@ mod tests {
     }
 
     fn range(subnet: &str, start: &str, end: &str, gw: &str) -> Range {
-        Range { subnet: subnet.parse().unwrap(), start: ip(start), end: ip(end), gateway: ip(gw) }
+        Range {
+            subnet: subnet.parse().unwrap(),
+            start: ip(start),
+            end: ip(end),
+            gateway: ip(gw),
+        }
     }
 
     fn all(set: &RangeSet, last: Option<&str>) -> Vec<String> {
-        set.candidates(last.map(ip)).map(|(a, _)| a.to_string()).collect()
+        set.candidates(last.map(ip))
+            .map(|(a, _)| a.to_string())
+            .collect()
     }
 
     #[test]
     fn walks_from_start_and_skips_the_gateway() {
-        let set = RangeSet { ranges: vec![range("10.0.0.0/29", "10.0.0.1", "10.0.0.6", "10.0.0.1")] };
-        assert_eq!(all(&set, None), ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]);
+        let set = RangeSet {
+            ranges: vec![range("10.0.0.0/29", "10.0.0.1", "10.0.0.6", "10.0.0.1")],
+        };
+        assert_eq!(
+            all(&set, None),
+            ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]
+        );
         assert_eq!(set.capacity(), 5);
     }
 
     #[test]
     fn round_robin_resumes_after_last_and_wraps() {
-        let set = RangeSet { ranges: vec![range("10.0.0.0/29", "10.0.0.1", "10.0.0.6", "10.0.0.1")] };
-        assert_eq!(all(&set, Some("10.0.0.4")), ["10.0.0.5", "10.0.0.6", "10.0.0.2", "10.0.0.3", "10.0.0.4"]);
+        let set = RangeSet {
+            ranges: vec![range("10.0.0.0/29", "10.0.0.1", "10.0.0.6", "10.0.0.1")],
+        };
+        assert_eq!(
+            all(&set, Some("10.0.0.4")),
+            ["10.0.0.5", "10.0.0.6", "10.0.0.2", "10.0.0.3", "10.0.0.4"]
+        );
         // The last address of the set wraps to the start.
         assert_eq!(all(&set, Some("10.0.0.6"))[0], "10.0.0.2");
         // A last address outside the set (config changed) starts over.
@@ -234,9 +275,18 @@ mod tests {
                 range("10.0.1.0/24", "10.0.1.1", "10.0.1.3", "10.0.1.1"),
             ],
         };
-        assert_eq!(all(&set, None), ["10.0.0.10", "10.0.0.11", "10.0.1.2", "10.0.1.3"]);
-        assert_eq!(all(&set, Some("10.0.0.11")), ["10.0.1.2", "10.0.1.3", "10.0.0.10", "10.0.0.11"]);
-        assert_eq!(all(&set, Some("10.0.1.3")), ["10.0.0.10", "10.0.0.11", "10.0.1.2", "10.0.1.3"]);
+        assert_eq!(
+            all(&set, None),
+            ["10.0.0.10", "10.0.0.11", "10.0.1.2", "10.0.1.3"]
+        );
+        assert_eq!(
+            all(&set, Some("10.0.0.11")),
+            ["10.0.1.2", "10.0.1.3", "10.0.0.10", "10.0.0.11"]
+        );
+        assert_eq!(
+            all(&set, Some("10.0.1.3")),
+            ["10.0.0.10", "10.0.0.11", "10.0.1.2", "10.0.1.3"]
+        );
         assert_eq!(set.capacity(), 4);
         assert_eq!(set.to_string(), "10.0.0.10-10.0.0.11,10.0.1.1-10.0.1.3");
         let (a, r) = set.candidates(None).nth(2).unwrap();
@@ -255,16 +305,32 @@ mod tests {
         };
         assert_eq!(
             all(&set, Some("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")),
-            ["ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"]
+            [
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe",
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+            ]
         );
         // A huge range neither overflows nor iterates forever when asked for a few.
-        let huge = RangeSet { ranges: vec![range("::/0", "::1", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "::1")] };
+        let huge = RangeSet {
+            ranges: vec![range(
+                "::/0",
+                "::1",
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+                "::1",
+            )],
+        };
         assert_eq!(huge.capacity(), u128::MAX - 1);
-        assert_eq!(all_n(&huge, Some("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"), 2), ["::2", "::3"]);
+        assert_eq!(
+            all_n(&huge, Some("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"), 2),
+            ["::2", "::3"]
+        );
     }
 
     fn all_n(set: &RangeSet, last: Option<&str>, n: usize) -> Vec<String> {
-        set.candidates(last.map(ip)).take(n).map(|(a, _)| a.to_string()).collect()
+        set.candidates(last.map(ip))
+            .take(n)
+            .map(|(a, _)| a.to_string())
+            .collect()
     }
 
     #[test]

@@ -42,9 +42,14 @@ const SEP: &str = "\r\n";
 /// Who a reservation file says it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Owner {
-    Attachment { id: String, ifname: String },
+    Attachment {
+        id: String,
+        ifname: String,
+    },
     /// Written by host-local before ifnames were recorded.
-    Legacy { id: String },
+    Legacy {
+        id: String,
+    },
     /// Empty or unreadable as text (e.g. a reference plugin crashed between
     /// creating the file and writing it).
     Unknown,
@@ -52,14 +57,21 @@ pub enum Owner {
 
 impl Owner {
     pub fn parse(data: &[u8]) -> Owner {
-        let Ok(text) = std::str::from_utf8(data) else { return Owner::Unknown };
+        let Ok(text) = std::str::from_utf8(data) else {
+            return Owner::Unknown;
+        };
         let text = text.trim();
         if text.is_empty() {
             return Owner::Unknown;
         }
         match text.split_once(SEP) {
-            Some((id, ifname)) => Owner::Attachment { id: id.to_string(), ifname: ifname.to_string() },
-            None => Owner::Legacy { id: text.to_string() },
+            Some((id, ifname)) => Owner::Attachment {
+                id: id.to_string(),
+                ifname: ifname.to_string(),
+            },
+            None => Owner::Legacy {
+                id: text.to_string(),
+            },
         }
     }
 
@@ -129,7 +141,12 @@ impl Store {
             .recursive(true)
             .mode(0o755)
             .create(dir)
-            .map_err(|e| io_err(format!("cannot create the store directory {}", dir.display()), &e))?;
+            .map_err(|e| {
+                io_err(
+                    format!("cannot create the store directory {}", dir.display()),
+                    &e,
+                )
+            })?;
         Self::lock(dir)
     }
 
@@ -143,26 +160,44 @@ impl Store {
                 &std::io::Error::from(ErrorKind::NotADirectory),
             )),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(format!("cannot access the store directory {}", dir.display()), &e)),
+            Err(e) => Err(io_err(
+                format!("cannot access the store directory {}", dir.display()),
+                &e,
+            )),
         }
     }
 
     fn lock(dir: &Path) -> Result<Store, Error> {
         let path = dir.join(LOCK_FILE);
         // O_RDONLY|O_CREAT, mode 0750: what the reference's go-filemutex does.
-        let fd = nix::fcntl::open(&path, OFlag::O_CREAT | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::from_bits_truncate(0o750))
-            .map_err(|e| io_err(format!("cannot open the lock file {}", path.display()), &std::io::Error::from(e)))?;
+        let fd = nix::fcntl::open(
+            &path,
+            OFlag::O_CREAT | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o750),
+        )
+        .map_err(|e| {
+            io_err(
+                format!("cannot open the lock file {}", path.display()),
+                &std::io::Error::from(e),
+            )
+        })?;
         let mut file = File::from(fd);
         let lock = loop {
             match Flock::lock(file, FlockArg::LockExclusive) {
                 Ok(lock) => break lock,
                 Err((f, Errno::EINTR)) => file = f,
                 Err((_, e)) => {
-                    return Err(io_err(format!("cannot lock {}", path.display()), &std::io::Error::from(e)));
+                    return Err(io_err(
+                        format!("cannot lock {}", path.display()),
+                        &std::io::Error::from(e),
+                    ));
                 }
             }
         };
-        Ok(Store { dir: dir.to_path_buf(), _lock: lock })
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -175,32 +210,50 @@ impl Store {
     /// holds the lock, which is now ours, so they are left over from a crash.
     pub fn entries(&self) -> Result<(Vec<Entry>, Vec<Error>), Error> {
         let own_tmp = format!("{TMP_PREFIX}{}.", std::process::id());
-        let list = fs::read_dir(&self.dir)
-            .map_err(|e| io_err(format!("cannot list the store directory {}", self.dir.display()), &e))?;
+        let list = fs::read_dir(&self.dir).map_err(|e| {
+            io_err(
+                format!("cannot list the store directory {}", self.dir.display()),
+                &e,
+            )
+        })?;
         let mut entries = Vec::new();
         let mut errors = Vec::new();
         for item in list {
             let item = match item {
                 Ok(i) => i,
                 Err(e) => {
-                    errors.push(io_err(format!("cannot list the store directory {}", self.dir.display()), &e));
+                    errors.push(io_err(
+                        format!("cannot list the store directory {}", self.dir.display()),
+                        &e,
+                    ));
                     continue;
                 }
             };
-            let Some(name) = item.file_name().to_str().map(str::to_string) else { continue };
+            let Some(name) = item.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
             if name.starts_with(TMP_PREFIX) && !name.starts_with(&own_tmp) {
                 let _ = fs::remove_file(item.path());
                 continue;
             }
-            let Some(ip) = ip_from_name(&name) else { continue };
+            let Some(ip) = ip_from_name(&name) else {
+                continue;
+            };
             if item.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
             match fs::read(item.path()) {
-                Ok(data) => entries.push(Entry { ip: canonical_ip(ip), name, owner: Owner::parse(&data) }),
+                Ok(data) => entries.push(Entry {
+                    ip: canonical_ip(ip),
+                    name,
+                    owner: Owner::parse(&data),
+                }),
                 // Released by someone else between listing and reading.
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => errors.push(io_err(format!("cannot read the reservation {}", item.path().display()), &e)),
+                Err(e) => errors.push(io_err(
+                    format!("cannot read the reservation {}", item.path().display()),
+                    &e,
+                )),
             }
         }
         entries.sort_by_key(|e| e.ip);
@@ -210,7 +263,9 @@ impl Store {
     /// Write `<id>\r\n<ifname>` to a fresh temporary file and fsync it.
     pub fn prepare(&self, id: &str, ifname: &str) -> Result<Pending, Error> {
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = self.dir.join(format!("{TMP_PREFIX}{}.{n}", std::process::id()));
+        let path = self
+            .dir
+            .join(format!("{TMP_PREFIX}{}.{n}", std::process::id()));
         let content = format!("{}{SEP}{ifname}", id.trim());
         let pending = Pending { path, content };
         write_synced(&pending.path, pending.content.as_bytes())
@@ -228,17 +283,28 @@ impl Store {
             // Filesystems without hard links: exclusive create, write, fsync,
             // and remove again on failure. A crash in between can leave a
             // partial file here, which is why linking is preferred.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP | libc::EMLINK)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EPERM | libc::EOPNOTSUPP | libc::EMLINK)
+                ) =>
+            {
                 match write_synced(&target, pending.content.as_bytes()) {
                     Ok(()) => Ok(true),
                     Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
                     Err(e) => {
                         let _ = fs::remove_file(&target);
-                        Err(io_err(format!("cannot write the reservation {}", target.display()), &e))
+                        Err(io_err(
+                            format!("cannot write the reservation {}", target.display()),
+                            &e,
+                        ))
                     }
                 }
             }
-            Err(e) => Err(io_err(format!("cannot create the reservation {}", target.display()), &e)),
+            Err(e) => Err(io_err(
+                format!("cannot create the reservation {}", target.display()),
+                &e,
+            )),
         }
     }
 
@@ -248,12 +314,16 @@ impl Store {
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err(format!("cannot remove the reservation {}", path.display()), &e)),
+            Err(e) => Err(io_err(
+                format!("cannot remove the reservation {}", path.display()),
+                &e,
+            )),
         }
     }
 
     pub fn last_reserved(&self, set: usize) -> Option<IpAddr> {
-        let text = fs::read_to_string(self.dir.join(format!("{LAST_RESERVED_PREFIX}{set}"))).ok()?;
+        let text =
+            fs::read_to_string(self.dir.join(format!("{LAST_RESERVED_PREFIX}{set}"))).ok()?;
         text.trim().parse::<IpAddr>().ok().map(canonical_ip)
     }
 
@@ -277,7 +347,12 @@ impl Store {
     pub fn sync(&self) -> Result<(), Error> {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| io_err(format!("cannot sync the store directory {}", self.dir.display()), &e))
+            .map_err(|e| {
+                io_err(
+                    format!("cannot sync the store directory {}", self.dir.display()),
+                    &e,
+                )
+            })
     }
 
     /// DEL: remove the reservations of (id, ifname); if there are none,
@@ -333,7 +408,11 @@ impl Store {
 
 /// Create `path` exclusively with mode 0600, write `data`, fsync.
 fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     let result = f.write_all(data).and_then(|()| f.sync_all());
     if result.is_err() {
         drop(f);
@@ -360,8 +439,12 @@ pub mod tests {
         pub fn new(tag: &str) -> TempDir {
             static N: AtomicU64 = AtomicU64::new(0);
             let n = N.fetch_add(1, Ordering::Relaxed);
-            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-            let path = std::env::temp_dir().join(format!("weft-hl-{tag}-{}-{n}-{nanos}", std::process::id()));
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let path = std::env::temp_dir()
+                .join(format!("weft-hl-{tag}-{}-{n}-{nanos}", std::process::id()));
             fs::create_dir_all(&path).unwrap();
             TempDir(path)
         }
@@ -378,15 +461,30 @@ pub mod tests {
     }
 
     fn names(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         v.sort();
         v
     }
 
     #[test]
     fn owner_parsing() {
-        assert_eq!(Owner::parse(b"c1\r\neth0"), Owner::Attachment { id: "c1".into(), ifname: "eth0".into() });
-        assert_eq!(Owner::parse(b"c1\r\neth0\n"), Owner::Attachment { id: "c1".into(), ifname: "eth0".into() });
+        assert_eq!(
+            Owner::parse(b"c1\r\neth0"),
+            Owner::Attachment {
+                id: "c1".into(),
+                ifname: "eth0".into()
+            }
+        );
+        assert_eq!(
+            Owner::parse(b"c1\r\neth0\n"),
+            Owner::Attachment {
+                id: "c1".into(),
+                ifname: "eth0".into()
+            }
+        );
         assert_eq!(Owner::parse(b"c1"), Owner::Legacy { id: "c1".into() });
         assert_eq!(Owner::parse(b" c1\n"), Owner::Legacy { id: "c1".into() });
         assert_eq!(Owner::parse(b""), Owner::Unknown);
@@ -409,9 +507,15 @@ pub mod tests {
         store.set_last_reserved(0, ip("10.0.0.2")).unwrap();
         store.set_last_reserved(0, ip("10.0.0.3")).unwrap();
         store.sync().unwrap();
-        assert_eq!(names(&dir), ["10.0.0.2", "fd00::2", "last_reserved_ip.0", "lock"]);
+        assert_eq!(
+            names(&dir),
+            ["10.0.0.2", "fd00::2", "last_reserved_ip.0", "lock"]
+        );
         assert_eq!(fs::read(dir.join("10.0.0.2")).unwrap(), b"c1\r\neth0");
-        assert_eq!(fs::read_to_string(dir.join("last_reserved_ip.0")).unwrap(), "10.0.0.3");
+        assert_eq!(
+            fs::read_to_string(dir.join("last_reserved_ip.0")).unwrap(),
+            "10.0.0.3"
+        );
         assert_eq!(store.last_reserved(0), Some(ip("10.0.0.3")));
         assert_eq!(store.last_reserved(1), None);
         let mode = |n: &str| fs::metadata(dir.join(n)).unwrap().permissions().mode() & 0o777;
@@ -466,14 +570,39 @@ pub mod tests {
             fs::write(tmp.0.join(name), content).unwrap();
         }
         fs::create_dir(tmp.0.join("10.0.0.9")).unwrap();
-        let valid: HashSet<(String, String)> = [("keep".to_string(), "eth0".to_string())].into_iter().collect();
+        let valid: HashSet<(String, String)> = [("keep".to_string(), "eth0".to_string())]
+            .into_iter()
+            .collect();
         let mut removed = store.gc(&valid).unwrap();
         removed.sort();
-        assert_eq!(removed, ["10.0.0.3", "10.0.0.4", "10.0.0.6", "10.0.0.7", "fd00::8"].map(ip));
-        assert_eq!(names(&tmp.0), ["10.0.0.2", "10.0.0.300", "10.0.0.5", "10.0.0.9", "last_reserved_ip.0", "lock", "notes.txt"]);
+        assert_eq!(
+            removed,
+            ["10.0.0.3", "10.0.0.4", "10.0.0.6", "10.0.0.7", "fd00::8"].map(ip)
+        );
+        assert_eq!(
+            names(&tmp.0),
+            [
+                "10.0.0.2",
+                "10.0.0.300",
+                "10.0.0.5",
+                "10.0.0.9",
+                "last_reserved_ip.0",
+                "lock",
+                "notes.txt"
+            ]
+        );
         // An empty valid set releases every reservation, and nothing else.
         store.gc(&HashSet::new()).unwrap();
-        assert_eq!(names(&tmp.0), ["10.0.0.300", "10.0.0.9", "last_reserved_ip.0", "lock", "notes.txt"]);
+        assert_eq!(
+            names(&tmp.0),
+            [
+                "10.0.0.300",
+                "10.0.0.9",
+                "last_reserved_ip.0",
+                "lock",
+                "notes.txt"
+            ]
+        );
     }
 
     #[test]
@@ -482,7 +611,13 @@ pub mod tests {
         assert!(Store::open_existing(&tmp.0.join("nope")).unwrap().is_none());
         assert!(!tmp.0.join("nope").exists());
         fs::write(tmp.0.join("file"), "").unwrap();
-        assert_eq!(Store::open_existing(&tmp.0.join("file")).err().unwrap().code(), 5);
+        assert_eq!(
+            Store::open_existing(&tmp.0.join("file"))
+                .err()
+                .unwrap()
+                .code(),
+            5
+        );
         assert!(Store::open_existing(&tmp.0).unwrap().is_some());
     }
 
@@ -496,7 +631,9 @@ pub mod tests {
             let _s = Store::open(&dir).unwrap();
             tx.send(()).unwrap();
         });
-        assert!(rx.recv_timeout(std::time::Duration::from_millis(200)).is_err());
+        assert!(rx
+            .recv_timeout(std::time::Duration::from_millis(200))
+            .is_err());
         drop(store);
         rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
         t.join().unwrap();

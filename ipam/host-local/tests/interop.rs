@@ -30,7 +30,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -49,7 +51,12 @@ fn is_root() -> bool {
     // "Uid:\treal\teffective\tsaved\tfs" in /proc/self/status.
     fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2)).map(|e| e == "0"))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2))
+                .map(|e| e == "0")
+        })
         .unwrap_or(false)
 }
 
@@ -57,21 +64,31 @@ fn is_root() -> bool {
 fn setup(tag: &str) -> Option<(Netns, TempDir)> {
     let require = std::env::var("WEFT_REQUIRE_ROOT").is_ok_and(|v| v == "1");
     if !is_root() {
-        assert!(!require, "WEFT_REQUIRE_ROOT=1 but the interop tests are not running as root");
+        assert!(
+            !require,
+            "WEFT_REQUIRE_ROOT=1 but the interop tests are not running as root"
+        );
         eprintln!("skipping {tag}: needs root to create a network namespace (set WEFT_REQUIRE_ROOT=1 to make this a failure)");
         return None;
     }
     if !Path::new(GO).exists() {
-        assert!(!require, "WEFT_REQUIRE_ROOT=1 but {GO} is missing (apt-get install containernetworking-plugins)");
+        assert!(
+            !require,
+            "WEFT_REQUIRE_ROOT=1 but {GO} is missing (apt-get install containernetworking-plugins)"
+        );
         eprintln!("skipping {tag}: {GO} is missing");
         return None;
     }
     let n = N.fetch_add(1, Ordering::Relaxed);
     let name = format!("wthl{}{n}", std::process::id());
-    let status = Command::new("ip").args(["netns", "add", &name]).status().expect("run ip netns add");
+    let status = Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()
+        .expect("run ip netns add");
     assert!(status.success(), "ip netns add {name} failed");
     let ns = Netns { name };
-    let dir = std::env::temp_dir().join(format!("weft-hl-interop-{tag}-{}-{n}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("weft-hl-interop-{tag}-{}-{n}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
     Some((ns, TempDir(dir)))
@@ -97,7 +114,12 @@ fn run(bin: &str, cmd: &str, ns: &Netns, id: &str, ifname: &str, conf: &Value) -
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
-    child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     Out {
@@ -111,7 +133,12 @@ fn add(bin: &str, ns: &Netns, id: &str, conf: &Value) -> Vec<String> {
     let o = run(bin, "ADD", ns, id, "eth0", conf);
     assert!(o.ok, "{bin} ADD {id} failed: {:?} {}", o.json, o.stderr);
     let v = o.json.unwrap();
-    v["ips"].as_array().unwrap().iter().map(|ip| ip["address"].as_str().unwrap().to_string()).collect()
+    v["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ip| ip["address"].as_str().unwrap().to_string())
+        .collect()
 }
 
 fn ok(bin: &str, cmd: &str, ns: &Netns, id: &str, conf: &Value) {
@@ -130,22 +157,39 @@ fn conf(dir: &Path, ranges: Value) -> Value {
 
 #[test]
 fn stores_are_shared_both_ways() {
-    let Some((ns, tmp)) = setup("shared") else { return };
-    let conf = conf(&tmp.0, json!([[{"subnet": "10.77.0.0/29"}], [{"subnet": "fd77::/120"}]]));
+    let Some((ns, tmp)) = setup("shared") else {
+        return;
+    };
+    let conf = conf(
+        &tmp.0,
+        json!([[{"subnet": "10.77.0.0/29"}], [{"subnet": "fd77::/120"}]]),
+    );
     let store = tmp.0.join("interop");
 
     // Go allocates first; weft continues after Go's last_reserved_ip.N.
     assert_eq!(add(GO, &ns, "go1", &conf), ["10.77.0.2/29", "fd77::2/120"]);
-    assert_eq!(add(WEFT, &ns, "weft1", &conf), ["10.77.0.3/29", "fd77::3/120"]);
+    assert_eq!(
+        add(WEFT, &ns, "weft1", &conf),
+        ["10.77.0.3/29", "fd77::3/120"]
+    );
     // ...and Go continues after ours.
     assert_eq!(add(GO, &ns, "go2", &conf), ["10.77.0.4/29", "fd77::4/120"]);
-    assert_eq!(add(WEFT, &ns, "weft2", &conf), ["10.77.0.5/29", "fd77::5/120"]);
+    assert_eq!(
+        add(WEFT, &ns, "weft2", &conf),
+        ["10.77.0.5/29", "fd77::5/120"]
+    );
 
     // Byte-identical files from both.
     assert_eq!(fs::read(store.join("10.77.0.2")).unwrap(), b"go1\r\neth0");
     assert_eq!(fs::read(store.join("10.77.0.3")).unwrap(), b"weft1\r\neth0");
-    assert_eq!(fs::read_to_string(store.join("last_reserved_ip.0")).unwrap(), "10.77.0.5");
-    assert_eq!(fs::read_to_string(store.join("last_reserved_ip.1")).unwrap(), "fd77::5");
+    assert_eq!(
+        fs::read_to_string(store.join("last_reserved_ip.0")).unwrap(),
+        "10.77.0.5"
+    );
+    assert_eq!(
+        fs::read_to_string(store.join("last_reserved_ip.1")).unwrap(),
+        "fd77::5"
+    );
 
     // Each CHECKs the other's reservations.
     ok(GO, "CHECK", &ns, "weft1", &conf);
@@ -156,8 +200,15 @@ fn stores_are_shared_both_ways() {
     // Re-ADD of an attachment Go made: the reference refuses ("duplicate
     // allocation"), weft returns the addresses it already holds.
     let again = run(GO, "ADD", &ns, "go2", "eth0", &conf);
-    assert!(!again.ok, "the reference now accepts duplicate ADDs: {:?}", again.json);
-    assert_eq!(add(WEFT, &ns, "go2", &conf), ["10.77.0.4/29", "fd77::4/120"]);
+    assert!(
+        !again.ok,
+        "the reference now accepts duplicate ADDs: {:?}",
+        again.json
+    );
+    assert_eq!(
+        add(WEFT, &ns, "go2", &conf),
+        ["10.77.0.4/29", "fd77::4/120"]
+    );
 
     // Each DELs the other's reservations.
     ok(WEFT, "DEL", &ns, "go1", &conf);
@@ -172,19 +223,33 @@ fn stores_are_shared_both_ways() {
     assert!(!store.join("10.77.0.6").exists());
 
     // The freed addresses are found again, round-robin, by either side.
-    assert_eq!(add(WEFT, &ns, "weft3", &conf), ["10.77.0.6/29", "fd77::6/120"]);
+    assert_eq!(
+        add(WEFT, &ns, "weft3", &conf),
+        ["10.77.0.6/29", "fd77::6/120"]
+    );
     assert_eq!(add(GO, &ns, "go3", &conf), ["10.77.0.2/29", "fd77::7/120"]);
-    assert_eq!(add(WEFT, &ns, "weft4", &conf), ["10.77.0.3/29", "fd77::8/120"]);
+    assert_eq!(
+        add(WEFT, &ns, "weft4", &conf),
+        ["10.77.0.3/29", "fd77::8/120"]
+    );
 
     // Both agree the v4 set is now full (.2-.6 taken; .1 is the gateway).
     let full_weft = run(WEFT, "ADD", &ns, "x1", "eth0", &conf);
     assert!(!full_weft.ok);
-    assert_eq!(full_weft.json.as_ref().unwrap()["code"], 101, "{:?}", full_weft.json);
+    assert_eq!(
+        full_weft.json.as_ref().unwrap()["code"],
+        101,
+        "{:?}",
+        full_weft.json
+    );
     assert!(!run(GO, "ADD", &ns, "x2", "eth0", &conf).ok);
     // Neither left anything of the failed ADDs behind (the v6 set had room).
     for f in fs::read_dir(&store).unwrap() {
         let content = fs::read_to_string(f.unwrap().path()).unwrap_or_default();
-        assert!(!content.starts_with("x1") && !content.starts_with("x2"), "leftover {content:?}");
+        assert!(
+            !content.starts_with("x1") && !content.starts_with("x2"),
+            "leftover {content:?}"
+        );
     }
 
     // DEL is idempotent on both.
@@ -195,7 +260,9 @@ fn stores_are_shared_both_ways() {
 
 #[test]
 fn requested_ips_are_honoured_by_both() {
-    let Some((ns, tmp)) = setup("requested") else { return };
+    let Some((ns, tmp)) = setup("requested") else {
+        return;
+    };
     let mut conf = conf(&tmp.0, json!([[{"subnet": "10.78.0.0/24"}]]));
     conf["runtimeConfig"] = json!({"ips": ["10.78.0.50/24"]});
     assert_eq!(add(GO, &ns, "go1", &conf), ["10.78.0.50/24"]);
@@ -210,7 +277,9 @@ fn requested_ips_are_honoured_by_both() {
 
 #[test]
 fn concurrent_go_and_weft_never_share_an_address() {
-    let Some((ns, tmp)) = setup("race") else { return };
+    let Some((ns, tmp)) = setup("race") else {
+        return;
+    };
     // 10.79.0.0/28: .2-.14 are allocatable (13 addresses), 20 contenders.
     let conf = conf(&tmp.0, json!([[{"subnet": "10.79.0.0/28"}]]));
     let conf_text = conf.to_string();
@@ -230,7 +299,12 @@ fn concurrent_go_and_weft_never_share_an_address() {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            child.stdin.take().unwrap().write_all(conf_text.as_bytes()).unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(conf_text.as_bytes())
+                .unwrap();
             (id, child)
         })
         .collect();
@@ -250,8 +324,20 @@ fn concurrent_go_and_weft_never_share_an_address() {
     assert_eq!(addrs.len(), 13, "an address was handed out twice: {got:?}");
     let store = tmp.0.join("interop");
     for (id, addr) in &got {
-        assert_eq!(fs::read_to_string(store.join(addr)).unwrap(), format!("{id}\r\neth0"));
+        assert_eq!(
+            fs::read_to_string(store.join(addr)).unwrap(),
+            format!("{id}\r\neth0")
+        );
     }
-    let files = fs::read_dir(&store).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("10.")).count();
+    let files = fs::read_dir(&store)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("10.")
+        })
+        .count();
     assert_eq!(files, 13);
 }

@@ -47,7 +47,10 @@ impl Undo<'_> {
         }
         if let Some(name) = self.bridge_created {
             if let Ok(Some(bridge)) = host.link_by_name(&name) {
-                let has_ports = host.links().map(|l| l.iter().any(|l| l.master == Some(bridge.index))).unwrap_or(true);
+                let has_ports = host
+                    .links()
+                    .map(|l| l.iter().any(|l| l.master == Some(bridge.index)))
+                    .unwrap_or(true);
                 if !has_ports {
                     let _ = host.delete_link(bridge.index);
                 }
@@ -66,7 +69,11 @@ pub fn add(req: &Request, config: &BridgeConfig) -> Result<CniResult, Error> {
         Ok(Some(_)) => {
             return Err(Error::new(
                 ErrorCode::AlreadyExists,
-                format!("interface \"{}\" already exists in {}", req.ifname, req.netns_path()?.display()),
+                format!(
+                    "interface \"{}\" already exists in {}",
+                    req.ifname,
+                    req.netns_path()?.display()
+                ),
             ))
         }
         Err(e) => return Err(Error::kernel("look up the container interface", e)),
@@ -81,7 +88,17 @@ pub fn add(req: &Request, config: &BridgeConfig) -> Result<CniResult, Error> {
         }
         _ => None,
     };
-    let result = add_steps(req, config, ipam.as_ref(), early_ipam, &pod_ns, &mut pod, &host_ns, &mut host, &mut undo);
+    let result = add_steps(
+        req,
+        config,
+        ipam.as_ref(),
+        early_ipam,
+        &pod_ns,
+        &mut pod,
+        &host_ns,
+        &mut host,
+        &mut undo,
+    );
     if result.is_err() {
         undo.run(&mut host, req, config);
     }
@@ -106,29 +123,47 @@ fn add_steps<'a>(
     // The alias labels the veth for GC. A VLAN port comes up only once its
     // VLANs are set.
     let up_now = config.vlan.is_none();
-    host.attach_port(host_veth.index, bridge.index, &crate::attachment_alias(req), up_now)
-        .map_err(|e| Error::kernel(format!("attach {} to {}", host_veth.name, bridge.name), e))?;
+    host.attach_port(
+        host_veth.index,
+        bridge.index,
+        &crate::attachment_alias(req),
+        up_now,
+    )
+    .map_err(|e| Error::kernel(format!("attach {} to {}", host_veth.name, bridge.name), e))?;
     if config.hairpin_mode || config.port_isolation {
         host.set_bridge_port(host_veth.index, config.hairpin_mode, config.port_isolation)
-            .map_err(|e| Error::kernel(format!("set bridge port flags on {}", host_veth.name), e))?;
+            .map_err(|e| {
+                Error::kernel(format!("set bridge port flags on {}", host_veth.name), e)
+            })?;
     }
     if let Some(vid) = config.vlan {
         if !config.preserve_default_vlan {
             host.bridge_vlan_del(host_veth.index, 1)
                 .or_else(|e| if e.is_not_found() { Ok(()) } else { Err(e) })
-                .map_err(|e| Error::kernel(format!("remove default vlan from {}", host_veth.name), e))?;
+                .map_err(|e| {
+                    Error::kernel(format!("remove default vlan from {}", host_veth.name), e)
+                })?;
         }
         host.bridge_vlan_add(host_veth.index, vid, true, true)
             .map_err(|e| Error::kernel(format!("add vlan {vid} to {}", host_veth.name), e))?;
     }
     if !up_now {
-        host.set_up(host_veth.index).map_err(|e| Error::kernel(format!("set {} up", host_veth.name), e))?;
+        host.set_up(host_veth.index)
+            .map_err(|e| Error::kernel(format!("set {} up", host_veth.name), e))?;
     }
 
     let mut result = CniResult {
         interfaces: vec![
-            Interface { name: bridge.name.clone(), mac: bridge.mac.as_ref().map(format_mac), ..Default::default() },
-            Interface { name: host_veth.name.clone(), mac: host_veth.mac.as_ref().map(format_mac), ..Default::default() },
+            Interface {
+                name: bridge.name.clone(),
+                mac: bridge.mac.as_ref().map(format_mac),
+                ..Default::default()
+            },
+            Interface {
+                name: host_veth.name.clone(),
+                mac: host_veth.mac.as_ref().map(format_mac),
+                ..Default::default()
+            },
             Interface {
                 name: req.ifname.clone(),
                 mac: container.mac.as_ref().map(format_mac),
@@ -163,7 +198,8 @@ fn add_steps<'a>(
             firewall::setup(req, config, &result)?;
         }
     } else {
-        pod.set_up(container.index).map_err(|e| Error::kernel(format!("set {} up", req.ifname), e))?;
+        pod.set_up(container.index)
+            .map_err(|e| Error::kernel(format!("set {} up", req.ifname), e))?;
     }
     if config.mac_spoof_check {
         undo.firewall = true;
@@ -181,9 +217,16 @@ fn add_steps<'a>(
     Ok(result)
 }
 
-fn ensure_bridge(host: &mut Netlink, config: &BridgeConfig, undo: &mut Undo) -> Result<Link, Error> {
+fn ensure_bridge(
+    host: &mut Netlink,
+    config: &BridgeConfig,
+    undo: &mut Undo,
+) -> Result<Link, Error> {
     let name = &config.bridge;
-    let look_up = |host: &mut Netlink| host.link_by_name(name).map_err(|e| Error::kernel(format!("look up bridge {name}"), e));
+    let look_up = |host: &mut Netlink| {
+        host.link_by_name(name)
+            .map_err(|e| Error::kernel(format!("look up bridge {name}"), e))
+    };
     // Usually the bridge is there already: one lookup, no create.
     let bridge = match look_up(host)? {
         Some(bridge) => bridge,
@@ -195,7 +238,12 @@ fn ensure_bridge(host: &mut Netlink, config: &BridgeConfig, undo: &mut Undo) -> 
                 Err(e) if e.is_exists() => {}
                 Err(e) => return Err(Error::kernel(format!("create bridge {name}"), e)),
             }
-            look_up(host)?.ok_or_else(|| Error::new(ErrorCode::Kernel, format!("bridge {name} vanished after creation")))?
+            look_up(host)?.ok_or_else(|| {
+                Error::new(
+                    ErrorCode::Kernel,
+                    format!("bridge {name} vanished after creation"),
+                )
+            })?
         }
     };
     if bridge.kind.as_deref() != Some("bridge") {
@@ -205,11 +253,13 @@ fn ensure_bridge(host: &mut Netlink, config: &BridgeConfig, undo: &mut Undo) -> 
         )));
     }
     if config.promisc_mode && !bridge.promisc {
-        host.set_promisc(bridge.index, true).map_err(|e| Error::kernel(format!("set {name} promisc"), e))?;
+        host.set_promisc(bridge.index, true)
+            .map_err(|e| Error::kernel(format!("set {name} promisc"), e))?;
     }
     if !bridge.up {
         let _ = netns::write_sysctl(&format!("net/ipv6/conf/{name}/accept_ra"), "0");
-        host.set_up(bridge.index).map_err(|e| Error::kernel(format!("set {name} up"), e))?;
+        host.set_up(bridge.index)
+            .map_err(|e| Error::kernel(format!("set {name} up"), e))?;
     }
     Ok(bridge)
 }
@@ -217,11 +267,19 @@ fn ensure_bridge(host: &mut Netlink, config: &BridgeConfig, undo: &mut Undo) -> 
 /// A random host-side name, like the reference's veth + 8 hex digits.
 fn random_veth_name() -> String {
     let mut bytes = [0u8; 4];
-    if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes)).is_err() {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .is_err()
+    {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
         bytes = (nanos ^ std::process::id().rotate_left(16)).to_le_bytes();
     }
-    format!("veth{:02x}{:02x}{:02x}{:02x}", bytes[0], bytes[1], bytes[2], bytes[3])
+    format!(
+        "veth{:02x}{:02x}{:02x}{:02x}",
+        bytes[0], bytes[1], bytes[2], bytes[3]
+    )
 }
 
 /// Create the pair from inside the pod netns, the host end born in the node
@@ -244,20 +302,32 @@ fn create_veth(
                 let host_veth = host
                     .link_by_name(&peer)
                     .map_err(|e| Error::kernel(format!("look up {peer}"), e))?
-                    .ok_or_else(|| Error::new(ErrorCode::Kernel, format!("host veth {peer} vanished")))?;
+                    .ok_or_else(|| {
+                        Error::new(ErrorCode::Kernel, format!("host veth {peer} vanished"))
+                    })?;
                 let container = pod
                     .link_by_name(&req.ifname)
                     .map_err(|e| Error::kernel(format!("look up {}", req.ifname), e))?
-                    .ok_or_else(|| Error::new(ErrorCode::Kernel, format!("{} vanished", req.ifname)))?;
+                    .ok_or_else(|| {
+                        Error::new(ErrorCode::Kernel, format!("{} vanished", req.ifname))
+                    })?;
                 let _ = netns::write_sysctl(&format!("net/ipv6/conf/{peer}/accept_ra"), "0");
                 return Ok((host_veth, container));
             }
             // The pod's name was checked free; EEXIST means the random host name collided.
             Err(e) if e.is_exists() => last_err = Some(e),
-            Err(e) => return Err(Error::kernel(format!("create veth {} with peer {peer}", req.ifname), e)),
+            Err(e) => {
+                return Err(Error::kernel(
+                    format!("create veth {} with peer {peer}", req.ifname),
+                    e,
+                ))
+            }
         }
     }
-    Err(Error::kernel("create veth: no free host-side name", last_err.map_or(String::new(), |e| e.to_string())))
+    Err(Error::kernel(
+        "create veth: no free host-side name",
+        last_err.map_or(String::new(), |e| e.to_string()),
+    ))
 }
 
 /// Point every IP at the container interface, fill in missing gateways and
@@ -275,7 +345,10 @@ fn complete_gateways(config: &BridgeConfig, result: &mut CniResult) -> Result<()
             let default: IpNetwork = if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" }
                 .parse()
                 .map_err(|_| Error::config("internal: default route literal"))?;
-            let has_default = result.routes.iter().any(|r| r.dst == default && r.gw.is_some());
+            let has_default = result
+                .routes
+                .iter()
+                .any(|r| r.dst == default && r.gw.is_some());
             if !has_default {
                 result.routes.push(Route::new(default, Some(gw)));
             }
@@ -311,9 +384,13 @@ fn configure_container(
                 netns::write_sysctl(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0")?;
                 netns::write_sysctl(&format!("net/ipv6/conf/{ifname}/keep_addr_on_down"), "1")?;
                 // DAD on a fresh veth only delays the pod by seconds (plugins#680).
-                netns::write_sysctl(&format!("net/ipv6/conf/{ifname}/accept_dad"), if enable_dad { "1" } else { "0" })?;
+                netns::write_sysctl(
+                    &format!("net/ipv6/conf/{ifname}/accept_dad"),
+                    if enable_dad { "1" } else { "0" },
+                )?;
                 if enable_dad {
-                    let _ = netns::write_sysctl(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
+                    let _ =
+                        netns::write_sysctl(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
                 }
             }
             netns::write_sysctl(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1")
@@ -325,8 +402,14 @@ fn configure_container(
         pod.add_address(index, ip.address)
             .map_err(|e| Error::kernel(format!("add address {} to {ifname}", ip.address), e))?;
     }
-    pod.set_up(index).map_err(|e| Error::kernel(format!("set {ifname} up"), e))?;
-    if enable_dad && result.ips.iter().any(|ip| ip.address.is_ipv6() && ip.gateway.is_some()) {
+    pod.set_up(index)
+        .map_err(|e| Error::kernel(format!("set {ifname} up"), e))?;
+    if enable_dad
+        && result
+            .ips
+            .iter()
+            .any(|ip| ip.address.is_ipv6() && ip.gateway.is_some())
+    {
         wait_for_dad(pod, index, &ifname)?;
     }
     for route in &result.routes {
@@ -350,7 +433,16 @@ fn configure_container(
         };
         pod.add_route(&kernel_route)
             .or_else(|e| if e.is_exists() { Ok(()) } else { Err(e) })
-            .map_err(|e| Error::kernel(format!("add route {}{} on {ifname}", route.dst, gateway.map(|g| format!(" via {g}")).unwrap_or_default()), e))?;
+            .map_err(|e| {
+                Error::kernel(
+                    format!(
+                        "add route {}{} on {ifname}",
+                        route.dst,
+                        gateway.map(|g| format!(" via {g}")).unwrap_or_default()
+                    ),
+                    e,
+                )
+            })?;
     }
     Ok(())
 }
@@ -362,32 +454,53 @@ fn wait_for_dad(pod: &mut Netlink, index: u32, ifname: &str) -> Result<(), Error
     const LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
     let start = std::time::Instant::now();
     loop {
-        let addrs = pod.addresses(Some(index)).map_err(|e| Error::kernel(format!("list addresses of {ifname}"), e))?;
+        let addrs = pod
+            .addresses(Some(index))
+            .map_err(|e| Error::kernel(format!("list addresses of {ifname}"), e))?;
         let v6 = || addrs.iter().filter(|a| a.net.is_ipv6() && a.scope == 0);
         if let Some(a) = v6().find(|a| a.is_dadfailed()) {
-            return Err(Error::new(ErrorCode::AlreadyExists, format!("{} on {ifname} failed duplicate address detection", a.net)));
+            return Err(Error::new(
+                ErrorCode::AlreadyExists,
+                format!("{} on {ifname} failed duplicate address detection", a.net),
+            ));
         }
         if !v6().any(|a| a.is_tentative()) {
             return Ok(());
         }
         if start.elapsed() > LIMIT {
-            return Err(Error::new(ErrorCode::Kernel, format!("IPv6 addresses on {ifname} still tentative after {LIMIT:?}")));
+            return Err(Error::new(
+                ErrorCode::Kernel,
+                format!("IPv6 addresses on {ifname} still tentative after {LIMIT:?}"),
+            ));
         }
         std::thread::sleep(POLL);
     }
 }
 
 /// Put each gateway address on the bridge and enable forwarding.
-fn configure_gateway(config: &BridgeConfig, host: &mut Netlink, bridge: &Link, result: &CniResult) -> Result<(), Error> {
+fn configure_gateway(
+    config: &BridgeConfig,
+    host: &mut Netlink,
+    bridge: &Link,
+    result: &CniResult,
+) -> Result<(), Error> {
     let existing = host
         .addresses(Some(bridge.index))
         .map_err(|e| Error::kernel(format!("list addresses of {}", bridge.name), e))?;
     let mut added = false;
     for ip in &result.ips {
         let Some(gw) = ip.gateway else { continue };
-        let gw_net = IpNetwork::new(gw, ip.address.prefix())
-            .map_err(|_| Error::config(format!("gateway {gw} does not fit prefix /{}", ip.address.prefix())))?;
-        let forwarding = if gw.is_ipv4() { "net/ipv4/ip_forward" } else { "net/ipv6/conf/all/forwarding" };
+        let gw_net = IpNetwork::new(gw, ip.address.prefix()).map_err(|_| {
+            Error::config(format!(
+                "gateway {gw} does not fit prefix /{}",
+                ip.address.prefix()
+            ))
+        })?;
+        let forwarding = if gw.is_ipv4() {
+            "net/ipv4/ip_forward"
+        } else {
+            "net/ipv6/conf/all/forwarding"
+        };
         netns::write_sysctl(forwarding, "1").map_err(|e| Error::kernel("enable forwarding", e))?;
         if existing.iter().any(|a| a.net == gw_net) {
             continue;
@@ -404,8 +517,9 @@ fn configure_gateway(config: &BridgeConfig, host: &mut Netlink, bridge: &Link, r
                     bridge.name, other.net
                 )));
             }
-            host.del_address(bridge.index, other.net)
-                .map_err(|e| Error::kernel(format!("remove {} from {}", other.net, bridge.name), e))?;
+            host.del_address(bridge.index, other.net).map_err(|e| {
+                Error::kernel(format!("remove {} from {}", other.net, bridge.name), e)
+            })?;
         }
         host.add_address(bridge.index, gw_net)
             .or_else(|e| if e.is_exists() { Ok(()) } else { Err(e) })

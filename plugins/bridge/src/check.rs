@@ -12,7 +12,9 @@ fn mismatch(msg: String) -> Error {
 }
 
 pub fn check(req: &Request, config: &BridgeConfig) -> Result<(), Error> {
-    let prev = req.prev_result()?.ok_or_else(|| Error::config("CHECK needs prevResult, and the config has none"))?;
+    let prev = req
+        .prev_result()?
+        .ok_or_else(|| Error::config("CHECK needs prevResult, and the config has none"))?;
     if let Some(ipam) = ipam(req, config)? {
         ipam.run(Command::Check, &req.stdin)?;
     }
@@ -26,13 +28,20 @@ pub fn check(req: &Request, config: &BridgeConfig) -> Result<(), Error> {
     }
     // Only a gateway bridge has its MAC pinned; otherwise it follows its
     // lowest port MAC and changes whenever that pod goes away.
-    if let Some(want) = prev.interfaces.iter().find(|i| i.name == config.bridge && i.sandbox.is_none()) {
+    if let Some(want) = prev
+        .interfaces
+        .iter()
+        .find(|i| i.name == config.bridge && i.sandbox.is_none())
+    {
         if config.is_gateway {
             expect_mac(&bridge, want.mac.as_deref())?;
         }
     }
     if config.promisc_mode && !bridge.promisc {
-        return Err(mismatch(format!("bridge {} is not in promiscuous mode", config.bridge)));
+        return Err(mismatch(format!(
+            "bridge {} is not in promiscuous mode",
+            config.bridge
+        )));
     }
 
     let netns = req.netns_path()?.display().to_string();
@@ -41,9 +50,17 @@ pub fn check(req: &Request, config: &BridgeConfig) -> Result<(), Error> {
         .iter()
         .enumerate()
         .find(|(_, i)| i.name == req.ifname && i.sandbox.as_deref().is_some_and(|s| !s.is_empty()))
-        .ok_or_else(|| mismatch(format!("prevResult has no container interface {}", req.ifname)))?;
+        .ok_or_else(|| {
+            mismatch(format!(
+                "prevResult has no container interface {}",
+                req.ifname
+            ))
+        })?;
     if want.sandbox.as_deref() != Some(netns.as_str()) {
-        return Err(mismatch(format!("{} is recorded in sandbox {:?}, not {netns}", req.ifname, want.sandbox)));
+        return Err(mismatch(format!(
+            "{} is recorded in sandbox {:?}, not {netns}",
+            req.ifname, want.sandbox
+        )));
     }
     let (_ns, mut pod) = open_netns(req)?;
     let container = pod
@@ -55,17 +72,27 @@ pub fn check(req: &Request, config: &BridgeConfig) -> Result<(), Error> {
     }
     expect_mac(&container, want.mac.as_deref())?;
 
-    let peer = container.link.ok_or_else(|| mismatch(format!("{} has no peer", req.ifname)))?;
+    let peer = container
+        .link
+        .ok_or_else(|| mismatch(format!("{} has no peer", req.ifname)))?;
     let host_veth = host
         .link_by_index(peer)
         .map_err(|e| Error::kernel("look up the host veth", e))?
         .filter(|l| l.kind.as_deref() == Some("veth"))
         .ok_or_else(|| mismatch(format!("the host end of {} is missing", req.ifname)))?;
     if host_veth.master != Some(bridge.index) {
-        return Err(mismatch(format!("host veth {} is not attached to {}", host_veth.name, config.bridge)));
+        return Err(mismatch(format!(
+            "host veth {} is not attached to {}",
+            host_veth.name, config.bridge
+        )));
     }
     check_addresses_and_routes(&prev, container_pos, &mut pod, &container)?;
-    let addrs: Vec<_> = prev.ips.iter().filter(|ip| ip.interface == Some(container_pos)).map(|ip| ip.address).collect();
+    let addrs: Vec<_> = prev
+        .ips
+        .iter()
+        .filter(|ip| ip.interface == Some(container_pos))
+        .map(|ip| ip.address)
+        .collect();
     firewall::check(req, config, &addrs)
 }
 
@@ -73,20 +100,43 @@ fn expect_mac(link: &Link, want: Option<&str>) -> Result<(), Error> {
     let have = link.mac.as_ref().map(format_mac);
     match want {
         Some(w) if have.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(w)) => Ok(()),
-        Some(w) => Err(mismatch(format!("{} has MAC {}, expected {w}", link.name, have.unwrap_or_default()))),
+        Some(w) => Err(mismatch(format!(
+            "{} has MAC {}, expected {w}",
+            link.name,
+            have.unwrap_or_default()
+        ))),
         None => Ok(()),
     }
 }
 
-fn check_addresses_and_routes(prev: &CniResult, container_pos: usize, pod: &mut Netlink, container: &Link) -> Result<(), Error> {
-    let addrs = pod.addresses(Some(container.index)).map_err(|e| Error::kernel("list container addresses", e))?;
-    for ip in prev.ips.iter().filter(|ip| ip.interface == Some(container_pos)) {
+fn check_addresses_and_routes(
+    prev: &CniResult,
+    container_pos: usize,
+    pod: &mut Netlink,
+    container: &Link,
+) -> Result<(), Error> {
+    let addrs = pod
+        .addresses(Some(container.index))
+        .map_err(|e| Error::kernel("list container addresses", e))?;
+    for ip in prev
+        .ips
+        .iter()
+        .filter(|ip| ip.interface == Some(container_pos))
+    {
         if !addrs.iter().any(|a| a.net == ip.address) {
-            return Err(mismatch(format!("{} is missing address {}", container.name, ip.address)));
+            return Err(mismatch(format!(
+                "{} is missing address {}",
+                container.name, ip.address
+            )));
         }
     }
-    let mut routes = pod.routes(IpFamily::V4).map_err(|e| Error::kernel("list routes", e))?;
-    routes.extend(pod.routes(IpFamily::V6).map_err(|e| Error::kernel("list routes", e))?);
+    let mut routes = pod
+        .routes(IpFamily::V4)
+        .map_err(|e| Error::kernel("list routes", e))?;
+    routes.extend(
+        pod.routes(IpFamily::V6)
+            .map_err(|e| Error::kernel("list routes", e))?,
+    );
     for want in &prev.routes {
         let found = routes.iter().any(|r| {
             // Another interface may carry the route (later plugins, several attachments).

@@ -82,10 +82,16 @@ impl BridgeConfig {
     pub fn parse(req: &Request) -> Result<BridgeConfig, Error> {
         let raw: Raw = req.parse_config()?;
         let bridge = raw.bridge.unwrap_or_else(|| "cni0".into());
-        weft_cni::validate::interface_name(&bridge)
-            .map_err(|_| Error::config(format!("bridge \"{}\" is not a valid interface name", bridge.escape_debug())))?;
+        weft_cni::validate::interface_name(&bridge).map_err(|_| {
+            Error::config(format!(
+                "bridge \"{}\" is not a valid interface name",
+                bridge.escape_debug()
+            ))
+        })?;
         if raw.hairpin_mode && raw.promisc_mode {
-            return Err(Error::config("hairpinMode and promiscMode cannot both be set"));
+            return Err(Error::config(
+                "hairpinMode and promiscMode cannot both be set",
+            ));
         }
         let vlan = match raw.vlan {
             0 => None,
@@ -93,14 +99,19 @@ impl BridgeConfig {
             v => return Err(Error::config(format!("vlan {v} is out of range 0-4094"))),
         };
         if raw.mtu != 0 && !(68..=65535).contains(&raw.mtu) {
-            return Err(Error::config(format!("mtu {} is out of range 68-65535", raw.mtu)));
+            return Err(Error::config(format!(
+                "mtu {} is out of range 68-65535",
+                raw.mtu
+            )));
         }
         let ip_masq_backend = match raw.ip_masq_backend.as_deref() {
             None | Some("") => None,
             Some("nftables") => Some(MasqBackend::Nftables),
             Some("iptables") => Some(MasqBackend::Iptables),
             Some(other) => {
-                return Err(Error::config(format!("ipMasqBackend \"{other}\" is unknown; use nftables or iptables")))
+                return Err(Error::config(format!(
+                    "ipMasqBackend \"{other}\" is unknown; use nftables or iptables"
+                )))
             }
         };
         let ipam_type = match &raw.ipam {
@@ -110,14 +121,23 @@ impl BridgeConfig {
                 Some(Value::String(t)) if !t.is_empty() => Some(t.clone()),
                 _ => return Err(Error::config("ipam.type is missing")),
             },
-            other => return Err(Error::config(format!("ipam must be an object, not {other}"))),
+            other => {
+                return Err(Error::config(format!(
+                    "ipam must be an object, not {other}"
+                )))
+            }
         };
         // As in the reference, this combination is invalid whether supported or not.
         if is_set(&raw.disable_container_interface) && ipam_type.is_some() {
-            return Err(Error::config("disableContainerInterface cannot be combined with ipam"));
+            return Err(Error::config(
+                "disableContainerInterface cannot be combined with ipam",
+            ));
         }
         refuse_unsupported("vlanTrunk", &raw.vlan_trunk)?;
-        refuse_unsupported("disableContainerInterface", &raw.disable_container_interface)?;
+        refuse_unsupported(
+            "disableContainerInterface",
+            &raw.disable_container_interface,
+        )?;
         Ok(BridgeConfig {
             bridge,
             is_gateway: raw.is_gateway || raw.is_default_gateway,
@@ -154,7 +174,10 @@ fn is_set(value: &Value) -> bool {
 
 fn refuse_unsupported(field: &str, value: &Value) -> Result<(), Error> {
     if is_set(value) {
-        return Err(Error::new(weft_cni::ErrorCode::UnsupportedField, format!("{field} ({value}) is not supported by weft")));
+        return Err(Error::new(
+            weft_cni::ErrorCode::UnsupportedField,
+            format!("{field} ({value}) is not supported by weft"),
+        ));
     }
     Ok(())
 }
@@ -162,19 +185,36 @@ fn refuse_unsupported(field: &str, value: &Value) -> Result<(), Error> {
 /// The container MAC: CNI_ARGS MAC, then args.cni.mac, then
 /// runtimeConfig.mac; later sources win, as in the reference.
 fn requested_mac(req: &Request) -> Result<Option<[u8; 6]>, Error> {
-    let cni_args = CniArgs::parse(&req.args, &["IP", "MAC", "K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID"])?;
-    let mut chosen: Option<(&str, String)> = cni_args.get("MAC").map(|m| ("CNI_ARGS MAC", m.to_string()));
+    let cni_args = CniArgs::parse(
+        &req.args,
+        &[
+            "IP",
+            "MAC",
+            "K8S_POD_NAMESPACE",
+            "K8S_POD_NAME",
+            "K8S_POD_INFRA_CONTAINER_ID",
+            "K8S_POD_UID",
+        ],
+    )?;
+    let mut chosen: Option<(&str, String)> =
+        cni_args.get("MAC").map(|m| ("CNI_ARGS MAC", m.to_string()));
     if let Some(m) = req.config.pointer("/args/cni/mac").and_then(Value::as_str) {
         chosen = Some(("args.cni.mac", m.to_string()));
     }
-    if let Some(m) = req.config.pointer("/runtimeConfig/mac").and_then(Value::as_str) {
+    if let Some(m) = req
+        .config
+        .pointer("/runtimeConfig/mac")
+        .and_then(Value::as_str)
+    {
         chosen = Some(("runtimeConfig.mac", m.to_string()));
     }
     match chosen {
         None => Ok(None),
         Some((source, text)) => match parse_mac(&text) {
             Some(mac) if mac[0] & 1 == 0 => Ok(Some(mac)),
-            _ => Err(Error::config(format!("{source} \"{text}\" is not a unicast MAC address"))),
+            _ => Err(Error::config(format!(
+                "{source} \"{text}\" is not a unicast MAC address"
+            ))),
         },
     }
 }

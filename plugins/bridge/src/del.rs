@@ -74,7 +74,11 @@ fn retire_in_background(pod: &mut Netlink, container: &Link) -> Result<(), ()> {
         return Err(());
     }
     pod.set_down(container.index).map_err(drop)?;
-    pod.set_name(container.index, &format!("wdel{:08x}", container.index ^ std::process::id())).map_err(drop)?;
+    pod.set_name(
+        container.index,
+        &format!("wdel{:08x}", container.index ^ std::process::id()),
+    )
+    .map_err(drop)?;
     let exe = std::env::current_exe().map_err(drop)?;
     std::process::Command::new(exe)
         .env(REAP_ENV, &host_veth.name)
@@ -89,10 +93,14 @@ fn retire_in_background(pod: &mut Netlink, container: &Link) -> Result<(), ()> {
 
 /// The detached half of DEL: delete host veth `name` (and so its pod end).
 pub fn reap(name: &str) -> ExitCode {
-    let deleted = host_netlink().ok().and_then(|mut host| match host.link_by_name(name) {
-        Ok(Some(link)) if link.kind.as_deref() == Some("veth") => host.delete_link(link.index).ok(),
-        _ => Some(()),
-    });
+    let deleted = host_netlink()
+        .ok()
+        .and_then(|mut host| match host.link_by_name(name) {
+            Ok(Some(link)) if link.kind.as_deref() == Some("veth") => {
+                host.delete_link(link.index).ok()
+            }
+            _ => Some(()),
+        });
     if deleted.is_some() {
         ExitCode::SUCCESS
     } else {

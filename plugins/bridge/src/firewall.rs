@@ -20,8 +20,10 @@ const COMMENT_MAX: usize = 128;
 const KEY_MARK: &str = " key=";
 const KEY_LEN: usize = 32;
 /// (IPv4?, list command, restore command) of each iptables family.
-const IPTABLES_FAMILIES: [(bool, &str, &str); 2] =
-    [(true, "iptables", "iptables-restore"), (false, "ip6tables", "ip6tables-restore")];
+const IPTABLES_FAMILIES: [(bool, &str, &str); 2] = [
+    (true, "iptables", "iptables-restore"),
+    (false, "ip6tables", "ip6tables-restore"),
+];
 
 fn fail(msg: String) -> Error {
     Error::new(ErrorCode::Firewall, msg)
@@ -48,7 +50,11 @@ fn network_key(network: &str) -> String {
 /// A fixed-length key, so a comment fits whatever the names' lengths; its
 /// network half lets GC tell this network's rules from others'.
 fn key_for(network: &str, container_id: &str, ifname: &str) -> String {
-    format!("{}{:016x}", network_key(network), fnv1a(&[network, container_id, ifname]))
+    format!(
+        "{}{:016x}",
+        network_key(network),
+        fnv1a(&[network, container_id, ifname])
+    )
 }
 
 fn key(req: &Request) -> String {
@@ -70,7 +76,8 @@ fn comment(req: &Request) -> String {
 /// The key at the end of one of our comments.
 fn comment_key(comment: &str) -> Option<&str> {
     let (_, key) = comment.rsplit_once(KEY_MARK)?;
-    key.get(..KEY_LEN).filter(|k| k.bytes().all(|b| b.is_ascii_hexdigit()))
+    key.get(..KEY_LEN)
+        .filter(|k| k.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// A per-attachment chain, named by the attachment half of its key.
@@ -83,19 +90,25 @@ fn iptables_chain(key: &str) -> String {
 /// vanished long ago.
 pub fn gc(req: &Request, config: &BridgeConfig, valid: &[(String, String)]) -> Result<(), Error> {
     let ours = network_key(&req.name);
-    let valid: Vec<String> = valid.iter().map(|(id, ifname)| key_for(&req.name, id, ifname)).collect();
+    let valid: Vec<String> = valid
+        .iter()
+        .map(|(id, ifname)| key_for(&req.name, id, ifname))
+        .collect();
     let stale = |key: &str| key.starts_with(&ours) && !valid.iter().any(|v| v == key);
     let stale_comment = |comment: &str| comment_key(comment).is_some_and(stale);
     let mut errors = Vec::new();
     if config.ip_masq {
         let r = match backend(config) {
-            MasqBackend::Nftables => nft_delete_where("inet", NFT_MASQ_TABLE, "postrouting", stale_comment),
+            MasqBackend::Nftables => {
+                nft_delete_where("inet", NFT_MASQ_TABLE, "postrouting", stale_comment)
+            }
             MasqBackend::Iptables => iptables_masq_gc(&stale),
         };
         errors.extend(r.err());
     }
     if config.mac_spoof_check {
-        errors.extend(nft_delete_where("bridge", NFT_SPOOF_TABLE, "prerouting", stale_comment).err());
+        errors
+            .extend(nft_delete_where("bridge", NFT_SPOOF_TABLE, "prerouting", stale_comment).err());
     }
     Error::from_list(errors)
 }
@@ -105,17 +118,26 @@ pub fn gc(req: &Request, config: &BridgeConfig, valid: &[(String, String)]) -> R
 pub fn check(req: &Request, config: &BridgeConfig, addrs: &[IpNetwork]) -> Result<(), Error> {
     let key = key(req);
     let mine = |comment: &str| comment_key(comment) == Some(key.as_str());
-    let missing = |what: &str| Err(Error::new(ErrorCode::CheckFailed, format!("the {what} rules of {} are missing", req.ifname)));
+    let missing = |what: &str| {
+        Err(Error::new(
+            ErrorCode::CheckFailed,
+            format!("the {what} rules of {} are missing", req.ifname),
+        ))
+    };
     if config.ip_masq {
         let complete = match backend(config) {
-            MasqBackend::Nftables => nft_handles("inet", NFT_MASQ_TABLE, "postrouting", mine)?.len() >= addrs.len(),
+            MasqBackend::Nftables => {
+                nft_handles("inet", NFT_MASQ_TABLE, "postrouting", mine)?.len() >= addrs.len()
+            }
             MasqBackend::Iptables => iptables_masq_complete(&key, addrs)?,
         };
         if !complete {
             return missing("masquerade");
         }
     }
-    if config.mac_spoof_check && nft_handles("bridge", NFT_SPOOF_TABLE, "prerouting", mine)?.is_empty() {
+    if config.mac_spoof_check
+        && nft_handles("bridge", NFT_SPOOF_TABLE, "prerouting", mine)?.is_empty()
+    {
         return missing("macspoofchk");
     }
     Ok(())
@@ -149,7 +171,9 @@ fn run(program: &str, args: &[&str], input: &str) -> Result<String, Error> {
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(input.as_bytes());
     }
-    let out = child.wait_with_output().map_err(|e| fail(format!("{program} failed: {e}")))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| fail(format!("{program} failed: {e}")))?;
     if !out.status.success() {
         return Err(fail(format!(
             "{program} {} failed: {}",
@@ -217,17 +241,27 @@ fn nft_masq_setup(req: &Request, result: &CniResult) -> Result<(), Error> {
 
 /// Handles of the rules of `table`/`chain` whose comment `matches`; a
 /// missing table or chain has none.
-fn nft_handles(family: &str, table: &str, chain: &str, matches: impl Fn(&str) -> bool) -> Result<Vec<u64>, Error> {
+fn nft_handles(
+    family: &str,
+    table: &str,
+    chain: &str,
+    matches: impl Fn(&str) -> bool,
+) -> Result<Vec<u64>, Error> {
     let tables = run("nft", &["-j", "list", "tables", family], "")?;
     let has_table = serde_json::from_str::<Value>(&tables)
         .ok()
         .and_then(|v| v.get("nftables").and_then(Value::as_array).cloned())
-        .is_some_and(|items| items.iter().any(|i| i.pointer("/table/name").and_then(Value::as_str) == Some(table)));
+        .is_some_and(|items| {
+            items
+                .iter()
+                .any(|i| i.pointer("/table/name").and_then(Value::as_str) == Some(table))
+        });
     if !has_table {
         return Ok(Vec::new());
     }
     let listing = run("nft", &["-j", "list", "table", family, table], "")?;
-    let parsed: Value = serde_json::from_str(&listing).map_err(|e| fail(format!("cannot parse nft output: {e}")))?;
+    let parsed: Value = serde_json::from_str(&listing)
+        .map_err(|e| fail(format!("cannot parse nft output: {e}")))?;
     Ok(parsed
         .get("nftables")
         .and_then(Value::as_array)
@@ -236,14 +270,23 @@ fn nft_handles(family: &str, table: &str, chain: &str, matches: impl Fn(&str) ->
                 .iter()
                 .filter_map(|i| i.get("rule"))
                 .filter(|r| r.get("chain").and_then(Value::as_str) == Some(chain))
-                .filter(|r| r.get("comment").and_then(Value::as_str).is_some_and(&matches))
+                .filter(|r| {
+                    r.get("comment")
+                        .and_then(Value::as_str)
+                        .is_some_and(&matches)
+                })
                 .filter_map(|r| r.get("handle").and_then(Value::as_u64))
                 .collect()
         })
         .unwrap_or_default())
 }
 
-fn nft_delete_where(family: &str, table: &str, chain: &str, matches: impl Fn(&str) -> bool) -> Result<(), Error> {
+fn nft_delete_where(
+    family: &str,
+    table: &str,
+    chain: &str,
+    matches: impl Fn(&str) -> bool,
+) -> Result<(), Error> {
     let handles = nft_handles(family, table, chain, matches)?;
     if handles.is_empty() {
         return Ok(());
@@ -264,7 +307,8 @@ fn iptables_nat(list: &str) -> Option<String> {
 /// The POSTROUTING rules of `nat` that jump to `chain`.
 fn postrouting_jumps<'a>(nat: &'a str, chain: &str) -> impl Iterator<Item = &'a str> {
     let jump = format!("-j {chain}");
-    nat.lines().filter(move |l| l.starts_with("-A POSTROUTING ") && l.ends_with(&jump))
+    nat.lines()
+        .filter(move |l| l.starts_with("-A POSTROUTING ") && l.ends_with(&jump))
 }
 
 /// One restore per family: each script redeclares the chain, which
@@ -273,14 +317,22 @@ fn iptables_masq_setup(req: &Request, result: &CniResult) -> Result<(), Error> {
     let comment = comment(req);
     let chain = iptables_chain(&key(req));
     for (v4, _, restore) in IPTABLES_FAMILIES {
-        let ips: Vec<&IpNetwork> = result.ips.iter().map(|ip| &ip.address).filter(|a| a.is_ipv4() == v4).collect();
+        let ips: Vec<&IpNetwork> = result
+            .ips
+            .iter()
+            .map(|ip| &ip.address)
+            .filter(|a| a.is_ipv4() == v4)
+            .collect();
         let Some(first) = ips.first() else { continue };
         let host_prefix = if v4 { 32 } else { 128 };
         let mut script = format!("*nat\n:{chain} - [0:0]\n");
         for ip in &ips {
             script.push_str(&format!("-A {chain} -d {} -j ACCEPT\n", subnet(ip)));
         }
-        script.push_str(&format!("-A {chain} ! -d {} -j MASQUERADE\n", multicast(first)));
+        script.push_str(&format!(
+            "-A {chain} ! -d {} -j MASQUERADE\n",
+            multicast(first)
+        ));
         for ip in &ips {
             script.push_str(&format!("-A POSTROUTING -s {}/{host_prefix} -m comment --comment \"{comment}\" -j {chain}\n", ip.ip()));
         }
@@ -299,7 +351,8 @@ fn iptables_masq_complete(key: &str, addrs: &[IpNetwork]) -> Result<bool, Error>
         if wanted == 0 {
             continue;
         }
-        let nat = iptables_nat(list).ok_or_else(|| fail(format!("cannot list the {list} nat table")))?;
+        let nat =
+            iptables_nat(list).ok_or_else(|| fail(format!("cannot list the {list} nat table")))?;
         let has_chain = nat.lines().any(|l| l == format!("-N {chain}"));
         if !has_chain || postrouting_jumps(&nat, &chain).count() < wanted {
             return Ok(false);
@@ -311,24 +364,35 @@ fn iptables_masq_complete(key: &str, addrs: &[IpNetwork]) -> Result<bool, Error>
 fn iptables_masq_gc(stale: &dyn Fn(&str) -> bool) -> Result<(), Error> {
     let mut chains: Vec<String> = Vec::new();
     for (_, list, _) in IPTABLES_FAMILIES {
-        let Some(nat) = iptables_nat(list) else { continue };
+        let Some(nat) = iptables_nat(list) else {
+            continue;
+        };
         for line in nat.lines().filter(|l| l.starts_with("-A POSTROUTING ")) {
-            let Some(key) = comment_key(line).filter(|k| stale(k)) else { continue };
+            let Some(key) = comment_key(line).filter(|k| stale(k)) else {
+                continue;
+            };
             let chain = iptables_chain(key);
             if !chains.contains(&chain) {
                 chains.push(chain);
             }
         }
     }
-    let errors = chains.iter().filter_map(|c| iptables_masq_teardown_chain(c).err()).collect();
+    let errors = chains
+        .iter()
+        .filter_map(|c| iptables_masq_teardown_chain(c).err())
+        .collect();
     Error::from_list(errors)
 }
 
 fn iptables_masq_teardown_chain(chain: &str) -> Result<(), Error> {
     let mut errors = Vec::new();
     for (_, list, restore) in IPTABLES_FAMILIES {
-        let Some(nat) = iptables_nat(list) else { continue };
-        let deletes: String = postrouting_jumps(&nat, chain).map(|l| format!("-D{}\n", &l[2..])).collect();
+        let Some(nat) = iptables_nat(list) else {
+            continue;
+        };
+        let deletes: String = postrouting_jumps(&nat, chain)
+            .map(|l| format!("-D{}\n", &l[2..]))
+            .collect();
         let chain_exists = nat.lines().any(|l| l == format!("-N {chain}"));
         if deletes.is_empty() && !chain_exists {
             continue;
@@ -344,9 +408,16 @@ fn iptables_masq_teardown_chain(chain: &str) -> Result<(), Error> {
 }
 
 /// Drop frames from the pod whose source MAC is not the one it was given.
-pub fn setup_spoof_check(req: &Request, _config: &BridgeConfig, host_veth: &str, result: &CniResult) -> Result<(), Error> {
+pub fn setup_spoof_check(
+    req: &Request,
+    _config: &BridgeConfig,
+    host_veth: &str,
+    result: &CniResult,
+) -> Result<(), Error> {
     let Some(mac) = result.interfaces.get(2).and_then(|i| i.mac.clone()) else {
-        return Err(fail("macspoofchk: the container interface has no MAC".into()));
+        return Err(fail(
+            "macspoofchk: the container interface has no MAC".into(),
+        ));
     };
     let script = format!(
         "add table bridge {NFT_SPOOF_TABLE}\n\

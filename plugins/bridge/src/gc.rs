@@ -8,7 +8,6 @@ use weft_cni::{Command, Error, Request};
 use crate::config::BridgeConfig;
 use crate::{firewall, host_netlink, ipam};
 
-
 pub fn gc(req: &Request, config: &BridgeConfig) -> Result<(), Error> {
     let mut errors = Vec::new();
     match ipam(req, config) {
@@ -33,21 +32,37 @@ pub fn gc(req: &Request, config: &BridgeConfig) -> Result<(), Error> {
 fn remove_stale_veths(req: &Request, config: &BridgeConfig) -> Result<(), Error> {
     let valid = req.valid_attachments()?;
     let mut host = host_netlink()?;
-    let Some(bridge) = host.link_by_name(&config.bridge).map_err(|e| Error::kernel("look up the bridge", e))? else {
+    let Some(bridge) = host
+        .link_by_name(&config.bridge)
+        .map_err(|e| Error::kernel("look up the bridge", e))?
+    else {
         return Ok(());
     };
     let links = host.links().map_err(|e| Error::kernel("list links", e))?;
     let mut errors = Vec::new();
-    for link in links.iter().filter(|l| l.master == Some(bridge.index) && l.kind.as_deref() == Some("veth")) {
+    for link in links
+        .iter()
+        .filter(|l| l.master == Some(bridge.index) && l.kind.as_deref() == Some("veth"))
+    {
         // A veth whose peer is gone reports no peer index and no peer netns.
         let orphan = link.link.is_none_or(|peer| peer == 0) && link.link_netnsid.is_none();
-        let stale = link.alias.as_deref().and_then(crate::parse_attachment_alias).is_some_and(|(net, id, ifname)| {
-            net == req.name && !valid.iter().any(|(v_id, v_if)| v_id == id && v_if == ifname)
-        });
+        let stale = link
+            .alias
+            .as_deref()
+            .and_then(crate::parse_attachment_alias)
+            .is_some_and(|(net, id, ifname)| {
+                net == req.name
+                    && !valid
+                        .iter()
+                        .any(|(v_id, v_if)| v_id == id && v_if == ifname)
+            });
         if orphan || stale {
             if let Err(e) = host.delete_link(link.index) {
                 if !e.is_not_found() {
-                    errors.push(Error::kernel(format!("delete orphan veth {}", link.name), e));
+                    errors.push(Error::kernel(
+                        format!("delete orphan veth {}", link.name),
+                        e,
+                    ));
                 }
             }
         }

@@ -42,7 +42,11 @@ impl Plugin for Bridge {
 
 /// The configured IPAM plugin, located on CNI_PATH.
 fn ipam(req: &Request, config: &BridgeConfig) -> Result<Option<Delegate>, Error> {
-    config.ipam_type.as_deref().map(|kind| Delegate::find(kind, req)).transpose()
+    config
+        .ipam_type
+        .as_deref()
+        .map(|kind| Delegate::find(kind, req))
+        .transpose()
 }
 
 /// The host veth's alias names its attachment, so GC can tell which
@@ -66,8 +70,10 @@ fn host_netlink() -> Result<Netlink, Error> {
 
 fn open_netns(req: &Request) -> Result<(Netns, Netlink), Error> {
     let path = req.netns_path()?;
-    let ns = Netns::open(path).map_err(|e| Error::env(format!("CNI_NETNS \"{}\": {e}", path.display())))?;
-    let nl = Netlink::in_netns(&ns).map_err(|e| Error::kernel("open netlink in the pod netns", e))?;
+    let ns = Netns::open(path)
+        .map_err(|e| Error::env(format!("CNI_NETNS \"{}\": {e}", path.display())))?;
+    let nl =
+        Netlink::in_netns(&ns).map_err(|e| Error::kernel("open netlink in the pod netns", e))?;
     Ok((ns, nl))
 }
 

@@ -14,7 +14,9 @@ impl CniArgs {
         let mut pairs = Vec::new();
         for item in raw.split(';').filter(|s| !s.is_empty()) {
             let Some((key, value)) = item.split_once('=') else {
-                return Err(Error::env(format!("CNI_ARGS item \"{item}\" is not of the form KEY=VALUE")));
+                return Err(Error::env(format!(
+                    "CNI_ARGS item \"{item}\" is not of the form KEY=VALUE"
+                )));
             };
             pairs.push((key.to_string(), value.to_string()));
         }
@@ -23,7 +25,11 @@ impl CniArgs {
             .get("IgnoreUnknown")
             .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
         if !ignore_unknown {
-            if let Some((key, _)) = args.pairs.iter().find(|(k, _)| k != "IgnoreUnknown" && !known.contains(&k.as_str())) {
+            if let Some((key, _)) = args
+                .pairs
+                .iter()
+                .find(|(k, _)| k != "IgnoreUnknown" && !known.contains(&k.as_str()))
+            {
                 return Err(Error::env(format!(
                     "CNI_ARGS key \"{key}\" is unknown to this plugin (set IgnoreUnknown=1 to ignore it)"
                 )));
@@ -34,7 +40,11 @@ impl CniArgs {
 
     /// The last value given for `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.pairs.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -53,7 +63,12 @@ mod tests {
 
     #[test]
     fn unknown_keys_need_ignore_unknown() {
-        assert_eq!(CniArgs::parse("K8S_POD_NAME=x", &["IP"]).unwrap_err().code(), 4);
+        assert_eq!(
+            CniArgs::parse("K8S_POD_NAME=x", &["IP"])
+                .unwrap_err()
+                .code(),
+            4
+        );
         let a = CniArgs::parse("IgnoreUnknown=1;K8S_POD_NAME=x;IP=1.2.3.4", &["IP"]).unwrap();
         assert_eq!(a.get("IP"), Some("1.2.3.4"));
         assert!(CniArgs::parse("IgnoreUnknown=TRUE;A=b", &[]).is_ok());

@@ -15,10 +15,15 @@ use crate::skel::{Command, Request};
 /// plugin fail cleanly when its IPAM binary is missing.
 pub fn find(kind: &str, cni_path: &[PathBuf]) -> Result<PathBuf, Error> {
     if kind.is_empty() || kind.contains('/') || kind.contains('\\') || kind == "." || kind == ".." {
-        return Err(Error::config(format!("plugin type \"{}\" is not a valid plugin name", kind.escape_debug())));
+        return Err(Error::config(format!(
+            "plugin type \"{}\" is not a valid plugin name",
+            kind.escape_debug()
+        )));
     }
     if cni_path.is_empty() {
-        return Err(Error::env(format!("CNI_PATH is not set; cannot find plugin \"{kind}\"")));
+        return Err(Error::env(format!(
+            "CNI_PATH is not set; cannot find plugin \"{kind}\""
+        )));
     }
     cni_path
         .iter()
@@ -26,7 +31,10 @@ pub fn find(kind: &str, cni_path: &[PathBuf]) -> Result<PathBuf, Error> {
         .find(|p| p.is_file())
         .ok_or_else(|| {
             let dirs: Vec<String> = cni_path.iter().map(|p| p.display().to_string()).collect();
-            Error::config(format!("plugin \"{kind}\" not found in CNI_PATH {}", dirs.join(":")))
+            Error::config(format!(
+                "plugin \"{kind}\" not found in CNI_PATH {}",
+                dirs.join(":")
+            ))
         })
 }
 
@@ -45,13 +53,21 @@ pub fn start(binary: &Path, command: Command, stdin: &[u8]) -> Result<Running, E
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| Error::new(ErrorCode::DelegateFailed, format!("cannot run plugin {name}: {e}")))?;
+        .map_err(|e| {
+            Error::new(
+                ErrorCode::DelegateFailed,
+                format!("cannot run plugin {name}: {e}"),
+            )
+        })?;
     if let Some(mut pipe) = child.stdin.take() {
         // A plugin may exit without reading stdin; its exit status tells.
         // A config fits the pipe buffer, so this does not wait for the child.
         let _ = pipe.write_all(stdin);
     }
-    Ok(Running { name, child: Some(child) })
+    Ok(Running {
+        name,
+        child: Some(child),
+    })
 }
 
 /// A delegated plugin that has been started. Dropping it waits for the
@@ -66,25 +82,40 @@ impl Running {
     /// Wait for the plugin; its stdout JSON, if any, or its error.
     pub fn wait(mut self) -> Result<Option<Value>, Error> {
         let name = std::mem::take(&mut self.name);
-        let child = self
-            .child
-            .take()
-            .ok_or_else(|| Error::new(ErrorCode::DelegateFailed, format!("plugin {name} was already waited for")))?;
-        let out = child
-            .wait_with_output()
-            .map_err(|e| Error::new(ErrorCode::DelegateFailed, format!("plugin {name} failed: {e}")))?;
+        let child = self.child.take().ok_or_else(|| {
+            Error::new(
+                ErrorCode::DelegateFailed,
+                format!("plugin {name} was already waited for"),
+            )
+        })?;
+        let out = child.wait_with_output().map_err(|e| {
+            Error::new(
+                ErrorCode::DelegateFailed,
+                format!("plugin {name} failed: {e}"),
+            )
+        })?;
         let parsed: Option<Value> = serde_json::from_slice(&out.stdout).ok();
         if out.status.success() {
             if parsed.is_none() && !out.stdout.iter().all(u8::is_ascii_whitespace) {
-                return Err(Error::new(ErrorCode::DelegateFailed, format!("plugin {name} printed output that is not JSON")));
+                return Err(Error::new(
+                    ErrorCode::DelegateFailed,
+                    format!("plugin {name} printed output that is not JSON"),
+                ));
             }
             return Ok(parsed);
         }
-        match parsed.as_ref().and_then(|v| v.get("code").and_then(Value::as_u64).map(|c| (c, v))) {
+        match parsed
+            .as_ref()
+            .and_then(|v| v.get("code").and_then(Value::as_u64).map(|c| (c, v)))
+        {
             Some((code, v)) => Err(delegated_error(&name, code, v)),
             None => Err(Error::new(
                 ErrorCode::DelegateFailed,
-                format!("plugin {name} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+                format!(
+                    "plugin {name} failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
             )),
         }
     }
@@ -92,9 +123,12 @@ impl Running {
     /// Wait for an ADD and decode its result.
     pub fn result(self) -> Result<CniResult, Error> {
         let name = self.name.clone();
-        let value = self
-            .wait()?
-            .ok_or_else(|| Error::new(ErrorCode::DelegateFailed, format!("plugin {name} printed no result")))?;
+        let value = self.wait()?.ok_or_else(|| {
+            Error::new(
+                ErrorCode::DelegateFailed,
+                format!("plugin {name} printed no result"),
+            )
+        })?;
         CniResult::from_value(&value)
     }
 }
@@ -118,11 +152,19 @@ fn delegated_error(plugin: &str, code: u64, v: &Value) -> Error {
     let text = |key: &str| v.get(key).and_then(Value::as_str).unwrap_or("").to_string();
     let meaningful = matches!(code, 1..=7 | 11 | 50 | 51) || (code >= 100 && code != 999);
     match u32::try_from(code) {
-        Ok(code) if meaningful => Error::Delegated { code, msg: text("msg"), details: text("details") },
+        Ok(code) if meaningful => Error::Delegated {
+            code,
+            msg: text("msg"),
+            details: text("details"),
+        },
         _ => {
             let details = text("details");
             let sep = if details.is_empty() { "" } else { ": " };
-            Error::with_details(ErrorCode::DelegateFailed, text("msg"), format!("{plugin} answered code {code}{sep}{details}"))
+            Error::with_details(
+                ErrorCode::DelegateFailed,
+                text("msg"),
+                format!("{plugin} answered code {code}{sep}{details}"),
+            )
         }
     }
 }
@@ -134,7 +176,9 @@ pub struct Delegate {
 
 impl Delegate {
     pub fn find(kind: &str, req: &Request) -> Result<Delegate, Error> {
-        Ok(Delegate { binary: find(kind, &req.cni_path)? })
+        Ok(Delegate {
+            binary: find(kind, &req.cni_path)?,
+        })
     }
 
     pub fn add(&self, stdin: &[u8]) -> Result<CniResult, Error> {
@@ -157,11 +201,17 @@ mod tests {
 
     #[test]
     fn find_rejects_paths_and_reports_search_dirs() {
-        let path = vec![PathBuf::from("/nonexistent-a"), PathBuf::from("/nonexistent-b")];
+        let path = vec![
+            PathBuf::from("/nonexistent-a"),
+            PathBuf::from("/nonexistent-b"),
+        ];
         assert_eq!(find("../x", &path).unwrap_err().code(), 7);
         let e = find("host-local", &path).unwrap_err();
         assert_eq!(e.code(), 7);
-        assert!(e.to_string().contains("/nonexistent-a:/nonexistent-b"), "{e}");
+        assert!(
+            e.to_string().contains("/nonexistent-a:/nonexistent-b"),
+            "{e}"
+        );
         assert_eq!(find("host-local", &[]).unwrap_err().code(), 4);
     }
 
@@ -181,7 +231,16 @@ mod tests {
 
     #[test]
     fn catch_all_and_reserved_delegate_codes_become_106() {
-        for (code, kept) in [(999, false), (0, false), (8, false), (99, false), (11, true), (50, true), (7, true), (123, true)] {
+        for (code, kept) in [
+            (999, false),
+            (0, false),
+            (8, false),
+            (99, false),
+            (11, true),
+            (50, true),
+            (7, true),
+            (123, true),
+        ] {
             let v = serde_json::json!({"code": code, "msg": "m", "details": "d"});
             let e = delegated_error("/p/host-local", code, &v);
             assert_eq!(e.to_string(), "m");
@@ -189,7 +248,10 @@ mod tests {
                 assert_eq!((e.code(), e.details()), (code as u32, "d".to_string()));
             } else {
                 assert_eq!(e.code(), 106, "{code}");
-                assert_eq!(e.details(), format!("/p/host-local answered code {code}: d"));
+                assert_eq!(
+                    e.details(),
+                    format!("/p/host-local answered code {code}: d")
+                );
             }
         }
     }

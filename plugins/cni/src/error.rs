@@ -43,10 +43,18 @@ impl ErrorCode {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{msg}")]
-    Spec { code: ErrorCode, msg: String, details: String },
+    Spec {
+        code: ErrorCode,
+        msg: String,
+        details: String,
+    },
     /// An error reported by a delegated plugin, passed on unchanged.
     #[error("{msg}")]
-    Delegated { code: u32, msg: String, details: String },
+    Delegated {
+        code: u32,
+        msg: String,
+        details: String,
+    },
     /// Several independent failures (DEL and GC keep going and report all).
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Many(Vec<Error>),
@@ -54,11 +62,23 @@ pub enum Error {
 
 impl Error {
     pub fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
-        Error::Spec { code, msg: msg.into(), details: String::new() }
+        Error::Spec {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
     }
 
-    pub fn with_details(code: ErrorCode, msg: impl Into<String>, details: impl Into<String>) -> Self {
-        Error::Spec { code, msg: msg.into(), details: details.into() }
+    pub fn with_details(
+        code: ErrorCode,
+        msg: impl Into<String>,
+        details: impl Into<String>,
+    ) -> Self {
+        Error::Spec {
+            code,
+            msg: msg.into(),
+            details: details.into(),
+        }
     }
 
     pub fn version(msg: impl Into<String>) -> Self {
@@ -74,7 +94,11 @@ impl Error {
         Self::new(ErrorCode::Decode, msg)
     }
     pub fn io(context: impl std::fmt::Display, err: &std::io::Error) -> Self {
-        Self::with_details(ErrorCode::Io, format!("{context}: {err}"), err.kind().to_string())
+        Self::with_details(
+            ErrorCode::Io,
+            format!("{context}: {err}"),
+            err.kind().to_string(),
+        )
     }
     /// A kernel (netlink, sysctl) failure; `err` usually carries the errno.
     pub fn kernel(context: impl std::fmt::Display, err: impl std::fmt::Display) -> Self {

@@ -14,7 +14,11 @@ fn write(level: &str, msg: &str) {
     let line = format!("{} {level}: {msg}\n", program());
     let _ = std::io::stderr().write_all(line.as_bytes());
     if let Some(path) = std::env::var_os("WEFT_LOG_FILE") {
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
             let _ = f.write_all(line.as_bytes());
         }
     }

@@ -71,7 +71,15 @@ pub struct Route {
 
 impl Route {
     pub fn new(dst: IpNetwork, gw: Option<IpAddr>) -> Self {
-        Route { dst, gw, mtu: None, adv_mss: None, priority: None, table: None, scope: None }
+        Route {
+            dst,
+            gw,
+            mtu: None,
+            adv_mss: None,
+            priority: None,
+            table: None,
+            scope: None,
+        }
     }
 }
 
@@ -89,7 +97,10 @@ pub struct Dns {
 
 impl Dns {
     pub fn is_empty(&self) -> bool {
-        self.nameservers.is_empty() && self.domain.is_none() && self.search.is_empty() && self.options.is_empty()
+        self.nameservers.is_empty()
+            && self.domain.is_none()
+            && self.search.is_empty()
+            && self.options.is_empty()
     }
 }
 
@@ -101,9 +112,12 @@ impl CniResult {
     /// Read a result (prevResult or a delegate's answer) of any supported version.
     pub fn from_value(value: &Value) -> Result<CniResult, Error> {
         if value.get("ip4").is_some() || value.get("ip6").is_some() {
-            return Err(Error::version("results in the 0.1.0/0.2.0 format (ip4/ip6) are not supported"));
+            return Err(Error::version(
+                "results in the 0.1.0/0.2.0 format (ip4/ip6) are not supported",
+            ));
         }
-        CniResult::deserialize(value).map_err(|e| Error::decode(format!("cannot decode result: {e}")))
+        CniResult::deserialize(value)
+            .map_err(|e| Error::decode(format!("cannot decode result: {e}")))
     }
 
     /// The result as the spec's JSON for `version`.
@@ -128,7 +142,8 @@ impl CniResult {
                 }
             }
             // Go's 0.3.x/0.4.0 types always print a dns object.
-            out.entry("dns").or_insert_with(|| Value::Object(Map::new()));
+            out.entry("dns")
+                .or_insert_with(|| Value::Object(Map::new()));
         }
         Value::Object(out)
     }
@@ -159,10 +174,21 @@ mod tests {
                 ..Default::default()
             }],
             ips: vec![
-                IpConfig { address: "10.244.1.5/24".parse().unwrap(), gateway: Some("10.244.1.1".parse().unwrap()), interface: Some(0) },
-                IpConfig { address: "fd00::5/64".parse().unwrap(), gateway: None, interface: Some(0) },
+                IpConfig {
+                    address: "10.244.1.5/24".parse().unwrap(),
+                    gateway: Some("10.244.1.1".parse().unwrap()),
+                    interface: Some(0),
+                },
+                IpConfig {
+                    address: "fd00::5/64".parse().unwrap(),
+                    gateway: None,
+                    interface: Some(0),
+                },
             ],
-            routes: vec![Route { priority: Some(5), ..Route::new("0.0.0.0/0".parse().unwrap(), None) }],
+            routes: vec![Route {
+                priority: Some(5),
+                ..Route::new("0.0.0.0/0".parse().unwrap(), None)
+            }],
             dns: Dns::default(),
         }
     }
@@ -199,11 +225,26 @@ mod tests {
 
     #[test]
     fn reads_any_version_back() {
-        for version in [Version::V0_3_0, Version::V0_4_0, Version::V1_0_0, Version::V1_1_0] {
+        for version in [
+            Version::V0_3_0,
+            Version::V0_4_0,
+            Version::V1_0_0,
+            Version::V1_1_0,
+        ] {
             let back = CniResult::from_value(&sample().to_json(version)).unwrap();
             assert_eq!(back.ips, sample().ips);
         }
-        assert_eq!(CniResult::from_value(&json!({"ip4": {}})).unwrap_err().code(), 1);
-        assert_eq!(CniResult::from_value(&json!({"ips": [{"address": "nope"}]})).unwrap_err().code(), 6);
+        assert_eq!(
+            CniResult::from_value(&json!({"ip4": {}}))
+                .unwrap_err()
+                .code(),
+            1
+        );
+        assert_eq!(
+            CniResult::from_value(&json!({"ips": [{"address": "nope"}]}))
+                .unwrap_err()
+                .code(),
+            6
+        );
     }
 }

@@ -35,12 +35,10 @@ impl Command {
             "STATUS" => Command::Status,
             "VERSION" => Command::Version,
             "" => return Err(Error::env("CNI_COMMAND is not set")),
-            other => {
-                return Err(Error::env(format!(
-                    "CNI_COMMAND \"{}\" is unknown; expected ADD, DEL, CHECK, GC, STATUS or VERSION",
-                    other.escape_debug()
-                )))
-            }
+            other => return Err(Error::env(format!(
+                "CNI_COMMAND \"{}\" is unknown; expected ADD, DEL, CHECK, GC, STATUS or VERSION",
+                other.escape_debug()
+            ))),
         })
     }
 
@@ -85,7 +83,10 @@ impl Request {
     pub fn parse_config<T: DeserializeOwned>(&self) -> Result<T, Error> {
         serde_path_to_error::deserialize(&self.config).map_err(|e| {
             let path = e.path().to_string();
-            Error::decode(format!("invalid network config: field \"{path}\": {}", e.into_inner()))
+            Error::decode(format!(
+                "invalid network config: field \"{path}\": {}",
+                e.into_inner()
+            ))
         })
     }
 
@@ -94,7 +95,11 @@ impl Request {
         match self.config.get("prevResult") {
             None | Some(Value::Null) => Ok(None),
             Some(v) => CniResult::from_value(v).map(Some).map_err(|e| match e {
-                Error::Spec { code, msg, details } => Error::Spec { code, msg: format!("prevResult: {msg}"), details },
+                Error::Spec { code, msg, details } => Error::Spec {
+                    code,
+                    msg: format!("prevResult: {msg}"),
+                    details,
+                },
                 other => other,
             }),
         }
@@ -102,7 +107,9 @@ impl Request {
 
     /// The netns path, which ADD and CHECK are guaranteed to have.
     pub fn netns_path(&self) -> Result<&Path, Error> {
-        self.netns.as_deref().ok_or_else(|| Error::env("CNI_NETNS is not set"))
+        self.netns
+            .as_deref()
+            .ok_or_else(|| Error::env("CNI_NETNS is not set"))
     }
 
     /// GC's `cni.dev/valid-attachments` as (containerID, ifname) pairs. The
@@ -115,12 +122,18 @@ impl Request {
             let items = match self.config.get(key) {
                 None | Some(Value::Null) => continue,
                 Some(Value::Array(items)) => items,
-                Some(other) => return Err(Error::config(format!("\"{key}\" must be a list, not {other}"))),
+                Some(other) => {
+                    return Err(Error::config(format!(
+                        "\"{key}\" must be a list, not {other}"
+                    )))
+                }
             };
             for (i, item) in items.iter().enumerate() {
                 let field = |name: &str| match item.get(name) {
                     Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-                    _ => Err(Error::config(format!("{key}[{i}].{name} must be a non-empty string; refusing to GC"))),
+                    _ => Err(Error::config(format!(
+                        "{key}[{i}].{name} must be a non-empty string; refusing to GC"
+                    ))),
                 };
                 valid.push((field("containerID")?, field("ifname")?));
             }
@@ -131,7 +144,9 @@ impl Request {
     /// Whether CNI_NETNS still holds a network namespace (DEL must cope
     /// when it does not).
     pub fn netns_exists(&self) -> bool {
-        self.netns.as_deref().is_some_and(|p| Netns::open(p).is_ok())
+        self.netns
+            .as_deref()
+            .is_some_and(|p| Netns::open(p).is_ok())
     }
 }
 
@@ -164,7 +179,10 @@ pub fn main<P: Plugin>(plugin: &P) -> ExitCode {
     if !input.is_terminal() {
         if let Err(e) = input.lock().read_to_end(&mut stdin) {
             let err = Error::io("cannot read the network config from stdin", &e);
-            return emit(&Outcome { exit_code: 1, stdout: Some(err.to_json(LATEST)) });
+            return emit(&Outcome {
+                exit_code: 1,
+                stdout: Some(err.to_json(LATEST)),
+            });
         }
     }
     let outcome = run(plugin, &|key| std::env::var(key).ok(), &stdin);
@@ -185,10 +203,19 @@ fn emit(outcome: &Outcome) -> ExitCode {
 pub fn run<P: Plugin>(plugin: &P, env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
     let requested = requested_version(stdin);
     match dispatch(plugin, env, stdin) {
-        Ok(stdout) => Outcome { exit_code: 0, stdout },
+        Ok(stdout) => Outcome {
+            exit_code: 0,
+            stdout,
+        },
         Err(err) => {
-            crate::log::error(&format!("{}: {err}", env("CNI_COMMAND").unwrap_or_default()));
-            Outcome { exit_code: 1, stdout: Some(err.to_json(requested)) }
+            crate::log::error(&format!(
+                "{}: {err}",
+                env("CNI_COMMAND").unwrap_or_default()
+            ));
+            Outcome {
+                exit_code: 1,
+                stdout: Some(err.to_json(requested)),
+            }
         }
     }
 }
@@ -197,14 +224,24 @@ pub fn run<P: Plugin>(plugin: &P, env: &dyn Fn(&str) -> Option<String>, stdin: &
 fn requested_version(stdin: &[u8]) -> &'static str {
     serde_json::from_slice::<Value>(stdin)
         .ok()
-        .and_then(|v| v.get("cniVersion").and_then(Value::as_str).and_then(|s| Version::parse(s).ok()))
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(Value::as_str)
+                .and_then(|s| Version::parse(s).ok())
+        })
         .map_or(LATEST, Version::as_str)
 }
 
-fn dispatch<P: Plugin>(plugin: &P, env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Option<Value>, Error> {
+fn dispatch<P: Plugin>(
+    plugin: &P,
+    env: &dyn Fn(&str) -> Option<String>,
+    stdin: &[u8],
+) -> Result<Option<Value>, Error> {
     let command = Command::parse(&env("CNI_COMMAND").unwrap_or_default())?;
     if command == Command::Version {
-        return Ok(Some(json!({ "cniVersion": requested_version(stdin), "supportedVersions": SUPPORTED })));
+        return Ok(Some(
+            json!({ "cniVersion": requested_version(stdin), "supportedVersions": SUPPORTED }),
+        ));
     }
     let req = build_request(command, env, stdin)?;
     match command {
@@ -217,16 +254,27 @@ fn dispatch<P: Plugin>(plugin: &P, env: &dyn Fn(&str) -> Option<String>, stdin: 
     }
 }
 
-fn build_request(command: Command, env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Request, Error> {
+fn build_request(
+    command: Command,
+    env: &dyn Fn(&str) -> Option<String>,
+    stdin: &[u8],
+) -> Result<Request, Error> {
     if stdin.iter().all(u8::is_ascii_whitespace) {
         return Err(Error::decode("no network config on stdin"));
     }
     let config: Value = serde_json::from_slice(stdin)
         .map_err(|e| Error::decode(format!("network config on stdin is not valid JSON: {e}")))?;
     if !config.is_object() {
-        return Err(Error::decode("network config on stdin must be a JSON object"));
+        return Err(Error::decode(
+            "network config on stdin must be a JSON object",
+        ));
     }
-    let version = Version::parse(config.get("cniVersion").and_then(Value::as_str).unwrap_or(""))?;
+    let version = Version::parse(
+        config
+            .get("cniVersion")
+            .and_then(Value::as_str)
+            .unwrap_or(""),
+    )?;
     let gate = match command {
         Command::Check => Some(Version::V0_4_0),
         Command::Gc | Command::Status => Some(Version::V1_1_0),
@@ -242,13 +290,19 @@ fn build_request(command: Command, env: &dyn Fn(&str) -> Option<String>, stdin: 
     }
     let name = match config.get("name") {
         Some(Value::String(s)) => s.clone(),
-        Some(other) => return Err(Error::config(format!("network name must be a string, not {other}"))),
+        Some(other) => {
+            return Err(Error::config(format!(
+                "network name must be a string, not {other}"
+            )))
+        }
         None => String::new(),
     };
     validate::network_name(&name)?;
 
     let var = |key: &str| env(key).unwrap_or_default();
-    let cni_path = std::env::split_paths(&var("CNI_PATH")).filter(|p| !p.as_os_str().is_empty()).collect();
+    let cni_path = std::env::split_paths(&var("CNI_PATH"))
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect();
     let mut req = Request {
         command,
         version,
@@ -287,7 +341,12 @@ fn check_netns(command: Command, netns: Option<&Path>, override_own: bool) -> Re
         Ok(ns) => ns,
         Err(e) if command == Command::Del && is_gone(&e) => return Ok(()),
         Err(e @ netlink::Error::NotNetns(_)) => return Err(Error::env(format!("CNI_NETNS {e}"))),
-        Err(e) => return Err(Error::env(format!("CNI_NETNS \"{}\" cannot be opened: {e}", path.display()))),
+        Err(e) => {
+            return Err(Error::env(format!(
+                "CNI_NETNS \"{}\" cannot be opened: {e}",
+                path.display()
+            )))
+        }
     };
     if !override_own && Netns::current().is_ok_and(|own| own.id() == ns.id()) {
         return Err(Error::env(format!(
@@ -322,7 +381,10 @@ mod tests {
     }
 
     fn run_with(vars: &[(&str, &str)], stdin: &str) -> Outcome {
-        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         run(&Echo, &|k| map.get(k).cloned(), stdin.as_bytes())
     }
 
@@ -339,7 +401,10 @@ mod tests {
         assert_eq!(o.exit_code, 0);
         let v = o.stdout.unwrap();
         assert_eq!(v["cniVersion"], "0.4.0");
-        assert_eq!(v["supportedVersions"].as_array().unwrap().len(), SUPPORTED.len());
+        assert_eq!(
+            v["supportedVersions"].as_array().unwrap().len(),
+            SUPPORTED.len()
+        );
         let o = run_with(&[("CNI_COMMAND", "VERSION")], "");
         assert_eq!(o.stdout.unwrap()["cniVersion"], LATEST);
     }
@@ -348,48 +413,109 @@ mod tests {
     fn bad_environment_and_input_codes() {
         assert_eq!(code(&run_with(&[], CONF)), 4);
         assert_eq!(code(&run_with(&[("CNI_COMMAND", "FOO")], CONF)), 4);
-        let del = [("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")];
+        let del = [
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+        ];
         assert_eq!(code(&run_with(&del, "{not json")), 6);
         assert_eq!(code(&run_with(&del, "")), 6);
         assert_eq!(code(&run_with(&del, "[1]")), 6);
-        assert_eq!(code(&run_with(&del, r#"{"cniVersion":"9.9.9","name":"n"}"#)), 1);
+        assert_eq!(
+            code(&run_with(&del, r#"{"cniVersion":"9.9.9","name":"n"}"#)),
+            1
+        );
         assert_eq!(code(&run_with(&del, r#"{"name":"n"}"#)), 1);
         assert_eq!(code(&run_with(&del, r#"{"cniVersion":"1.0.0"}"#)), 7);
-        assert_eq!(code(&run_with(&del, r#"{"cniVersion":"1.0.0","name":"a b"}"#)), 7);
-        let bad_id = [("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "-x"), ("CNI_IFNAME", "eth0")];
+        assert_eq!(
+            code(&run_with(&del, r#"{"cniVersion":"1.0.0","name":"a b"}"#)),
+            7
+        );
+        let bad_id = [
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "-x"),
+            ("CNI_IFNAME", "eth0"),
+        ];
         assert_eq!(code(&run_with(&bad_id, CONF)), 4);
         let no_id = [("CNI_COMMAND", "DEL"), ("CNI_IFNAME", "eth0")];
         assert_eq!(code(&run_with(&no_id, CONF)), 3);
-        let bad_if = [("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "way-too-long-name0")];
+        let bad_if = [
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "way-too-long-name0"),
+        ];
         assert_eq!(code(&run_with(&bad_if, CONF)), 4);
-        let add_missing_ns = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "/nonexistent/ns")];
+        let add_missing_ns = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", "/nonexistent/ns"),
+        ];
         assert_eq!(code(&run_with(&add_missing_ns, CONF)), 4);
-        let add_not_ns = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "/proc/self/status")];
+        let add_not_ns = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", "/proc/self/status"),
+        ];
         assert_eq!(code(&run_with(&add_not_ns, CONF)), 4);
-        let add_own_ns = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "/proc/self/ns/net")];
+        let add_own_ns = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", "/proc/self/ns/net"),
+        ];
         assert_eq!(code(&run_with(&add_own_ns, CONF)), 4);
     }
 
     #[test]
     fn del_tolerates_a_missing_netns() {
-        let del = [("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "/nonexistent/ns")];
+        let del = [
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", "/nonexistent/ns"),
+        ];
         assert_eq!(run_with(&del, CONF).exit_code, 0);
     }
 
     #[test]
     fn version_gates() {
-        let check = [("CNI_COMMAND", "CHECK"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")];
-        assert_eq!(code(&run_with(&check, r#"{"cniVersion":"0.3.1","name":"n"}"#)), 1);
+        let check = [
+            ("CNI_COMMAND", "CHECK"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+        ];
+        assert_eq!(
+            code(&run_with(&check, r#"{"cniVersion":"0.3.1","name":"n"}"#)),
+            1
+        );
         for cmd in ["GC", "STATUS"] {
             assert_eq!(code(&run_with(&[("CNI_COMMAND", cmd)], CONF)), 1);
-            let ok = run_with(&[("CNI_COMMAND", cmd)], r#"{"cniVersion":"1.1.0","name":"n"}"#);
-            assert_eq!(ok, Outcome { exit_code: 0, stdout: None });
+            let ok = run_with(
+                &[("CNI_COMMAND", cmd)],
+                r#"{"cniVersion":"1.1.0","name":"n"}"#,
+            );
+            assert_eq!(
+                ok,
+                Outcome {
+                    exit_code: 0,
+                    stdout: None
+                }
+            );
         }
     }
 
     #[test]
     fn valid_attachments_accepts_both_keys_and_null() {
-        let req = |conf: Value| build_request(Command::Gc, &|k| (k == "CNI_COMMAND").then(|| "GC".into()), conf.to_string().as_bytes()).unwrap();
+        let req = |conf: Value| {
+            build_request(
+                Command::Gc,
+                &|k| (k == "CNI_COMMAND").then(|| "GC".into()),
+                conf.to_string().as_bytes(),
+            )
+            .unwrap()
+        };
         let base = json!({"cniVersion": "1.1.0", "name": "n"});
         assert!(req(base.clone()).valid_attachments().unwrap().is_empty());
         let mut with_null = base.clone();
@@ -399,20 +525,30 @@ mod tests {
         both["cni.dev/valid-attachments"] = json!([{"containerID": "a", "ifname": "eth0"}]);
         both["cni.dev/attachments"] = json!([{"containerID": "b", "ifname": "eth1"}]);
         let v = req(both).valid_attachments().unwrap();
-        assert!(v.contains(&("a".into(), "eth0".into())) && v.contains(&("b".into(), "eth1".into())));
+        assert!(
+            v.contains(&("a".into(), "eth0".into())) && v.contains(&("b".into(), "eth1".into()))
+        );
         let mut bad = base.clone();
         bad["cni.dev/valid-attachments"] = json!("nope");
         assert_eq!(req(bad).valid_attachments().unwrap_err().code(), 7);
         let mut no_ifname = base;
-        no_ifname["cni.dev/valid-attachments"] = json!([{"containerID": "a"}, {"containerID": "b", "ifname": ""}]);
+        no_ifname["cni.dev/valid-attachments"] =
+            json!([{"containerID": "a"}, {"containerID": "b", "ifname": ""}]);
         let e = req(no_ifname).valid_attachments().unwrap_err();
         assert_eq!(e.code(), 7);
-        assert!(e.to_string().contains("cni.dev/valid-attachments[0].ifname"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("cni.dev/valid-attachments[0].ifname"),
+            "{e}"
+        );
     }
 
     #[test]
     fn errors_answer_in_the_requested_version() {
-        let o = run_with(&[("CNI_COMMAND", "BAD")], r#"{"cniVersion":"0.3.1","name":"n"}"#);
+        let o = run_with(
+            &[("CNI_COMMAND", "BAD")],
+            r#"{"cniVersion":"0.3.1","name":"n"}"#,
+        );
         assert_eq!(o.stdout.unwrap()["cniVersion"], "0.3.1");
     }
 }

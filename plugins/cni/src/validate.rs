@@ -15,7 +15,10 @@ fn matches_id_syntax(s: &str) -> bool {
 
 pub fn container_id(id: &str) -> Result<(), Error> {
     if id.is_empty() {
-        return Err(Error::new(ErrorCode::UnknownContainer, "CNI_CONTAINERID is empty"));
+        return Err(Error::new(
+            ErrorCode::UnknownContainer,
+            "CNI_CONTAINERID is empty",
+        ));
     }
     if !matches_id_syntax(id) {
         return Err(Error::env(format!(
@@ -45,7 +48,10 @@ pub fn interface_name(name: &str) -> Result<(), Error> {
     let problem = if name.is_empty() {
         Some("is empty".to_string())
     } else if name.len() > IFNAME_MAX {
-        Some(format!("is {} bytes long; the kernel allows at most {IFNAME_MAX}", name.len()))
+        Some(format!(
+            "is {} bytes long; the kernel allows at most {IFNAME_MAX}",
+            name.len()
+        ))
     } else if name == "." || name == ".." {
         Some("is a reserved name".to_string())
     } else {
@@ -54,7 +60,10 @@ pub fn interface_name(name: &str) -> Result<(), Error> {
             .map(|c| format!("contains the forbidden character {c:?}"))
     };
     match problem {
-        Some(p) => Err(Error::env(format!("CNI_IFNAME \"{}\" {p}", name.escape_debug()))),
+        Some(p) => Err(Error::env(format!(
+            "CNI_IFNAME \"{}\" {p}",
+            name.escape_debug()
+        ))),
         None => Ok(()),
     }
 }
@@ -76,7 +85,17 @@ mod tests {
     fn interface_names() {
         assert!(interface_name("eth0").is_ok());
         assert!(interface_name("a23456789012345").is_ok());
-        for bad in ["", ".", "..", "a/b", "a:b", "a b", "a\tb", "a234567890123456", "é23456789012345"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a:b",
+            "a b",
+            "a\tb",
+            "a234567890123456",
+            "é23456789012345",
+        ] {
             assert_eq!(interface_name(bad).unwrap_err().code(), 4, "{bad:?}");
         }
     }

@@ -26,7 +26,9 @@ impl Version {
             "0.4.0" => Version::V0_4_0,
             "1.0.0" => Version::V1_0_0,
             "1.1.0" => Version::V1_1_0,
-            "" => return Err(Error::version("cniVersion is missing; supported versions are 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0")),
+            "" => return Err(Error::version(
+                "cniVersion is missing; supported versions are 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0",
+            )),
             other => {
                 return Err(Error::version(format!(
                     "cniVersion \"{other}\" is not supported; supported versions are {}",

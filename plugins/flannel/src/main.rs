@@ -34,7 +34,9 @@ impl FlannelConfig {
         if let Some(d) = &config.delegate {
             for key in ["name", "ipam"] {
                 if d.contains_key(key) {
-                    return Err(Error::config(format!("delegate must not set \"{key}\"; it is derived")));
+                    return Err(Error::config(format!(
+                        "delegate must not set \"{key}\"; it is derived"
+                    )));
                 }
             }
             if d.get("type").is_some_and(|t| !t.is_string()) {
@@ -45,11 +47,15 @@ impl FlannelConfig {
     }
 
     fn subnet_file(&self) -> &Path {
-        self.subnet_file.as_deref().unwrap_or(Path::new(DEFAULT_SUBNET_FILE))
+        self.subnet_file
+            .as_deref()
+            .unwrap_or(Path::new(DEFAULT_SUBNET_FILE))
     }
 
     fn data_dir(&self) -> &Path {
-        self.data_dir.as_deref().unwrap_or(Path::new(DEFAULT_DATA_DIR))
+        self.data_dir
+            .as_deref()
+            .unwrap_or(Path::new(DEFAULT_DATA_DIR))
     }
 
     fn stored_config(&self, container_id: &str) -> PathBuf {
@@ -61,7 +67,10 @@ impl FlannelConfig {
 /// written it yet (try again later), garbage is a config error.
 fn read_subnet_env(path: &Path) -> Result<SubnetEnv, Error> {
     SubnetEnv::read(path).map_err(|e| match e {
-        ReadError::Io { .. } => Error::new(ErrorCode::TryAgainLater, format!("{e} (is weftd/flanneld running?)")),
+        ReadError::Io { .. } => Error::new(
+            ErrorCode::TryAgainLater,
+            format!("{e} (is weftd/flanneld running?)"),
+        ),
         ReadError::Parse { .. } => Error::config(e.to_string()),
     })
 }
@@ -70,8 +79,13 @@ fn read_subnet_env(path: &Path) -> Result<SubnetEnv, Error> {
 fn build_delegate(req: &Request, config: &FlannelConfig, env: &SubnetEnv) -> Result<Value, Error> {
     let mut delegate = config.delegate.clone().unwrap_or_default();
     delegate.insert("name".into(), json!(req.name));
-    let kind = delegate.entry("type").or_insert_with(|| json!("bridge")).clone();
-    delegate.entry("ipMasq").or_insert_with(|| json!(!env.ipmasq));
+    let kind = delegate
+        .entry("type")
+        .or_insert_with(|| json!("bridge"))
+        .clone();
+    delegate
+        .entry("ipMasq")
+        .or_insert_with(|| json!(!env.ipmasq));
     delegate.entry("mtu").or_insert_with(|| json!(env.mtu));
     if kind == "bridge" {
         delegate.entry("isGateway").or_insert_with(|| json!(true));
@@ -80,7 +94,11 @@ fn build_delegate(req: &Request, config: &FlannelConfig, env: &SubnetEnv) -> Res
 
     let mut ipam = config.ipam.clone().unwrap_or_default();
     ipam.entry("type").or_insert_with(|| json!("host-local"));
-    let subnets = env.subnet.iter().map(ToString::to_string).chain(env.ipv6_subnet.iter().map(ToString::to_string));
+    let subnets = env
+        .subnet
+        .iter()
+        .map(ToString::to_string)
+        .chain(env.ipv6_subnet.iter().map(ToString::to_string));
     let ranges: Vec<Value> = subnets.map(|s| json!([{ "subnet": s }])).collect();
     ipam.insert("ranges".into(), Value::Array(ranges));
     let mut routes = match ipam.get("routes") {
@@ -89,7 +107,11 @@ fn build_delegate(req: &Request, config: &FlannelConfig, env: &SubnetEnv) -> Res
         Some(_) => return Err(Error::config("ipam.routes must be a list")),
     };
     routes.extend(env.networks.iter().map(|n| json!({ "dst": n.to_string() })));
-    routes.extend(env.ipv6_networks.iter().map(|n| json!({ "dst": n.to_string() })));
+    routes.extend(
+        env.ipv6_networks
+            .iter()
+            .map(|n| json!({ "dst": n.to_string() })),
+    );
     ipam.insert("routes".into(), Value::Array(routes));
     delegate.insert("ipam".into(), Value::Object(ipam));
 
@@ -102,7 +124,10 @@ fn build_delegate(req: &Request, config: &FlannelConfig, env: &SubnetEnv) -> Res
 }
 
 fn delegate_for(req: &Request, delegate: &Value) -> Result<Delegate, Error> {
-    let kind = delegate.get("type").and_then(Value::as_str).unwrap_or("bridge");
+    let kind = delegate
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("bridge");
     Delegate::find(kind, req)
 }
 
@@ -159,7 +184,13 @@ impl Plugin for Flannel {
         let delegate = with_prev_result(delegate, req);
         delegate_for(req, &delegate)?.run(Command::Del, delegate.to_string().as_bytes())?;
         std::fs::remove_file(&stored)
-            .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+            .or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
             .map_err(|e| Error::io(format!("remove {}", stored.display()), &e))
     }
 
@@ -167,7 +198,10 @@ impl Plugin for Flannel {
         let config = FlannelConfig::parse(req)?;
         let stored = config.stored_config(&req.container_id);
         let delegate = load(&stored)?.ok_or_else(|| {
-            Error::new(ErrorCode::CheckFailed, format!("no stored delegate config at {}", stored.display()))
+            Error::new(
+                ErrorCode::CheckFailed,
+                format!("no stored delegate config at {}", stored.display()),
+            )
         })?;
         let delegate = with_prev_result(delegate, req);
         delegate_for(req, &delegate)?.run(Command::Check, delegate.to_string().as_bytes())
@@ -187,14 +221,18 @@ impl Plugin for Flannel {
         let config = FlannelConfig::parse(req)?;
         let valid = req.valid_attachments()?;
         let mut errors = Vec::new();
-        match read_subnet_env(config.subnet_file()).and_then(|env| build_delegate(req, &config, &env)) {
+        match read_subnet_env(config.subnet_file())
+            .and_then(|env| build_delegate(req, &config, &env))
+        {
             Ok(mut delegate) => {
                 for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
                     if let (Some(v), Value::Object(map)) = (req.config.get(key), &mut delegate) {
                         map.insert(key.into(), v.clone());
                     }
                 }
-                if let Err(e) = delegate_for(req, &delegate).and_then(|d| d.run(Command::Gc, delegate.to_string().as_bytes())) {
+                if let Err(e) = delegate_for(req, &delegate)
+                    .and_then(|d| d.run(Command::Gc, delegate.to_string().as_bytes()))
+                {
                     errors.push(e);
                 }
             }
@@ -207,7 +245,9 @@ impl Plugin for Flannel {
                 if flannel_env::is_temp_name(&name) {
                     continue;
                 }
-                if weft_cni::validate::container_id(&name).is_ok() && !valid.iter().any(|(id, _)| *id == name) {
+                if weft_cni::validate::container_id(&name).is_ok()
+                    && !valid.iter().any(|(id, _)| *id == name)
+                {
                     if let Err(e) = std::fs::remove_file(entry.path()) {
                         errors.push(Error::io(format!("remove {}", entry.path().display()), &e));
                     }
@@ -273,8 +313,14 @@ mod tests {
         )
         .unwrap();
         let d = build_delegate(&req, &FlannelConfig::parse(&req).unwrap(), &env).unwrap();
-        assert_eq!(d["ipam"]["ranges"], json!([[{"subnet": "10.5.52.0/24"}], [{"subnet": "2001:cafe:42::/64"}]]));
-        assert_eq!(d["ipam"]["routes"], json!([{"dst": "10.5.0.0/16"}, {"dst": "2001:cafe:42::/56"}]));
+        assert_eq!(
+            d["ipam"]["ranges"],
+            json!([[{"subnet": "10.5.52.0/24"}], [{"subnet": "2001:cafe:42::/64"}]])
+        );
+        assert_eq!(
+            d["ipam"]["routes"],
+            json!([{"dst": "10.5.0.0/16"}, {"dst": "2001:cafe:42::/56"}])
+        );
     }
 
     #[test]
@@ -288,7 +334,10 @@ mod tests {
         assert_eq!(d["ipMasq"], true);
         assert_eq!(d["mtu"], 1400);
         assert_eq!(d["isGateway"], false);
-        assert_eq!(d["ipam"]["routes"], json!([{"dst": "192.0.2.0/24"}, {"dst": "10.244.0.0/16"}]));
+        assert_eq!(
+            d["ipam"]["routes"],
+            json!([{"dst": "192.0.2.0/24"}, {"dst": "10.244.0.0/16"}])
+        );
         let bad = request(json!({"cniVersion": "1.0.0", "name": "n", "delegate": {"name": "x"}}));
         assert_eq!(FlannelConfig::parse(&bad).unwrap_err().code(), 7);
     }

@@ -12,14 +12,18 @@ struct Loopback;
 
 fn open(req: &Request) -> Result<Netlink, Error> {
     let path = req.netns_path()?;
-    let ns = Netns::open(path).map_err(|e| Error::env(format!("CNI_NETNS \"{}\": {e}", path.display())))?;
+    let ns = Netns::open(path)
+        .map_err(|e| Error::env(format!("CNI_NETNS \"{}\": {e}", path.display())))?;
     Netlink::in_netns(&ns).map_err(|e| Error::kernel("open netlink in the pod netns", e))
 }
 
 fn lo_index(nl: &mut Netlink) -> Result<u32, Error> {
     match nl.link_by_name(LO) {
         Ok(Some(link)) => Ok(link.index),
-        Ok(None) => Err(Error::new(ErrorCode::Kernel, "the pod netns has no lo interface")),
+        Ok(None) => Err(Error::new(
+            ErrorCode::Kernel,
+            "the pod netns has no lo interface",
+        )),
         Err(e) => Err(Error::kernel("look up lo", e)),
     }
 }
@@ -30,16 +34,24 @@ impl Plugin for Loopback {
         let mut nl = open(req)?;
         let index = lo_index(&mut nl)?;
         // Refuse before changing anything.
-        let before = nl.addresses(Some(index)).map_err(|e| Error::kernel("list lo addresses", e))?;
+        let before = nl
+            .addresses(Some(index))
+            .map_err(|e| Error::kernel("list lo addresses", e))?;
         if let Some(a) = before.iter().find(|a| !a.net.ip().is_loopback()) {
-            return Err(Error::config(format!("lo carries the non-loopback address {}", a.net)));
+            return Err(Error::config(format!(
+                "lo carries the non-loopback address {}",
+                a.net
+            )));
         }
-        nl.set_up(index).map_err(|e| Error::kernel("set lo up", e))?;
+        nl.set_up(index)
+            .map_err(|e| Error::kernel("set lo up", e))?;
         if let Some(prev) = prev {
             return Ok(prev);
         }
         // Bringing lo up is what adds 127.0.0.1/8 and ::1.
-        let addrs = nl.addresses(Some(index)).map_err(|e| Error::kernel("list lo addresses", e))?;
+        let addrs = nl
+            .addresses(Some(index))
+            .map_err(|e| Error::kernel("list lo addresses", e))?;
         Ok(CniResult {
             interfaces: vec![Interface {
                 name: LO.into(),
@@ -49,7 +61,11 @@ impl Plugin for Loopback {
             }],
             ips: addrs
                 .iter()
-                .map(|a| IpConfig { address: a.net, gateway: None, interface: Some(0) })
+                .map(|a| IpConfig {
+                    address: a.net,
+                    gateway: None,
+                    interface: Some(0),
+                })
                 .collect(),
             ..Default::default()
         })
@@ -62,7 +78,8 @@ impl Plugin for Loopback {
         }
         let mut nl = open(req)?;
         let index = lo_index(&mut nl)?;
-        nl.set_down(index).map_err(|e| Error::kernel("set lo down", e))
+        nl.set_down(index)
+            .map_err(|e| Error::kernel("set lo down", e))
     }
 
     fn check(&self, req: &Request) -> Result<(), Error> {
@@ -75,7 +92,10 @@ impl Plugin for Loopback {
         if up {
             Ok(())
         } else {
-            Err(Error::new(ErrorCode::CheckFailed, "lo is down in the pod netns"))
+            Err(Error::new(
+                ErrorCode::CheckFailed,
+                "lo is down in the pod netns",
+            ))
         }
     }
 }
