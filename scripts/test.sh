@@ -31,7 +31,16 @@ for a in "$@"; do
 done
 ((${#cargo_args[@]} > 0)) || cargo_args=(--workspace)
 
+# Gates: every landing is formatted and clippy-clean.
+log() { printf '==> %s\n' "$*" >&2; }
+log "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+log "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+# Root-only tests are #[ignore = "needs root"], so a plain non-root
+# `cargo test` lists them as ignored; here they are included and mandatory.
 export WEFT_REQUIRE_ROOT=1
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
-echo "==> WEFT_REQUIRE_ROOT=1 cargo test --release ${cargo_args[*]} -- --test-threads=$threads ${test_args[*]}" >&2
-exec cargo test --release "${cargo_args[@]}" -- --test-threads="$threads" "${test_args[@]}"
+log "WEFT_REQUIRE_ROOT=1 cargo test --release ${cargo_args[*]} -- --include-ignored --test-threads=$threads ${test_args[*]}"
+exec cargo test --release "${cargo_args[@]}" -- --include-ignored --test-threads="$threads" "${test_args[@]}"

@@ -280,6 +280,7 @@ fn add_and_verify(version: &str) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn add_v0_3_0_result_and_live_state() {
     if !require_root() {
         return;
@@ -288,6 +289,7 @@ fn add_v0_3_0_result_and_live_state() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn add_v0_3_1_result_and_live_state() {
     if !require_root() {
         return;
@@ -296,6 +298,7 @@ fn add_v0_3_1_result_and_live_state() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn add_v0_4_0_result_and_live_state() {
     if !require_root() {
         return;
@@ -304,6 +307,7 @@ fn add_v0_4_0_result_and_live_state() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn add_v1_0_0_result_and_live_state() {
     if !require_root() {
         return;
@@ -312,6 +316,7 @@ fn add_v1_0_0_result_and_live_state() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn add_v1_1_0_result_and_live_state() {
     if !require_root() {
         return;
@@ -320,6 +325,7 @@ fn add_v1_1_0_result_and_live_state() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn two_pods_share_the_bridge_and_reach_each_other() {
     if !require_root() {
         return;
@@ -339,6 +345,7 @@ fn two_pods_share_the_bridge_and_reach_each_other() {
 // ---------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs root"]
 fn check_passes_after_a_fresh_add() {
     if !require_root() {
         return;
@@ -368,6 +375,7 @@ fn check_detects(sabotage: impl Fn(&Env, &Netns, &Value)) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn check_fails_when_the_container_address_is_removed() {
     if !require_root() {
         return;
@@ -379,6 +387,7 @@ fn check_fails_when_the_container_address_is_removed() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn check_fails_when_the_host_veth_is_deleted() {
     if !require_root() {
         return;
@@ -389,6 +398,7 @@ fn check_fails_when_the_host_veth_is_deleted() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn check_fails_when_the_container_mac_changes() {
     if !require_root() {
         return;
@@ -399,6 +409,7 @@ fn check_fails_when_the_container_mac_changes() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn check_fails_when_the_host_veth_leaves_the_bridge() {
     if !require_root() {
         return;
@@ -410,6 +421,7 @@ fn check_fails_when_the_host_veth_leaves_the_bridge() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn check_fails_when_the_default_route_is_removed() {
     if !require_root() {
         return;
@@ -420,6 +432,7 @@ fn check_fails_when_the_default_route_is_removed() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn check_fails_when_the_ip_reservation_is_gone() {
     if !require_root() {
         return;
@@ -430,6 +443,7 @@ fn check_fails_when_the_ip_reservation_is_gone() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn check_below_0_4_0_is_an_incompatible_version() {
     if !require_root() {
         return;
@@ -449,6 +463,7 @@ fn check_below_0_4_0_is_an_incompatible_version() {
 // ---------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs root"]
 fn del_removes_the_veth_pair_and_releases_the_ip() {
     if !require_root() {
         return;
@@ -475,6 +490,7 @@ fn del_removes_the_veth_pair_and_releases_the_ip() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn add_then_del_leaves_nothing_in_every_version() {
     if !require_root() {
         return;
@@ -496,6 +512,7 @@ fn add_then_del_leaves_nothing_in_every_version() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn del_is_idempotent() {
     if !require_root() {
         return;
@@ -511,6 +528,7 @@ fn del_is_idempotent() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn del_of_an_attachment_never_added_succeeds() {
     if !require_root() {
         return;
@@ -521,6 +539,7 @@ fn del_of_an_attachment_never_added_succeeds() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn del_after_the_pod_netns_is_gone_releases_the_ip() {
     if !require_root() {
         return;
@@ -539,6 +558,7 @@ fn del_after_the_pod_netns_is_gone_releases_the_ip() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn del_without_cni_netns_releases_the_ip() {
     if !require_root() {
         return;
@@ -564,6 +584,7 @@ fn del_without_cni_netns_releases_the_ip() {
 // ---------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs root"]
 fn ip_masq_rule_exists_after_add_and_is_gone_after_del() {
     if !require_root() {
         return;
@@ -588,6 +609,7 @@ fn ip_masq_rule_exists_after_add_and_is_gone_after_del() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn ip_masq_rule_is_removed_even_when_the_netns_is_gone_before_del() {
     if !require_root() {
         return;
@@ -608,6 +630,7 @@ fn ip_masq_rule_is_removed_even_when_the_netns_is_gone_before_del() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn ip_masq_rules_of_other_pods_survive_a_del() {
     if !require_root() {
         return;
@@ -627,6 +650,7 @@ fn ip_masq_rules_of_other_pods_survive_a_del() {
 // ---------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs root"]
 fn is_default_gateway_adds_a_default_route_via_the_gateway() {
     if !require_root() {
         return;
@@ -659,6 +683,7 @@ fn is_default_gateway_adds_a_default_route_via_the_gateway() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn ipam_routes_are_installed_in_the_pod() {
     if !require_root() {
         return;
@@ -683,6 +708,7 @@ fn ipam_routes_are_installed_in_the_pod() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn without_is_gateway_the_bridge_gets_no_address() {
     if !require_root() {
         return;
@@ -696,6 +722,7 @@ fn without_is_gateway_the_bridge_gets_no_address() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn mtu_applies_to_both_veth_ends_and_the_bridge() {
     if !require_root() {
         return;
@@ -710,6 +737,7 @@ fn mtu_applies_to_both_veth_ends_and_the_bridge() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn hairpin_mode_sets_hairpin_on_the_bridge_port() {
     if !require_root() {
         return;
@@ -730,6 +758,7 @@ fn hairpin_mode_sets_hairpin_on_the_bridge_port() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn promisc_mode_puts_the_bridge_in_promiscuous_mode() {
     if !require_root() {
         return;
@@ -747,6 +776,7 @@ fn promisc_mode_puts_the_bridge_in_promiscuous_mode() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn hairpin_and_promisc_together_are_rejected() {
     if !require_root() {
         return;
@@ -769,6 +799,7 @@ fn assert_mac_applied(env: &Env, pod: &Netns, call: &CniCall, mac: &str) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn mac_from_cni_args_is_applied() {
     if !require_root() {
         return;
@@ -782,6 +813,7 @@ fn mac_from_cni_args_is_applied() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn mac_from_runtime_config_is_applied() {
     if !require_root() {
         return;
@@ -794,6 +826,7 @@ fn mac_from_runtime_config_is_applied() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn runtime_config_mac_wins_over_cni_args() {
     if !require_root() {
         return;
@@ -808,6 +841,7 @@ fn runtime_config_mac_wins_over_cni_args() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_non_bridge_link_named_like_the_bridge_is_a_config_error() {
     if !require_root() {
         return;
@@ -841,6 +875,7 @@ fn a_non_bridge_link_named_like_the_bridge_is_a_config_error() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn an_existing_container_interface_is_already_exists() {
     if !require_root() {
         return;
@@ -865,6 +900,7 @@ fn an_existing_container_interface_is_already_exists() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_second_add_of_the_same_attachment_fails_and_keeps_the_first() {
     if !require_root() {
         return;
@@ -889,6 +925,7 @@ fn env_with_addressed_bridge() -> Env {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_foreign_bridge_address_in_the_subnet_fails_without_force_address() {
     if !require_root() {
         return;
@@ -906,6 +943,7 @@ fn a_foreign_bridge_address_in_the_subnet_fails_without_force_address() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn force_address_replaces_a_foreign_bridge_address() {
     if !require_root() {
         return;
@@ -923,6 +961,7 @@ fn force_address_replaces_a_foreign_bridge_address() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_failed_add_never_deletes_a_pre_existing_bridge() {
     if !require_root() {
         return;
@@ -951,6 +990,7 @@ fn a_failed_add_never_deletes_a_pre_existing_bridge() {
 // ---------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs root"]
 fn add_on_an_exhausted_range_fails_and_leaves_nothing() {
     if !require_root() {
         return;
@@ -985,6 +1025,7 @@ fn add_on_an_exhausted_range_fails_and_leaves_nothing() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn add_with_a_route_the_kernel_refuses_rolls_everything_back() {
     if !require_root() {
         return;
@@ -1005,6 +1046,7 @@ fn add_with_a_route_the_kernel_refuses_rolls_everything_back() {
 // ---------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs root"]
 fn gc_releases_attachments_missing_from_valid_attachments() {
     if !require_root() {
         return;
@@ -1034,6 +1076,7 @@ fn gc_releases_attachments_missing_from_valid_attachments() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn gc_below_1_1_0_is_an_incompatible_version() {
     if !require_root() {
         return;
@@ -1043,6 +1086,7 @@ fn gc_below_1_1_0_is_an_incompatible_version() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn status_is_ok_on_a_fresh_network() {
     if !require_root() {
         return;
@@ -1055,6 +1099,7 @@ fn status_is_ok_on_a_fresh_network() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn status_reports_not_available_when_the_range_is_exhausted() {
     if !require_root() {
         return;
@@ -1072,6 +1117,7 @@ fn status_reports_not_available_when_the_range_is_exhausted() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn version_lists_the_five_supported_versions() {
     if !require_root() {
         return;
@@ -1085,6 +1131,7 @@ fn version_lists_the_five_supported_versions() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn unsupported_cni_version_is_rejected() {
     if !require_root() {
         return;
@@ -1132,6 +1179,7 @@ fn iptables_weft_lines(node: &Netns, v6: bool) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn check_passes_on_an_unpinned_bridge_after_its_lowest_port_leaves() {
     if !require_root() {
         return;
@@ -1158,6 +1206,7 @@ fn check_passes_on_an_unpinned_bridge_after_its_lowest_port_leaves() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn ip_masq_and_macspoofchk_work_with_long_names() {
     if !require_root() {
         return;
@@ -1203,6 +1252,7 @@ fn ip_masq_and_macspoofchk_work_with_long_names() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn two_attachments_of_one_container_keep_separate_firewall_rules() {
     if !require_root() {
         return;
@@ -1255,6 +1305,7 @@ fn two_attachments_of_one_container_keep_separate_firewall_rules() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn iptables_masq_covers_every_address_of_a_family_and_del_removes_it() {
     if !require_root() {
         return;
@@ -1294,6 +1345,7 @@ fn iptables_masq_covers_every_address_of_a_family_and_del_removes_it() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn iptables_masq_gc_removes_ipv6_chains() {
     if !require_root() {
         return;
@@ -1316,6 +1368,7 @@ fn iptables_masq_gc_removes_ipv6_chains() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn del_and_check_ignore_cni_args_add_would_refuse() {
     if !require_root() {
         return;
@@ -1391,6 +1444,7 @@ fn assert_rollback_on_each_netlink_failure(env: &Env, bridge_preexists: bool) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn add_rolls_back_whichever_netlink_call_fails() {
     if !require_root() {
         return;
@@ -1399,6 +1453,7 @@ fn add_rolls_back_whichever_netlink_call_fails() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn add_on_an_existing_bridge_rolls_back_whichever_netlink_call_fails() {
     if !require_root() {
         return;
@@ -1411,6 +1466,7 @@ fn add_on_an_existing_bridge_rolls_back_whichever_netlink_call_fails() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn unsupported_fields_are_refused_with_code_2() {
     if !require_root() {
         return;
@@ -1468,6 +1524,7 @@ fn check_detects_with(patch: Value, sabotage: impl Fn(&Env, &Netns, &Value)) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn check_fails_when_the_masquerade_rule_is_removed() {
     if !require_root() {
         return;
@@ -1479,6 +1536,7 @@ fn check_fails_when_the_masquerade_rule_is_removed() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn check_fails_when_the_iptables_masquerade_jump_is_removed() {
     if !require_root() {
         return;
@@ -1492,6 +1550,7 @@ fn check_fails_when_the_iptables_masquerade_jump_is_removed() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn check_fails_when_the_spoof_check_rule_is_removed() {
     if !require_root() {
         return;

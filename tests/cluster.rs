@@ -67,6 +67,7 @@ fn assert_lacks_peer(c: &Cluster, on: u32, subnet: &str, ip: &str, within: Durat
 }
 
 #[test]
+#[ignore = "needs root"]
 fn pods_on_different_nodes_reach_each_other_both_ways() {
     if !require_root() {
         return;
@@ -92,6 +93,7 @@ fn pods_on_different_nodes_reach_each_other_both_ways() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_node_joining_later_is_learnt_by_the_others() {
     if !require_root() {
         return;
@@ -111,6 +113,7 @@ fn a_node_joining_later_is_learnt_by_the_others() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_node_leaving_with_its_lease_is_forgotten_by_the_others() {
     if !require_root() {
         return;
@@ -198,6 +201,7 @@ impl Drop for Pinger {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn weftd_restarts_keep_the_subnet_and_lose_no_packet() {
     if !require_root() {
         return;
@@ -234,6 +238,7 @@ fn weftd_restarts_keep_the_subnet_and_lose_no_packet() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn entries_deleted_by_hand_are_repaired() {
     if !require_root() {
         return;
@@ -277,6 +282,7 @@ fn entries_deleted_by_hand_are_repaired() {
 const RECONNECTS: &str = "weftd_etcd_reconnects_total";
 
 #[test]
+#[ignore = "needs root"]
 fn etcd_outage_keeps_traffic_and_weftd_catches_up_afterwards() {
     if !require_root() {
         return;
@@ -377,6 +383,7 @@ fn etcd_outage_keeps_traffic_and_weftd_catches_up_afterwards() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn flannel_format_config_and_hand_written_leases_are_honoured() {
     if !require_root() {
         return;
@@ -474,6 +481,7 @@ fn flannel_format_config_and_hand_written_leases_are_honoured() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn flannel_plugin_del_removes_veth_ip_and_stored_config() {
     if !require_root() {
         return;
@@ -546,6 +554,7 @@ fn flannel_plugin_del_removes_veth_ip_and_stored_config() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn flannel_plugin_status_waits_for_subnet_env() {
     if !require_root() {
         return;
@@ -587,6 +596,7 @@ fn flannel_plugin_status_waits_for_subnet_env() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn weftd_takes_flanneld_environment_fallbacks_and_flags_win_over_them() {
     if !require_root() {
         return;

@@ -59,6 +59,7 @@ fn call(command: &str, pod: &Netns, conf: &Value) -> CniCall {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn hundred_pods_added_and_deleted_sixteen_at_a_time() {
     if !require_root() {
         return;
@@ -142,6 +143,7 @@ fn hundred_pods_added_and_deleted_sixteen_at_a_time() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn racing_for_a_small_range_gives_each_address_once_and_cleans_up_losers() {
     if !require_root() {
         return;
@@ -190,6 +192,7 @@ fn racing_for_a_small_range_gives_each_address_once_and_cleans_up_losers() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn interleaved_adds_and_dels_keep_the_store_consistent() {
     if !require_root() {
         return;

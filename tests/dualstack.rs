@@ -382,6 +382,7 @@ fn dual_stack_add_and_verify(version: &str) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn dual_stack_add_v0_4_0_result_live_state_and_reachability() {
     if !require_root() {
         return;
@@ -390,6 +391,7 @@ fn dual_stack_add_v0_4_0_result_live_state_and_reachability() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn dual_stack_add_v1_0_0_result_live_state_and_reachability() {
     if !require_root() {
         return;
@@ -405,6 +407,7 @@ fn dual_stack_add_v1_0_0_result_live_state_and_reachability() {
 /// reference (ConfigureIface waits for tentative addresses to clear when a
 /// v6 gateway exists), ADD must not return before the address is usable.
 #[test]
+#[ignore = "needs root"]
 fn enabledad_add_returns_with_a_settled_v6_address() {
     if !require_root() {
         return;
@@ -437,6 +440,7 @@ fn enabledad_add_returns_with_a_settled_v6_address() {
 // ---------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs root"]
 fn ipv6_only_network_add_check_ping_del() {
     if !require_root() {
         return;
@@ -500,6 +504,7 @@ fn dual_check_detects(sabotage: &str) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn dual_stack_check_fails_when_the_v6_address_is_removed() {
     if !require_root() {
         return;
@@ -508,6 +513,7 @@ fn dual_stack_check_fails_when_the_v6_address_is_removed() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn dual_stack_check_fails_when_the_v6_default_route_is_removed() {
     if !require_root() {
         return;
@@ -516,6 +522,7 @@ fn dual_stack_check_fails_when_the_v6_default_route_is_removed() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn dual_stack_check_fails_when_the_v6_reservation_is_gone() {
     if !require_root() {
         return;
@@ -538,6 +545,7 @@ fn dual_stack_check_fails_when_the_v6_reservation_is_gone() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn dual_stack_del_releases_both_ips_and_removes_the_veth() {
     if !require_root() {
         return;
@@ -573,6 +581,7 @@ fn dual_stack_del_releases_both_ips_and_removes_the_veth() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn dual_stack_gc_keeps_valid_and_releases_stale_attachments_of_both_families() {
     if !require_root() {
         return;
@@ -612,6 +621,7 @@ fn dual_stack_gc_keeps_valid_and_releases_stale_attachments_of_both_families() {
 /// The v6 set of a dual-stack network runs out: ADD fails with 101 and the
 /// v4 address reserved in the same host-local call is released again.
 #[test]
+#[ignore = "needs root"]
 fn dual_stack_add_on_an_exhausted_v6_range_fails_and_leaks_no_v4_address() {
     if !require_root() {
         return;
@@ -647,6 +657,7 @@ fn dual_stack_add_on_an_exhausted_v6_range_fails_and_leaks_no_v4_address() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn requested_ipv6_via_args_cni_ips_lands_in_the_pod() {
     if !require_root() {
         return;
@@ -679,6 +690,7 @@ fn requested_ipv6_via_args_cni_ips_lands_in_the_pod() {
 // ---------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs root"]
 fn host_local_v6_range_start_and_end_bound_the_allocation() {
     if !require_root() {
         return;
@@ -723,6 +735,7 @@ fn host_local_v6_range_start_and_end_bound_the_allocation() {
 /// ::1 is the gateway, ::2 and ::3 (all-ones, unlike v4's broadcast) are
 /// allocatable, then the range is full (101).
 #[test]
+#[ignore = "needs root"]
 fn host_local_v6_slash_126_gives_two_addresses_then_is_exhausted() {
     if !require_root() {
         return;
@@ -750,6 +763,7 @@ fn host_local_v6_slash_126_gives_two_addresses_then_is_exhausted() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn host_local_v6_prefix_above_126_is_a_config_error() {
     if !require_root() {
         return;
@@ -767,6 +781,7 @@ fn host_local_v6_prefix_above_126_is_a_config_error() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn host_local_requested_ipv6_via_args_cni_ips() {
     if !require_root() {
         return;

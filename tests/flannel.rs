@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use weft_tests::*;
 
 #[test]
+#[ignore = "needs root"]
 fn kube_flannel_conflist_works_unchanged_through_libcni() {
     if !require_root() {
         return;
@@ -193,6 +194,7 @@ fn result_ip(result: &Value) -> String {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn check_passes_on_a_healthy_pod_and_reports_105_once_its_address_is_flushed() {
     if !require_root() {
         return;
@@ -230,6 +232,7 @@ fn check_passes_on_a_healthy_pod_and_reports_105_once_its_address_is_flushed() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn gc_removes_the_stored_config_and_ip_of_dead_attachments_and_keeps_live_ones() {
     if !require_root() {
         return;
@@ -282,6 +285,7 @@ fn gc_removes_the_stored_config_and_ip_of_dead_attachments_and_keeps_live_ones()
 }
 
 #[test]
+#[ignore = "needs root"]
 fn stored_configs_of_ids_that_differ_in_an_extension_do_not_collide() {
     if !require_root() {
         return;
@@ -318,6 +322,7 @@ fn stored_configs_of_ids_that_differ_in_an_extension_do_not_collide() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_failed_delegate_add_keeps_the_stored_config_so_del_can_clean_up() {
     if !require_root() {
         return;

@@ -81,6 +81,7 @@ fn temp_dir_removed_on_drop() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn netns_lifecycle_and_exec() {
     if !require_root() {
         return;
@@ -116,6 +117,7 @@ fn netns_lifecycle_and_exec() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn sh_failure_panics_with_stderr() {
     if !require_root() {
         return;
@@ -127,6 +129,7 @@ fn sh_failure_panics_with_stderr() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn netns_removed_even_when_the_test_body_panics() {
     if !require_root() {
         return;
@@ -149,6 +152,7 @@ fn netns_removed_even_when_the_test_body_panics() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn processes_inside_a_dropped_netns_are_killed() {
     if !require_root() {
         return;
@@ -178,6 +182,7 @@ fn processes_inside_a_dropped_netns_are_killed() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn node_has_lo_up_and_pods_are_separate() {
     if !require_root() {
         return;
@@ -193,6 +198,7 @@ fn node_has_lo_up_and_pods_are_separate() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn stale_namespaces_of_dead_processes_are_swept() {
     if !require_root() {
         return;
@@ -217,6 +223,7 @@ fn stale_namespaces_of_dead_processes_are_swept() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn cni_call_runs_reference_plugins_like_a_runtime() {
     if !require_root() {
         return;
@@ -285,6 +292,7 @@ fn cni_call_runs_reference_plugins_like_a_runtime() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn libcni_driver_add_check_gc_del_status() {
     if !require_root() {
         return;

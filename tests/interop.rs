@@ -115,6 +115,7 @@ fn bridge_and_host_local_round_trip(bridge: Impl, ipam: Impl, third: u8) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn weft_bridge_with_reference_host_local() {
     if !require_root() {
         return;
@@ -125,6 +126,7 @@ fn weft_bridge_with_reference_host_local() {
 /// The reference host-local answers an exhausted range with the catch-all
 /// 999; weft's bridge passes on its message but never that code.
 #[test]
+#[ignore = "needs root"]
 fn weft_bridge_maps_the_reference_host_locals_999() {
     if !require_root() {
         return;
@@ -164,6 +166,7 @@ fn weft_bridge_maps_the_reference_host_locals_999() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn reference_bridge_with_weft_host_local() {
     if !require_root() {
         return;
@@ -182,6 +185,7 @@ fn qdiscs(ns: &Netns) -> Vec<Value> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn weft_bridge_chained_with_reference_portmap_tuning_bandwidth() {
     if !require_root() {
         return;
@@ -396,6 +400,7 @@ fn allocated(out: &CniOutput) -> String {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn host_local_store_is_shared_between_implementations() {
     if !require_root() {
         return;
@@ -471,6 +476,7 @@ fn host_local_store_is_shared_between_implementations() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn host_local_round_robin_wraps_across_implementations() {
     if !require_root() {
         return;
@@ -513,6 +519,7 @@ fn host_local_round_robin_wraps_across_implementations() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn legacy_id_only_reservations_are_released_by_weft() {
     if !require_root() {
         return;

@@ -40,6 +40,7 @@ fn bridge_ports(node: &Node) -> Vec<Value> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn runtime_add_check_del_lifecycle() {
     if !require_root() {
         return;
@@ -157,6 +158,7 @@ fn runtime_add_check_del_lifecycle() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn del_after_the_pod_netns_is_gone_releases_everything() {
     if !require_root() {
         return;
@@ -195,6 +197,7 @@ fn del_after_the_pod_netns_is_gone_releases_everything() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn capability_args_set_ip_and_mac() {
     if !require_root() {
         return;
@@ -223,6 +226,7 @@ fn capability_args_set_ip_and_mac() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn gc_releases_stale_attachments_and_keeps_valid_ones() {
     if !require_root() {
         return;
@@ -288,6 +292,7 @@ fn gc_releases_stale_attachments_and_keeps_valid_ones() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn disable_check_skips_check_but_not_add_or_del() {
     if !require_root() {
         return;

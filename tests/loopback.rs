@@ -52,6 +52,7 @@ fn bridge_like_result(version: &str) -> Value {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn add_brings_lo_up_and_reports_it_in_every_version() {
     if !require_root() {
         return;
@@ -88,6 +89,7 @@ fn add_brings_lo_up_and_reports_it_in_every_version() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn add_passes_prev_result_through_unchanged() {
     if !require_root() {
         return;
@@ -111,6 +113,7 @@ fn add_passes_prev_result_through_unchanged() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn add_refuses_a_lo_with_a_non_loopback_address() {
     if !require_root() {
         return;
@@ -122,6 +125,7 @@ fn add_refuses_a_lo_with_a_non_loopback_address() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn add_ignores_cni_ifname() {
     if !require_root() {
         return;
@@ -138,6 +142,7 @@ fn add_ignores_cni_ifname() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn del_sets_lo_down() {
     if !require_root() {
         return;
@@ -158,6 +163,7 @@ fn del_sets_lo_down() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn del_with_a_missing_netns_succeeds() {
     if !require_root() {
         return;
@@ -173,6 +179,7 @@ fn del_with_a_missing_netns_succeeds() {
 /// A runtime that crashed between unmounting the netns and unlinking its
 /// file leaves a plain placeholder at CNI_NETNS: DEL must treat it as gone.
 #[test]
+#[ignore = "needs root"]
 fn del_with_an_unmounted_netns_placeholder_succeeds() {
     if !require_root() {
         return;
@@ -195,6 +202,7 @@ fn del_with_an_unmounted_netns_placeholder_succeeds() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn del_without_cni_netns_succeeds() {
     if !require_root() {
         return;
@@ -207,6 +215,7 @@ fn del_without_cni_netns_succeeds() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn check_passes_while_lo_is_up() {
     if !require_root() {
         return;
@@ -221,6 +230,7 @@ fn check_passes_while_lo_is_up() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn check_fails_when_lo_is_down() {
     if !require_root() {
         return;
@@ -237,6 +247,7 @@ fn check_fails_when_lo_is_down() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn check_below_0_4_0_is_an_incompatible_version() {
     if !require_root() {
         return;
@@ -250,6 +261,7 @@ fn check_below_0_4_0_is_an_incompatible_version() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn version_lists_the_five_supported_versions() {
     if !require_root() {
         return;

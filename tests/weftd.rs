@@ -30,6 +30,7 @@ fn overlay_routes(c: &Cluster, n: u32) -> String {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn leases_outside_the_network_are_never_programmed_and_old_entries_are_removed() {
     if !require_root() {
         return;
@@ -153,6 +154,7 @@ fn broken_nft(dir: &TempDir) -> String {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn subnet_env_is_written_only_once_masquerade_rules_are_in_and_readyz_follows_them() {
     if !require_root() {
         return;
@@ -207,6 +209,7 @@ fn subnet_env_is_written_only_once_masquerade_rules_are_in_and_readyz_follows_th
 }
 
 #[test]
+#[ignore = "needs root"]
 fn ip_masq_without_a_working_firewall_tool_fails_at_start() {
     if !require_root() {
         return;
@@ -227,6 +230,7 @@ fn ip_masq_without_a_working_firewall_tool_fails_at_start() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn acquire_failures_are_not_counted_as_etcd_reconnects() {
     if !require_root() {
         return;
@@ -258,6 +262,7 @@ fn acquire_failures_are_not_counted_as_etcd_reconnects() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn masquerade_rules_replace_flannels_instead_of_adding_a_second_set() {
     if !require_root() {
         return;
@@ -319,6 +324,7 @@ fn masquerade_rules_replace_flannels_instead_of_adding_a_second_set() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_deleted_vxlan_device_is_recreated_at_once_not_at_the_next_pass() {
     if !require_root() {
         return;

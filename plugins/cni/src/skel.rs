@@ -35,10 +35,12 @@ impl Command {
             "STATUS" => Command::Status,
             "VERSION" => Command::Version,
             "" => return Err(Error::env("CNI_COMMAND is not set")),
-            other => return Err(Error::env(format!(
+            other => {
+                return Err(Error::env(format!(
                 "CNI_COMMAND \"{}\" is unknown; expected ADD, DEL, CHECK, GC, STATUS or VERSION",
                 other.escape_debug()
-            ))),
+            )))
+            }
         })
     }
 
