@@ -41,6 +41,9 @@ pub struct Link {
     pub vxlan: Option<VxlanInfo>,
     /// IFLA_IFALIAS: free text; the bridge plugin records the attachment here.
     pub alias: Option<String>,
+    /// IFLA_GROUP (0 = default). Unlike the alias, it can be set in the
+    /// request that creates a link.
+    pub group: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +94,7 @@ pub(crate) fn link_from_msg(m: &LinkMessage) -> Link {
         link_netnsid: None,
         vxlan: None,
         alias: None,
+        group: 0,
     };
     for a in &m.attributes {
         match a {
@@ -102,6 +106,7 @@ pub(crate) fn link_from_msg(m: &LinkMessage) -> Link {
             LinkAttribute::Link(v) if *v != 0 => l.link = Some(*v),
             LinkAttribute::LinkNetNsId(v) => l.link_netnsid = Some(*v),
             LinkAttribute::IfAlias(a) if !a.is_empty() => l.alias = Some(a.clone()),
+            LinkAttribute::Group(g) => l.group = *g,
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     match i {
@@ -171,6 +176,20 @@ pub(crate) fn veth_msg(
     peer_name: &str,
     peer_ns_fd: i32,
 ) -> LinkMessage {
+    veth_msg_with_peer_group(name, mtu, mac, peer_name, peer_ns_fd, None)
+}
+
+/// [`veth_msg`] with IFLA_GROUP on the peer. The kernel applies a group
+/// given at creation (it ignores IFLA_IFALIAS there), so the peer is
+/// labelled from the instant it exists.
+pub(crate) fn veth_msg_with_peer_group(
+    name: &str,
+    mtu: Option<u32>,
+    mac: Option<[u8; 6]>,
+    peer_name: &str,
+    peer_ns_fd: i32,
+    peer_group: Option<u32>,
+) -> LinkMessage {
     // The peer is born in its namespace (IFLA_NET_NS_FD on the peer), so
     // it never shows up, even briefly, next to host interfaces.
     let mut peer = LinkMessage::default();
@@ -180,6 +199,9 @@ pub(crate) fn veth_msg(
         peer.attributes.push(LinkAttribute::Mtu(mtu));
     }
     peer.attributes.push(LinkAttribute::NetNsFd(peer_ns_fd));
+    if let Some(group) = peer_group {
+        peer.attributes.push(LinkAttribute::Group(group));
+    }
     new_link_msg(
         name,
         mtu,
@@ -354,13 +376,40 @@ impl Netlink {
         peer_name: &str,
         peer_ns: &Netns,
     ) -> Result<(), Error> {
+        self.new_veth(name, mtu, mac, peer_name, peer_ns, None)
+    }
+
+    /// [`create_veth`](Netlink::create_veth) with the peer put in device
+    /// group `peer_group` by the creating request itself, so a caller
+    /// killed at any later instant leaves a peer that can still be found.
+    pub fn create_veth_with_peer_group(
+        &mut self,
+        name: &str,
+        mtu: Option<u32>,
+        mac: Option<[u8; 6]>,
+        peer_name: &str,
+        peer_ns: &Netns,
+        peer_group: u32,
+    ) -> Result<(), Error> {
+        self.new_veth(name, mtu, mac, peer_name, peer_ns, Some(peer_group))
+    }
+
+    fn new_veth(
+        &mut self,
+        name: &str,
+        mtu: Option<u32>,
+        mac: Option<[u8; 6]>,
+        peer_name: &str,
+        peer_ns: &Netns,
+        peer_group: Option<u32>,
+    ) -> Result<(), Error> {
         check_ifname(name)?;
         check_ifname(peer_name)?;
         // peer_ns is borrowed for the whole call, so the fd stays valid until
         // the kernel has answered.
         let fd = peer_ns.as_fd().as_raw_fd();
         self.create(
-            veth_msg(name, mtu, mac, peer_name, fd),
+            veth_msg_with_peer_group(name, mtu, mac, peer_name, fd, peer_group),
             &format!("create veth {name} (peer {peer_name})"),
         )
     }
