@@ -169,20 +169,10 @@ pub(crate) fn new_link_msg(
     m
 }
 
+/// A veth pair, optionally with IFLA_GROUP on the peer. The kernel applies
+/// a group given at creation (it ignores IFLA_IFALIAS there), so the peer
+/// is labelled from the instant it exists.
 pub(crate) fn veth_msg(
-    name: &str,
-    mtu: Option<u32>,
-    mac: Option<[u8; 6]>,
-    peer_name: &str,
-    peer_ns_fd: i32,
-) -> LinkMessage {
-    veth_msg_with_peer_group(name, mtu, mac, peer_name, peer_ns_fd, None)
-}
-
-/// [`veth_msg`] with IFLA_GROUP on the peer. The kernel applies a group
-/// given at creation (it ignores IFLA_IFALIAS there), so the peer is
-/// labelled from the instant it exists.
-pub(crate) fn veth_msg_with_peer_group(
     name: &str,
     mtu: Option<u32>,
     mac: Option<[u8; 6]>,
@@ -409,7 +399,7 @@ impl Netlink {
         // the kernel has answered.
         let fd = peer_ns.as_fd().as_raw_fd();
         self.create(
-            veth_msg_with_peer_group(name, mtu, mac, peer_name, fd, peer_group),
+            veth_msg(name, mtu, mac, peer_name, fd, peer_group),
             &format!("create veth {name} (peer {peer_name})"),
         )
     }
@@ -634,7 +624,14 @@ mod tests {
 
     #[test]
     fn veth_message_carries_peer_netns_fd() {
-        let m = veth_msg("eth0", Some(1450), Some([2, 0, 0, 0, 0, 1]), "vethabc", 42);
+        let m = veth_msg(
+            "eth0",
+            Some(1450),
+            Some([2, 0, 0, 0, 0, 1]),
+            "vethabc",
+            42,
+            Some(7),
+        );
         let back = roundtrip(m.clone());
         assert_eq!(back.as_ref(), Some(&m));
         let peer = m.attributes.iter().find_map(|a| match a {
@@ -647,6 +644,7 @@ mod tests {
         let peer_attrs = peer.map(|p| p.attributes).unwrap_or_default();
         assert!(peer_attrs.contains(&LinkAttribute::NetNsFd(42)));
         assert!(peer_attrs.contains(&LinkAttribute::IfName("vethabc".into())));
+        assert!(peer_attrs.contains(&LinkAttribute::Group(7)));
     }
 
     #[test]
