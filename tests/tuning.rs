@@ -1,0 +1,1 @@
+//! tuning tests (below).
