@@ -154,11 +154,10 @@ fn del(req: &Request) -> Result<(), Error> {
     let mut host = host_netlink()?;
     let mut errors = Vec::new();
     if req.netns_exists() {
-        match host_veth(req, None, &mut host) {
-            Ok(veth) => errors.extend(shaper::unshape_veth(&mut host, &veth).err()),
-            // The pod interface is gone (a later DEL in the chain ran, or
-            // the pair died with the netns): nothing is shaped any more.
-            Err(_) => {}
+        // Without a pod interface (the pair died with the netns, or a DEL
+        // is retried after bridge's) nothing is shaped any more.
+        if let Ok(veth) = host_veth(req, None, &mut host) {
+            errors.extend(shaper::unshape_veth(&mut host, &veth).err());
         }
     }
     shaper::remove_ifb(&mut host, &ifb_name(req));
