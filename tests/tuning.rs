@@ -1,1 +1,0 @@
-//! tuning tests (below).
