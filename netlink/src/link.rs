@@ -44,6 +44,10 @@ pub struct Link {
     /// IFLA_GROUP (0 = default). Unlike the alias, it can be set in the
     /// request that creates a link.
     pub group: u32,
+    /// IFF_ALLMULTI: receives all multicast.
+    pub allmulti: bool,
+    /// IFLA_TXQLEN.
+    pub txqlen: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +99,8 @@ pub(crate) fn link_from_msg(m: &LinkMessage) -> Link {
         vxlan: None,
         alias: None,
         group: 0,
+        allmulti: m.header.flags.contains(LinkFlags::Allmulti),
+        txqlen: 0,
     };
     for a in &m.attributes {
         match a {
@@ -107,6 +113,7 @@ pub(crate) fn link_from_msg(m: &LinkMessage) -> Link {
             LinkAttribute::LinkNetNsId(v) => l.link_netnsid = Some(*v),
             LinkAttribute::IfAlias(a) if !a.is_empty() => l.alias = Some(a.clone()),
             LinkAttribute::Group(g) => l.group = *g,
+            LinkAttribute::TxQueueLen(v) => l.txqlen = *v,
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     match i {
@@ -601,6 +608,38 @@ impl Netlink {
             }
         }
         Ok(out)
+    }
+}
+
+/// ifb devices and the attribute setters the tuning plugin needs.
+impl Netlink {
+    /// Create an ifb (down) with the given MTU and transmit queue length.
+    /// EEXIST comes back as an error (check `is_exists()`).
+    pub fn create_ifb(&mut self, name: &str, mtu: u32, txqlen: u32) -> Result<(), Error> {
+        check_ifname(name)?;
+        let mut m = new_link_msg(name, Some(mtu), None, vec![LinkInfo::Kind(InfoKind::Ifb)]);
+        m.attributes.push(LinkAttribute::TxQueueLen(txqlen));
+        self.create(m, &format!("create ifb {name}"))
+    }
+
+    /// Label a link with `alias` and bring it up, in one request.
+    pub fn set_alias_up(&mut self, index: u32, alias: &str) -> Result<(), Error> {
+        let mut m = flag_msg(index, LinkFlags::Up, true);
+        m.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
+        self.change(m, &format!("label #{index} and set it up"))
+    }
+
+    pub fn set_allmulti(&mut self, index: u32, on: bool) -> Result<(), Error> {
+        self.change(
+            flag_msg(index, LinkFlags::Allmulti, on),
+            &format!("set allmulti {on} on #{index}"),
+        )
+    }
+
+    pub fn set_txqlen(&mut self, index: u32, txqlen: u32) -> Result<(), Error> {
+        let mut m = msg_for(index);
+        m.attributes.push(LinkAttribute::TxQueueLen(txqlen));
+        self.change(m, &format!("set txqueuelen {txqlen} on #{index}"))
     }
 }
 
