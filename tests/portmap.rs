@@ -51,6 +51,9 @@ proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 fam = socket.AF_INET6 if ':' in host else socket.AF_INET
 kind = socket.SOCK_STREAM if proto == 'tcp' else socket.SOCK_DGRAM
 s = socket.socket(fam, kind); s.settimeout(1)
+if len(sys.argv) > 4:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(('', int(sys.argv[4])))
 s.connect((host, port))
 if proto == 'udp': s.send(b'hi')
 print(s.recv(100).decode())
@@ -150,6 +153,23 @@ fn tcp_udp(host_port: u16, container_port: u16) -> Value {
 /// One request from `ns`; the answer, or None.
 fn ask(ns: &Netns, proto: &str, host: &str, port: u16) -> Option<String> {
     let out = ns.exec("python3", &["-c", CLIENT, proto, host, &port.to_string()]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// One UDP request from source port `sport` (one 5-tuple, one conntrack
+/// entry); the answer, or None.
+fn ask_from(ns: &Netns, host: &str, port: u16, sport: u16) -> Option<String> {
+    let args = [
+        "-c",
+        CLIENT,
+        "udp",
+        host,
+        &port.to_string(),
+        &sport.to_string(),
+    ];
+    let out = ns.exec("python3", &args);
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
@@ -674,4 +694,42 @@ fn reference_portmap_and_weft_side_by_side() {
         .expect_ok();
     env.del(&pod_w, &conf_w).expect_ok();
     assert!(answer(&env.client, "tcp", NODE_V4, 8081).starts_with("ref"));
+}
+
+#[test]
+#[ignore = "needs root"]
+fn udp_conntrack_is_flushed_on_add_and_del() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    // A UDP service on the node itself (a hostNetwork pod) on the port.
+    let _on_node = env.node.spawn("python3", &["-c", SERVER, "node", "8080"]);
+    assert!(answer(&env.client, "udp", NODE_V4, 8080).starts_with("node"));
+    // A flow from a fixed source port now has a conntrack entry to the node.
+    assert!(ask_from(&env.client, NODE_V4, 8080, 40000).is_some_and(|a| a.starts_with("node")));
+    assert!(ask_from(&env.client, NODE_V6, 8080, 40000).is_some_and(|a| a.starts_with("node")));
+
+    // ADD flushes it: the same 5-tuple is DNATed to the pod at once.
+    let (pod, prev, _server) = env.pod_with_server("1.0.0", "pod", 80);
+    let conf = portmap_conf("1.0.0", tcp_udp(8080, 80));
+    env.add(&pod, &conf, &prev).expect_ok();
+    assert!(answer(&pod, "udp", "::1", 80).starts_with("pod"));
+    for host in [NODE_V4, NODE_V6] {
+        let got = ask_from(&env.client, host, 8080, 40000);
+        assert!(
+            got.as_deref().is_some_and(|a| a.starts_with("pod ")),
+            "{host}: {got:?}"
+        );
+    }
+    // DEL flushes the flows DNATed to the pod: the node's service answers
+    // the same 5-tuple again instead of a dead pod.
+    env.del(&pod, &with_prev(&conf, &prev)).expect_ok();
+    for host in [NODE_V4, NODE_V6] {
+        let got = ask_from(&env.client, host, 8080, 40000);
+        assert!(
+            got.as_deref().is_some_and(|a| a.starts_with("node ")),
+            "{host}: {got:?}"
+        );
+    }
 }

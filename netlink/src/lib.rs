@@ -16,6 +16,7 @@
 //! ```
 
 mod addr;
+mod conntrack;
 mod error;
 mod link;
 mod monitor;
@@ -25,6 +26,7 @@ mod route;
 mod socket;
 
 pub use addr::Address;
+pub use conntrack::{delete_conntrack, ConntrackFilter};
 pub use error::Error;
 pub use link::{BridgeVlan, Link, VxlanInfo, VxlanSpec};
 pub use monitor::{LinkEvent, LinkMonitor};
