@@ -703,6 +703,11 @@ fn udp_conntrack_is_flushed_on_add_and_del() {
         return;
     }
     let env = Env::new();
+    // Conntrack tracks a netns's flows only once some rule needs it (a
+    // real node always has NAT rules): track from the first packet on.
+    env.node.sh("nft add table inet ctcheck && \
+         nft add chain inet ctcheck pre '{ type filter hook prerouting priority 0; }' && \
+         nft add rule inet ctcheck pre ct state new counter");
     // A UDP service on the node itself (a hostNetwork pod) on the port.
     let _on_node = env.node.spawn("python3", &["-c", SERVER, "node", "8080"]);
     assert!(answer(&env.client, "udp", NODE_V4, 8080).starts_with("node"));
