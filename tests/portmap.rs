@@ -566,6 +566,10 @@ fn bad_input_is_refused_and_changes_nothing() {
     ))
     .expect_error(7);
     assert_eq!(env.ruleset(), before);
+    // DEL is best-effort: a mapping ADD would refuse does not stop it.
+    let bad = m(json!({"hostPort": 0, "containerPort": 80, "protocol": "tcp"}));
+    env.del(&pod, &bad).expect_ok();
+    assert!(!env.ruleset().contains(TABLE), "{}", env.ruleset());
 }
 
 #[test]
@@ -736,5 +740,192 @@ fn udp_conntrack_is_flushed_on_add_and_del() {
             got.as_deref().is_some_and(|a| a.starts_with("node ")),
             "{host}: {got:?}"
         );
+    }
+}
+
+/// podman 4.3 with its CNI backend, with private storage and config under
+/// a temp dir, run inside the node netns (nsenter keeps /sys, so runc
+/// finds the cgroup mounts; `ip netns exec` would remount it).
+struct Podman {
+    dir: TempDir,
+    node: String,
+}
+
+impl Podman {
+    fn new(node: &Node, conflist: &Value) -> Podman {
+        let dir = TempDir::new();
+        for sub in [
+            "root",
+            "runroot",
+            "tmp",
+            "net",
+            "bin",
+            "rootfs/bin",
+            "rootfs/www",
+        ] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        std::fs::copy("/usr/bin/busybox", dir.join("rootfs/bin/busybox")).unwrap();
+        std::fs::write(dir.join("rootfs/www/index.html"), "hello-from-podman").unwrap();
+        for plugin in ["bridge", "host-local", "loopback"] {
+            std::os::unix::fs::symlink(plugin_path(plugin), dir.join("bin").join(plugin)).unwrap();
+        }
+        // portmap behind a wrapper that records what podman sends.
+        let wrapper = format!(
+            "#!/bin/sh\nin=$(cat)\nprintf '%s\\n' \"$CNI_COMMAND $in\" >> {log}\nprintf '%s' \"$in\" | exec {pm}\n",
+            log = dir.join("sent").display(),
+            pm = plugin_path("portmap").display()
+        );
+        let wrapper_path = dir.join("bin/portmap");
+        std::fs::write(&wrapper_path, wrapper).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper_path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(dir.join("net/pmnet.conflist"), conflist.to_string()).unwrap();
+        std::fs::write(
+            dir.join("containers.conf"),
+            format!(
+                "[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\"]\n\
+                 [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+                dir.join("bin").display()
+            ),
+        )
+        .unwrap();
+        Podman {
+            dir,
+            node: node.path_str().to_string(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let d = |p: &str| self.dir.join(p).display().to_string();
+        let net = format!("--net={}", self.node);
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.args([
+            net.as_str(),
+            "podman",
+            "--root",
+            &d("root"),
+            "--runroot",
+            &d("runroot"),
+        ])
+        .args([
+            "--tmpdir",
+            &d("tmp"),
+            "--storage-driver",
+            "vfs",
+            "--runtime",
+            "runc",
+        ])
+        .args([
+            "--network-backend",
+            "cni",
+            "--network-config-dir",
+            &d("net"),
+        ])
+        .args(args)
+        .env("CONTAINERS_CONF", d("containers.conf"));
+        cmd.output().unwrap()
+    }
+
+    /// What podman sent to portmap: (command, stdin) per call.
+    fn sent(&self) -> Vec<(String, Value)> {
+        std::fs::read_to_string(self.dir.join("sent"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(cmd, _)| *cmd != "VERSION")
+            .map(|(cmd, json)| (cmd.to_string(), serde_json::from_str(json).unwrap()))
+            .collect()
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.run(&["rm", "-f", "-a"]);
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn podman_cni_backend_publishes_ports_through_weft() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let mut bridge = env.bridge_conf("0.4.0");
+    bridge.as_object_mut().unwrap().remove("cniVersion");
+    bridge.as_object_mut().unwrap().remove("name");
+    let list = conflist(
+        "0.4.0",
+        NET,
+        vec![
+            bridge,
+            json!({"type": "portmap", "capabilities": {"portMappings": true}}),
+        ],
+    );
+    let podman = Podman::new(&env.node, &list);
+    let rootfs = podman.dir.join("rootfs").display().to_string();
+    // The ulimits only because podman's defaults exceed what some sandboxes
+    // allow; flags must precede the rootfs path (the first positional).
+    let out = podman.run(&[
+        "run",
+        "-d",
+        "--name",
+        "pm",
+        "--network",
+        NET,
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+        "--publish",
+        "8080:80/tcp",
+        "--publish",
+        "5353:53/udp",
+        "--rootfs",
+        &rootfs,
+        "/bin/busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    assert!(
+        out.status.success(),
+        "podman run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fetched = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        env.client
+            .try_sh(&format!("curl -s --max-time 2 http://{NODE_V4}:8080/"))
+            .stdout
+            .starts_with(b"hello-from-podman")
+    });
+    assert!(fetched, "no answer through podman's port mapping");
+    let out = podman.run(&["rm", "-f", "pm"]);
+    assert!(
+        out.status.success(),
+        "podman rm: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!env.ruleset().contains(TABLE), "{}", env.ruleset());
+
+    // What podman really sends: 0.4.0, prevResult with "version" per IP,
+    // the portMappings on ADD and again on DEL, `capabilities` passed on.
+    let sent = podman.sent();
+    let cmds: Vec<&str> = sent.iter().map(|(c, _)| c.as_str()).collect();
+    assert!(cmds.len() >= 2 && cmds[0] == "ADD", "{cmds:?}");
+    assert!(cmds[1..].iter().all(|c| *c == "DEL"), "{cmds:?}");
+    let expected = json!([
+        {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+        {"hostPort": 5353, "containerPort": 53, "protocol": "udp"}
+    ]);
+    for (_, stdin) in &sent {
+        assert_eq!(stdin["cniVersion"], "0.4.0");
+        assert_eq!(stdin["runtimeConfig"]["portMappings"], expected);
+        assert_eq!(stdin["capabilities"], json!({"portMappings": true}));
+        assert_eq!(stdin["prevResult"]["ips"][0]["version"], "4");
     }
 }

@@ -179,6 +179,23 @@ impl PortmapConfig {
     }
 }
 
+impl PortmapConfig {
+    /// What DEL falls back to when the config does not parse: the default
+    /// backend and no mappings (rules are found by key anyway).
+    pub fn teardown_only() -> PortmapConfig {
+        PortmapConfig {
+            snat: true,
+            masq_mark: None,
+            external_set_mark_chain: None,
+            conditions_v4: Vec::new(),
+            conditions_v6: Vec::new(),
+            masq_all: false,
+            backend: None,
+            mappings: Vec::new(),
+        }
+    }
+}
+
 /// Conditions are spliced into rules: refuse what could end a rule or
 /// start another (a newline, `;`, a comment).
 fn conditions(key: &str, raw: Option<Vec<String>>) -> Result<Vec<String>, Error> {

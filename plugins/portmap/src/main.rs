@@ -13,7 +13,7 @@ mod nft;
 
 use std::process::ExitCode;
 
-use weft_cni::{CniResult, Error, Plugin, Request};
+use weft_cni::{CniResult, Error, ErrorCode, Plugin, Request};
 use weft_firewall::nft_works;
 
 use attachment::Attachment;
@@ -55,7 +55,14 @@ impl Plugin for Portmap {
     }
 
     fn del(&self, req: &Request) -> Result<(), Error> {
-        let config = PortmapConfig::parse(req)?;
+        // DEL is best-effort: mappings ADD refused must not keep their
+        // attachment's cleanup from running.
+        let config = PortmapConfig::parse(req).unwrap_or_else(|e| {
+            weft_cni::log::warn(&format!(
+                "DEL: {e}; removing this attachment's rules anyway"
+            ));
+            PortmapConfig::teardown_only()
+        });
         // The mappings and prevResult are optional here: rules are found by
         // key. When they are present, stale UDP flows to the pod go too.
         if let Some(prev) = req.prev_result().ok().flatten() {
@@ -80,6 +87,17 @@ impl Plugin for Portmap {
             Backend::Nftables => nft::check(&att, &config),
             Backend::Iptables => iptables::check(&att, &config),
         }
+    }
+
+    fn status(&self, req: &Request) -> Result<(), Error> {
+        let config = PortmapConfig::parse(req)?;
+        if config.backend == Some(Backend::Nftables) && !nft_works() {
+            return Err(Error::new(
+                ErrorCode::NotAvailable,
+                "the nftables backend was requested but nft does not work here",
+            ));
+        }
+        Ok(())
     }
 
     fn gc(&self, req: &Request) -> Result<(), Error> {
