@@ -113,6 +113,15 @@ impl Env {
         (pod, prev, server)
     }
 
+    /// The conflist bridge + portmap (with the portMappings capability).
+    fn chain(&self, version: &str) -> Value {
+        let mut bridge = self.bridge_conf(version);
+        bridge.as_object_mut().unwrap().remove("cniVersion");
+        bridge.as_object_mut().unwrap().remove("name");
+        let portmap = json!({"type": "portmap", "capabilities": {"portMappings": true}});
+        conflist(version, NET, vec![bridge, portmap])
+    }
+
     fn run(&self, call: &CniCall) -> CniOutput {
         call.run_in(&self.node, &plugin_path("portmap"))
     }
@@ -579,17 +588,7 @@ fn libcni_chain_with_port_mappings_capability() {
         return;
     }
     let env = Env::new();
-    let mut bridge = env.bridge_conf("1.0.0");
-    bridge.as_object_mut().unwrap().remove("cniVersion");
-    bridge.as_object_mut().unwrap().remove("name");
-    let list = conflist(
-        "1.0.0",
-        NET,
-        vec![
-            bridge,
-            json!({"type": "portmap", "capabilities": {"portMappings": true}}),
-        ],
-    );
+    let list = env.chain("1.0.0");
     let mut driver = Driver::new(&list, &[&plugin_dir()]);
     driver.cap_args = Some(json!({"portMappings": [
         {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
@@ -852,17 +851,7 @@ fn podman_cni_backend_publishes_ports_through_weft() {
         return;
     }
     let env = Env::new();
-    let mut bridge = env.bridge_conf("0.4.0");
-    bridge.as_object_mut().unwrap().remove("cniVersion");
-    bridge.as_object_mut().unwrap().remove("name");
-    let list = conflist(
-        "0.4.0",
-        NET,
-        vec![
-            bridge,
-            json!({"type": "portmap", "capabilities": {"portMappings": true}}),
-        ],
-    );
+    let list = env.chain("0.4.0");
     let podman = Podman::new(&env.node, &list);
     let rootfs = podman.dir.join("rootfs").display().to_string();
     // The ulimits only because podman's defaults exceed what some sandboxes
