@@ -10,6 +10,8 @@
 #   --raw FILE           also write every sample as CSV to FILE
 #   --static             benchmark the static IPAM plugin alone (ADD, DEL,
 #                        peak RSS) instead of bridge + host-local
+#   --portmap            instead: portmap ADD with 1,000 mappings present
+#                        against none, weft and Go (scripts/bench_portmap.py)
 # Environment:
 #   BENCH_ITERATIONS     same as -n
 #   WEFT_CNI_DIR         weft plugin dir (default target/x86_64-unknown-linux-gnu/release)
@@ -34,10 +36,12 @@ die() { log "error: $*"; exit 1; }
 iterations="${BENCH_ITERATIONS:-200}"
 raw=""
 mode_args=()
+portmap=""
 while (($# > 0)); do
     case "$1" in
         -n | --iterations) iterations="${2:?-n needs a number}"; shift 2 ;;
         --iterations=*) iterations="${1#*=}"; shift ;;
+        --portmap) portmap=1; shift ;;
         --raw) raw="$(realpath -m -- "${2:?--raw needs a file}")"; shift 2 ;;
         --static) mode_args+=(--static); shift ;;
         -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
@@ -121,6 +125,17 @@ repro+=" scripts/bench-cni.sh -n $iterations${mode_args[*]:+ ${mode_args[*]}}"
 log "$iterations ADD+DEL pairs per implementation; netns prefix $prefix; tmp $tmp"
 log "weft: $weft_dir"
 log "Go:   $go_dir"
+
+if [[ -n $portmap ]]; then
+    ip netns add "$prefix-pod"
+    ip netns exec "$node" python3 "$root/scripts/bench_portmap.py" \
+        --tmp "$tmp" --netns "/run/netns/$prefix-pod" \
+        --weft-dir "$weft_dir" --go-dir "$go_dir" --iterations "$iterations" \
+        --repro "sudo scripts/bench-cni.sh --portmap -n $iterations ($weft_rev, $go_version)" &
+    driver=$!
+    wait "$driver"
+    exit 0
+fi
 
 # The driver runs inside the node netns (entered once): each plugin exec is
 # then a plain posix_spawn + wait4. `ip netns exec` also gives the driver a

@@ -41,13 +41,13 @@ pub struct Link {
     pub vxlan: Option<VxlanInfo>,
     /// IFLA_IFALIAS: free text; the bridge plugin records the attachment here.
     pub alias: Option<String>,
-    /// IFLA_GROUP (0 = default). Unlike the alias, it can be set in the
-    /// request that creates a link.
-    pub group: u32,
     /// IFF_ALLMULTI: receives all multicast.
     pub allmulti: bool,
     /// IFLA_TXQLEN.
     pub txqlen: u32,
+    /// IFLA_GROUP (0 = default). Unlike the alias, it can be set in the
+    /// request that creates a link.
+    pub group: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,9 +98,9 @@ pub(crate) fn link_from_msg(m: &LinkMessage) -> Link {
         link_netnsid: None,
         vxlan: None,
         alias: None,
-        group: 0,
         allmulti: m.header.flags.contains(LinkFlags::Allmulti),
         txqlen: 0,
+        group: 0,
     };
     for a in &m.attributes {
         match a {
@@ -112,8 +112,8 @@ pub(crate) fn link_from_msg(m: &LinkMessage) -> Link {
             LinkAttribute::Link(v) if *v != 0 => l.link = Some(*v),
             LinkAttribute::LinkNetNsId(v) => l.link_netnsid = Some(*v),
             LinkAttribute::IfAlias(a) if !a.is_empty() => l.alias = Some(a.clone()),
-            LinkAttribute::Group(g) => l.group = *g,
             LinkAttribute::TxQueueLen(v) => l.txqlen = *v,
+            LinkAttribute::Group(g) => l.group = *g,
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     match i {
