@@ -8,6 +8,8 @@
 #   -n, --iterations N   ADD+DEL pairs per implementation (default 200,
 #                        or $BENCH_ITERATIONS)
 #   --raw FILE           also write every sample as CSV to FILE
+#   --chain              instead: bandwidth and tuning chained after weft's
+#                        bridge, weft against Go (scripts/bench_chain.py)
 # Environment:
 #   BENCH_ITERATIONS     same as -n
 #   WEFT_CNI_DIR         weft plugin dir (default target/x86_64-unknown-linux-gnu/release)
@@ -31,11 +33,13 @@ die() { log "error: $*"; exit 1; }
 
 iterations="${BENCH_ITERATIONS:-200}"
 raw=""
+chain=""
 while (($# > 0)); do
     case "$1" in
         -n | --iterations) iterations="${2:?-n needs a number}"; shift 2 ;;
         --iterations=*) iterations="${1#*=}"; shift ;;
         --raw) raw="$(realpath -m -- "${2:?--raw needs a file}")"; shift 2 ;;
+        --chain) chain=1; shift ;;
         -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
@@ -112,7 +116,7 @@ cpu_model="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
 repro="sudo"
 [[ -n ${WEFT_CNI_DIR:-} ]] && repro+=" WEFT_CNI_DIR=$WEFT_CNI_DIR"
 [[ -n ${GO_CNI_DIR:-} ]] && repro+=" GO_CNI_DIR=$GO_CNI_DIR"
-repro+=" scripts/bench-cni.sh -n $iterations"
+repro+=" scripts/bench-cni.sh -n $iterations${chain:+ --chain}"
 
 log "$iterations ADD+DEL pairs per implementation; netns prefix $prefix; tmp $tmp"
 log "weft: $weft_dir"
@@ -123,7 +127,9 @@ log "Go:   $go_dir"
 # private mount namespace with the node netns' /sys; the pod netns it
 # creates are mounted there, so they vanish with the driver at the latest.
 # Started in the background so the trap runs as soon as a signal arrives.
-ip netns exec "$node" python3 "$root/scripts/bench_cni.py" \
+driver_py=bench_cni.py
+[[ -n $chain ]] && driver_py=bench_chain.py
+ip netns exec "$node" python3 "$root/scripts/$driver_py" \
     --prefix "$prefix" --tmp "$tmp" \
     --weft-dir "$weft_dir" --go-dir "$go_dir" \
     --iterations "$iterations" ${raw:+--raw "$raw"} \
