@@ -59,22 +59,25 @@ fn originals(req: &Request, config: &TuningConfig, pod: &Pod) -> Result<Backup, 
     // up read-only in every netns (net.core.rmem_max): opening for
     // writing tells them apart.
     let paths: Vec<String> = config.sysctls.iter().map(|s| s.path.clone()).collect();
-    let found = pod
-        .ns
-        .run(move || {
-            paths
-                .iter()
-                .map(|path| {
-                    let value = read_sysctl(path).map_err(|e| e.to_string())?;
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(Path::new("/proc/sys").join(path))
-                        .map_err(|e| format!("not writable: {e}"))?;
-                    Ok(value)
-                })
-                .collect::<Vec<Result<String, String>>>()
-        })
-        .map_err(|e| Error::kernel("enter the pod netns", e))?;
+    let found = if paths.is_empty() {
+        Vec::new()
+    } else {
+        pod.ns
+            .run(move || {
+                paths
+                    .iter()
+                    .map(|path| {
+                        let value = read_sysctl(path).map_err(|e| e.to_string())?;
+                        std::fs::OpenOptions::new()
+                            .write(true)
+                            .open(Path::new("/proc/sys").join(path))
+                            .map_err(|e| format!("not writable: {e}"))?;
+                        Ok(value)
+                    })
+                    .collect::<Vec<Result<String, String>>>()
+            })
+            .map_err(|e| Error::kernel("enter the pod netns", e))?
+    };
     for (s, value) in config.sysctls.iter().zip(found) {
         let value = value.map_err(|e| {
             Error::config(format!(
@@ -105,12 +108,14 @@ fn apply(config: &TuningConfig, pod: &mut Pod) -> Result<(), Error> {
         .iter()
         .map(|s| (s.path.clone(), s.value.clone()))
         .collect();
-    in_pod(&pod.ns, move || {
-        writes
-            .iter()
-            .try_for_each(|(path, value)| write_sysctl(path, value))
-    })
-    .map_err(kernel("set the sysctls".into()))?;
+    if !writes.is_empty() {
+        in_pod(&pod.ns, move || {
+            writes
+                .iter()
+                .try_for_each(|(path, value)| write_sysctl(path, value))
+        })
+        .map_err(kernel("set the sysctls".into()))?;
+    }
     let (nl, index, name) = (&mut pod.nl, pod.link.index, &pod.link.name);
     if let Some(mac) = config.mac {
         nl.set_mac(index, mac)
@@ -155,12 +160,16 @@ fn restore(b: &Backup, ns: &Netns, nl: &mut Netlink, index: u32) -> Vec<Error> {
         results.push(nl.set_txqlen(index, len));
     }
     let sysctls = b.sysctl.clone();
-    let written = ns.run(move || {
-        sysctls
-            .iter()
-            .map(|(path, value)| write_sysctl(path, value))
-            .collect::<Vec<_>>()
-    });
+    let written = if sysctls.is_empty() {
+        Ok(Vec::new())
+    } else {
+        ns.run(move || {
+            sysctls
+                .iter()
+                .map(|(path, value)| write_sysctl(path, value))
+                .collect::<Vec<_>>()
+        })
+    };
     match written {
         Ok(all) => results.extend(all),
         Err(e) => results.push(Err(e)),
