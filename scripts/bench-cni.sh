@@ -8,6 +8,10 @@
 #   -n, --iterations N   ADD+DEL pairs per implementation (default 200,
 #                        or $BENCH_ITERATIONS)
 #   --raw FILE           also write every sample as CSV to FILE
+#   --static             benchmark the static IPAM plugin alone (ADD, DEL,
+#                        peak RSS) instead of bridge + host-local
+#   --portmap            instead: portmap ADD with 1,000 mappings present
+#                        against none, weft and Go (scripts/bench_portmap.py)
 #   --chain              instead: bandwidth and tuning chained after weft's
 #                        bridge, weft against Go (scripts/bench_chain.py)
 # Environment:
@@ -33,13 +37,17 @@ die() { log "error: $*"; exit 1; }
 
 iterations="${BENCH_ITERATIONS:-200}"
 raw=""
+mode_args=()
+portmap=""
 chain=""
 while (($# > 0)); do
     case "$1" in
         -n | --iterations) iterations="${2:?-n needs a number}"; shift 2 ;;
         --iterations=*) iterations="${1#*=}"; shift ;;
-        --raw) raw="$(realpath -m -- "${2:?--raw needs a file}")"; shift 2 ;;
+        --portmap) portmap=1; shift ;;
         --chain) chain=1; shift ;;
+        --raw) raw="$(realpath -m -- "${2:?--raw needs a file}")"; shift 2 ;;
+        --static) mode_args+=(--static); shift ;;
         -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
@@ -116,11 +124,22 @@ cpu_model="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
 repro="sudo"
 [[ -n ${WEFT_CNI_DIR:-} ]] && repro+=" WEFT_CNI_DIR=$WEFT_CNI_DIR"
 [[ -n ${GO_CNI_DIR:-} ]] && repro+=" GO_CNI_DIR=$GO_CNI_DIR"
-repro+=" scripts/bench-cni.sh -n $iterations${chain:+ --chain}"
+repro+=" scripts/bench-cni.sh -n $iterations${mode_args[*]:+ ${mode_args[*]}}${chain:+ --chain}"
 
 log "$iterations ADD+DEL pairs per implementation; netns prefix $prefix; tmp $tmp"
 log "weft: $weft_dir"
 log "Go:   $go_dir"
+
+if [[ -n $portmap ]]; then
+    ip netns add "$prefix-pod"
+    ip netns exec "$node" python3 "$root/scripts/bench_portmap.py" \
+        --tmp "$tmp" --netns "/run/netns/$prefix-pod" \
+        --weft-dir "$weft_dir" --go-dir "$go_dir" --iterations "$iterations" \
+        --repro "sudo scripts/bench-cni.sh --portmap -n $iterations ($weft_rev, $go_version)" &
+    driver=$!
+    wait "$driver"
+    exit 0
+fi
 
 # The driver runs inside the node netns (entered once): each plugin exec is
 # then a plain posix_spawn + wait4. `ip netns exec` also gives the driver a
@@ -132,7 +151,7 @@ driver_py=bench_cni.py
 ip netns exec "$node" python3 "$root/scripts/$driver_py" \
     --prefix "$prefix" --tmp "$tmp" \
     --weft-dir "$weft_dir" --go-dir "$go_dir" \
-    --iterations "$iterations" ${raw:+--raw "$raw"} \
+    --iterations "$iterations" ${raw:+--raw "$raw"} "${mode_args[@]}" \
     --repro "$repro" --weft-rev "$weft_rev" --go-version "$go_version" \
     --cpu-model "$cpu_model" --datadir-fs "${datadir_fs:-unknown}" &
 driver=$!
