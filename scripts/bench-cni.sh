@@ -8,6 +8,8 @@
 #   -n, --iterations N   ADD+DEL pairs per implementation (default 200,
 #                        or $BENCH_ITERATIONS)
 #   --raw FILE           also write every sample as CSV to FILE
+#   --static             benchmark the static IPAM plugin alone (ADD, DEL,
+#                        peak RSS) instead of bridge + host-local
 #   --portmap            instead: portmap ADD with 1,000 mappings present
 #                        against none, weft and Go (scripts/bench_portmap.py)
 # Environment:
@@ -33,6 +35,7 @@ die() { log "error: $*"; exit 1; }
 
 iterations="${BENCH_ITERATIONS:-200}"
 raw=""
+mode_args=()
 portmap=""
 while (($# > 0)); do
     case "$1" in
@@ -40,6 +43,7 @@ while (($# > 0)); do
         --iterations=*) iterations="${1#*=}"; shift ;;
         --portmap) portmap=1; shift ;;
         --raw) raw="$(realpath -m -- "${2:?--raw needs a file}")"; shift 2 ;;
+        --static) mode_args+=(--static); shift ;;
         -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
@@ -116,7 +120,7 @@ cpu_model="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
 repro="sudo"
 [[ -n ${WEFT_CNI_DIR:-} ]] && repro+=" WEFT_CNI_DIR=$WEFT_CNI_DIR"
 [[ -n ${GO_CNI_DIR:-} ]] && repro+=" GO_CNI_DIR=$GO_CNI_DIR"
-repro+=" scripts/bench-cni.sh -n $iterations"
+repro+=" scripts/bench-cni.sh -n $iterations${mode_args[*]:+ ${mode_args[*]}}"
 
 log "$iterations ADD+DEL pairs per implementation; netns prefix $prefix; tmp $tmp"
 log "weft: $weft_dir"
@@ -145,7 +149,7 @@ fi
 ip netns exec "$node" python3 "$root/scripts/bench_cni.py" \
     --prefix "$prefix" --tmp "$tmp" \
     --weft-dir "$weft_dir" --go-dir "$go_dir" \
-    --iterations "$iterations" ${raw:+--raw "$raw"} \
+    --iterations "$iterations" ${raw:+--raw "$raw"} "${mode_args[@]}" \
     --repro "$repro" --weft-rev "$weft_rev" --go-version "$go_version" \
     --cpu-model "$cpu_model" --datadir-fs "${datadir_fs:-unknown}" &
 driver=$!
