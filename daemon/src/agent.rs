@@ -1,14 +1,16 @@
 //! The main loop: hold a lease, keep subnet.env and masq rules in line with
 //! it, and feed the data plane the full set of peers from list + watch.
 
-use crate::config::{LeaseAttrs, NetConfig};
-use crate::dataplane::Command;
-use crate::lease::{entry_from_kv, renew_after, Entry, OwnLease, Registry, Rng};
-use crate::metrics::Metrics;
-use crate::peers::{Rejections, Scopes};
+use crate::backends::{Backend, Peer};
+use crate::config::NetConfig;
+use crate::local::metrics::Metrics;
+use crate::reconcile::peers::{Rejections, Scopes};
+use crate::reconcile::Command;
+use crate::store::attrs::LeaseAttrs;
+use crate::store::etcd::{entry_from_kv, renew_after, Entry, OwnLease, Registry, Rng};
 use anyhow::Context;
 use etcd_client::{EventType, WatchOptions};
-use ipnetwork::{Ipv4Network, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -20,11 +22,11 @@ use tokio::time::{sleep, Instant};
 pub struct Agent {
     pub reg: Registry,
     pub cfg: NetConfig,
-    pub attrs: LeaseAttrs,
+    /// The backend: what we publish, which leases it can program, the MTU.
+    pub backend: Arc<dyn Backend>,
     pub public_ip: Ipv4Addr,
     pub subnet_file: PathBuf,
     pub ip_masq: bool,
-    pub mtu: u32,
     pub renew_margin_secs: i64,
     pub previous: Option<Ipv4Network>,
     /// The IPv6 subnet from subnet.env (dual-stack only).
@@ -34,9 +36,11 @@ pub struct Agent {
     pub masq_forward: bool,
     pub masq_fully_random: bool,
     pub metrics: Arc<Metrics>,
-    /// What a peer's lease must stay clear of (see [`crate::peers`]).
+    /// What a peer's lease must stay clear of (see [`crate::reconcile::peers`]).
     pub scopes: Scopes,
     pub rejections: Rejections,
+    /// The peers the data plane was last sent, to send it only changes.
+    pub sent: Option<BTreeMap<IpNetwork, Peer>>,
 }
 
 /// A watch that has lived this long without being cancelled is healthy.
@@ -99,7 +103,7 @@ impl Agent {
             subnet: Some(subnet),
             ipv6_networks: subnet6.and(network6).into_iter().collect(),
             ipv6_subnet: subnet6.filter(|_| network6.is_some()),
-            mtu: self.mtu,
+            mtu: self.backend.mtu(),
             ipmasq: self.ip_masq,
         };
         let path = self.subnet_file.clone();
@@ -111,7 +115,7 @@ impl Agent {
             "wrote subnet file",
             path = self.subnet_file.display(),
             subnet = flannel_env::gateway_cidr(&subnet),
-            mtu = self.mtu
+            mtu = self.backend.mtu()
         );
         if let Some(s6) = subnet6 {
             crate::info!("IPv6 subnet", subnet6 = flannel_env::gateway_cidr_v6(&s6));
@@ -140,7 +144,7 @@ impl Agent {
                     .reg
                     .acquire(
                         &self.cfg,
-                        &self.attrs,
+                        self.backend.lease_attrs(),
                         self.public_ip,
                         prev,
                         prev6,
@@ -249,9 +253,11 @@ impl Agent {
         }
         let own_subnet = own.subnet;
         let own_subnets = (own.subnet, own.subnet6);
+        // A fresh listing (start, watch gap, compaction): a full compare-and-repair.
+        self.sent = None;
         self.publish(&entries, own_subnets);
 
-        let prefix = crate::config::subnets_prefix(&self.reg.prefix);
+        let prefix = crate::store::keys::subnets_prefix(&self.reg.prefix);
         let mut stream = self
             .reg
             .client
@@ -284,7 +290,7 @@ impl Agent {
                 _ = shutdown.changed() => return Ok(None),
                 _ = tokio::time::sleep_until(deadline) => {
                     let Some(cur) = own_slot.clone() else { return Ok(Some(Inner::Reacquire)) };
-                    match self.reg.renew(&cur, &self.attrs).await {
+                    match self.reg.renew(&cur, self.backend.lease_attrs()).await {
                         Ok(Some(n)) => {
                             self.metrics.lease_renewals.fetch_add(1, Relaxed);
                             crate::info!("renewed lease", subnet = n.subnet, ttl = n.ttl);
@@ -329,7 +335,7 @@ impl Agent {
                     for ev in resp.events() {
                         let Some(kv) = ev.kv() else { continue };
                         let Some(subnet) = std::str::from_utf8(kv.key()).ok()
-                            .and_then(|k| crate::config::parse_lease_key(&self.reg.prefix, k)) else { continue };
+                            .and_then(|k| crate::store::keys::parse_lease_key(&self.reg.prefix, k)) else { continue };
                         if subnet == own_subnet {
                             match ev.event_type() {
                                 EventType::Delete => {
@@ -377,13 +383,20 @@ impl Agent {
         }
     }
 
-    /// Send the data plane the validated peers; log rejected leases once.
+    /// Send the data plane the validated peers: all of them after a fresh
+    /// listing, else only what changed (each event costs its own delta in
+    /// the data plane); log rejected leases once.
     fn publish(
         &mut self,
         entries: &BTreeMap<Ipv4Network, Entry>,
         own: (Ipv4Network, Option<Ipv6Network>),
     ) {
-        let sel = crate::peers::select(entries.values(), Some(own), &self.scopes);
+        let sel = crate::reconcile::peers::select(
+            entries.values(),
+            Some(own),
+            &self.scopes,
+            &*self.backend,
+        );
         self.rejections.report(&sel.rejected);
         self.metrics.leases_known.store(
             entries.keys().filter(|s| **s != own.0).count() as u64,
@@ -392,6 +405,27 @@ impl Agent {
         self.metrics
             .leases_rejected
             .store(sel.rejected.len() as u64, Relaxed);
-        let _ = self.dataplane.send(Command::Peers(sel.v4, sel.v6));
+        let now: BTreeMap<IpNetwork, Peer> = sel
+            .v4
+            .into_iter()
+            .chain(sel.v6)
+            .map(|p| (p.subnet, p))
+            .collect();
+        let Some(sent) = &self.sent else {
+            let _ = self
+                .dataplane
+                .send(Command::Peers(now.values().copied().collect()));
+            self.sent = Some(now);
+            return;
+        };
+        for (s, p) in &now {
+            if sent.get(s) != Some(p) {
+                let _ = self.dataplane.send(Command::Upsert(*p));
+            }
+        }
+        for s in sent.keys().filter(|s| !now.contains_key(s)) {
+            let _ = self.dataplane.send(Command::Remove(*s));
+        }
+        self.sent = Some(now);
     }
 }

@@ -1,9 +1,9 @@
 //! The etcd subnet registry: read the config, acquire our lease atomically,
 //! renew it with compare-and-swap, and list/watch everyone's leases.
 
-use crate::config::{
-    config_key, lease_key_dual, parse_lease_key_dual, subnets_prefix, LeaseAttrs, NetConfig,
-};
+use super::attrs::LeaseAttrs;
+use super::keys::{config_key, lease_key_dual, parse_lease_key_dual, subnets_prefix};
+use crate::config::NetConfig;
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::net::Ipv4Addr;
