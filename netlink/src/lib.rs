@@ -23,6 +23,7 @@ mod neigh;
 pub mod netns;
 mod route;
 mod socket;
+pub mod tc;
 
 pub use addr::Address;
 pub use error::Error;
@@ -31,6 +32,7 @@ pub use monitor::{KernelEvent, LinkEvent, LinkMonitor};
 pub use neigh::{FdbEntry, Neighbour};
 pub use netns::{read_sysctl, write_sysctl, Netns};
 pub use route::{IpFamily, Route};
+pub use tc::{Filter, Qdisc, Tbf};
 
 /// Neighbour (NUD_*) states, as reported in [`Neighbour::state`] / [`FdbEntry::state`].
 pub mod nud {

@@ -41,6 +41,10 @@ pub struct Link {
     pub vxlan: Option<VxlanInfo>,
     /// IFLA_IFALIAS: free text; the bridge plugin records the attachment here.
     pub alias: Option<String>,
+    /// IFF_ALLMULTI: receives all multicast.
+    pub allmulti: bool,
+    /// IFLA_TXQLEN.
+    pub txqlen: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +95,8 @@ pub(crate) fn link_from_msg(m: &LinkMessage) -> Link {
         link_netnsid: None,
         vxlan: None,
         alias: None,
+        allmulti: m.header.flags.contains(LinkFlags::Allmulti),
+        txqlen: 0,
     };
     for a in &m.attributes {
         match a {
@@ -102,6 +108,7 @@ pub(crate) fn link_from_msg(m: &LinkMessage) -> Link {
             LinkAttribute::Link(v) if *v != 0 => l.link = Some(*v),
             LinkAttribute::LinkNetNsId(v) => l.link_netnsid = Some(*v),
             LinkAttribute::IfAlias(a) if !a.is_empty() => l.alias = Some(a.clone()),
+            LinkAttribute::TxQueueLen(v) => l.txqlen = *v,
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     match i {
@@ -562,6 +569,38 @@ impl Netlink {
             }
         }
         Ok(out)
+    }
+}
+
+/// ifb devices and the attribute setters the tuning plugin needs.
+impl Netlink {
+    /// Create an ifb (down) with the given MTU and transmit queue length.
+    /// EEXIST comes back as an error (check `is_exists()`).
+    pub fn create_ifb(&mut self, name: &str, mtu: u32, txqlen: u32) -> Result<(), Error> {
+        check_ifname(name)?;
+        let mut m = new_link_msg(name, Some(mtu), None, vec![LinkInfo::Kind(InfoKind::Ifb)]);
+        m.attributes.push(LinkAttribute::TxQueueLen(txqlen));
+        self.create(m, &format!("create ifb {name}"))
+    }
+
+    /// Label a link with `alias` and bring it up, in one request.
+    pub fn set_alias_up(&mut self, index: u32, alias: &str) -> Result<(), Error> {
+        let mut m = flag_msg(index, LinkFlags::Up, true);
+        m.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
+        self.change(m, &format!("label #{index} and set it up"))
+    }
+
+    pub fn set_allmulti(&mut self, index: u32, on: bool) -> Result<(), Error> {
+        self.change(
+            flag_msg(index, LinkFlags::Allmulti, on),
+            &format!("set allmulti {on} on #{index}"),
+        )
+    }
+
+    pub fn set_txqlen(&mut self, index: u32, txqlen: u32) -> Result<(), Error> {
+        let mut m = msg_for(index);
+        m.attributes.push(LinkAttribute::TxQueueLen(txqlen));
+        self.change(m, &format!("set txqueuelen {txqlen} on #{index}"))
     }
 }
 
