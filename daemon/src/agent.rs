@@ -251,7 +251,6 @@ impl Agent {
                 return Ok(Some(Inner::Reacquire));
             }
         }
-        let own_subnet = own.subnet;
         let own_subnets = (own.subnet, own.subnet6);
         // A fresh listing (start, watch gap, compaction): a full compare-and-repair.
         self.sent = None;
@@ -289,23 +288,8 @@ impl Agent {
             tokio::select! {
                 _ = shutdown.changed() => return Ok(None),
                 _ = tokio::time::sleep_until(deadline) => {
-                    let Some(cur) = own_slot.clone() else { return Ok(Some(Inner::Reacquire)) };
-                    match self.reg.renew(&cur, self.backend.lease_attrs()).await {
-                        Ok(Some(n)) => {
-                            self.metrics.lease_renewals.fetch_add(1, Relaxed);
-                            crate::info!("renewed lease", subnet = n.subnet, ttl = n.ttl);
-                            *renew_at = Instant::now() + renew_after(n.ttl, self.renew_margin_secs);
-                            *own_slot = Some(n);
-                        }
-                        Ok(None) => {
-                            crate::warn!("our lease changed or vanished before renewal; acquiring again", subnet = cur.subnet);
-                            return Ok(Some(Inner::Reacquire));
-                        }
-                        Err(e) => {
-                            let retry = Duration::from_secs((cur.ttl / 4).clamp(1, 60) as u64);
-                            crate::error!("lease renewal failed; retrying", error = e, retry_s = retry.as_secs());
-                            *renew_at = Instant::now() + retry;
-                        }
+                    if let Some(inner) = self.renew_now(own_slot, renew_at).await {
+                        return Ok(Some(inner));
                     }
                 }
                 _ = &mut healthy_after, if !healthy => {
@@ -320,67 +304,126 @@ impl Agent {
                     let Some(resp) = msg? else {
                         anyhow::bail!("watch stream closed");
                     };
-                    if resp.canceled() || resp.compact_revision() > 0 {
-                        crate::warn!("watch canceled; re-listing", compact_revision = resp.compact_revision(), reason = resp.cancel_reason());
-                        self.metrics.etcd_reconnects.fetch_add(1, Relaxed);
-                        return Ok(Some(Inner::Relist));
-                    }
                     // The "created" answer proves nothing: a watch can be
                     // cancelled right after it.
-                    if !healthy && !resp.created() {
+                    if !healthy && !resp.created() && !resp.canceled() {
                         healthy = true;
                         backoff.reset();
                     }
-                    let mut changed = false;
-                    for ev in resp.events() {
-                        let Some(kv) = ev.kv() else { continue };
-                        let Some(subnet) = std::str::from_utf8(kv.key()).ok()
-                            .and_then(|k| crate::store::keys::parse_lease_key(&self.reg.prefix, k)) else { continue };
-                        if subnet == own_subnet {
-                            match ev.event_type() {
-                                EventType::Delete => {
-                                    crate::warn!("our lease was deleted or expired; acquiring again", subnet = subnet);
-                                    return Ok(Some(Inner::Reacquire));
-                                }
-                                EventType::Put => {
-                                    if let Some(o) = own_slot.as_mut() {
-                                        let still_ours = LeaseAttrs::parse(kv.value())
-                                            .and_then(|a| a.public_ipv4())
-                                            == Some(self.public_ip);
-                                        if kv.create_revision() != o.create_revision || !still_ours {
-                                            crate::warn!("our lease key was rewritten by someone else; acquiring again", subnet = subnet);
-                                            return Ok(Some(Inner::Reacquire));
-                                        }
-                                        o.mod_revision = kv.mod_revision();
-                                    }
-                                }
-                            }
-                            continue;
-                        }
-                        match ev.event_type() {
-                            EventType::Put => {
-                                if let Some(e) = entry_from_kv(&self.reg.prefix, kv) {
-                                    if entries.get(&subnet) != Some(&e) {
-                                        crate::info!("lease added or updated", subnet = subnet, public_ip = e.attrs.as_ref().map(|a| a.public_ip.clone()).unwrap_or_default());
-                                    }
-                                    entries.insert(subnet, e);
-                                    changed = true;
-                                }
-                            }
-                            EventType::Delete => {
-                                if entries.remove(&subnet).is_some() {
-                                    crate::info!("lease removed", subnet = subnet);
-                                    changed = true;
-                                }
-                            }
-                        }
-                    }
-                    if changed {
-                        self.publish(&entries, own_subnets);
+                    if let Some(inner) = self.on_watch_response(&resp, own_slot, &mut entries, own_subnets) {
+                        return Ok(Some(inner));
                     }
                 }
             }
         }
+    }
+
+    /// Renew our lease now; `Some` when it is lost and must be acquired again.
+    async fn renew_now(
+        &mut self,
+        own_slot: &mut Option<OwnLease>,
+        renew_at: &mut Instant,
+    ) -> Option<Inner> {
+        let Some(cur) = own_slot.clone() else {
+            return Some(Inner::Reacquire);
+        };
+        match self.reg.renew(&cur, self.backend.lease_attrs()).await {
+            Ok(Some(n)) => {
+                self.metrics.lease_renewals.fetch_add(1, Relaxed);
+                crate::info!("renewed lease", subnet = n.subnet, ttl = n.ttl);
+                *renew_at = Instant::now() + renew_after(n.ttl, self.renew_margin_secs);
+                *own_slot = Some(n);
+                None
+            }
+            Ok(None) => {
+                crate::warn!(
+                    "our lease changed or vanished before renewal; acquiring again",
+                    subnet = cur.subnet
+                );
+                Some(Inner::Reacquire)
+            }
+            Err(e) => {
+                let retry = Duration::from_secs((cur.ttl / 4).clamp(1, 60) as u64);
+                crate::error!(
+                    "lease renewal failed; retrying",
+                    error = e,
+                    retry_s = retry.as_secs()
+                );
+                *renew_at = Instant::now() + retry;
+                None
+            }
+        }
+    }
+
+    /// One watch response: events on our own key, then everyone else's
+    /// (published to the data plane once per response). `Some` ends the
+    /// session.
+    fn on_watch_response(
+        &mut self,
+        resp: &etcd_client::WatchResponse,
+        own_slot: &mut Option<OwnLease>,
+        entries: &mut BTreeMap<Ipv4Network, Entry>,
+        own: (Ipv4Network, Option<Ipv6Network>),
+    ) -> Option<Inner> {
+        if resp.canceled() || resp.compact_revision() > 0 {
+            crate::warn!(
+                "watch canceled; re-listing",
+                compact_revision = resp.compact_revision(),
+                reason = resp.cancel_reason()
+            );
+            self.metrics.etcd_reconnects.fetch_add(1, Relaxed);
+            return Some(Inner::Relist);
+        }
+        let mut changed = false;
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let Some(subnet) = std::str::from_utf8(kv.key())
+                .ok()
+                .and_then(|k| crate::store::keys::parse_lease_key(&self.reg.prefix, k))
+            else {
+                continue;
+            };
+            if subnet == own.0 {
+                if let Some(inner) = self.on_own_key(ev.event_type(), kv, own_slot) {
+                    return Some(inner);
+                }
+            } else {
+                changed |= on_lease(&self.reg.prefix, ev.event_type(), kv, subnet, entries);
+            }
+        }
+        if changed {
+            self.publish(entries, own);
+        }
+        None
+    }
+
+    /// An event on our own key: deleted, or rewritten by someone else, and
+    /// we acquire again; a renewal of ours only moves its revision.
+    fn on_own_key(
+        &self,
+        kind: EventType,
+        kv: &etcd_client::KeyValue,
+        own_slot: &mut Option<OwnLease>,
+    ) -> Option<Inner> {
+        let o = own_slot.as_mut()?;
+        if kind == EventType::Delete {
+            crate::warn!(
+                "our lease was deleted or expired; acquiring again",
+                subnet = o.subnet
+            );
+            return Some(Inner::Reacquire);
+        }
+        let still_ours =
+            LeaseAttrs::parse(kv.value()).and_then(|a| a.public_ipv4()) == Some(self.public_ip);
+        if kv.create_revision() != o.create_revision || !still_ours {
+            crate::warn!(
+                "our lease key was rewritten by someone else; acquiring again",
+                subnet = o.subnet
+            );
+            return Some(Inner::Reacquire);
+        }
+        o.mod_revision = kv.mod_revision();
+        None
     }
 
     /// Send the data plane the validated peers: all of them after a fresh
@@ -427,5 +470,41 @@ impl Agent {
             let _ = self.dataplane.send(Command::Remove(*s));
         }
         self.sent = Some(now);
+    }
+}
+
+/// Another node's lease was put or deleted: update `entries`; true when
+/// it changed.
+fn on_lease(
+    prefix: &str,
+    kind: EventType,
+    kv: &etcd_client::KeyValue,
+    subnet: Ipv4Network,
+    entries: &mut BTreeMap<Ipv4Network, Entry>,
+) -> bool {
+    match kind {
+        EventType::Put => {
+            let Some(e) = entry_from_kv(prefix, kv) else {
+                return false;
+            };
+            if entries.get(&subnet) == Some(&e) {
+                return false;
+            }
+            let public_ip = e.attrs.as_ref().map(|a| a.public_ip.clone());
+            crate::info!(
+                "lease added or updated",
+                subnet = subnet,
+                public_ip = public_ip.unwrap_or_default()
+            );
+            entries.insert(subnet, e);
+            true
+        }
+        EventType::Delete => {
+            let gone = entries.remove(&subnet).is_some();
+            if gone {
+                crate::info!("lease removed", subnet = subnet);
+            }
+            gone
+        }
     }
 }

@@ -160,6 +160,31 @@ impl Prepared {
     }
 }
 
+impl Prepared {
+    /// The subnets subnet.env recorded, when they belong to this config's networks.
+    fn previous_subnets(
+        &self,
+        cfg: &config::NetConfig,
+    ) -> (
+        Option<ipnetwork::Ipv4Network>,
+        Option<ipnetwork::Ipv6Network>,
+    ) {
+        let previous = self
+            .previous
+            .filter(|(net, _)| net.is_none() || *net == Some(cfg.network))
+            .map(|(_, s)| s);
+        if let Some(p) = previous {
+            info!("previous subnet from subnet file", subnet = p);
+        }
+        let previous6 = cfg.ipv6.as_ref().and_then(|c6| {
+            self.previous6
+                .filter(|(net, _)| net.is_none() || *net == Some(c6.network))
+                .map(|(_, s)| s)
+        });
+        (previous, previous6)
+    }
+}
+
 fn read_tls(f: &flags::Flags) -> anyhow::Result<Option<store::etcd::TlsFiles>> {
     if !f.uses_tls() {
         return Ok(None);
@@ -212,8 +237,9 @@ async fn connect(
     }
 }
 
-async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+/// SIGTERM/SIGINT flip the returned flag.
+fn on_signals() -> tokio::sync::watch::Receiver<bool> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int)) = (
@@ -229,8 +255,13 @@ async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
         info!("signal received; exiting (kernel state and lease are kept)");
         let _ = stop_tx.send(true);
     });
+    stop_rx
+}
 
-    // The underlay does not depend on etcd: find it first so a bad --iface fails fast.
+/// The underlay interface and our public IP.
+async fn underlay(
+    f: &flags::Flags,
+) -> anyhow::Result<(backends::underlay::Underlay, std::net::Ipv4Addr)> {
     let ifaces = f.iface.clone();
     let underlay = tokio::task::spawn_blocking(move || {
         let mut nl = weft_netlink::Netlink::new()?;
@@ -245,28 +276,27 @@ async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
         public_ip = public_ip,
         mtu = underlay.mtu
     );
+    Ok((underlay, public_ip))
+}
 
-    let metrics = Arc::new(metrics::Metrics::default());
-    if f.healthz_port != 0 {
-        let addr = std::net::SocketAddr::new(f.healthz_ip, f.healthz_port);
-        let l = health::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} for /healthz"))?;
-        info!("serving /healthz /readyz /metrics", addr = addr);
-        tokio::spawn(health::serve(l, metrics.clone()));
-    }
-
-    let Some(client) = connect(&f, pre.tls, &mut stop_rx).await? else {
+async fn serve_health(f: &flags::Flags, metrics: &Arc<metrics::Metrics>) -> anyhow::Result<()> {
+    if f.healthz_port == 0 {
         return Ok(());
-    };
-    let mut reg = store::etcd::Registry {
-        client,
-        prefix: f.etcd_prefix.trim_end_matches('/').to_string(),
-        ttl: f.subnet_lease_ttl,
-    };
-    if reg.prefix.is_empty() {
-        reg.prefix = "/".into();
     }
+    let addr = std::net::SocketAddr::new(f.healthz_ip, f.healthz_port);
+    let l = health::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for /healthz"))?;
+    info!("serving /healthz /readyz /metrics", addr = addr);
+    tokio::spawn(health::serve(l, metrics.clone()));
+    Ok(())
+}
+
+/// `<prefix>/config`, waited for while it is missing; `None` on shutdown.
+async fn network_config(
+    reg: &mut store::etcd::Registry,
+    stop_rx: &mut tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Option<config::NetConfig>> {
     let raw = loop {
         match reg.get_config().await {
             Ok(Some(c)) => break c,
@@ -278,7 +308,7 @@ async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop_rx.changed() => return Ok(()),
+            _ = stop_rx.changed() => return Ok(None),
         }
     };
     let cfg = config::parse_config(&raw)
@@ -292,7 +322,30 @@ async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
         vni = cfg.backend.vni,
         port = cfg.backend.port
     );
+    Ok(Some(cfg))
+}
 
+async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
+    let mut stop_rx = on_signals();
+    // The underlay does not depend on etcd: find it first so a bad --iface fails fast.
+    let (underlay, public_ip) = underlay(&f).await?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    serve_health(&f, &metrics).await?;
+
+    let Some(client) = connect(&f, pre.tls.clone(), &mut stop_rx).await? else {
+        return Ok(());
+    };
+    let mut reg = store::etcd::Registry {
+        client,
+        prefix: f.etcd_prefix.trim_end_matches('/').to_string(),
+        ttl: f.subnet_lease_ttl,
+    };
+    if reg.prefix.is_empty() {
+        reg.prefix = "/".into();
+    }
+    let Some(cfg) = network_config(&mut reg, &mut stop_rx).await? else {
+        return Ok(());
+    };
     let public_ipv6 = cfg.ipv6.as_ref().and(f.public_ipv6.or(underlay.ip6));
     let backend: Arc<dyn backends::Backend> =
         backends::from_config(&cfg, &underlay, public_ip, public_ipv6)?.into();
@@ -331,18 +384,7 @@ async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
     )?;
     let masq_tx = start_masq(&f, pre.masq, &metrics)?;
 
-    let previous = pre
-        .previous
-        .filter(|(net, _)| net.is_none() || *net == Some(cfg.network))
-        .map(|(_, s)| s);
-    if let Some(p) = previous {
-        info!("previous subnet from subnet file", subnet = p);
-    }
-    let previous6 = cfg.ipv6.as_ref().and_then(|c6| {
-        pre.previous6
-            .filter(|(net, _)| net.is_none() || *net == Some(c6.network))
-            .map(|(_, s)| s)
-    });
+    let (previous, previous6) = pre.previous_subnets(&cfg);
     let agent = agent::Agent {
         reg,
         cfg,
