@@ -227,15 +227,11 @@ pub fn watch(scope: Scope, tx: Sender<Command>) {
                 }
             };
             let mut full = false;
-            for ev in &events {
-                match scope.command(ev) {
-                    Some(Command::Kernel) => full = true,
-                    Some(c) => {
-                        if tx.send(c).is_err() {
-                            return;
-                        }
-                    }
-                    None => {}
+            for c in events.iter().filter_map(|ev| scope.command(ev)) {
+                if matches!(c, Command::Kernel) {
+                    full = true;
+                } else if tx.send(c).is_err() {
+                    return;
                 }
             }
             if full && tx.send(Command::Kernel).is_err() {
