@@ -1,7 +1,7 @@
 //! The main loop: hold a lease, keep subnet.env and masq rules in line with
 //! it, and feed the data plane the full set of peers from list + watch.
 
-use crate::backends::{Backend, Peer};
+use crate::backends::{Backend, Peer, PeerData};
 use crate::config::NetConfig;
 use crate::local::metrics::Metrics;
 use crate::reconcile::peers::{Rejections, Scopes};
@@ -40,7 +40,7 @@ pub struct Agent {
     pub scopes: Scopes,
     pub rejections: Rejections,
     /// The peers the data plane was last sent, to send it only changes.
-    pub sent: Option<BTreeMap<IpNetwork, Peer>>,
+    pub sent: Option<Sent>,
 }
 
 /// A watch that has lived this long without being cancelled is healthy.
@@ -374,7 +374,7 @@ impl Agent {
             self.metrics.etcd_reconnects.fetch_add(1, Relaxed);
             return Some(Inner::Relist);
         }
-        let mut changed = false;
+        let mut changed = Vec::new();
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
             let Some(subnet) = std::str::from_utf8(kv.key())
@@ -388,10 +388,15 @@ impl Agent {
                     return Some(inner);
                 }
             } else {
-                changed |= on_lease(&self.reg.prefix, ev.event_type(), kv, subnet, entries);
+                if on_lease(&self.reg.prefix, ev.event_type(), kv, subnet, entries) {
+                    changed.push(subnet);
+                }
             }
         }
-        if changed {
+        let fast = changed
+            .iter()
+            .all(|s| self.publish_one(entries.get(s), *s, own));
+        if !fast {
             self.publish(entries, own);
         }
         None
@@ -454,22 +459,114 @@ impl Agent {
             .chain(sel.v6)
             .map(|p| (p.subnet, p))
             .collect();
-        let Some(sent) = &self.sent else {
+        if let Some(sent) = &self.sent {
+            for (s, p) in &now {
+                if sent.peers.get(s) != Some(p) {
+                    let _ = self.dataplane.send(Command::Upsert(*p));
+                }
+            }
+            for s in sent.peers.keys().filter(|s| !now.contains_key(s)) {
+                let _ = self.dataplane.send(Command::Remove(*s));
+            }
+        } else {
             let _ = self
                 .dataplane
                 .send(Command::Peers(now.values().copied().collect()));
-            self.sent = Some(now);
-            return;
+        }
+        self.sent = Some(Sent::new(now, entries));
+    }
+
+    /// One lease changed (`entry`: its new value, `None` when deleted):
+    /// send its own delta in O(log n), without validating every lease
+    /// again. Only when nothing conflicts: with any lease rejected, or this
+    /// one overlapping or sharing a VtepMAC with a peer, or changing an
+    /// accepted peer, it returns false and the caller re-validates all.
+    fn publish_one(
+        &mut self,
+        entry: Option<&Entry>,
+        subnet: Ipv4Network,
+        own: (Ipv4Network, Option<Ipv6Network>),
+    ) -> bool {
+        let Some(sent) = self.sent.as_mut() else {
+            return false;
         };
-        for (s, p) in &now {
-            if sent.get(s) != Some(p) {
-                let _ = self.dataplane.send(Command::Upsert(*p));
+        if !self.rejections.is_empty() {
+            return false;
+        }
+        let Some(e) = entry else {
+            for s in sent.by_lease.remove(&subnet).unwrap_or_default() {
+                sent.peers.remove(&s);
+                let _ = self.dataplane.send(Command::Remove(s));
+            }
+            self.metrics.leases_known.fetch_sub(1, Relaxed);
+            return true;
+        };
+        let sel = crate::reconcile::peers::select([e], Some(own), &self.scopes, &*self.backend);
+        let new: Vec<Peer> = sel.v4.into_iter().chain(sel.v6).collect();
+        let had = sent.by_lease.get(&subnet).cloned().unwrap_or_default();
+        if !sel.rejected.is_empty() || new.len() != had.len() && !had.is_empty() {
+            return false;
+        }
+        if !had.is_empty() {
+            // Known and accepted: a renewal is a no-op; any change re-validates.
+            return new.iter().all(|p| sent.peers.get(&p.subnet) == Some(p));
+        }
+        if new.iter().any(|p| sent.conflicts(p)) {
+            return false;
+        }
+        for p in &new {
+            sent.add(subnet, *p);
+            let _ = self.dataplane.send(Command::Upsert(*p));
+        }
+        self.metrics.leases_known.fetch_add(1, Relaxed);
+        true
+    }
+}
+
+/// What the data plane was last sent: the accepted peers, which lease each
+/// came from, and the public IP behind each VtepMAC (for conflict checks).
+#[derive(Debug, Default)]
+pub struct Sent {
+    peers: BTreeMap<IpNetwork, Peer>,
+    by_lease: BTreeMap<Ipv4Network, Vec<IpNetwork>>,
+    macs: BTreeMap<[u8; 6], std::net::IpAddr>,
+}
+
+impl Sent {
+    fn new(peers: BTreeMap<IpNetwork, Peer>, entries: &BTreeMap<Ipv4Network, Entry>) -> Sent {
+        let mut sent = Sent::default();
+        for e in entries.values() {
+            let of_lease = std::iter::once(IpNetwork::V4(e.subnet))
+                .chain(e.subnet6.map(IpNetwork::V6))
+                .filter_map(|s| peers.get(&s));
+            for p in of_lease {
+                sent.add(e.subnet, *p);
             }
         }
-        for s in sent.keys().filter(|s| !now.contains_key(s)) {
-            let _ = self.dataplane.send(Command::Remove(*s));
+        sent
+    }
+
+    fn add(&mut self, lease: Ipv4Network, p: Peer) {
+        self.peers.insert(p.subnet, p);
+        self.by_lease.entry(lease).or_default().push(p.subnet);
+        if let PeerData::Vtep(m) = p.data {
+            self.macs.entry(m).or_insert(p.public_ip);
         }
-        self.sent = Some(now);
+    }
+
+    /// Would `p` conflict with an accepted peer? Accepted subnets never
+    /// overlap, so only the nearest ones on either side of its base can.
+    fn conflicts(&self, p: &Peer) -> bool {
+        let overlaps = |q: &Peer| {
+            q.subnet.contains(p.subnet.network()) || p.subnet.contains(q.subnet.network())
+        };
+        let below = self.peers.range(..=p.subnet).next_back().map(|(_, q)| q);
+        let above = self.peers.range(p.subnet..).next().map(|(_, q)| q);
+        let mac = match p.data {
+            PeerData::Vtep(m) => self.macs.get(&m).is_some_and(|ip| *ip != p.public_ip),
+            PeerData::None => false,
+        };
+        mac || below.is_some_and(overlaps) || above.is_some_and(overlaps)
     }
 }
 

@@ -66,28 +66,14 @@ fn find_underlay_v4(nl: &mut Netlink, ifaces: &[String]) -> Result<Underlay, Bac
             let addrs = nl.addresses(None)?;
             if let Some(a) = addrs.iter().find(|a| a.net.ip() == ip) {
                 if let (Some(l), IpAddr::V4(v4)) = (by_index(a.index), ip) {
-                    return Ok(Underlay {
-                        index: l.index,
-                        ip6: None,
-                        name: l.name.clone(),
-                        ip: v4,
-                        mtu: l.mtu,
-                        nets: Vec::new(),
-                    });
+                    return Ok(Underlay::of(l, v4));
                 }
             }
         } else if let Some(l) = links.iter().find(|l| &l.name == want) {
             let ip = first_v4(nl, l.index)?.ok_or_else(|| {
                 BackendError::Setup(format!("interface {} has no global IPv4 address", l.name))
             })?;
-            return Ok(Underlay {
-                index: l.index,
-                ip6: None,
-                name: l.name.clone(),
-                ip,
-                mtu: l.mtu,
-                nets: Vec::new(),
-            });
+            return Ok(Underlay::of(l, ip));
         }
     }
     if !ifaces.is_empty() {
@@ -111,14 +97,21 @@ fn find_underlay_v4(nl: &mut Netlink, ifaces: &[String]) -> Result<Underlay, Bac
     let ip = first_v4(nl, l.index)?.ok_or_else(|| {
         BackendError::Setup(format!("interface {} has no global IPv4 address", l.name))
     })?;
-    Ok(Underlay {
-        index: l.index,
-        ip6: None,
-        name: l.name.clone(),
-        ip,
-        mtu: l.mtu,
-        nets: Vec::new(),
-    })
+    Ok(Underlay::of(l, ip))
+}
+
+impl Underlay {
+    /// The link and its IPv4 address; `ip6` and `nets` are filled in later.
+    fn of(l: &weft_netlink::Link, ip: Ipv4Addr) -> Underlay {
+        Underlay {
+            index: l.index,
+            name: l.name.clone(),
+            ip,
+            ip6: None,
+            mtu: l.mtu,
+            nets: Vec::new(),
+        }
+    }
 }
 
 /// How the underlay reaches an address.

@@ -12,6 +12,7 @@ use weft_netlink::{nud, IpFamily, KernelEvent, LinkMonitor, Netlink, Route};
 use super::Command;
 
 const RTPROT_KERNEL: u8 = 2;
+const RT_TABLE_MAIN: u32 = 254;
 
 /// What one read of the kernel found.
 pub struct Read {
@@ -172,6 +173,9 @@ impl Scope {
                 if !inside(&self.pod_networks, &r.dst) =>
             {
                 Some(Command::Kernel)
+            }
+            KernelEvent::RouteNew(r) if r.table == Some(RT_TABLE_MAIN) => {
+                Some(Command::RouteChanged(r.clone()))
             }
             KernelEvent::RouteDel(r) => r.oif.and(r.gateway).map(|gw| {
                 Command::Deleted(Entry::Route {

@@ -51,6 +51,10 @@ pub enum Command {
     /// One entry was deleted (a kernel notification): put it back if it
     /// is wanted.
     Deleted(Entry),
+    /// A route into the pod networks was added or replaced (a kernel
+    /// notification): when a peer's wanted route for that destination is
+    /// another one, put ours back.
+    RouteChanged(weft_netlink::Route),
 }
 
 /// How often one repeating error is logged at most.
@@ -198,6 +202,25 @@ impl Dataplane {
                 if let Some(peers) = &mut self.peers {
                     peers.remove(&subnet);
                     self.apply_delta(subnet);
+                }
+                false
+            }
+            Command::RouteChanged(r) => {
+                let ours = self.programmed.get(&r.dst).and_then(|es| {
+                    es.iter()
+                        .find(|e| matches!(e, Entry::Route { .. }))
+                        .copied()
+                });
+                if let Some(
+                    want @ Entry::Route {
+                        gw, dev, onlink, ..
+                    },
+                ) = ours
+                {
+                    if (r.gateway, r.oif, r.onlink) != (Some(gw), Some(dev), onlink) {
+                        crate::info!("route replaced under us; restoring", dst = r.dst);
+                        self.exec_all(&[Op::Set(want)]);
+                    }
                 }
                 false
             }

@@ -275,6 +275,10 @@ impl Rejections {
         self.0.clone_from(now);
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     #[cfg(test)]
     fn count(&self) -> usize {
         self.0.len()

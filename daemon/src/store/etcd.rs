@@ -361,31 +361,40 @@ impl Registry {
         }))
     }
 
-    /// Move our previous lease onto a fresh etcd lease. `None`: lost a race.
-    async fn reuse(&mut self, e: Entry, value: &str) -> Result<Option<OwnLease>, LeaseError> {
-        let value = value.to_string();
-        let key = e.key(&self.prefix);
+    /// Put `value` at `key` on a fresh etcd lease if `cond` holds; the
+    /// lease is revoked when it does not (`None`).
+    async fn put_on_new_lease(
+        &mut self,
+        key: &str,
+        value: &str,
+        cond: Compare,
+    ) -> Result<Option<(etcd_client::LeaseGrantResponse, etcd_client::TxnResponse)>, LeaseError>
+    {
         let g = self.client.lease_grant(self.ttl, None).await?;
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
-                e.mod_revision,
-            )])
-            .and_then([TxnOp::put(
-                key.clone(),
-                value.clone(),
-                Some(PutOptions::new().with_lease(g.id())),
-            )]);
+        let txn = Txn::new().when([cond]).and_then([TxnOp::put(
+            key,
+            value,
+            Some(PutOptions::new().with_lease(g.id())),
+        )]);
         let r = self.client.txn(txn).await?;
         if !r.succeeded() {
             let _ = self.client.lease_revoke(g.id()).await;
+            return Ok(None);
+        }
+        Ok(Some((g, r)))
+    }
+
+    /// Move our previous lease onto a fresh etcd lease. `None`: lost a race.
+    async fn reuse(&mut self, e: Entry, value: &str) -> Result<Option<OwnLease>, LeaseError> {
+        let key = e.key(&self.prefix);
+        let cond = Compare::mod_revision(key.clone(), CompareOp::Equal, e.mod_revision);
+        let Some((g, r)) = self.put_on_new_lease(&key, value, cond).await? else {
             crate::info!(
                 "lost a race re-using our lease; retrying",
                 subnet = e.subnet
             );
             return Ok(None);
-        }
+        };
         crate::info!(
             "re-using our existing lease",
             subnet = e.subnet,
@@ -411,26 +420,16 @@ impl Registry {
         value: &str,
         attempt: u32,
     ) -> Result<Option<OwnLease>, LeaseError> {
-        let value = value.to_string();
         let key = lease_key_dual(&self.prefix, &subnet, subnet6.as_ref());
-        let g = self.client.lease_grant(self.ttl, None).await?;
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key.clone(),
-                value.clone(),
-                Some(PutOptions::new().with_lease(g.id())),
-            )]);
-        let r = self.client.txn(txn).await?;
-        if !r.succeeded() {
-            let _ = self.client.lease_revoke(g.id()).await;
+        let cond = Compare::create_revision(key.clone(), CompareOp::Equal, 0);
+        let Some((g, r)) = self.put_on_new_lease(&key, value, cond).await? else {
             crate::info!(
                 "lost the race for a subnet; retrying",
                 subnet = subnet,
                 attempt = attempt + 1
             );
             return Ok(None);
-        }
+        };
         let rev = header_rev(r.header())?;
         // The txn guards only this exact key: another key for an
         // overlapping subnet (other prefix length, other IPv6 part) may
