@@ -834,10 +834,7 @@ fn host_gw_replaces_a_conflicting_route() {
         &format!("ip route replace {s2} via 198.51.100.99 dev eth0"),
     );
     assert_has_peer(&c, 1, &s2, &ip2, secs(3));
-    c.ns_sh(
-        &ns1,
-        &format!("ip route del {s2}; ip route add {s2} dev eth0"),
-    );
+    c.ns_sh(&ns1, &format!("ip route replace {s2} dev eth0"));
     assert_has_peer(&c, 1, &s2, &ip2, secs(3));
     assert_pings(&c, 1, "a", 2, "a");
 }

@@ -185,12 +185,10 @@ impl Scope {
                     onlink: r.onlink,
                 })
             }),
-            KernelEvent::NeighDel(n) => n.mac.map(|mac| {
-                Command::Deleted(Entry::Neigh {
-                    dev: n.index,
-                    ip: n.ip,
-                    mac,
-                })
+            // The kernel reports a deleted neighbour without its MAC.
+            KernelEvent::NeighDel(n) => Some(Command::NeighGone {
+                dev: n.index,
+                ip: n.ip,
             }),
             KernelEvent::FdbDel(e) => e.dst.map(|dst| {
                 Command::Deleted(Entry::Fdb {

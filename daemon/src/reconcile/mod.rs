@@ -51,6 +51,9 @@ pub enum Command {
     /// One entry was deleted (a kernel notification): put it back if it
     /// is wanted.
     Deleted(Entry),
+    /// A neighbour was deleted (the kernel does not say its MAC): put back
+    /// the wanted one for that address, if any.
+    NeighGone { dev: u32, ip: std::net::IpAddr },
     /// A route into the pod networks was added or replaced (a kernel
     /// notification): when a peer's wanted route for that destination is
     /// another one, put ours back.
@@ -202,6 +205,26 @@ impl Dataplane {
                 if let Some(peers) = &mut self.peers {
                     peers.remove(&subnet);
                     self.apply_delta(subnet);
+                }
+                false
+            }
+            Command::NeighGone { dev, ip } => {
+                let (lo, hi) = (
+                    Entry::Neigh {
+                        dev,
+                        ip,
+                        mac: [0; 6],
+                    },
+                    Entry::Neigh {
+                        dev,
+                        ip,
+                        mac: [0xff; 6],
+                    },
+                );
+                if let Some((e, _)) = self.wanted.range(lo..=hi).next() {
+                    let e = *e;
+                    crate::info!("neighbour deleted under us; restoring", ip = ip);
+                    self.exec_all(&[Op::Set(e)]);
                 }
                 false
             }
