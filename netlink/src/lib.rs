@@ -16,6 +16,7 @@
 //! ```
 
 mod addr;
+mod conntrack;
 mod error;
 mod link;
 mod monitor;
@@ -26,6 +27,7 @@ mod socket;
 pub mod tc;
 
 pub use addr::Address;
+pub use conntrack::{delete_conntrack, ConntrackFilter};
 pub use error::Error;
 pub use link::{BridgeVlan, Link, VxlanInfo, VxlanSpec};
 pub use monitor::{KernelEvent, LinkEvent, LinkMonitor};
