@@ -5,6 +5,8 @@
 //! that replies with the source address it saw.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -453,6 +455,165 @@ fn del_without_netns_or_mappings_and_gc() {
     assert!(env.ruleset().contains("8081"));
     // GC with nothing valid: nothing of weft's is left.
     env.run(&CniCall::gc(bare)).expect_ok();
+    assert!(!env.ruleset().contains(TABLE), "{}", env.ruleset());
+}
+
+/// This attachment's rules in the node's weft table, per chain.
+fn rules_of(node: &Netns, id: &str) -> (usize, usize) {
+    let tagged = format!("id={id} ");
+    let rules = nft_rules(node);
+    let count = |chain: &str| {
+        rules
+            .iter()
+            .filter(|r| r["table"] == TABLE && r["chain"] == chain)
+            .filter(|r| r["comment"].as_str().is_some_and(|c| c.contains(&tagged)))
+            .count()
+    };
+    (count("hostports"), count("masquerading"))
+}
+
+/// Attachment `i` on `pod`'s bridge: its container ID and a portmap
+/// config with a prevResult of its own addresses (10.244.1.100 + i).
+fn extra_attachment(pod: &Netns, prev: &Value, i: u16) -> (String, Value) {
+    let mut prev = prev.clone();
+    for ip in prev["ips"].as_array_mut().unwrap() {
+        let v4 = ip["address"].as_str().unwrap().contains('.');
+        ip["address"] = json!(if v4 {
+            format!("10.244.1.{}/24", 100 + i)
+        } else {
+            format!("fd00:10:244:1::{:x}/64", 0x100 + i)
+        });
+    }
+    let conf = with_prev(&portmap_conf("1.0.0", tcp_udp(20000 + i, 80)), &prev);
+    (format!("ctr-{}-{i}", pod.name), conf)
+}
+
+/// An extra attachment's rules when intact: 2 mappings, dual-stack, so
+/// 4 DNAT rules; masquerade 2 + 2 (IPv4 pod subnet and 127.0.0.1) and 2
+/// (IPv6 subnet).
+const INTACT: (usize, usize) = (4, 6);
+
+/// Many ADD, CHECK and DEL at once on one node, without the portmap lock:
+/// the table is emptied (and deleted) and recreated again and again under
+/// concurrent ADDs, yet every ADD's rules survive until its own DEL, and
+/// nothing is left at the end.
+#[test]
+#[ignore = "needs root"]
+fn concurrent_add_and_del_keep_every_attachment_intact() {
+    if !require_root() {
+        return;
+    }
+    const WORKERS: u16 = 16;
+    const ROUNDS: usize = 5;
+    let env = Env::new();
+    // One real pod gives the bridge and the routes; the others are
+    // attachments with addresses of their own on the same bridge.
+    let (pod, prev, _server) = env.pod_with_server("1.0.0", "real", 80);
+    let call = |make: fn(&Netns, Value) -> CniCall, id: &str, conf: &Value| {
+        env.run(&make(&pod, conf.clone()).container_id(id))
+    };
+    std::thread::scope(|scope| {
+        for i in 0..WORKERS {
+            let (id, conf) = extra_attachment(&pod, &prev, i);
+            let call = &call;
+            scope.spawn(move || {
+                for round in 0..ROUNDS {
+                    call(CniCall::add, &id, &conf).expect_ok();
+                    call(CniCall::check, &id, &conf).expect_ok();
+                    // Half the workers keep their last attachment.
+                    if round + 1 < ROUNDS || i % 2 == 1 {
+                        call(CniCall::del, &id, &conf).expect_ok();
+                    }
+                }
+            });
+        }
+    });
+    for i in 0..WORKERS {
+        let (id, conf) = extra_attachment(&pod, &prev, i);
+        let want = if i % 2 == 0 { INTACT } else { (0, 0) };
+        assert_eq!(rules_of(&env.node, &id), want, "{id}: {}", env.ruleset());
+        if i % 2 == 0 {
+            call(CniCall::check, &id, &conf).expect_ok();
+        }
+    }
+    std::thread::scope(|scope| {
+        for i in (0..WORKERS).step_by(2) {
+            let (id, conf) = extra_attachment(&pod, &prev, i);
+            let call = &call;
+            scope.spawn(move || call(CniCall::del, &id, &conf).expect_ok());
+        }
+    });
+    assert!(!env.ruleset().contains(TABLE), "{}", env.ruleset());
+}
+
+/// The race the lock used to prevent, forced: a DEL of the last
+/// attachment reads the table (nothing else left: delete it), and an ADD
+/// commits before the DEL's transaction. strace slows each of the DEL's
+/// netlink requests (0.5 s) so that the ADD lands in between; the kernel
+/// refuses
+/// the DEL's first transaction (the ruleset changed), the DEL reads again
+/// and deletes only its own rules.
+#[test]
+#[ignore = "needs root"]
+fn del_of_the_last_attachment_spares_an_add_in_between() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let (pod, prev, _server) = env.pod_with_server("1.0.0", "real", 80);
+    let call = |make: fn(&Netns, Value) -> CniCall, id: &str, conf: &Value, plugin: &Path| {
+        make(&pod, conf.clone())
+            .container_id(id)
+            .run_in(&env.node, plugin)
+    };
+    // x maps one TCP port: few requests to slow down, and no conntrack.
+    let (x, mut x_conf) = extra_attachment(&pod, &prev, 0);
+    x_conf["runtimeConfig"]["portMappings"] =
+        json!([{"hostPort": 20000, "containerPort": 80, "protocol": "tcp"}]);
+    let (y, y_conf) = extra_attachment(&pod, &prev, 1);
+    let portmap = plugin_path("portmap");
+    call(CniCall::add, &x, &x_conf, &portmap).expect_ok();
+    let log = env.data.path().join("del.strace");
+    let slow = env.data.path().join("slow-portmap");
+    std::fs::write(
+        &slow,
+        format!(
+            "#!/bin/sh\nexec strace -qq -tt -o {} -e trace=sendto -e inject=sendto:delay_enter=500000 {} \"$@\"\n",
+            log.display(),
+            portmap.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sent = |what: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches(what)
+            .count()
+    };
+    std::thread::scope(|scope| {
+        let del = scope.spawn(|| call(CniCall::del, &x, &x_conf, &slow));
+        // The DEL has walked both keyed chains (only x's rules: the table
+        // is to go) and is asking whether the table exists (strace prints
+        // a request before delaying it): its transaction is yet to come.
+        let decided = || sent("NFT_MSG_GETTABLE") > 0;
+        assert!(wait_until(
+            Duration::from_secs(30),
+            Duration::from_millis(5),
+            decided
+        ));
+        call(CniCall::add, &y, &y_conf, &portmap).expect_ok();
+        del.join().unwrap().expect_ok();
+    });
+    assert_eq!(rules_of(&env.node, &y), INTACT, "{}", env.ruleset());
+    assert_eq!(rules_of(&env.node, &x), (0, 0), "{}", env.ruleset());
+    assert!(
+        sent("NFNL_MSG_BATCH_BEGIN") >= 2,
+        "the ADD did not land between the DEL's read and its transaction: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    call(CniCall::check, &y, &y_conf, &portmap).expect_ok();
+    call(CniCall::del, &y, &y_conf, &portmap).expect_ok();
     assert!(!env.ruleset().contains(TABLE), "{}", env.ruleset());
 }
 

@@ -22,6 +22,8 @@ mod link;
 mod monitor;
 mod neigh;
 pub mod netns;
+mod nfnl;
+mod nftables;
 mod route;
 mod socket;
 pub mod tc;
@@ -33,6 +35,7 @@ pub use link::{BridgeVlan, Link, VxlanInfo, VxlanSpec};
 pub use monitor::{KernelEvent, LinkEvent, LinkMonitor};
 pub use neigh::{FdbEntry, Neighbour};
 pub use netns::{read_sysctl, write_sysctl, Netns};
+pub use nftables::{NftChange, NftFamily, NftRule, NftTable, NftWatch};
 pub use route::{IpFamily, Route};
 pub use tc::{Filter, Qdisc, Tbf};
 

@@ -16,6 +16,7 @@ use weft_firewall::{comment_key, fail, run, KEY_LEN};
 
 use crate::attachment::{Attachment, Target};
 use crate::config::{Mapping, PortmapConfig};
+use crate::record::Record;
 
 const DNAT: &str = "WEFT-HOSTPORT-DNAT";
 const MASQ: &str = "WEFT-HOSTPORT-MASQ";
@@ -123,7 +124,7 @@ fn family_script(att: &Attachment, config: &PortmapConfig, t: &Target, nat: &str
     s
 }
 
-pub fn add(att: &Attachment, config: &PortmapConfig) -> Result<(), Error> {
+pub fn add(att: &Attachment, config: &PortmapConfig) -> Result<Option<Record>, Error> {
     for (v4, list, restore) in FAMILIES {
         let Some(t) = att.targets().find(|t| t.v4() == v4) else {
             continue;
@@ -145,7 +146,7 @@ pub fn add(att: &Attachment, config: &PortmapConfig) -> Result<(), Error> {
             return Err(e);
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// The DNAT jumps whose key is `doomed`, as (line, chain).

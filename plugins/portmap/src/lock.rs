@@ -1,8 +1,11 @@
-//! One short exclusive lock among weft's portmap processes. It only spans
-//! one listing and one transaction, so that a DEL that finds the last
-//! mapping gone can drop the table without deleting a concurrent ADD's
-//! rules. Waiting is bounded: a stuck holder yields "try again later",
-//! never the unbounded xtables wait of the reference (#510).
+//! One short exclusive lock among weft's portmap processes, for the
+//! iptables backend only: there a change is a listing then an
+//! `iptables-restore`, and a DEL that finds the last attachment gone must
+//! not remove the shared chains under a concurrent ADD. (The nftables
+//! backend needs none: its deletions are refused by the kernel when the
+//! ruleset changed since they were decided.) Waiting is bounded: a stuck
+//! holder yields "try again later", never the unbounded xtables wait of
+//! the reference (#510).
 
 use std::fs::File;
 use std::time::{Duration, Instant};

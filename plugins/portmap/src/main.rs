@@ -10,6 +10,7 @@ mod iptables;
 mod localnet;
 mod lock;
 mod nft;
+mod record;
 
 use std::process::ExitCode;
 
@@ -18,6 +19,7 @@ use weft_firewall::nft_works;
 
 use attachment::Attachment;
 use config::{Backend, PortmapConfig};
+use record::Record;
 
 struct Portmap;
 
@@ -41,10 +43,17 @@ impl Plugin for Portmap {
             return Ok(prev);
         }
         let att = Attachment::new(req, &prev, &config)?;
-        let _lock = lock::acquire()?;
-        match backend(&config) {
-            Backend::Nftables => nft::add(&att, &config)?,
-            Backend::Iptables => iptables::add(&att, &config)?,
+        let recording = record::begin(&att.key)?;
+        let made = match backend(&config) {
+            Backend::Nftables => nft::add(&att, &config).map(|made| made.map(Record::Nft)),
+            Backend::Iptables => lock::acquire().and_then(|_lock| iptables::add(&att, &config)),
+        };
+        match made {
+            Ok(made) => recording.finish(made),
+            Err(e) => {
+                recording.abandon();
+                return Err(e);
+            }
         }
         if let Err(e) = localnet::enable(&att, &config) {
             let _ = teardown(req, &config);
@@ -70,7 +79,6 @@ impl Plugin for Portmap {
                 conntrack::flush_udp(&att, &config.mappings, conntrack::Flow::ToPod);
             }
         }
-        let _lock = lock::acquire()?;
         teardown(req, &config)
     }
 
@@ -83,9 +91,12 @@ impl Plugin for Portmap {
             return Ok(());
         }
         let att = Attachment::new(req, &prev, &config)?;
-        match backend(&config) {
-            Backend::Nftables => nft::check(&att, &config),
-            Backend::Iptables => iptables::check(&att, &config),
+        match record::load(&att.key) {
+            Some(Record::Nft(rules)) => nft::check(&att, &config, Some(&rules)),
+            _ => match backend(&config) {
+                Backend::Nftables => nft::check(&att, &config, None),
+                Backend::Iptables => iptables::check(&att, &config),
+            },
         }
     }
 
@@ -103,22 +114,29 @@ impl Plugin for Portmap {
     fn gc(&self, req: &Request) -> Result<(), Error> {
         let config = PortmapConfig::parse(req)?;
         let stale = attachment::stale(req, &req.valid_attachments()?);
-        let _lock = lock::acquire()?;
         match backend(&config) {
-            Backend::Nftables => nft::remove(&stale),
-            Backend::Iptables => iptables::remove(&stale),
-        }
+            Backend::Nftables => nft::remove(&stale, None),
+            Backend::Iptables => lock::acquire().and_then(|_lock| iptables::remove(&stale)),
+        }?;
+        record::forget_where(&stale);
+        Ok(())
     }
 }
 
-/// Remove every rule of this attachment.
+/// Remove every rule of this attachment, and then its record.
 fn teardown(req: &Request, config: &PortmapConfig) -> Result<(), Error> {
     let key = attachment::key(req);
     let mine = |k: &str| k == key;
-    match backend(config) {
-        Backend::Nftables => nft::remove(&mine),
-        Backend::Iptables => iptables::remove(&mine),
-    }
+    // A record names the backend too, so DEL need not probe for it.
+    match record::load(&key) {
+        Some(Record::Nft(rules)) => nft::remove(&mine, Some(&rules)),
+        _ => match backend(config) {
+            Backend::Nftables => nft::remove(&mine, None),
+            Backend::Iptables => lock::acquire().and_then(|_lock| iptables::remove(&mine)),
+        },
+    }?;
+    record::forget(&key);
+    Ok(())
 }
 
 fn main() -> ExitCode {

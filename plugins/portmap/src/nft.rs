@@ -10,16 +10,38 @@
 //! - `hostports`: per mapping `[conditions] [daddr hostIP] dport → dnat`.
 //! - `postrouting` (nat, 100) → `masquerading`: with snat, DNATed flows
 //!   from the pod's subnet (hairpin) and from 127.0.0.1 are masqueraded.
+//!
+//! Cost and concurrency: ADD is one `nft -f` transaction, run while a
+//! netlink watch collects the handles the kernel gives its rules (`nft
+//! --echo` would load the whole table to print them). DEL, CHECK and GC
+//! talk netlink: DEL looks up the recorded handles one by one (verified by
+//! the key in their comments), or walks the two keyed chains when there is
+//! no record, and deletes in one transaction the kernel applies only if
+//! the ruleset is still the generation that was read; the table goes the
+//! same way, when no other attachment's rule is left. So no lock is
+//! needed: a concurrent ADD either committed first (the delete is refused
+//! and decided again) or commits after (and recreates the table).
 
+use std::ops::ControlFlow;
+
+use nix::errno::Errno;
 use weft_cni::{Error, ErrorCode};
-use weft_firewall::{comment_key, nft_rules, run, NftRule};
+use weft_firewall::{comment_key, run};
+use weft_netlink::{NftChange, NftFamily, NftRule, NftTable, NftWatch};
 
 use crate::attachment::{Attachment, Target};
 use crate::config::{Mapping, PortmapConfig};
+use crate::record::NftRuleRef;
 
 const TABLE: &str = "weft_portmap";
 const DNAT_CHAIN: &str = "hostports";
 const MASQ_CHAIN: &str = "masquerading";
+/// The chains whose rules carry attachment keys.
+const KEYED: [&str; 2] = [DNAT_CHAIN, MASQ_CHAIN];
+const FAMILY: NftFamily = NftFamily::Inet;
+/// Transactions refused because the ruleset changed under them, before
+/// DEL gives up with "try again later".
+const ATTEMPTS: usize = 200;
 
 /// The table and its base chains. The base chains hold only fixed jumps,
 /// so flushing and refilling them in the same transaction is harmless and
@@ -116,10 +138,22 @@ fn masq_rules_per_mapping(config: &PortmapConfig, t: &Target) -> usize {
     }
 }
 
-/// ADD: everything in one transaction, so a failure leaves nothing.
-pub fn add(att: &Attachment, config: &PortmapConfig) -> Result<(), Error> {
+fn kernel(what: &str, e: weft_netlink::Error) -> Error {
+    Error::new(ErrorCode::Firewall, format!("{what} inet {TABLE}: {e}"))
+}
+
+fn open() -> Result<NftTable, Error> {
+    NftTable::new(FAMILY, TABLE).map_err(|e| kernel("open netlink for", e))
+}
+
+/// ADD: everything in one transaction, so a failure leaves nothing. Returns
+/// the handles of this attachment's rules when the watch saw them all.
+pub fn add(att: &Attachment, config: &PortmapConfig) -> Result<Option<Vec<NftRuleRef>>, Error> {
     let mut script = skeleton();
+    let mut expected = 0;
     for t in att.targets() {
+        let n = att.mappings_for(t, &config.mappings).count();
+        expected += n * (1 + masq_rules_per_mapping(config, t));
         for m in att.mappings_for(t, &config.mappings) {
             script.push_str(&dnat_rule(att, config, t, m));
             if config.snat {
@@ -127,30 +161,114 @@ pub fn add(att: &Attachment, config: &PortmapConfig) -> Result<(), Error> {
             }
         }
     }
-    run("nft", &["-f", "-"], &script).map(|_| ())
+    let watch = NftWatch::new();
+    run("nft", &["-f", "-"], &script)?;
+    let added = watch.and_then(|mut w| w.added(FAMILY, TABLE));
+    let mine: Vec<NftRuleRef> = match added {
+        Ok(rules) => rules
+            .into_iter()
+            .filter(|r| KEYED.contains(&r.chain.as_str()) && key_of(r) == Some(att.key.as_str()))
+            .map(|r| NftRuleRef {
+                chain: r.chain,
+                handle: r.handle,
+            })
+            .collect(),
+        Err(e) => {
+            weft_cni::log::warn(&format!("watching nf_tables for this ADD's rules: {e}"));
+            return Ok(None);
+        }
+    };
+    Ok(Some(mine).filter(|m| m.len() == expected))
 }
 
 fn key_of(rule: &NftRule) -> Option<&str> {
     rule.comment.as_deref().and_then(comment_key)
 }
 
-/// CHECK: this attachment's rules, and the jumps into them, are present.
-pub fn check(att: &Attachment, config: &PortmapConfig) -> Result<(), Error> {
-    let missing = |what: String| Err(Error::new(ErrorCode::CheckFailed, what));
-    let Some(rules) = nft_rules("inet", TABLE)? else {
-        return missing(format!("table inet {TABLE} is missing"));
+/// The recorded rules, each checked to be there, in its chain, with a key
+/// `doomed` accepts; None when any is not (then look the slow way).
+fn verified(
+    table: &mut NftTable,
+    recorded: &[NftRuleRef],
+    doomed: &dyn Fn(&str) -> bool,
+) -> Result<Option<Vec<NftRule>>, Error> {
+    let mut rules = Vec::with_capacity(recorded.len());
+    for r in recorded {
+        match table
+            .rule(&r.chain, r.handle)
+            .map_err(|e| kernel("look up a rule of", e))?
+        {
+            Some(rule) if key_of(&rule).is_some_and(doomed) => rules.push(rule),
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(rules))
+}
+
+/// The rules whose key is `doomed`, from the record when it holds, else by
+/// walking the keyed chains; and whether any other rule is in them. With a
+/// record, the walk stops at the first rule that is not one of these.
+fn doomed_rules(
+    table: &mut NftTable,
+    doomed: &dyn Fn(&str) -> bool,
+    recorded: Option<&[NftRuleRef]>,
+) -> Result<(Vec<NftRule>, bool), Error> {
+    let known = match recorded {
+        Some(r) => verified(table, r, doomed)?,
+        None => None,
     };
+    let mut others = false;
+    let mut gone = Vec::new();
+    for chain in KEYED {
+        table
+            .walk(chain, |rule| match &known {
+                Some(k) if k.contains(&rule) => ControlFlow::Continue(()),
+                Some(_) => {
+                    others = true;
+                    ControlFlow::Break(())
+                }
+                None => {
+                    if key_of(&rule).is_some_and(doomed) {
+                        gone.push(rule);
+                    } else {
+                        others = true;
+                    }
+                    ControlFlow::Continue(())
+                }
+            })
+            .map_err(|e| kernel("list", e))?;
+        if others && known.is_some() {
+            break;
+        }
+    }
+    Ok((known.unwrap_or(gone), others))
+}
+
+/// CHECK: this attachment's rules, and the jumps into them, are present.
+pub fn check(
+    att: &Attachment,
+    config: &PortmapConfig,
+    recorded: Option<&[NftRuleRef]>,
+) -> Result<(), Error> {
+    let missing = |what: String| Err(Error::new(ErrorCode::CheckFailed, what));
+    let mut table = open()?;
+    if !table.exists().map_err(|e| kernel("look up", e))? {
+        return missing(format!("table inet {TABLE} is missing"));
+    }
     for base in ["prerouting", "output", "postrouting"] {
-        if !rules.iter().any(|r| r.chain == base) {
+        let mut jumps = false;
+        table
+            .walk(base, |_| {
+                jumps = true;
+                ControlFlow::Break(())
+            })
+            .map_err(|e| kernel("list", e))?;
+        if !jumps {
             return missing(format!("chain {base} of inet {TABLE} has lost its jump"));
         }
     }
-    let count = |chain: &str| {
-        rules
-            .iter()
-            .filter(|r| r.chain == chain && key_of(r) == Some(att.key.as_str()))
-            .count()
-    };
+    let (rules, _) = doomed_rules(&mut table, &|k| k == att.key, recorded)?;
+    let count = |chain: &str| rules.iter().filter(|r| r.chain == chain).count();
     let (mut dnat, mut masq) = (0, 0);
     for t in att.targets() {
         let n = att.mappings_for(t, &config.mappings).count();
@@ -172,26 +290,37 @@ pub fn check(att: &Attachment, config: &PortmapConfig) -> Result<(), Error> {
     Ok(())
 }
 
-/// Delete the rules whose key is `doomed`; the table goes with the last
-/// mapping. Callers hold the portmap lock, so no ADD slips in between the
-/// listing and the deletion.
-pub fn remove(doomed: &dyn Fn(&str) -> bool) -> Result<(), Error> {
-    let Some(rules) = nft_rules("inet", TABLE)? else {
-        return Ok(());
-    };
-    let keyed = |r: &&NftRule| r.chain == DNAT_CHAIN || r.chain == MASQ_CHAIN;
-    let (gone, kept): (Vec<&NftRule>, Vec<&NftRule>) = rules
-        .iter()
-        .filter(keyed)
-        .partition(|r| key_of(r).is_some_and(doomed));
-    let script = if kept.is_empty() {
-        format!("delete table inet {TABLE}\n")
-    } else if gone.is_empty() {
-        return Ok(());
-    } else {
-        gone.iter()
-            .map(|r| format!("delete rule inet {TABLE} {} handle {}\n", r.chain, r.handle))
-            .collect()
-    };
-    run("nft", &["-f", "-"], &script).map(|_| ())
+/// Delete the rules whose key is `doomed` (`recorded` says where they
+/// are, when known); the table goes with the last mapping. Each attempt
+/// reads and deletes at one ruleset generation; a refused one reads again.
+pub fn remove(doomed: &dyn Fn(&str) -> bool, recorded: Option<&[NftRuleRef]>) -> Result<(), Error> {
+    let mut table = open()?;
+    for _ in 0..ATTEMPTS {
+        let generation = table
+            .generation()
+            .map_err(|e| kernel("read the generation of", e))?;
+        let (gone, others) = doomed_rules(&mut table, doomed, recorded)?;
+        let changes: Vec<NftChange> =
+            if !others && table.exists().map_err(|e| kernel("look up", e))? {
+                vec![NftChange::DeleteTable]
+            } else {
+                gone.into_iter()
+                    .map(|r| NftChange::DeleteRule {
+                        chain: r.chain,
+                        handle: r.handle,
+                    })
+                    .collect()
+            };
+        if changes.is_empty() {
+            return Ok(());
+        }
+        match table.commit(generation, &changes) {
+            Err(e) if e.errno() == Some(Errno::ERESTART) => continue,
+            done => return done.map_err(|e| kernel("delete rules of", e)),
+        }
+    }
+    Err(Error::new(
+        ErrorCode::TryAgainLater,
+        format!("inet {TABLE} kept changing: {ATTEMPTS} attempts to delete were refused"),
+    ))
 }

@@ -1,0 +1,137 @@
+//! What ADD made, per attachment, so DEL and CHECK go straight to it
+//! instead of listing every attachment's rules: a small root-only file
+//! under /run/weft/portmap named by the attachment key, replaced
+//! atomically, removed by DEL.
+//!
+//! A record is only a shortcut. Everything in it is verified before it is
+//! used (an nft rule's handle against the key in its comment, within one
+//! transaction that fails if the ruleset changed meanwhile), and a missing,
+//! pending or unreadable record means "look it up the slow way". So the
+//! worst a stale or foreign record can cost is time, never another
+//! attachment's rule.
+
+use std::fs::DirBuilder;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use weft_cni::Error;
+
+const DIR: &str = "/run/weft/portmap";
+
+/// One nft rule ADD made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NftRuleRef {
+    pub chain: String,
+    pub handle: u64,
+}
+
+/// What one family's `iptables-restore` made: the jump into the
+/// attachment's chain, exactly as added (so it can be deleted by spec).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IptablesJump {
+    pub v4: bool,
+    pub rule: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Record {
+    /// Written before an ADD replaces a record: if that ADD dies, nothing
+    /// recorded can be trusted to be complete.
+    Pending,
+    Nft(Vec<NftRuleRef>),
+    Iptables(Vec<IptablesJump>),
+}
+
+fn path(key: &str) -> PathBuf {
+    PathBuf::from(DIR).join(key)
+}
+
+/// The record of `key`, when there is a usable one.
+pub fn load(key: &str) -> Option<Record> {
+    let text = std::fs::read(path(key)).ok()?;
+    serde_json::from_slice(&text)
+        .ok()
+        .filter(|r| *r != Record::Pending)
+}
+
+fn write(key: &str, record: &Record) -> Result<(), Error> {
+    let io = |what: &str, e: std::io::Error| Error::io(format!("{what} {DIR}"), &e);
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(DIR)
+        .map_err(|e| io("cannot create", e))?;
+    let data = serde_json::to_vec(record)
+        .map_err(|e| Error::io("cannot encode a portmap record", &std::io::Error::other(e)))?;
+    flannel_env::write_atomic(&path(key), &data, 0o600)
+        .map_err(|e| io("cannot write a record in", e))
+}
+
+/// Remove `key`'s record; a missing one is fine.
+pub fn forget(key: &str) {
+    match std::fs::remove_file(path(key)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            weft_cni::log::warn(&format!("cannot remove the portmap record of {key}: {e}"))
+        }
+        _ => {}
+    }
+}
+
+/// GC: remove the records whose key is `doomed`.
+pub fn forget_where(doomed: &dyn Fn(&str) -> bool) {
+    let Ok(entries) = std::fs::read_dir(DIR) else {
+        return;
+    };
+    for name in entries.flatten().map(|e| e.file_name()) {
+        let name = name.to_string_lossy();
+        if !flannel_env::is_temp_name(&name) && doomed(&name) {
+            forget(&name);
+        }
+    }
+}
+
+/// One ADD's recording. A record that already exists (an ADD again, or
+/// one that died) is marked pending first, since this ADD's rules would
+/// not be in it; it then stays pending and DEL looks the slow way.
+pub struct Recording {
+    key: String,
+    replaces: bool,
+}
+
+pub fn begin(key: &str) -> Result<Recording, Error> {
+    let replaces = path(key).exists();
+    if replaces {
+        if let Err(e) = write(key, &Record::Pending) {
+            // An old record must not survive as if complete.
+            std::fs::remove_file(path(key)).map_err(|_| e)?;
+        }
+    }
+    Ok(Recording {
+        key: key.to_string(),
+        replaces,
+    })
+}
+
+impl Recording {
+    /// ADD succeeded; `made` is what it made, when that is fully known.
+    pub fn finish(self, made: Option<Record>) {
+        match made {
+            Some(record) if !self.replaces => {
+                if let Err(e) = write(&self.key, &record) {
+                    weft_cni::log::warn(&format!("{e}; DEL will look this attachment up"));
+                    forget(&self.key);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// ADD failed and made nothing.
+    pub fn abandon(self) {
+        if !self.replaces {
+            forget(&self.key);
+        }
+    }
+}
