@@ -186,6 +186,19 @@ fn ask_from(ns: &Netns, host: &str, port: u16, sport: u16) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// Like [`ask_from`], but a lost request (no answer at all, e.g. while the
+/// node resolves the pod's neighbour on a loaded machine) is sent again
+/// for up to 10 s. An answer, from whoever, is final: the same 5-tuple
+/// keeps its conntrack entry, so a retry cannot hide a stale one.
+fn answer_from(ns: &Netns, host: &str, port: u16, sport: u16) -> Option<String> {
+    let mut got = None;
+    wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        got = ask_from(ns, host, port, sport);
+        got.is_some()
+    });
+    got
+}
+
 /// Waits (the server may still be starting) for an answer.
 #[track_caller]
 fn answer(ns: &Netns, proto: &str, host: &str, port: u16) -> String {
@@ -876,8 +889,8 @@ fn udp_conntrack_is_flushed_on_add_and_del() {
     let _on_node = env.node.spawn("python3", &["-c", SERVER, "node", "8080"]);
     assert!(answer(&env.client, "udp", NODE_V4, 8080).starts_with("node"));
     // A flow from a fixed source port now has a conntrack entry to the node.
-    assert!(ask_from(&env.client, NODE_V4, 8080, 40000).is_some_and(|a| a.starts_with("node")));
-    assert!(ask_from(&env.client, NODE_V6, 8080, 40000).is_some_and(|a| a.starts_with("node")));
+    assert!(answer_from(&env.client, NODE_V4, 8080, 40000).is_some_and(|a| a.starts_with("node")));
+    assert!(answer_from(&env.client, NODE_V6, 8080, 40000).is_some_and(|a| a.starts_with("node")));
 
     // ADD flushes it: the same 5-tuple is DNATed to the pod at once.
     let (pod, prev, _server) = env.pod_with_server("1.0.0", "pod", 80);
@@ -885,7 +898,7 @@ fn udp_conntrack_is_flushed_on_add_and_del() {
     env.add(&pod, &conf, &prev).expect_ok();
     assert!(answer(&pod, "udp", "::1", 80).starts_with("pod"));
     for host in [NODE_V4, NODE_V6] {
-        let got = ask_from(&env.client, host, 8080, 40000);
+        let got = answer_from(&env.client, host, 8080, 40000);
         assert!(
             got.as_deref().is_some_and(|a| a.starts_with("pod ")),
             "{host}: {got:?}"
@@ -895,7 +908,7 @@ fn udp_conntrack_is_flushed_on_add_and_del() {
     // the same 5-tuple again instead of a dead pod.
     env.del(&pod, &with_prev(&conf, &prev)).expect_ok();
     for host in [NODE_V4, NODE_V6] {
-        let got = ask_from(&env.client, host, 8080, 40000);
+        let got = answer_from(&env.client, host, 8080, 40000);
         assert!(
             got.as_deref().is_some_and(|a| a.starts_with("node ")),
             "{host}: {got:?}"

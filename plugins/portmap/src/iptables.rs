@@ -9,7 +9,14 @@
 //!   masquerade cannot pre-empt it): masquerades marked packets.
 //!
 //! Each family is one `iptables-restore --noflush` transaction after one
-//! listing, so a failure leaves nothing half-made.
+//! listing, so a failure leaves nothing half-made. DEL, GC and CHECK list
+//! only the chains they need (`-S WEFT-HOSTPORT-DNAT` holds one jump per
+//! attachment, not a rule per mapping; the whole nat table is listed only
+//! when the last attachment goes). What iptables cannot make flat: the
+//! restore itself loads the nat table's chains (iptables-nft; legacy reads
+//! and rewrites the whole table on every commit), and deleting a jump by
+//! its spec loads the rules of WEFT-HOSTPORT-DNAT, so a DEL still costs
+//! a little more per attachment present; the nftables backend does not.
 
 use weft_cni::{Error, ErrorCode};
 use weft_firewall::{comment_key, fail, run, KEY_LEN};
@@ -42,6 +49,12 @@ fn masq_rule(mark: u32) -> String {
 /// (e.g. no IPv6).
 fn listing(list: &str) -> Option<String> {
     run(list, &["-w", "5", "-t", "nat", "-S"], "").ok()
+}
+
+/// `iptables -t nat -S <chain>`; None when the chain (or the family) is
+/// missing.
+fn chain_listing(list: &str, chain: &str) -> Option<String> {
+    run(list, &["-w", "5", "-t", "nat", "-S", chain], "").ok()
 }
 
 fn has(nat: &str, line: &str) -> bool {
@@ -162,26 +175,30 @@ fn doomed_jumps<'a>(nat: &'a str, doomed: &dyn Fn(&str) -> bool) -> Vec<(&'a str
 pub fn remove(doomed: &dyn Fn(&str) -> bool) -> Result<(), Error> {
     let mut errors = Vec::new();
     for (_, list, restore) in FAMILIES {
-        let Some(nat) = listing(list) else { continue };
-        let gone = doomed_jumps(&nat, doomed);
-        let jumps = nat
+        // No WEFT-HOSTPORT-DNAT: nothing of weft's in this family.
+        let Some(jumps) = chain_listing(list, DNAT) else {
+            continue;
+        };
+        let gone = doomed_jumps(&jumps, doomed);
+        let left = jumps
             .lines()
             .filter(|l| l.starts_with(&format!("-A {DNAT} ")))
-            .count();
+            .count()
+            - gone.len();
+        if gone.is_empty() && left > 0 {
+            continue;
+        }
         let mut s = String::from("*nat\n");
         for (line, chain) in &gone {
-            s.push_str(&format!("-D{}\n", &line[2..]));
-            if has(&nat, &format!("-N {chain}")) {
-                s.push_str(&format!(":{chain} - [0:0]\n-X {chain}\n"));
-            }
+            // `:chain` makes sure it exists, so `-X` cannot fail on it.
+            s.push_str(&format!("-D{}\n:{chain} - [0:0]\n-X {chain}\n", &line[2..]));
         }
-        if jumps == gone.len() {
+        if left == 0 {
+            let Some(nat) = listing(list) else { continue };
             s.push_str(&shared_teardown(&nat));
         }
-        if s.len() > "*nat\n".len() {
-            s.push_str("COMMIT\n");
-            errors.extend(run(restore, &["-w", "5", "--noflush"], &s).err());
-        }
+        s.push_str("COMMIT\n");
+        errors.extend(run(restore, &["-w", "5", "--noflush"], &s).err());
     }
     Error::from_list(errors)
 }
@@ -216,14 +233,17 @@ pub fn check(att: &Attachment, config: &PortmapConfig) -> Result<(), Error> {
         if wanted == 0 {
             continue;
         }
-        let nat = listing(list).ok_or_else(|| fail(format!("cannot list the {list} nat table")))?;
-        if !has(&nat, &entry_jump("PREROUTING")) || !has(&nat, &entry_jump("OUTPUT")) {
+        let jumps_from =
+            |base: &str| chain_listing(list, base).is_some_and(|l| has(&l, &entry_jump(base)));
+        if !jumps_from("PREROUTING") || !jumps_from("OUTPUT") {
             return missing(format!("{list}: the jumps to {DNAT} are missing"));
         }
-        if doomed_jumps(&nat, &|k| k == att.key).is_empty() {
+        let jumps = chain_listing(list, DNAT).unwrap_or_default();
+        if doomed_jumps(&jumps, &|k| k == att.key).is_empty() {
             return missing(format!("{list}: the jump to {chain} is missing"));
         }
-        let dnats = nat
+        let dnats = chain_listing(list, &chain)
+            .unwrap_or_default()
             .lines()
             .filter(|l| l.starts_with(&format!("-A {chain} ")) && l.contains("-j DNAT"))
             .count();
