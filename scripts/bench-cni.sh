@@ -10,8 +10,9 @@
 #   --raw FILE           also write every sample as CSV to FILE
 #   --static             benchmark the static IPAM plugin alone (ADD, DEL,
 #                        peak RSS) instead of bridge + host-local
-#   --portmap            instead: portmap ADD with 1,000 mappings present
-#                        against none, weft and Go (scripts/bench_portmap.py)
+#   --portmap            instead: portmap ADD and DEL with 1,000 mappings
+#                        present against none, weft and Go interleaved
+#                        (scripts/bench_portmap.py)
 #   --chain              instead: bandwidth and tuning chained after weft's
 #                        bridge, weft against Go (scripts/bench_chain.py)
 # Environment:
@@ -132,12 +133,18 @@ log "Go:   $go_dir"
 
 if [[ -n $portmap ]]; then
     ip netns add "$prefix-pod"
-    # The pods' bridge, so portmap finds the link towards them (route_localnet).
-    ip -n "$node" link add cni0 type bridge
-    ip -n "$node" addr add 10.244.0.1/16 dev cni0
-    ip -n "$node" link set cni0 up
+    # Two nodes: one stays empty, one gets the 1,000 mappings, so probes of
+    # all four cells (weft/Go x none/full) interleave. Each has the pods'
+    # bridge, so portmap finds the link towards them (route_localnet).
+    ip netns add "$prefix-full"
+    ip -n "$prefix-full" link set lo up
+    for ns in "$node" "$prefix-full"; do
+        ip -n "$ns" link add cni0 type bridge
+        ip -n "$ns" addr add 10.244.0.1/16 dev cni0
+        ip -n "$ns" link set cni0 up
+    done
     ip netns exec "$node" python3 "$root/scripts/bench_portmap.py" \
-        --tmp "$tmp" --netns "/run/netns/$prefix-pod" \
+        --tmp "$tmp" --netns "/run/netns/$prefix-pod" --full-node "/run/netns/$prefix-full" \
         --weft-dir "$weft_dir" --go-dir "$go_dir" --iterations "$iterations" \
         --repro "sudo scripts/bench-cni.sh --portmap -n $iterations ($weft_rev, $go_version)" &
     driver=$!

@@ -3,15 +3,19 @@
 
 Runs inside the benchmark's node netns. For weft's portmap and the Go
 reference (/usr/lib/cni/portmap), side by side in one run, times one ADD
-of a one-mapping attachment (posix_spawn + wait4) with no mapping present
-and with --pods x --per-pod mappings (1,000 by default) already present,
-each probe ADD followed by an untimed DEL. The empty phase alternates the
-two implementations; the full phases run one after the other, so each sees
-only its own 1,000 mappings. Peak RSS of weft's ADD and DEL comes from
-separate runs under /usr/bin/time. Prints a Markdown report on stdout.
+and its DEL of a one-mapping attachment (posix_spawn + wait4) on a node
+with no mapping and on a second node (--full-node, entered with setns
+between probes) with --pods x --per-pod mappings (1,000 by default) of
+each implementation already present, each in its own tables (weft: inet
+weft_portmap; Go: the iptables nat table). Probes of all four cells
+interleave (implementation and node order alternate), so load from other
+work on the machine hits every cell alike. Peak RSS of weft's ADD and DEL
+comes from separate runs under /usr/bin/time. Prints a Markdown report on
+stdout.
 """
 
 import argparse
+import ctypes
 import json
 import os
 import statistics
@@ -20,6 +24,22 @@ import sys
 import time
 
 NET = "weft-bench-pm"
+
+
+CLONE_NEWNET = 0x40000000
+LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+class Node:
+    """A node netns the (single-threaded) driver can switch into, so the
+    plugins it spawns run there."""
+
+    def __init__(self, path):
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def enter(self):
+        if LIBC.setns(self.fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
 
 
 def log(msg):
@@ -91,10 +111,10 @@ class Plugin:
         return t1 - t0
 
     def probe(self, i):
+        """(ADD, DEL) nanoseconds of one one-mapping attachment."""
         cid = f"probe{i}"
-        ns = self.call("ADD", cid, conf(self.netns, 5000, [30000]))
-        self.call("DEL", cid, conf(self.netns, 5000, [30000]))
-        return ns
+        c = conf(self.netns, 5000, [30000])
+        return self.call("ADD", cid, c), self.call("DEL", cid, c)
 
     def fill(self, pods, per_pod):
         for n in range(pods):
@@ -110,10 +130,43 @@ def med_ms(xs):
     return statistics.median(xs) / 1e6
 
 
+def interleaved(weft, go, nodes, iterations):
+    """{(label, node): {"ADD": [...], "DEL": [...]}}, probes alternating
+    the implementations and the nodes."""
+    out = {(p.label, n): {"ADD": [], "DEL": []} for p in (weft, go) for n in nodes}
+    for i in range(iterations + 2):
+        for p in (weft, go) if i % 2 == 0 else (go, weft):
+            for n in nodes if i % 4 < 2 else list(reversed(nodes)):
+                nodes[n].enter()
+                add, dele = p.probe(i)
+                if i >= 2:  # warm-up
+                    out[(p.label, n)]["ADD"].append(add)
+                    out[(p.label, n)]["DEL"].append(dele)
+    return out
+
+
+def weft_rss(p, tmp, netns):
+    """Peak RSS (KiB), max of 5: ADD with `nft` replaced by /usr/bin/true
+    (GNU time reports the largest of the plugin and its children, so this
+    is portmap's own), ADD with the real nft, and DEL (which runs no nft
+    when ADD recorded its rules' handles)."""
+    fake = os.path.join(tmp, "fake-nft")
+    os.makedirs(fake, exist_ok=True)
+    subprocess.run(["cp", "/usr/bin/true", os.path.join(fake, "nft")], check=True)
+    own, with_nft, dele = [], [], []
+    for i in range(5):
+        c = conf(netns, 6000, [31000])
+        with_nft.append(p.call("ADD", f"rss{i}", c, rss=True))
+        dele.append(p.call("DEL", f"rss{i}", c, rss=True))
+        own.append(p.call("ADD", f"own{i}", c, rss=True, path_env=f"{fake}:/usr/bin:/bin"))
+    return max(own), max(with_nft), max(dele)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tmp", required=True)
     ap.add_argument("--netns", required=True)
+    ap.add_argument("--full-node", required=True)
     ap.add_argument("--weft-dir", required=True)
     ap.add_argument("--go-dir", required=True)
     ap.add_argument("--iterations", type=int, default=30)
@@ -123,51 +176,39 @@ def main():
     args = ap.parse_args()
     weft = Plugin("weft", os.path.join(args.weft_dir, "portmap"), args.tmp, args.netns)
     go = Plugin("Go", os.path.join(args.go_dir, "portmap"), args.tmp, args.netns)
-    empty = {"weft": [], "Go": []}
-    full = {"weft": [], "Go": []}
-    log(f"empty: {args.iterations} probe ADDs each, alternating")
-    for i in range(args.iterations + 2):
-        for p in (weft, go) if i % 2 == 0 else (go, weft):
-            ns = p.probe(i)
-            if i >= 2:  # warm-up
-                empty[p.label].append(ns)
+    load_before = os.getloadavg()
+    nodes = {"none": Node("/proc/self/ns/net"), "full": Node(args.full_node)}
     mappings = args.pods * args.per_pod
+    nodes["full"].enter()
     for p in (weft, go):
         log(f"{p.label}: filling {mappings} mappings ({args.pods} x {args.per_pod})")
         p.fill(args.pods, args.per_pod)
-        for i in range(args.iterations + 2):
-            ns = p.probe(i)
-            if i >= 2:
-                full[p.label].append(ns)
-        if p is weft:
-            # GNU time reports the largest of the plugin and the nft it
-            # runs; with `nft` replaced by /usr/bin/true (ADD only: DEL
-            # needs nft's listing) the figure is portmap's own.
-            fake = os.path.join(args.tmp, "fake-nft")
-            os.makedirs(fake, exist_ok=True)
-            subprocess.run(["cp", "/usr/bin/true", os.path.join(fake, "nft")], check=True)
-            with_nft, own, true_rss = [], [], []
-            for i in range(5):
-                c = conf(args.netns, 6000, [31000])
-                with_nft.append(p.call("ADD", f"rss{i}", c, rss=True))
-                with_nft.append(p.call("DEL", f"rss{i}", c, rss=True))
-                own.append(p.call("ADD", f"own{i}", c, rss=True, path_env=f"{fake}:/usr/bin:/bin"))
-            weft_rss = (max(with_nft), max(own))
+    log(f"{args.iterations} probe ADD+DEL per cell, interleaved")
+    cells = interleaved(weft, go, nodes, args.iterations)
+    nodes["full"].enter()
+    rss = weft_rss(weft, args.tmp, args.netns)
+    for p in (weft, go):
         log(f"{p.label}: draining")
         p.drain(args.pods)
-    print(f"## portmap ADD with {mappings} mappings present vs none\n")
-    print(f"`{args.repro}`, {args.iterations} probe ADDs per cell, median\n")
-    print("| | ADD, none present | ADD, 1,000 present | ratio |")
-    print("|---|---|---|---|")
-    for label in ("weft", "Go"):
-        e, f = med_ms(empty[label]), med_ms(full[label])
-        print(f"| {label} | {e:.2f} ms | {f:.2f} ms | {f / e:.2f}x |")
-    e = med_ms(empty["weft"]) / med_ms(empty["Go"])
-    f = med_ms(full["weft"]) / med_ms(full["Go"])
-    print(f"\nweft / Go: {e:.2f}x with none present, {f:.2f}x with {mappings} present.")
-    print(f"Peak RSS with {mappings} mappings present, max of 5 runs: weft's portmap ADD "
-          f"{weft_rss[1] / 1024:.2f} MiB (nft stubbed by /usr/bin/true); ADD/DEL including "
-          f"the nft they run: {weft_rss[0] / 1024:.2f} MiB")
+    print(f"## portmap ADD and DEL with {mappings:,} mappings present vs none\n")
+    load_after = os.getloadavg()
+    print(f"`{args.repro}`, {args.iterations} probes per cell, median; load average "
+          f"(1/5/15 min) {'/'.join(f'{x:.1f}' for x in load_before)} at the start, "
+          f"{'/'.join(f'{x:.1f}' for x in load_after)} at the end, on {os.cpu_count()} CPUs\n")
+    print(f"| | command | none present | {mappings:,} present | ratio |")
+    print("|---|---|---|---|---|")
+    for command in ("ADD", "DEL"):
+        for label in ("weft", "Go"):
+            e = med_ms(cells[(label, "none")][command])
+            f = med_ms(cells[(label, "full")][command])
+            print(f"| {label} | {command} | {e:.2f} ms | {f:.2f} ms | {f / e:.2f}x |")
+    for command in ("ADD", "DEL"):
+        e = med_ms(cells[("weft", "none")][command]) / med_ms(cells[("Go", "none")][command])
+        f = med_ms(cells[("weft", "full")][command]) / med_ms(cells[("Go", "full")][command])
+        print(f"\nweft / Go {command}: {e:.2f}x with none present, {f:.2f}x with {mappings:,} present.")
+    print(f"\nPeak RSS with {mappings:,} mappings present, max of 5 runs: weft's portmap ADD "
+          f"{rss[0] / 1024:.2f} MiB (nft stubbed by /usr/bin/true), {rss[1] / 1024:.2f} MiB "
+          f"including the nft it runs; DEL {rss[2] / 1024:.2f} MiB (it runs no nft)")
 
 
 if __name__ == "__main__":

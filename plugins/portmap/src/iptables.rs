@@ -23,7 +23,6 @@ use weft_firewall::{comment_key, fail, run, KEY_LEN};
 
 use crate::attachment::{Attachment, Target};
 use crate::config::{Mapping, PortmapConfig};
-use crate::record::Record;
 
 const DNAT: &str = "WEFT-HOSTPORT-DNAT";
 const MASQ: &str = "WEFT-HOSTPORT-MASQ";
@@ -137,7 +136,7 @@ fn family_script(att: &Attachment, config: &PortmapConfig, t: &Target, nat: &str
     s
 }
 
-pub fn add(att: &Attachment, config: &PortmapConfig) -> Result<Option<Record>, Error> {
+pub fn add(att: &Attachment, config: &PortmapConfig) -> Result<(), Error> {
     for (v4, list, restore) in FAMILIES {
         let Some(t) = att.targets().find(|t| t.v4() == v4) else {
             continue;
@@ -159,7 +158,7 @@ pub fn add(att: &Attachment, config: &PortmapConfig) -> Result<Option<Record>, E
             return Err(e);
         }
     }
-    Ok(None)
+    Ok(())
 }
 
 /// The DNAT jumps whose key is `doomed`, as (line, chain).

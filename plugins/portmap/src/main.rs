@@ -46,7 +46,9 @@ impl Plugin for Portmap {
         let recording = record::begin(&att.key)?;
         let made = match backend(&config) {
             Backend::Nftables => nft::add(&att, &config).map(|made| made.map(Record::Nft)),
-            Backend::Iptables => lock::acquire().and_then(|_lock| iptables::add(&att, &config)),
+            Backend::Iptables => {
+                lock::acquire().and_then(|_lock| iptables::add(&att, &config).map(|()| None))
+            }
         };
         match made {
             Ok(made) => recording.finish(made),

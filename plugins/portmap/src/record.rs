@@ -1,5 +1,6 @@
 //! What ADD made, per attachment, so DEL and CHECK go straight to it
-//! instead of listing every attachment's rules: a small root-only file
+//! instead of listing every attachment's rules (nftables; the iptables
+//! backend finds an attachment by its one jump): a small root-only file
 //! under /run/weft/portmap named by the attachment key, replaced
 //! atomically, removed by DEL.
 //!
@@ -26,14 +27,6 @@ pub struct NftRuleRef {
     pub handle: u64,
 }
 
-/// What one family's `iptables-restore` made: the jump into the
-/// attachment's chain, exactly as added (so it can be deleted by spec).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IptablesJump {
-    pub v4: bool,
-    pub rule: String,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Record {
@@ -41,7 +34,6 @@ pub enum Record {
     /// recorded can be trusted to be complete.
     Pending,
     Nft(Vec<NftRuleRef>),
-    Iptables(Vec<IptablesJump>),
 }
 
 fn path(key: &str) -> PathBuf {
