@@ -559,13 +559,37 @@ fn concurrent_add_and_del_keep_every_attachment_intact() {
     assert!(!env.ruleset().contains(TABLE), "{}", env.ruleset());
 }
 
+/// A second ADD of the same attachment (a runtime retrying) adds rules its
+/// record cannot hold alone: DEL must still remove both ADDs' rules.
+#[test]
+#[ignore = "needs root"]
+fn del_after_a_repeated_add_removes_both_adds_rules() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let (pod, prev, _server) = env.pod_with_server("1.0.0", "real", 80);
+    let (id, conf) = extra_attachment(&pod, &prev, 0);
+    let mut again = conf.clone();
+    again["runtimeConfig"]["portMappings"] =
+        json!([{"hostPort": 20100, "containerPort": 80, "protocol": "tcp"}]);
+    let call = |make: fn(&Netns, Value) -> CniCall, conf: &Value| {
+        env.run(&make(&pod, conf.clone()).container_id(&id))
+    };
+    call(CniCall::add, &conf).expect_ok();
+    call(CniCall::add, &again).expect_ok();
+    // 4 + 2 DNAT rules (dual-stack), 6 + 3 masquerade rules.
+    assert_eq!(rules_of(&env.node, &id), (6, 9), "{}", env.ruleset());
+    call(CniCall::del, &conf).expect_ok();
+    assert!(!env.ruleset().contains(TABLE), "{}", env.ruleset());
+}
+
 /// The race the lock used to prevent, forced: a DEL of the last
 /// attachment reads the table (nothing else left: delete it), and an ADD
 /// commits before the DEL's transaction. strace slows each of the DEL's
 /// netlink requests (0.5 s) so that the ADD lands in between; the kernel
-/// refuses
-/// the DEL's first transaction (the ruleset changed), the DEL reads again
-/// and deletes only its own rules.
+/// refuses the DEL's first transaction (the ruleset changed), the DEL
+/// reads again and deletes only its own rules.
 #[test]
 #[ignore = "needs root"]
 fn del_of_the_last_attachment_spares_an_add_in_between() {

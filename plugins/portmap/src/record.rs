@@ -84,45 +84,53 @@ pub fn forget_where(doomed: &dyn Fn(&str) -> bool) {
     }
 }
 
-/// One ADD's recording. A record that already exists (an ADD again, or
-/// one that died) is marked pending first, since this ADD's rules would
-/// not be in it; it then stays pending and DEL looks the slow way.
+/// One ADD's recording. The file says "pending" from before the rules are
+/// made until they are recorded, so an ADD that dies in between leaves no
+/// record that looks complete. A file that already exists (an ADD again,
+/// or one that died) stays pending: this ADD's rules would not be all of
+/// the attachment's, and DEL looks the slow way.
 pub struct Recording {
     key: String,
     replaces: bool,
+    /// Whether the pending mark was written (else record nothing).
+    marked: bool,
 }
 
 pub fn begin(key: &str) -> Result<Recording, Error> {
     let replaces = path(key).exists();
-    if replaces {
-        if let Err(e) = write(key, &Record::Pending) {
-            // An old record must not survive as if complete.
+    let marked = match write(key, &Record::Pending) {
+        Ok(()) => true,
+        // An old record must not survive as if complete.
+        Err(e) if replaces => {
             std::fs::remove_file(path(key)).map_err(|_| e)?;
+            false
         }
-    }
+        Err(e) => {
+            weft_cni::log::warn(&format!("{e}; DEL will look this attachment up"));
+            false
+        }
+    };
     Ok(Recording {
         key: key.to_string(),
         replaces,
+        marked,
     })
 }
 
 impl Recording {
-    /// ADD succeeded; `made` is what it made, when that is fully known.
+    /// ADD succeeded; `made` is what it made, when that is fully known
+    /// (else the record stays pending).
     pub fn finish(self, made: Option<Record>) {
-        match made {
-            Some(record) if !self.replaces => {
-                if let Err(e) = write(&self.key, &record) {
-                    weft_cni::log::warn(&format!("{e}; DEL will look this attachment up"));
-                    forget(&self.key);
-                }
+        if let (true, false, Some(record)) = (self.marked, self.replaces, made) {
+            if let Err(e) = write(&self.key, &record) {
+                weft_cni::log::warn(&format!("{e}; DEL will look this attachment up"));
             }
-            _ => {}
         }
     }
 
     /// ADD failed and made nothing.
     pub fn abandon(self) {
-        if !self.replaces {
+        if self.marked && !self.replaces {
             forget(&self.key);
         }
     }
