@@ -920,6 +920,7 @@ impl Dataplane {
         if let Some(e) = v6_err {
             return Err(e);
         }
+        self.metrics.reconcile_passes.fetch_add(1, Relaxed);
         let clean = outcomes.iter().all(|o| o.clean);
         if clean {
             self.metrics.last_sync_seconds.store(now_unix(), Relaxed);
