@@ -120,23 +120,6 @@ fn sysfs(ns: &Netns, path: &str) -> String {
     ns.sh(&format!("cat {path}")).trim().to_string()
 }
 
-#[track_caller]
-fn assert_ping(from: &Netns, dst: &str) {
-    let which = from.try_sh("command -v ping");
-    assert!(
-        which.status.success(),
-        "`ping` is not installed: install iputils-ping (scripts/setup.sh does)"
-    );
-    let out = from.try_sh(&format!("ping -c 1 -W 3 {dst}"));
-    assert!(
-        out.status.success(),
-        "ping {dst} from {} failed:\n{}{}",
-        from.name,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 // ---------------------------------------------------------------------------
 // ADD in every version: result shape and live state
 // ---------------------------------------------------------------------------

@@ -198,25 +198,6 @@ fn default_route(ns: &Netns, v6: bool) -> Option<Value> {
     all.into_iter().find(|r| r["dst"] == "default")
 }
 
-/// Pings `dst` (v4 or v6 by its syntax) from `from`; keeps sending for up to
-/// 10 s until one reply arrives (a node-side v6 address may still be in DAD).
-#[track_caller]
-fn assert_ping(from: &Netns, dst: &str) {
-    assert!(
-        from.try_sh("command -v ping").status.success(),
-        "`ping` is not installed: install iputils-ping (scripts/setup.sh does)"
-    );
-    let family = if dst.contains(':') { "-6" } else { "-4" };
-    let out = from.try_sh(&format!("ping {family} -c 1 -w 10 {dst}"));
-    assert!(
-        out.status.success(),
-        "ping {family} {dst} from {} failed:\n{}{}",
-        from.name,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Waits until the node's v6 gateway on the bridge has finished DAD (the
 /// node side keeps the kernel default accept_dad=1).
 fn wait_bridge_v6_settled(env: &Env) {

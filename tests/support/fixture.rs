@@ -87,3 +87,22 @@ pub fn host_veth(result: &Value) -> String {
         .expect("interfaces[1].name")
         .to_string()
 }
+
+/// Pings `dst` (v4 or v6 by its syntax) from `from`; keeps sending for up to
+/// 10 s until one reply arrives (a node-side v6 address may still be in DAD).
+#[track_caller]
+pub fn assert_ping(from: &Netns, dst: &str) {
+    assert!(
+        from.try_sh("command -v ping").status.success(),
+        "`ping` is not installed: install iputils-ping (scripts/setup.sh does)"
+    );
+    let family = if dst.contains(':') { "-6" } else { "-4" };
+    let out = from.try_sh(&format!("ping {family} -c 1 -w 10 {dst}"));
+    assert!(
+        out.status.success(),
+        "ping {family} {dst} from {} failed:\n{}{}",
+        from.name,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -41,7 +41,7 @@ pub use config::{
     bridge_plugin, conflist, host_local_ipam, merged, network, subnet_range, with_prev,
 };
 pub use driver::{driver_path, Driver};
-pub use fixture::{container_id, host_veth, BridgeEnv};
+pub use fixture::{assert_ping, container_id, host_veth, BridgeEnv};
 pub use inspect::{
     addrs, assert_no_veths, eventually, has_flag, ipv4_addrs, is_up, link, links, nft_rules,
     nft_ruleset, routes, routes6, veth_names, veths_on_host, wait_until,
