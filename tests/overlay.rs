@@ -710,7 +710,10 @@ fn weftd_takes_a_lease_over_etcd_mtls_and_is_refused_without_a_client_certificat
          ip link set ve up && ip addr add 198.51.100.1/24 dev ve",
         node.name
     ));
-    node.sh("ip link set lo up && ip link set eth0 up && ip addr add 198.51.100.11/24 dev eth0");
+    node.sh(
+        "ip link set lo up && ip link set eth0 up && ip addr add 198.51.100.11/24 dev eth0 && \
+         ip route add default via 198.51.100.1",
+    );
     let url = "https://198.51.100.1:2379";
     // A plain listener on the etcd netns' loopback only, for the test's own
     // etcdctl; clients on the underlay must present a certificate.
