@@ -541,8 +541,9 @@ fn bridge_vlans() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn veth_peer_group_is_set_by_the_creating_request() -> TestResult {
-    if !have_root("veth_peer_group_is_set_by_the_creating_request") {
+    if !require_root() {
         return Ok(());
     }
     let host = TestNs::new()?;
