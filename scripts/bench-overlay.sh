@@ -244,7 +244,10 @@ if want dataplane; then
 
     spawn "$(cluster_pod_ns 2 a)" "$res/iperf-srv-weft.log" iperf3 -s -B "$wip"
     spawn "${WC_PREFIX}r2-a" "$res/iperf-srv-ref.log" iperf3 -s -B 10.244.202.2
-    sleep 0.5
+    # Wait until both servers listen (iperf3's default port 5201).
+    listening() { ip netns exec "$1" ss -Hltn 'sport = :5201' | grep -q .; }
+    _wc_wait 10 listening "$(cluster_pod_ns 2 a)" && _wc_wait 10 listening "${WC_PREFIX}r2-a" ||
+        die "iperf3 servers did not start listening"
     files=()
     for ((k = 1; k <= iperf_reps; k++)); do
         # ABBA order, so neither side always runs first.

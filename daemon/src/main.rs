@@ -51,13 +51,11 @@
 //! `--iptables-forward-rules=false`, `--iptables-resync=5`, `--masq-backend=auto|nftables|iptables`,
 //! `-v` (debug logs). Single-dash Go-style flags (`-iface eth0`) are accepted too.
 //!
-//! Tests: `cargo test -p weftd` (unit, no root); as root `daemon/tests/netns.sh
-//! [weftd]` builds hub/etcd/node netns (198.51.100.0/24) and checks leases,
-//! subnet.env, programming, overlay ping, drift repair, restart, reservations,
-//! renewal, etcd outage and masq; `daemon/tests/dualstack.sh` does a
-//! dual-stack run (2001:db8:100::/64 underlay: subnet.env, flannel-v6.1,
-//! v6 routes/neigh/fdb, overlay and pod-to-pod ping6, drift, restart, lease
-//! removal, ip6 masq); `daemon/tests/tls.sh` checks etcd mTLS.
+//! Tests: `cargo test -p weftd` (unit, no root); as root the end-to-end
+//! suites tests/overlay.rs (leases, subnet.env, programming, overlay ping,
+//! drift repair, restart, reservations, renewal, etcd outage, masq, dual
+//! stack, etcd mTLS), tests/cluster.rs and tests/weftd.rs, all over
+//! scripts/lib/cluster.sh.
 //!
 //! Exit: 0 on SIGTERM/SIGINT (kernel state and the lease are kept, so a
 //! restart is hitless), 1 on a fatal error, 2 on bad flags.

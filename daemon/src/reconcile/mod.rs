@@ -474,6 +474,7 @@ impl Dataplane {
         }
         self.programmed = wanted_by_peer;
         self.publish_counts(failed);
+        self.metrics.reconcile_passes.fetch_add(1, Relaxed);
         let clean = failed == 0;
         if clean {
             self.metrics.last_sync_seconds.store(now_unix(), Relaxed);
