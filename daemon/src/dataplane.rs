@@ -464,6 +464,7 @@ pub enum Command {
 /// deleted `flannel.<VNI>` is recreated and replayed at once instead of at
 /// the next `--reconcile-interval` pass. Returns when the data plane is gone.
 pub fn watch_links(names: Vec<String>, tx: std::sync::mpsc::Sender<Command>) {
+    let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let mut mon = match weft_netlink::LinkMonitor::new() {
             Ok(m) => m,
@@ -472,7 +473,7 @@ pub fn watch_links(names: Vec<String>, tx: std::sync::mpsc::Sender<Command>) {
                     "cannot subscribe to link notifications; retrying",
                     error = e
                 );
-                std::thread::sleep(Duration::from_secs(5));
+                backoff.wait_blocking();
                 continue;
             }
         };
@@ -481,10 +482,11 @@ pub fn watch_links(names: Vec<String>, tx: std::sync::mpsc::Sender<Command>) {
                 Ok(ev) => ev,
                 Err(e) => {
                     crate::error!("link notifications failed; resubscribing", error = e);
-                    std::thread::sleep(Duration::from_secs(1));
+                    backoff.wait_blocking();
                     break;
                 }
             };
+            backoff.reset();
             let mut wake = false;
             for ev in &events {
                 match ev {
@@ -729,6 +731,9 @@ impl<N: Subnet> Overlay<N> {
         let mut failed = Vec::new();
         for op in &ops {
             match Self::exec(nl, index, op) {
+                // Every later op would fail the same way: end the pass so
+                // the socket is reopened.
+                Err(e) if e.is_socket_broken() => return Err(e.into()),
                 Ok(()) => {
                     metrics.reconcile_repairs.fetch_add(1, Relaxed);
                     crate::debug!("programmed", dev = self.spec.name, op = format!("{op:?}"));
@@ -857,9 +862,13 @@ impl Dataplane {
                             repeats_suppressed = n
                         );
                     }
-                    if matches!(e, DataplaneError::Netlink(weft_netlink::Error::Io { .. })) {
-                        if let Ok(nl) = Netlink::new() {
-                            self.nl = nl;
+                    if matches!(&e, DataplaneError::Netlink(n) if n.is_socket_broken()) {
+                        match Netlink::new() {
+                            Ok(nl) => {
+                                self.nl = nl;
+                                crate::warn!("netlink socket broken; reopened it", error = e);
+                            }
+                            Err(e) => crate::error!("reopening the netlink socket failed", error = e),
                         }
                     }
                     false

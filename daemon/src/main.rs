@@ -63,6 +63,7 @@
 //! restart is hitless), 1 on a fatal error, 2 on bad flags.
 
 mod agent;
+mod backoff;
 mod config;
 mod dataplane;
 mod flags;
@@ -70,6 +71,7 @@ mod health;
 mod lease;
 mod logging;
 mod masq;
+mod masq_events;
 mod metrics;
 mod peers;
 mod subnet_env;
@@ -102,7 +104,7 @@ fn main() {
         eprintln!("weftd: {e}");
         std::process::exit(2);
     }
-    logging::set_verbose(flags.verbose);
+    logging::init(flags.verbose);
     // Blocking start-up work (files, nft/iptables probes) before the async
     // runtime exists, so no tokio worker ever blocks on it.
     let pre = match Prepared::new(&flags) {
@@ -185,7 +187,7 @@ async fn connect(
         .map(|e| e.trim().to_string())
         .filter(|e| !e.is_empty())
         .collect();
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = backoff::Backoff::etcd();
     loop {
         let opts = lease::connect_options(tls.clone(), user.clone());
         match etcd_client::Client::connect(&endpoints, Some(opts)).await {
@@ -201,10 +203,9 @@ async fn connect(
                     error = e
                 );
                 tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
+                    _ = backoff.wait() => {}
                     _ = shutdown.changed() => return Ok(None),
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }
@@ -265,6 +266,7 @@ async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
     if reg.prefix.is_empty() {
         reg.prefix = "/".into();
     }
+    let mut backoff = backoff::Backoff::etcd();
     let raw = loop {
         match reg.get_config().await {
             Ok(Some(c)) => break c,
@@ -275,7 +277,7 @@ async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
             Err(e) => warn!("reading network config failed; retrying", error = e),
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = backoff.wait() => {}
             _ = stop_rx.changed() => return Ok(()),
         }
     };

@@ -20,6 +20,7 @@ mod error;
 mod link;
 mod monitor;
 mod neigh;
+mod netfilter;
 pub mod netns;
 mod route;
 mod socket;
@@ -29,6 +30,7 @@ pub use error::Error;
 pub use link::{BridgeVlan, Link, VxlanInfo, VxlanSpec};
 pub use monitor::{LinkEvent, LinkMonitor};
 pub use neigh::{FdbEntry, Neighbour};
+pub use netfilter::{xtables_entries, NftChange, NftEvent, NftMonitor};
 pub use netns::{read_sysctl, write_sysctl, Netns};
 pub use route::{IpFamily, Route};
 
