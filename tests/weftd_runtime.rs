@@ -62,7 +62,10 @@ const NFT_INTACT: &str = "t=$(nft list table ip flannel-ipv4) && \
 /// until `intact` holds again; returns how long that took.
 fn repaired_within_a_second(c: &Cluster, n: u32, flush: &str, intact: &str) -> Duration {
     let ns = c.node_ns(n);
-    assert!(ns_ok(&ns, intact), "n{n}: rules not intact before `{flush}`");
+    assert!(
+        ns_ok(&ns, intact),
+        "n{n}: rules not intact before `{flush}`"
+    );
     c.ns_sh(&ns, flush);
     let t = Instant::now();
     let back = wait_until(secs(1), ms(10), || ns_ok(&ns, intact));
@@ -70,7 +73,10 @@ fn repaired_within_a_second(c: &Cluster, n: u32, flush: &str, intact: &str) -> D
     assert!(
         back,
         "n{n}: rules not back 1 s after `{flush}`:\n{}\n{}",
-        c.ns_sh(&ns, "nft list ruleset; iptables-legacy-save 2>/dev/null || true"),
+        c.ns_sh(
+            &ns,
+            "nft list ruleset; iptables-legacy-save 2>/dev/null || true"
+        ),
         c.weftd_log(n)
     );
     note(&format!("n{n}: `{flush}` repaired in {took:?}"));
@@ -97,7 +103,11 @@ fn masquerade_rules_flushed_by_a_firewall_reload_are_back_within_a_second() {
     for n in [1, 2, 3] {
         c.sh(&format!("cluster_node_wait_ready {n}"));
     }
-    assert!(c.weftd_log(3).contains("iptables-legacy"), "{}", c.weftd_log(3));
+    assert!(
+        c.weftd_log(3).contains("iptables-legacy"),
+        "{}",
+        c.weftd_log(3)
+    );
     let repairs: Vec<u64> = (1..=3)
         .map(|n| c.metric(n, "weftd_masq_repairs_total").unwrap())
         .collect();
@@ -128,8 +138,16 @@ fn masquerade_rules_flushed_by_a_firewall_reload_are_back_within_a_second() {
     for n in 1..=3u32 {
         let now = c.metric(n, "weftd_masq_repairs_total").unwrap();
         assert!(now > repairs[n as usize - 1], "n{n}: repairs not counted");
-        assert!(c.weftd_log(n).contains("trigger=event"), "{}", c.weftd_log(n));
-        assert!(!c.weftd_log(n).contains("trigger=resync"), "{}", c.weftd_log(n));
+        assert!(
+            c.weftd_log(n).contains("trigger=event"),
+            "{}",
+            c.weftd_log(n)
+        );
+        assert!(
+            !c.weftd_log(n).contains("trigger=resync"),
+            "{}",
+            c.weftd_log(n)
+        );
         assert_eq!(c.readyz(n).0, 200);
     }
 }
@@ -163,7 +181,9 @@ fn readyz_is_503_within_a_second_of_the_rules_going_missing() {
     if !require_root() {
         return;
     }
-    let c = Cluster::new("--reconcile-interval=60 --ip-masq --masq-backend=nftables --iptables-resync=60");
+    let c = Cluster::new(
+        "--reconcile-interval=60 --ip-masq --masq-backend=nftables --iptables-resync=60",
+    );
     c.write_config(None);
     let fake = TempDir::new();
     let bin = breakable_nft(&fake);
@@ -214,7 +234,10 @@ fn catch_up_after_cut(c: &Cluster, n: u32, round: u32) -> Duration {
     // Let it spend a while in its reconnect loop (attempts time out).
     let noticed = Instant::now();
     while noticed.elapsed() < ms(1500 + 700 * u64::from(round)) {
-        assert!(c.lacks_peer(n, &subnet, &ip), "n{n} learnt a lease while cut off");
+        assert!(
+            c.lacks_peer(n, &subnet, &ip),
+            "n{n} learnt a lease while cut off"
+        );
     }
     c.etcd_restore(n);
     let t = Instant::now();
@@ -238,7 +261,9 @@ fn after_etcd_returns_a_node_catches_up_within_two_seconds() {
     let mut worst = Duration::ZERO;
     for round in 0..3 {
         let took = catch_up_after_cut(&c, 1, round);
-        note(&format!("round {round}: n1 caught up {took:?} after the cut ended"));
+        note(&format!(
+            "round {round}: n1 caught up {took:?} after the cut ended"
+        ));
         worst = worst.max(took);
     }
     // etcd itself restarts: both nodes reconnect and learn a lease put
@@ -251,17 +276,25 @@ fn after_etcd_returns_a_node_catches_up_within_two_seconds() {
             .metric(n, "weftd_etcd_reconnects_total")
             .is_some_and(|r| r >= before + 4)));
     }
-    c.sh("cluster_etcd_start && cluster_lease_put 10.244.160.0/24 198.51.100.160 02:00:00:00:01:60");
+    c.sh(
+        "cluster_etcd_start && cluster_lease_put 10.244.160.0/24 198.51.100.160 02:00:00:00:01:60",
+    );
     let t = Instant::now();
     for n in [1, 2] {
         assert!(
-            wait_until(secs(10), ms(20), || c.has_peer(n, "10.244.160.0/24", "198.51.100.160")),
+            wait_until(secs(10), ms(20), || c.has_peer(
+                n,
+                "10.244.160.0/24",
+                "198.51.100.160"
+            )),
             "n{n} did not catch up after the etcd restart:\n{}",
             c.weftd_log(n)
         );
     }
     let restart = t.elapsed();
-    note(&format!("after the etcd restart both nodes caught up in {restart:?}"));
+    note(&format!(
+        "after the etcd restart both nodes caught up in {restart:?}"
+    ));
     worst = worst.max(restart);
     assert!(
         worst <= secs(2),
@@ -319,14 +352,23 @@ fn a_broken_netlink_socket_is_reopened_and_programming_goes_on() {
     assert!(traced, "strace did not attach to {tid}");
     c.sh("cluster_lease_put 10.244.170.0/24 198.51.100.170 02:00:00:00:01:70");
     let reopened = c.wait_for(secs(10), || {
-        c.weftd_log(1).contains("netlink socket broken; reopened it")
+        c.weftd_log(1)
+            .contains("netlink socket broken; reopened it")
     });
     let _ = strace.kill();
     let _ = strace.wait();
     assert!(reopened, "no reopen:\n{}", c.weftd_log(1));
     // The new socket programs: the lease, and a later one.
-    assert!(c.wait_for(secs(5), || c.has_peer(1, "10.244.170.0/24", "198.51.100.170")));
+    assert!(c.wait_for(secs(5), || c.has_peer(
+        1,
+        "10.244.170.0/24",
+        "198.51.100.170"
+    )));
     c.sh("cluster_lease_put 10.244.171.0/24 198.51.100.171 02:00:00:00:01:71");
-    assert!(c.wait_for(secs(5), || c.has_peer(1, "10.244.171.0/24", "198.51.100.171")));
+    assert!(c.wait_for(secs(5), || c.has_peer(
+        1,
+        "10.244.171.0/24",
+        "198.51.100.171"
+    )));
     assert!(c.wait_for(secs(5), || c.readyz(1).0 == 200));
 }

@@ -143,10 +143,8 @@ impl Agent {
                             // subnet.env must be written before anything depends on us.
                             let mut setup_errors =
                                 crate::logging::Repeats::new(Duration::from_secs(60));
-                            let mut retry = Backoff::new(
-                                Duration::from_millis(200),
-                                Duration::from_secs(2),
-                            );
+                            let mut retry =
+                                Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
                             while let Err(e) = self.on_subnet(l.subnet, l.subnet6).await {
                                 if let Some(n) = setup_errors.check(&format!("{e:#}")) {
                                     crate::error!(

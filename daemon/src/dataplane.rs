@@ -464,7 +464,8 @@ pub enum Command {
 /// deleted `flannel.<VNI>` is recreated and replayed at once instead of at
 /// the next `--reconcile-interval` pass. Returns when the data plane is gone.
 pub fn watch_links(names: Vec<String>, tx: std::sync::mpsc::Sender<Command>) {
-    let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let mut mon = match weft_netlink::LinkMonitor::new() {
             Ok(m) => m,
@@ -868,7 +869,9 @@ impl Dataplane {
                                 self.nl = nl;
                                 crate::warn!("netlink socket broken; reopened it", error = e);
                             }
-                            Err(e) => crate::error!("reopening the netlink socket failed", error = e),
+                            Err(e) => {
+                                crate::error!("reopening the netlink socket failed", error = e)
+                            }
                         }
                     }
                     false

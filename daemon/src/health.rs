@@ -124,10 +124,22 @@ mod tests {
         assert!(lower.contains("content-length: 3\r\n"), "{out}");
         // Wrong method, unknown path, HEAD, a readiness gap.
         for (req, status, body) in [
-            ("POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", "405 Method Not Allowed", "method not allowed\n"),
-            ("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", "404 Not Found", "not found\n"),
+            (
+                "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+                "405 Method Not Allowed",
+                "method not allowed\n",
+            ),
+            (
+                "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n",
+                "404 Not Found",
+                "not found\n",
+            ),
             ("HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "200 OK", ""),
-            ("GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n", "503 Service Unavailable", "subnet.env not written yet\n"),
+            (
+                "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n",
+                "503 Service Unavailable",
+                "subnet.env not written yet\n",
+            ),
         ] {
             let mut s = TcpStream::connect(addr).await.unwrap();
             s.write_all(req.as_bytes()).await.unwrap();

@@ -244,7 +244,10 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         let f = Fields {
             msg: "lease acquired".into(),
-            kv: vec![("subnet", "10.5.52.0/24".into()), ("error", "a \"b\"".into())],
+            kv: vec![
+                ("subnet", "10.5.52.0/24".into()),
+                ("error", "a \"b\"".into()),
+            ],
         };
         assert_eq!(
             line(t, &tracing::Level::INFO, "weftd::agent", &f),

@@ -89,7 +89,8 @@ fn watch(backend: Backend, tx: Sender<Wake>) {
         );
         return poll_legacy(&tx);
     }
-    let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let mut mon = match weft_netlink::NftMonitor::new() {
             Ok(m) => m,
@@ -209,17 +210,35 @@ mod tests {
         use NftChange::*;
         let nft = Backend::Nftables;
         assert!(concerns_us(nft, &ev(DelTable, 2, "flannel-ipv4", None)));
-        assert!(concerns_us(nft, &ev(NewRule, 10, "flannel-ipv6", Some("postrtg"))));
+        assert!(concerns_us(
+            nft,
+            &ev(NewRule, 10, "flannel-ipv6", Some("postrtg"))
+        ));
         assert!(!concerns_us(nft, &ev(DelTable, 10, "flannel-ipv4", None)));
         assert!(!concerns_us(nft, &ev(DelTable, 2, "weft-etcd-cut", None)));
         assert!(concerns_us(nft, &NftEvent::Lost));
         let ipt = Backend::Iptables;
         assert!(concerns_us(ipt, &ev(DelTable, 2, "nat", None)));
-        assert!(concerns_us(ipt, &ev(DelRule, 2, "nat", Some("FLANNEL-POSTRTG"))));
-        assert!(concerns_us(ipt, &ev(DelRule, 10, "filter", Some("FORWARD"))));
-        assert!(concerns_us(ipt, &ev(DelChain, 2, "filter", Some("FLANNEL-FWD"))));
-        assert!(!concerns_us(ipt, &ev(NewRule, 2, "nat", Some("POSTROUTING"))));
-        assert!(!concerns_us(ipt, &ev(DelRule, 2, "nat", Some("KUBE-SERVICES"))));
+        assert!(concerns_us(
+            ipt,
+            &ev(DelRule, 2, "nat", Some("FLANNEL-POSTRTG"))
+        ));
+        assert!(concerns_us(
+            ipt,
+            &ev(DelRule, 10, "filter", Some("FORWARD"))
+        ));
+        assert!(concerns_us(
+            ipt,
+            &ev(DelChain, 2, "filter", Some("FLANNEL-FWD"))
+        ));
+        assert!(!concerns_us(
+            ipt,
+            &ev(NewRule, 2, "nat", Some("POSTROUTING"))
+        ));
+        assert!(!concerns_us(
+            ipt,
+            &ev(DelRule, 2, "nat", Some("KUBE-SERVICES"))
+        ));
         assert!(!concerns_us(ipt, &ev(DelTable, 2, "mangle", None)));
         assert!(!concerns_us(ipt, &ev(DelTable, 1, "nat", None)));
     }

@@ -115,10 +115,7 @@ impl NftMonitor {
                 Err(e) if e.raw_os_error() == Some(Errno::ENOBUFS as i32) => {
                     return Ok(vec![NftEvent::Lost]);
                 }
-                r => {
-                    break r
-                        .map_err(|e| Error::socket("receive nf_tables notifications", e))?
-                }
+                r => break r.map_err(|e| Error::socket("receive nf_tables notifications", e))?,
             }
         };
         if n > self.buf.len() {

@@ -528,7 +528,11 @@ mod tests {
             .ok_or("request on a broken socket succeeded")?;
         assert!(e.is_socket_broken(), "{e:?}");
         assert_eq!(e.errno(), Some(Errno::ENOTSOCK));
-        assert!(e.to_string().starts_with("get link: send: netlink socket broken"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("get link: send: netlink socket broken"),
+            "{e}"
+        );
         Ok(())
     }
 
