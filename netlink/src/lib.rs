@@ -16,6 +16,7 @@
 //! ```
 
 mod addr;
+mod conntrack;
 mod error;
 mod link;
 mod monitor;
@@ -24,8 +25,10 @@ mod netfilter;
 pub mod netns;
 mod route;
 mod socket;
+pub mod tc;
 
 pub use addr::Address;
+pub use conntrack::{delete_conntrack, ConntrackFilter};
 pub use error::Error;
 pub use link::{BridgeVlan, Link, VxlanInfo, VxlanSpec};
 pub use monitor::{LinkEvent, LinkMonitor};
@@ -33,6 +36,7 @@ pub use neigh::{FdbEntry, Neighbour};
 pub use netfilter::{xtables_entries, NftChange, NftEvent, NftMonitor};
 pub use netns::{read_sysctl, write_sysctl, Netns};
 pub use route::{IpFamily, Route};
+pub use tc::{Filter, Qdisc, Tbf};
 
 /// Neighbour (NUD_*) states, as reported in [`Neighbour::state`] / [`FdbEntry::state`].
 pub mod nud {
