@@ -46,7 +46,8 @@
 //! Endpoints (when `--healthz-port` != 0): `/healthz` (process alive),
 //! `/readyz` (200 while subnet.env is written, masquerade rules with
 //! `--ip-masq` are in place and peers are programmed; 503 names the gap),
-//! `/metrics` (Prometheus text). Logs: key=value lines on stderr.
+//! `/metrics` (Prometheus text), served by hyper. Logs: logfmt lines on stderr
+//! through tracing (tonic's and h2's too), filtered by `RUST_LOG`.
 //! Other flags: `--etcd-username/--etcd-password`, `--ip-masq-fully-random-disable`,
 //! `--iptables-forward-rules=false`, `--iptables-resync=5`, `--masq-backend=auto|nftables|iptables`,
 //! `-v` (debug logs). Single-dash Go-style flags (`-iface eth0`) are accepted too.
