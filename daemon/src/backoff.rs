@@ -9,7 +9,7 @@
 //! [`ETCD_CAP`]: with the 1 s connect timeout (lease.rs) a node is back at
 //! most ~1.8 s after etcd is.
 
-use crate::lease::Rng;
+use crate::store::etcd::Rng;
 use std::time::Duration;
 
 /// First delay of the etcd loops.
@@ -110,6 +110,6 @@ mod tests {
     #[test]
     fn the_etcd_bound_is_under_two_seconds() {
         // One connect timeout plus the longest delay: the catch-up bound.
-        assert!(crate::lease::CONNECT_TIMEOUT + ETCD_CAP < Duration::from_secs(2));
+        assert!(crate::store::etcd::CONNECT_TIMEOUT + ETCD_CAP < Duration::from_secs(2));
     }
 }
