@@ -2,6 +2,7 @@
 //! it, and feed the data plane the full set of peers from list + watch.
 
 use crate::backends::{Backend, Peer, PeerData};
+use crate::backoff::Backoff;
 use crate::config::NetConfig;
 use crate::local::metrics::Metrics;
 use crate::reconcile::peers::{Rejections, Scopes};
@@ -45,22 +46,6 @@ pub struct Agent {
 
 /// A watch that has lived this long without being cancelled is healthy.
 const WATCH_HEALTHY_AFTER: Duration = Duration::from_secs(10);
-
-/// Reconnect backoff for list/watch and acquire: 100 ms doubling to 5 s.
-struct Backoff(Duration);
-
-impl Backoff {
-    fn new() -> Self {
-        Backoff(Duration::from_millis(100))
-    }
-    async fn wait(&mut self) {
-        sleep(self.0).await;
-        self.0 = (self.0 * 2).min(Duration::from_secs(5));
-    }
-    fn reset(&mut self) {
-        self.0 = Duration::from_millis(100);
-    }
-}
 
 enum Inner {
     /// Re-list and watch again (gap, compaction, error).
@@ -131,7 +116,7 @@ impl Agent {
         let mut rng = Rng::new();
         let mut own: Option<OwnLease> = None;
         let mut current_subnet: Option<(Ipv4Network, Option<Ipv6Network>)> = None;
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::etcd();
         let mut renew_at = Instant::now();
         loop {
             if *shutdown.borrow() {
@@ -162,6 +147,8 @@ impl Agent {
                             // subnet.env must be written before anything depends on us.
                             let mut setup_errors =
                                 crate::logging::Repeats::new(Duration::from_secs(60));
+                            let mut retry =
+                                Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
                             while let Err(e) = self.on_subnet(l.subnet, l.subnet6).await {
                                 if let Some(n) = setup_errors.check(&format!("{e:#}")) {
                                     crate::error!(
@@ -171,7 +158,7 @@ impl Agent {
                                     );
                                 }
                                 tokio::select! {
-                                    _ = sleep(Duration::from_secs(1)) => {}
+                                    _ = retry.wait() => {}
                                     _ = shutdown.changed() => return Ok(()),
                                 }
                             }
@@ -211,7 +198,7 @@ impl Agent {
                     crate::warn!(
                         "etcd list/watch failed; reconnecting",
                         error = e,
-                        backoff_ms = backoff.0.as_millis()
+                        backoff_ms = backoff.window().as_millis()
                     );
                     tokio::select! {
                         _ = backoff.wait() => {}

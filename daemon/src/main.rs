@@ -46,7 +46,8 @@
 //! Endpoints (when `--healthz-port` != 0): `/healthz` (process alive),
 //! `/readyz` (200 while subnet.env is written, masquerade rules with
 //! `--ip-masq` are in place and peers are programmed; 503 names the gap),
-//! `/metrics` (Prometheus text). Logs: key=value lines on stderr.
+//! `/metrics` (Prometheus text), served by hyper. Logs: logfmt lines on stderr
+//! through tracing (tonic's and h2's too), filtered by `RUST_LOG`.
 //! Other flags: `--etcd-username/--etcd-password`, `--ip-masq-fully-random-disable`,
 //! `--iptables-forward-rules=false`, `--iptables-resync=5`, `--masq-backend=auto|nftables|iptables`,
 //! `-v` (debug logs). Single-dash Go-style flags (`-iface eth0`) are accepted too.
@@ -62,11 +63,13 @@
 
 mod agent;
 mod backends;
+mod backoff;
 mod config;
 mod flags;
 mod local;
 mod logging;
 mod masq;
+mod masq_events;
 mod reconcile;
 mod store;
 mod subnet_env;
@@ -102,7 +105,7 @@ fn main() {
         eprintln!("weftd: {e}");
         std::process::exit(2);
     }
-    logging::set_verbose(flags.verbose);
+    logging::init(flags.verbose);
     // Blocking start-up work (files, nft/iptables probes) before the async
     // runtime exists, so no tokio worker ever blocks on it.
     let pre = match Prepared::new(&flags) {
@@ -210,7 +213,7 @@ async fn connect(
         .map(|e| e.trim().to_string())
         .filter(|e| !e.is_empty())
         .collect();
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = backoff::Backoff::etcd();
     loop {
         let opts = store::etcd::connect_options(tls.clone(), user.clone());
         match etcd_client::Client::connect(&endpoints, Some(opts)).await {
@@ -226,10 +229,9 @@ async fn connect(
                     error = e
                 );
                 tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
+                    _ = backoff.wait() => {}
                     _ = shutdown.changed() => return Ok(None),
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }
@@ -295,6 +297,7 @@ async fn network_config(
     reg: &mut store::etcd::Registry,
     stop_rx: &mut tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Option<config::NetConfig>> {
+    let mut backoff = backoff::Backoff::etcd();
     let raw = loop {
         match reg.get_config().await {
             Ok(Some(c)) => break c,
@@ -305,7 +308,7 @@ async fn network_config(
             Err(e) => warn!("reading network config failed; retrying", error = e),
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = backoff.wait() => {}
             _ = stop_rx.changed() => return Ok(None),
         }
     };

@@ -116,7 +116,7 @@ impl Socket {
         let sent = loop {
             match self.sock.send(&bytes, 0) {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                r => break r.map_err(|e| Error::io(format!("{op}: send"), e))?,
+                r => break r.map_err(|e| Error::socket(format!("{op}: send"), e))?,
             }
         };
         if sent != bytes.len() {
@@ -133,7 +133,7 @@ impl Socket {
             let n = loop {
                 match self.sock.recv(&mut self.buf, libc::MSG_TRUNC) {
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    r => break r.map_err(|e| Error::io(format!("{op}: recv"), e))?,
+                    r => break r.map_err(|e| Error::socket(format!("{op}: recv"), e))?,
                 }
             };
             if n > self.buf.len() {
@@ -503,6 +503,36 @@ mod tests {
                 let _ = parse_reply(&h, m, "fuzz");
             }
         }
+        Ok(())
+    }
+
+    /// A socket whose fd no longer is a netlink socket: the failure is
+    /// `Error::Socket` (reopen it), not `Error::Os` (the kernel said no).
+    #[test]
+    fn a_broken_socket_is_its_own_error_kind() -> TestResult {
+        use std::os::fd::AsRawFd;
+        let mut s = Socket::new()?;
+        let devnull = std::fs::File::open("/dev/null")?;
+        // SAFETY: both fds are open; dup2 atomically replaces the socket's
+        // fd with /dev/null, which the Socket then owns and closes.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::dup2(devnull.as_raw_fd(), s.sock.as_raw_fd()) };
+        assert_eq!(rc, s.sock.as_raw_fd());
+        let e = s
+            .request(
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+                0,
+                "get link",
+            )
+            .err()
+            .ok_or("request on a broken socket succeeded")?;
+        assert!(e.is_socket_broken(), "{e:?}");
+        assert_eq!(e.errno(), Some(Errno::ENOTSOCK));
+        assert!(
+            e.to_string()
+                .starts_with("get link: send: netlink socket broken"),
+            "{e}"
+        );
         Ok(())
     }
 

@@ -207,6 +207,8 @@ impl Scope {
 /// deleted entry restored at once instead of at the next
 /// `--reconcile-interval` pass. Returns when the data plane is gone.
 pub fn watch(scope: Scope, tx: Sender<Command>) {
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let mut mon = match LinkMonitor::with_entries() {
             Ok(m) => m,
@@ -215,7 +217,7 @@ pub fn watch(scope: Scope, tx: Sender<Command>) {
                     "cannot subscribe to kernel notifications; retrying",
                     error = e
                 );
-                std::thread::sleep(Duration::from_secs(5));
+                backoff.wait_blocking();
                 continue;
             }
         };
@@ -224,10 +226,11 @@ pub fn watch(scope: Scope, tx: Sender<Command>) {
                 Ok(ev) => ev,
                 Err(e) => {
                     crate::error!("kernel notifications failed; resubscribing", error = e);
-                    std::thread::sleep(Duration::from_secs(1));
+                    backoff.wait_blocking();
                     break;
                 }
             };
+            backoff.reset();
             let mut full = false;
             for c in events.iter().filter_map(|ev| scope.command(ev)) {
                 if matches!(c, Command::Kernel) {

@@ -170,9 +170,9 @@ impl Dataplane {
                         repeats_suppressed = n
                     );
                 }
-                if matches!(e, BackendError::Netlink(weft_netlink::Error::Io { .. })) {
-                    if let Ok(nl) = Netlink::new() {
-                        self.nl = nl;
+                if let BackendError::Netlink(n) = &e {
+                    if n.is_socket_broken() {
+                        self.reopen_socket(n);
                     }
                 }
                 false
@@ -362,14 +362,33 @@ impl Dataplane {
             .store(self.unprogrammable.len() as u64, Relaxed);
     }
 
+    /// A send or receive on the netlink socket failed (not a kernel NACK):
+    /// nothing more can go through it, so open a fresh one.
+    fn reopen_socket(&mut self, why: &weft_netlink::Error) {
+        match Netlink::new() {
+            Ok(nl) => {
+                self.nl = nl;
+                crate::warn!("netlink socket broken; reopened it", error = why);
+            }
+            Err(e) => crate::error!("reopening the netlink socket failed", error = e),
+        }
+    }
+
     /// Execute operations in order; returns how many failed.
     fn exec_all(&mut self, ops: &[Op]) -> usize {
         let mut failed = 0;
-        for op in ops {
+        for (i, op) in ops.iter().enumerate() {
             match kernel::exec(&mut self.nl, op) {
                 Ok(()) => {
                     self.metrics.reconcile_repairs.fetch_add(1, Relaxed);
                     crate::debug!("programmed", op = format!("{op:?}"));
+                }
+                // Every later op would fail the same way: reopen the socket
+                // and leave the rest to the next full pass.
+                Err(e) if e.is_socket_broken() => {
+                    self.metrics.programming_errors.fetch_add(1, Relaxed);
+                    self.reopen_socket(&e);
+                    return failed + ops.len() - i;
                 }
                 Err(e) => {
                     failed += 1;
