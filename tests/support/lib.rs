@@ -28,6 +28,7 @@
 mod cluster;
 mod cni;
 mod config;
+pub mod cri;
 mod driver;
 mod inspect;
 mod netns;
