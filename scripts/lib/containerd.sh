@@ -44,6 +44,7 @@
 #   ctrd_running DIR   ctrd_pid DIR   ctrd_socket DIR   ctrd_ctr DIR ARGS
 #   ctrd_cri DIR ARGS          weft-cri (tests/cri-cli) against this containerd
 #   ctrd_sandbox_pids DIR      pids of the pods' processes (the cgroup's tasks)
+#   ctrd_pids DIR              those, the shims, containerd and the holder
 #
 # Knobs: CTRD_IMAGE (sandbox image name, default weft.local/pause:busybox),
 # CTRD_TIMEOUT (seconds to wait for the socket, default 20), CTRD_CRI (the
@@ -344,6 +345,12 @@ ctrd_sandbox_pids() {
     done | sort -un
 }
 
+# ctrd_pids DIR: every process of this containerd: the namespace holder,
+# containerd, its shims and the pods' processes.
+ctrd_pids() {
+    { _ctrd_pid "$1" holder; ctrd_pid "$1"; _ctrd_shim_pids "$1"; ctrd_sandbox_pids "$1"; } 2>/dev/null | sort -un
+}
+
 # ctrd_stop DIR: containerd, its shims, every pod process, the mount
 # namespace (and with it every mount containerd made) and the pods' cgroups
 # are gone afterwards. A kubelet would stop and remove the pods first
@@ -378,4 +385,65 @@ ctrd_cri() {
     bin=${CTRD_CRI:-$CTRD_REPO/target/x86_64-unknown-linux-gnu/release/weft-cri}
     [ -x "$bin" ] || { _ctrd_die "no $bin (cargo build --release -p weft-tests)"; return 1; }
     "$bin" --socket "$(ctrd_socket "$d")" --cgroup-parent "$(cat "$d/cgroup_parent")" "$@"
+}
+
+# --- one containerd per node of a scripts/lib/cluster.sh cluster --------------
+# The node's pods are started through CRI instead of cluster_pod_add. Its
+# CNI config is kube-flannel's conflist (conf/10-weft.conflist) unchanged:
+# the flannel plugin reads /run/flannel/subnet.env (the node dir, where
+# weftd writes it, is bind-mounted there) and keeps its delegate configs and
+# host-local's store under /var/lib/cni (DIR/cni), both at their defaults.
+#   ctrd_node_dir N          $(cluster_node_dir N)/containerd
+#   ctrd_node_start N [CONFLIST_FILE]   ctrd_node_stop N   ctrd_cluster_teardown
+#   ctrd_node_plugins        the TYPE=PATH list of its bin_dir
+# Knobs: CTRD_RECORD=0 (plain links instead of recording wrappers; by
+# default every call is recorded in DIR/calls), CTRD_CHAIN_BIN (where
+# portmap and bandwidth come from; default: weft's when built, else the
+# reference plugins in /usr/lib/cni).
+
+ctrd_node_dir() { echo "$(cluster_node_dir "$1")/containerd"; }
+
+# ctrd_chain_plugin TYPE: weft's TYPE if it is built, else the reference one.
+ctrd_chain_plugin() {
+    local dir=${CTRD_CHAIN_BIN:-}
+    if [ -z "$dir" ]; then
+        dir=/usr/lib/cni
+        [ -x "$(_wc_bin)/$1" ] && dir=$(_wc_bin)
+    fi
+    echo "$dir/$1"
+}
+
+ctrd_node_plugins() {
+    local b t
+    b=$(_wc_bin)
+    for t in flannel bridge host-local loopback; do echo "$t=$b/$t"; done
+    for t in portmap bandwidth; do echo "$t=$(ctrd_chain_plugin "$t")"; done
+}
+
+# ctrd_node_start N [CONFLIST_FILE]: containerd in node N's netns, its CNI
+# conf_dir holding CONFLIST_FILE (default conf/10-weft.conflist), bin_dir
+# weft's plugins (ctrd_node_plugins).
+ctrd_node_start() {
+    _wc_need_init || return 1
+    local n=${1:?ctrd_node_start N [CONFLIST]} conf=${2:-$CTRD_REPO/conf/10-weft.conflist} d log=
+    local plugins
+    d=$(ctrd_node_dir "$n")
+    mkdir -p "$d/net.d" || return 1
+    [ "${CTRD_RECORD:-1}" = 0 ] || log=$d/calls
+    mapfile -t plugins < <(ctrd_node_plugins)
+    ctrd_cni_install "$d/bin" "$log" "${plugins[@]}" || return 1
+    cp "$conf" "$d/net.d/${conf##*/}" || return 1
+    ctrd_start "$d" "$(cluster_node_ns "$n")" "$(cluster_node_dir "$n"):/run/flannel"
+}
+
+ctrd_node_stop() { _wc_need_init && ctrd_stop "$(ctrd_node_dir "$1")"; }
+
+# ctrd_cluster_teardown: every node's containerd (and pods), then the cluster.
+ctrd_cluster_teardown() {
+    _wc_need_init || return 1
+    local n
+    for n in $(cluster_nodes); do
+        [ -d "$(ctrd_node_dir "$n")" ] && ctrd_node_stop "$n"
+    done
+    cluster_teardown
 }

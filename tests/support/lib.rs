@@ -28,6 +28,7 @@
 mod cluster;
 mod cni;
 mod config;
+mod containerd;
 pub mod cri;
 mod driver;
 mod inspect;
@@ -40,6 +41,8 @@ pub use cni::{plugin_dir, plugin_path, reference_plugin_dir, workspace_root, Cni
 pub use config::{
     bridge_plugin, conflist, host_local_ipam, merged, network, subnet_range, with_prev,
 };
+pub use containerd::{containerd_lib, Containerd, CriPod, RecordedCall};
+pub use cri::{CriClient, SandboxSpec};
 pub use driver::{driver_path, Driver};
 pub use inspect::{
     addrs, assert_no_veths, eventually, has_flag, ipv4_addrs, is_up, link, links, nft_rules,
