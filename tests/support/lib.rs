@@ -31,6 +31,7 @@ mod config;
 mod containerd;
 pub mod cri;
 mod driver;
+mod fault;
 mod inspect;
 mod netns;
 mod process;
@@ -44,6 +45,7 @@ pub use config::{
 pub use containerd::{containerd_lib, Containerd, CriPod, RecordedCall};
 pub use cri::{CriClient, SandboxSpec};
 pub use driver::{driver_path, Driver};
+pub use fault::sendto_failing_wrapper;
 pub use inspect::{
     addrs, assert_no_veths, eventually, has_flag, ipv4_addrs, is_up, link, links, nft_rules,
     nft_ruleset, routes, routes6, veth_names, veths_on_host, wait_until,
