@@ -280,6 +280,7 @@ _ctrd_holder_start() {
     unshare --mount --propagation slave -- sh -c "$script; : >'$d/holder.ready'; exec sleep 2147483647" \
         </dev/null >>"$d/containerd.log" 2>&1 &
     _ctrd_record "$d" holder $!
+    disown $! 2>/dev/null # no "Killed" job notice when ctrd_stop ends it
     for ((i = 0; i < 100; i++)); do
         [ -e "$d/holder.ready" ] && return 0
         _ctrd_pid "$d" holder >/dev/null || break
@@ -395,6 +396,7 @@ ctrd_cri() {
 # host-local's store under /var/lib/cni (DIR/cni), both at their defaults.
 #   ctrd_node_dir N          $(cluster_node_dir N)/containerd
 #   ctrd_node_start N [CONFLIST_FILE]   ctrd_node_stop N   ctrd_cluster_teardown
+#   ctrd_pod_add N POD       a pod through CRI (prints its IP)
 #   ctrd_node_plugins        the TYPE=PATH list of its bin_dir
 # Knobs: CTRD_RECORD=0 (plain links instead of recording wrappers; by
 # default every call is recorded in DIR/calls), CTRD_CHAIN_BIN (where
@@ -434,6 +436,23 @@ ctrd_node_start() {
     ctrd_cni_install "$d/bin" "$log" "${plugins[@]}" || return 1
     cp "$conf" "$d/net.d/${conf##*/}" || return 1
     ctrd_start "$d" "$(cluster_node_ns "$n")" "$(cluster_node_dir "$n"):/run/flannel"
+}
+
+# ctrd_pod_add N POD: pod POD on node N through its containerd's CRI
+# (RunPodSandbox, as the kubelet does); its netns is also named
+# $(cluster_pod_ns N POD) on the host and its IP recorded like
+# cluster_pod_add's, so cluster_ping, cluster_ping_all and cluster_teardown
+# work on it. Prints the IP.
+ctrd_pod_add() {
+    _wc_need_init || return 1
+    local n=$1 pod=$2 d id ip pid ns
+    d=$(ctrd_node_dir "$n") ns=$(cluster_pod_ns "$n" "$pod")
+    id=$(ctrd_cri "$d" run --name "$pod" --uid "$WC_NAME-n$n-$pod") || return 1
+    ip=$(ctrd_cri "$d" ip "$id" | head -n 1) && pid=$(ctrd_cri "$d" pid "$id") || return 1
+    mkdir -p "$WC_STATE/netns" && : >"$WC_STATE/netns/$ns" && ip netns attach "$ns" "$pid" || return 1
+    echo "$id" >"$(cluster_node_dir "$n")/pods/$pod.id"
+    echo "$ip" >"$(cluster_node_dir "$n")/pods/$pod.ip"
+    echo "$ip"
 }
 
 ctrd_node_stop() { _wc_need_init && ctrd_stop "$(ctrd_node_dir "$1")"; }
