@@ -18,10 +18,14 @@ packages=(
     etcd-server containernetworking-plugins golang-go golang-github-appc-cni-dev
     iproute2 iptables nftables iperf3 protobuf-compiler libprotobuf-dev jq time iputils-ping openssl etcd-client python3
     ca-certificates curl build-essential pkg-config strace
-    podman busybox-static
+    podman busybox-static containerd runc
 )
 # libprotobuf-dev: the well-known .proto files etcd-client's build imports
 # (a recommends of protobuf-compiler, which --no-install-recommends skips).
+# containerd, runc, busybox-static: one containerd per simulated node, its
+# sandbox image built from busybox (scripts/lib/containerd.sh); nothing is
+# pulled. On a systemd host the package enables the host's own containerd,
+# which weft's scripts never use.
 # build-essential: gcc as linker and libc6-dev's static glibc (crt-static).
 missing=()
 for p in "${packages[@]}"; do

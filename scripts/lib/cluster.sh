@@ -562,6 +562,13 @@ cluster_ping() {
     ip netns exec "$(cluster_pod_ns "$1" "$2")" ping -n -q -c "$c" -i 0.2 -W 2 "$(cluster_pod_ip "$3" "$4")" >/dev/null 2>&1
 }
 
+# cluster_ping_rtt N1 POD1 N2 POD2: one ping; prints its own round-trip
+# time in ms as ping measured it (not the time the whole command took).
+cluster_ping_rtt() {
+    ip netns exec "$(cluster_pod_ns "$1" "$2")" ping -n -c 1 -W 2 "$(cluster_pod_ip "$3" "$4")" 2>/dev/null |
+        sed -n 's/.* time=\([0-9.]*\) ms.*/\1/p' | grep .
+}
+
 # cluster_node_peer_form N PUBLIC_IP: how node N should reach that peer:
 # "direct" (a route via the public IP on eth0: host-gw, or DirectRouting to
 # an on-link peer) or "vxlan" (neighbour, FDB entry and onlink route).
@@ -639,7 +646,7 @@ cluster_node_show() {
 # cluster_ping_all: every ordered pair of pods on different nodes; prints
 # one line per pair and a summary; fails if any ping fails.
 cluster_ping_all() {
-    local ok=0 fail=0 a b na pa ia nb pb ib t0 t1
+    local ok=0 fail=0 a b na pa ia nb pb ib rtt
     local all
     mapfile -t all < <(cluster_pods)
     for a in "${all[@]}"; do
@@ -647,11 +654,9 @@ cluster_ping_all() {
         for b in "${all[@]}"; do
             read -r nb pb ib <<<"$b"
             [ "$na" = "$nb" ] && continue
-            t0=$(date +%s%N)
-            if cluster_ping "$na" "$pa" "$nb" "$pb" 1; then
-                t1=$(date +%s%N)
+            if rtt=$(cluster_ping_rtt "$na" "$pa" "$nb" "$pb"); then
                 ok=$((ok + 1))
-                printf '  ok    n%s/%-3s %-12s -> n%s/%-3s %-12s %4d ms\n' "$na" "$pa" "$ia" "$nb" "$pb" "$ib" $(((t1 - t0) / 1000000))
+                printf '  ok    n%s/%-3s %-12s -> n%s/%-3s %-12s rtt %s ms\n' "$na" "$pa" "$ia" "$nb" "$pb" "$ib" "$rtt"
             else
                 fail=$((fail + 1))
                 printf '  FAIL  n%s/%-3s %-12s -> n%s/%-3s %s\n' "$na" "$pa" "$ia" "$nb" "$pb" "$ib"

@@ -28,6 +28,8 @@
 mod cluster;
 mod cni;
 mod config;
+mod containerd;
+pub mod cri;
 mod driver;
 mod fault;
 mod fixture;
@@ -41,6 +43,8 @@ pub use cni::{plugin_dir, plugin_path, reference_plugin_dir, workspace_root, Cni
 pub use config::{
     bridge_plugin, conflist, host_local_ipam, merged, network, subnet_range, with_prev,
 };
+pub use containerd::{containerd_lib, Containerd, CriPod, RecordedCall};
+pub use cri::{CriClient, SandboxSpec};
 pub use driver::{driver_path, Driver};
 pub use fault::sendto_failing_wrapper;
 pub use fixture::{assert_ping, container_id, host_veth, BridgeEnv};
