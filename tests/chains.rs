@@ -8,7 +8,7 @@
 //! leaves nothing behind.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
@@ -104,7 +104,7 @@ impl Env {
 
     /// `call` (a chain helper and its arguments up to the pod, e.g.
     /// `cluster_libcni 1 check`) with this env's CNI_PATH; the output.
-    fn libcni(&self, call: &str, pod: &str, conflist: &PathBuf, cap: &Value) -> Output {
+    fn libcni(&self, call: &str, pod: &str, conflist: &Path, cap: &Value) -> Output {
         self.c.try_sh(&format!(
             "WC_CNI_PATH={} {call} {pod} {} {}",
             shell_quote(&self.cni_path.path().display().to_string()),
@@ -113,17 +113,17 @@ impl Env {
         ))
     }
 
-    fn add(&self, pod: &str, conflist: &PathBuf, cap: &Value) -> String {
+    fn add(&self, pod: &str, conflist: &Path, cap: &Value) -> String {
         let out = self.libcni("cluster_chain_pod_add 1", pod, conflist, cap);
         assert!(out.status.success(), "ADD: {}", text(&out));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
-    fn check(&self, pod: &str, conflist: &PathBuf, cap: &Value) -> Output {
+    fn check(&self, pod: &str, conflist: &Path, cap: &Value) -> Output {
         self.libcni("cluster_libcni 1 check", pod, conflist, cap)
     }
 
-    fn del(&self, pod: &str, conflist: &PathBuf, cap: &Value) {
+    fn del(&self, pod: &str, conflist: &Path, cap: &Value) {
         let out = self.libcni("cluster_chain_pod_del 1", pod, conflist, cap);
         assert!(out.status.success(), "DEL: {}", text(&out));
     }
@@ -204,7 +204,7 @@ impl Env {
     }
 
     /// DEL, then nothing of the pod is left on node 1.
-    fn del_leaves_nothing(&self, pod: &str, pod_ip: &str, conflist: &PathBuf, cap: &Value) {
+    fn del_leaves_nothing(&self, pod: &str, pod_ip: &str, conflist: &Path, cap: &Value) {
         assert!(!self.traces(pod_ip).is_empty());
         self.del(pod, conflist, cap);
         let mut left = Vec::new();
@@ -341,6 +341,7 @@ fn k3s_chain_host_port_shaping_check_and_del() {
     for (reverse, what) in [(false, "into the pod"), (true, "out of the pod")] {
         env.run_in_pod("a", "iperf3 -s -1 -p 5201");
         let bps = env.iperf_through_host_port(reverse);
+        eprintln!("{what}: {bps:.0} bit/s for {RATE} asked");
         assert_within_10_percent(bps, what);
     }
 
