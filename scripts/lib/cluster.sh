@@ -70,6 +70,8 @@
 #   cluster_converged   cluster_wait_converged [T]
 #   cluster_pod_add N POD (prints IP)   cluster_pod_del N POD   cluster_pod_ns/_ip/_cid N POD
 #   cluster_pods ("N POD IP")   cluster_pods_of N   cluster_cni N CMD [POD [IFNAME]]
+#   cluster_libcni N CMD POD CONFLIST [CAP]   cluster_chain_pod_add/_del N POD CONFLIST [CAP]
+#   cluster_node_var_lib_cni N
 #   cluster_ping N1 POD1 N2 POD2 [COUNT]   cluster_ping_all
 #   cluster_node_etcd_cut N   cluster_node_etcd_restore N
 
@@ -550,6 +552,65 @@ cluster_pod_del() {
     _wc_need_init || return 1
     local n=$1 pod=$2 out rc=0
     out=$(cluster_cni "$n" DEL "$pod") || { rc=1; _wc_die "flannel DEL failed for $pod on n$n: $out"; }
+    _wc_netns_del "$(cluster_pod_ns "$n" "$pod")"
+    rm -f "$(cluster_node_dir "$n")/pods/$pod".{json,ip}
+    return $rc
+}
+
+# --- pods through a whole conflist (libcni) -----------------------------------
+# A node as a runtime sees it: an unchanged conflist (kube-flannel's, k3s's)
+# reads flannel's defaults /run/flannel/subnet.env and /var/lib/cni, so the
+# libcni driver runs in a private mount namespace of node N where
+# /run/flannel is the node's dir (its subnet.env) and /var/lib/cni is
+# nodes/N/var-lib-cni (host-local's store, flannel's delegate files,
+# libcni's result cache). CNI_PATH is WC_CNI_PATH (default WC_BIN).
+
+# cluster_node_var_lib_cni N: what node N's plugins see as /var/lib/cni.
+cluster_node_var_lib_cni() { echo "$WC_STATE/nodes/$1/var-lib-cni"; }
+
+# cluster_libcni N COMMAND POD CONFLIST [CAP_ARGS_JSON]: libcni-driver
+# COMMAND (add, check, del) for POD's eth0 on node N; prints its stdout.
+# DEL without the pod's netns when it is gone.
+cluster_libcni() {
+    _wc_need_init || return 1
+    local n=$1 cmd=$2 pod=$3 conflist=$4 cap=${5:-} dir vlc ns args
+    dir=$(cluster_node_dir "$n") vlc=$(cluster_node_var_lib_cni "$n") ns=$(cluster_pod_ns "$n" "$pod")
+    mkdir -p "$vlc"
+    args=(--conflist "$conflist" --cni-path "${WC_CNI_PATH:-$(_wc_bin)}" --cache-dir /var/lib/cni
+        --container-id "$(cluster_pod_cid "$n" "$pod")" --ifname eth0)
+    [ -e "/run/netns/$ns" ] && args+=(--netns "/run/netns/$ns")
+    [ -n "$cap" ] && args+=(--cap-args "$cap")
+    # shellcheck disable=SC2016 # expanded by the inner sh
+    ip netns exec "$(cluster_node_ns "$n")" unshare -m --propagation private sh -c \
+        'mount --bind "$1" /run/flannel && mount --bind "$2" /var/lib/cni && shift 2 &&
+         exec env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"' \
+        sh "$dir" "$vlc" "${WC_LIBCNI_DRIVER:-$WC_REPO/tests/libcni-driver/bin/libcni-driver}" "$cmd" "${args[@]}"
+}
+
+# cluster_chain_pod_add N POD CONFLIST [CAP_ARGS_JSON]: pod netns (lo up)
+# + libcni ADD of the conflist; records the result and prints the pod's IP.
+cluster_chain_pod_add() {
+    _wc_need_init || return 1
+    local n=$1 pod=$2 ns dir out ip
+    [[ $pod =~ ^[A-Za-z0-9_.]{1,20}$ ]] || { _wc_die "bad pod name '$pod'"; return 1; }
+    ns=$(cluster_pod_ns "$n" "$pod") dir=$(cluster_node_dir "$n")
+    [ -e "/run/netns/$ns" ] && { _wc_die "pod $pod exists on n$n"; return 1; }
+    _wc_netns_add "$ns" || return 1
+    out=$(cluster_libcni "$n" add "$pod" "${@:3}") || { _wc_die "libcni ADD failed for $pod on n$n: $out"; return 1; }
+    ip=$(jq -r '.ips[0].address' <<<"$out")
+    ip=${ip%/*}
+    [ -n "$ip" ] && [ "$ip" != null ] || { _wc_die "no IP in result: $out"; return 1; }
+    echo "$out" >"$dir/pods/$pod.json"
+    echo "$ip" >"$dir/pods/$pod.ip"
+    echo "$ip"
+}
+
+# cluster_chain_pod_del N POD CONFLIST [CAP_ARGS_JSON]: libcni DEL, then the
+# pod netns is removed.
+cluster_chain_pod_del() {
+    _wc_need_init || return 1
+    local n=$1 pod=$2 out rc=0
+    out=$(cluster_libcni "$1" del "$2" "${@:3}") || { rc=1; _wc_die "libcni DEL failed for $pod on n$n: $out"; }
     _wc_netns_del "$(cluster_pod_ns "$n" "$pod")"
     rm -f "$(cluster_node_dir "$n")/pods/$pod".{json,ip}
     return $rc
