@@ -368,7 +368,7 @@ note_load end
     echo
     echo "Environment: kernel $(uname -r), $(nproc) CPUs ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)), $(free -g | awk '/^Mem/ {print $2}') GiB RAM; weftd $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root" diff --quiet -- daemon netlink 2>/dev/null || echo ' (+ local changes)'), etcd $(etcd --version | sed -n 's/^etcd Version: //p'), iperf3 $(iperf3 --version | awk 'NR==1 {print $2}'), $( ((masq)) && echo 'weftd --ip-masq' || echo 'no masquerade'); 1-min load average at the start of each part: $(IFS=,; echo "${loads[*]}" | sed 's/,/, /g')."
     echo
-    echo "Reproduce: \`sudo scripts/bench-overlay.sh --parts $parts --leases $n_leases --scale $n_scale --scale-runs $scale_runs --floor-runs $floor_runs --iperf-time $iperf_time --iperf-reps $iperf_reps$( ((masq)) && echo ' --masq')\`"
+    echo "Reproduce: \`sudo scripts/bench-overlay.sh --parts $parts --leases $n_leases --scale $n_scale --scale-leases $n_conv_scale --scale-runs $scale_runs --floor-runs $floor_runs --iperf-time $iperf_time --iperf-reps $iperf_reps$( ((masq)) && echo ' --masq')\`"
 } >"$res/report.md"
 cat "$res/report.md"
 [[ -z $out ]] || cp "$res/report.md" "$out"
