@@ -25,8 +25,8 @@
 #              02:cc:..) are written into etcd one at a time from node n2's
 #              netns; per lease, latency = (netlink event of the last of its
 #              route, permanent neighbour and FDB entry on n2's flannel.1)
-#              - (etcd put returned).
-#   scale      N fake leases (/29s of 10.244.0.0/16 under the separate
+#              - (just before the etcd put request was sent).
+#   scale      N fake leases (/29s, or /30s above 7,900, of 10.244.0.0/16 under the separate
 #              prefix /weft-bench/scale, PublicIPs in the RFC 2544 range
 #              198.18.0.0/15) are loaded into etcd; then weftd starts on a
 #              fresh node and we time start -> all 3N entries seen (netlink
@@ -79,7 +79,7 @@ for v in n_leases n_conv_scale n_scale scale_runs floor_runs iperf_time iperf_re
 done
 ((n_conv_scale <= 100)) || die "--scale-leases is at most 100"
 ((n_leases <= 100)) || die "--leases is at most 100 (10.244.150-249.0/24)"
-((n_scale <= 7900)) || die "--scale is at most 7900 (/29s of 10.244.0.0/16)"
+((n_scale <= 16000)) || die "--scale is at most 16000 (/30s of 10.244.0.0/16)"
 want() { [[ ,$parts, == *,$1,* ]]; }
 [[ $(id -u) -eq 0 ]] || die "must run as root (creates network namespaces)"
 for t in ip bridge nsenter etcd curl jq python3 iperf3; do
@@ -268,7 +268,9 @@ fi
 if want scale; then
     note_load scale
     sprefix=/weft-bench/scale
-    slen=29
+    # /29 leases up to 7,900 peers, /30 (SubnetLen's limit) beyond: room for
+    # the preloaded leases plus the ones written one at a time after them.
+    slen=29; ((n_scale <= 7900)) || slen=30
     log "scale: loading $n_scale leases under $sprefix"
     cluster_etcd_put "$sprefix/config" "{\"Network\":\"10.244.0.0/16\",\"SubnetLen\":$slen,\"Backend\":{\"Type\":\"vxlan\"}}"
     ip netns exec "$WC_ETCD_NS" python3 "$helper" load --etcd "$WC_ETCD_EP" --prefix "$sprefix" \
@@ -369,7 +371,7 @@ note_load end
     echo
     echo "Environment: kernel $(uname -r), $(nproc) CPUs ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)), $(free -g | awk '/^Mem/ {print $2}') GiB RAM; weftd $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root" diff --quiet -- daemon netlink 2>/dev/null || echo ' (+ local changes)'), etcd $(etcd --version | sed -n 's/^etcd Version: //p'), iperf3 $(iperf3 --version | awk 'NR==1 {print $2}'), $( ((masq)) && echo 'weftd --ip-masq' || echo 'no masquerade'); 1-min load average at the start of each part: $(IFS=,; echo "${loads[*]}" | sed 's/,/, /g')."
     echo
-    echo "Reproduce: \`sudo scripts/bench-overlay.sh --parts $parts --leases $n_leases --scale $n_scale --scale-runs $scale_runs --floor-runs $floor_runs --iperf-time $iperf_time --iperf-reps $iperf_reps$( ((masq)) && echo ' --masq')\`"
+    echo "Reproduce: \`sudo scripts/bench-overlay.sh --parts $parts --leases $n_leases --scale $n_scale --scale-leases $n_conv_scale --scale-runs $scale_runs --floor-runs $floor_runs --iperf-time $iperf_time --iperf-reps $iperf_reps$( ((masq)) && echo ' --masq')\`"
 } >"$res/report.md"
 cat "$res/report.md"
 [[ -z $out ]] || cp "$res/report.md" "$out"

@@ -1,9 +1,10 @@
 //! weftd: weft's node agent, a flanneld-compatible etcd (v3) subnet manager
-//! with a VXLAN data plane.
+//! with vxlan (optionally DirectRouting) and host-gw backends.
 //!
 //! What it does, in order:
 //! 1. reads `<prefix>/config` from etcd (waits while it is missing; exits
-//!    non-zero on an invalid config; only `Backend.Type=vxlan` is supported;
+//!    non-zero on an invalid config; `Backend.Type` vxlan [DirectRouting]
+//!    or host-gw, see `backends`;
 //!    dual stack via `EnableIPv6` + `IPv6Network` [+ `IPv6SubnetLen/Min/Max`]
 //!    with flannel's defaults; IPv6-only `EnableIPv4=false` is refused);
 //! 2. acquires a subnet lease under `<prefix>/subnets/` atomically (etcd Txn,
@@ -19,7 +20,8 @@
 //! 4. then writes `--subnet-file` atomically (FLANNEL_NETWORK, FLANNEL_SUBNET,
 //!    [FLANNEL_IPV6_NETWORK, FLANNEL_IPV6_SUBNET,] FLANNEL_MTU, FLANNEL_IPMASQ;
 //!    dual-stack FLANNEL_MTU is the smaller of the two devices' MTUs);
-//! 5. creates/keeps `flannel.<VNI>` (MTU underlay − 50) and programs, per
+//! 5. (vxlan; host-gw programs `<subnet> via <PublicIP> dev <iface>` per
+//!    on-link peer instead) creates/keeps `flannel.<VNI>` (MTU underlay − 50) and programs, per
 //!    remote lease that passes validation (inside Network, clear of our
 //!    subnet, the underlay and older leases, usable PublicIP/VtepMAC),
 //!    neighbour + FDB + onlink route; when dual-stack the same
