@@ -16,41 +16,37 @@ use backup::Backup;
 use config::TuningConfig;
 
 /// The pod's side of a command: a netlink socket and the interface, both
-/// in the pod's netns, used on the thread that joined it (see `with_pod`).
+/// in the pod's netns (see `with_pod`).
 struct Pod {
     nl: Netlink,
     link: Link,
 }
 
-/// Runs `f` on one helper thread that has joined the pod's netns, so the
+/// Moves the process into the pod's netns and runs `f` there, so the
 /// netlink socket is the pod's and /proc/sys/net shows the pod's sysctls.
-/// A command makes exactly one such trip: every thread hand-off waits for a
-/// CPU, which on a loaded node cost more than the work (profiled with
-/// strace -f -tt: ADD made three trips, DEL two). Files (the backup) live
-/// in the mount namespace, which the thread shares with the host.
-fn with_pod<R: Send>(
-    req: &Request,
-    f: impl FnOnce(&mut Pod) -> Result<R, Error> + Send,
-) -> Result<R, Error> {
+/// tuning is single-threaded and has no host-netns work left once it gets
+/// here, so it enters on its own thread and stays: a helper thread per trip
+/// (ADD made three, DEL two) cost more than the work on a loaded node, since
+/// each new thread waits for a CPU (profiled with strace -f -tt). Files (the
+/// backup) are unaffected: they live in the mount namespace.
+fn with_pod<R>(req: &Request, f: impl FnOnce(&mut Pod) -> Result<R, Error>) -> Result<R, Error> {
     let path = req.netns_path()?;
     let ns = Netns::open(path)
         .map_err(|e| Error::env(format!("CNI_NETNS \"{}\": {e}", path.display())))?;
-    let ifname = req.ifname.as_str();
-    ns.run(move || {
-        let mut nl =
-            Netlink::new().map_err(|e| Error::kernel("open netlink in the pod netns", e))?;
-        let link = nl
-            .link_by_name(ifname)
-            .map_err(|e| Error::kernel(format!("look up {ifname}"), e))?
-            .ok_or_else(|| {
-                Error::config(format!(
-                    "there is no interface {ifname} in {}",
-                    path.display()
-                ))
-            })?;
-        f(&mut Pod { nl, link })
-    })
-    .map_err(|e| Error::kernel("enter the pod netns", e))?
+    ns.enter_for_good()
+        .map_err(|e| Error::kernel("enter the pod netns", e))?;
+    let mut nl = Netlink::new().map_err(|e| Error::kernel("open netlink in the pod netns", e))?;
+    let link = nl
+        .link_by_name(&req.ifname)
+        .map_err(|e| Error::kernel(format!("look up {}", req.ifname), e))?
+        .ok_or_else(|| {
+            Error::config(format!(
+                "there is no interface {} in {}",
+                req.ifname,
+                path.display()
+            ))
+        })?;
+    f(&mut Pod { nl, link })
 }
 
 /// The current values of everything `config` will change; a sysctl that
