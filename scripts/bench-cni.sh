@@ -132,6 +132,10 @@ log "Go:   $go_dir"
 
 if [[ -n $portmap ]]; then
     ip netns add "$prefix-pod"
+    # The pods' bridge, so portmap finds the link towards them (route_localnet).
+    ip -n "$node" link add cni0 type bridge
+    ip -n "$node" addr add 10.244.0.1/16 dev cni0
+    ip -n "$node" link set cni0 up
     ip netns exec "$node" python3 "$root/scripts/bench_portmap.py" \
         --tmp "$tmp" --netns "/run/netns/$prefix-pod" \
         --weft-dir "$weft_dir" --go-dir "$go_dir" --iterations "$iterations" \
