@@ -77,6 +77,17 @@ impl Netns {
         self.file.as_fd()
     }
 
+    /// Moves the calling thread into this namespace for the rest of its
+    /// life. Only for a single-threaded, short-lived plugin whose remaining
+    /// work all belongs in this namespace (tuning): it saves the hand-off to
+    /// a helper thread that [`Netns::run`] makes, and on a busy node every
+    /// new thread waits for a CPU. Never on a thread that is shared, kept,
+    /// or has host-namespace work left.
+    pub fn enter_for_good(&self) -> Result<(), Error> {
+        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
+            .map_err(|e| Error::os("setns(CLONE_NEWNET)", e))
+    }
+
     /// Run `f` on a fresh thread that has joined this namespace. The caller's
     /// thread is untouched; the helper thread exits when `f` returns, so a
     /// namespace switch can never leak into other code.
