@@ -34,7 +34,7 @@ pub use monitor::{KernelEvent, LinkEvent, LinkMonitor};
 pub use neigh::{FdbEntry, Neighbour};
 pub use netns::{read_sysctl, write_sysctl, Netns};
 pub use route::{IpFamily, Route};
-pub use tc::{Filter, Qdisc, Tbf};
+pub use tc::{Class, Filter, Htb, HtbClass, IpField, Qdisc, Tbf};
 
 /// Neighbour (NUD_*) states, as reported in [`Neighbour::state`] / [`FdbEntry::state`].
 pub mod nud {

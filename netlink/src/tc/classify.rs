@@ -6,8 +6,7 @@
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::tc::{
-    TcAttribute, TcFilterU32Option, TcHandle, TcOption, TcU32Key, TcU32Selector,
-    TcU32SelectorFlags,
+    TcAttribute, TcFilterU32Option, TcHandle, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 

@@ -93,7 +93,10 @@ fn class_options(class: &HtbClass) -> Vec<TcOption> {
     opt[24..28].copy_from_slice(&class.buffer.to_ne_bytes());
     opt[28..32].copy_from_slice(&class.buffer.to_ne_bytes());
     opt[32..36].copy_from_slice(&class.quantum.to_ne_bytes());
-    let mut options = vec![TcOption::Other(DefaultNla::new(TCA_HTB_PARMS, opt.to_vec()))];
+    let mut options = vec![TcOption::Other(DefaultNla::new(
+        TCA_HTB_PARMS,
+        opt.to_vec(),
+    ))];
     if rate64 {
         options.push(TcOption::Other(DefaultNla::new(
             TCA_HTB_RATE64,
@@ -198,12 +201,17 @@ impl Netlink {
         }
         let mut m = tc_msg(ifindex, parent, classid, 0)?;
         m.attributes.push(TcAttribute::Kind("htb".into()));
-        m.attributes.push(TcAttribute::Options(class_options(class)));
+        m.attributes
+            .push(TcAttribute::Options(class_options(class)));
         self.sock
             .request(
                 RouteNetlinkMessage::NewTrafficClass(m),
                 NLM_F_CREATE | NLM_F_EXCL,
-                &format!("add htb class {:x}:{:x} on #{ifindex}", classid >> 16, classid & 0xffff),
+                &format!(
+                    "add htb class {:x}:{:x} on #{ifindex}",
+                    classid >> 16,
+                    classid & 0xffff
+                ),
             )
             .map(drop)
     }
