@@ -459,35 +459,45 @@ fn bad_input_is_a_spec_error_and_makes_nothing() {
     assert!(ifbs(&env.node).is_empty());
 }
 
-/// Each netlink request of a shaping ADD fails in turn (strace injects
-/// EIO on the n-th sendto): every failed ADD must leave no ifb and no qdisc.
-#[test]
-#[ignore = "needs root"]
-fn a_failing_add_leaves_no_ifb_and_no_qdisc() {
-    if !require_root() {
-        return;
-    }
+/// Fails each netlink request of a shaping ADD with `limits` in turn
+/// (strace injects EIO on the n-th sendto): every failed ADD must leave no
+/// ifb and no qdisc (classes and filters live in them), and the first one
+/// that gets through makes `qdiscs_made` qdiscs on the host veth. Returns
+/// how many failed.
+fn every_failing_add_rolls_back(limits: Value, qdiscs_made: usize) -> usize {
     let env = Env::new();
     let pod = env.node.pod();
     let prev = env.attach(&pod, "1.0.0");
     let veth = host_veth(&prev);
-    let limits = json!({"ingressRate": 8_000_000, "ingressBurst": 80_000,
-                        "egressRate": 8_000_000, "egressBurst": 80_000});
     let conf = with_prev(&env.bw_conf("1.0.0", limits), &prev);
     let wrappers = TempDir::new();
     let mut failed = 0;
-    for n in 1..=30 {
+    for n in 1..=80 {
         let wrapper = sendto_failing_wrapper(wrappers.path(), "bandwidth", n, true);
         let out = env.bw_with(CniCall::add(&pod, conf.clone()), &wrapper);
         if out.success() {
-            assert_eq!(qdiscs(&env.node, &veth).len(), 2);
-            break;
+            assert_eq!(qdiscs(&env.node, &veth).len(), qdiscs_made);
+            return failed;
         }
         failed += 1;
         out.expect_error(100);
         assert!(qdiscs(&env.node, &veth).is_empty(), "failure {n}");
         assert!(ifbs(&env.node).is_empty(), "failure {n}");
     }
+    panic!("the ADD never got through");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_failing_add_leaves_no_ifb_and_no_qdisc() {
+    if !require_root() {
+        return;
+    }
+    let failed = every_failing_add_rolls_back(
+        json!({"ingressRate": 8_000_000, "ingressBurst": 80_000,
+               "egressRate": 8_000_000, "egressBurst": 80_000}),
+        2,
+    );
     assert!(
         failed >= 6,
         "only {failed} netlink calls failed: is strace injecting?"
@@ -692,36 +702,21 @@ fn check_verifies_the_subnet_classes_and_filters() {
     assert!(ifbs(&env.node).is_empty());
 }
 
-/// Each netlink request of an ADD with unshapedSubnets fails in turn: no
-/// failed ADD leaves a qdisc, class, filter or ifb.
+/// The same with unshapedSubnets: the HTB trees' classes, leaves and
+/// classifiers are as many more failure points.
 #[test]
 #[ignore = "needs root"]
 fn a_failing_subnet_add_leaves_nothing() {
     if !require_root() {
         return;
     }
-    let env = Env::new();
-    let pod = env.node.pod();
-    let prev = env.attach(&pod, "1.0.0");
-    let veth = host_veth(&prev);
-    let limits = json!({"ingressRate": 8_000_000, "ingressBurst": 80_000,
-                        "egressRate": 8_000_000, "egressBurst": 80_000,
-                        "unshapedSubnets": ["10.244.0.0/16", "fd00::/8"]});
-    let conf = with_prev(&env.bw_conf("1.0.0", limits), &prev);
-    let wrappers = TempDir::new();
-    let mut failed = 0;
-    for n in 1..=60 {
-        let wrapper = sendto_failing_wrapper(wrappers.path(), "bandwidth", n, true);
-        let out = env.bw_with(CniCall::add(&pod, conf.clone()), &wrapper);
-        if out.success() {
-            assert_eq!(qdiscs(&env.node, &veth).len(), 4);
-            break;
-        }
-        failed += 1;
-        out.expect_error(100);
-        assert!(qdiscs(&env.node, &veth).is_empty(), "failure {n}");
-        assert!(ifbs(&env.node).is_empty(), "failure {n}");
-    }
+    // On the veth: htb, its two leaves and the ingress qdisc.
+    let failed = every_failing_add_rolls_back(
+        json!({"ingressRate": 8_000_000, "ingressBurst": 80_000,
+               "egressRate": 8_000_000, "egressBurst": 80_000,
+               "unshapedSubnets": ["10.244.0.0/16", "fd00::/8"]}),
+        4,
+    );
     assert!(
         failed >= 20,
         "only {failed} netlink calls failed: is strace injecting?"
