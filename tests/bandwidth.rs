@@ -471,15 +471,13 @@ fn every_failing_add_rolls_back(limits: Value, qdiscs_made: usize) -> usize {
     let veth = host_veth(&prev);
     let conf = with_prev(&env.bw_conf("1.0.0", limits), &prev);
     let wrappers = TempDir::new();
-    let mut failed = 0;
     for n in 1..=80 {
         let wrapper = sendto_failing_wrapper(wrappers.path(), "bandwidth", n, true);
         let out = env.bw_with(CniCall::add(&pod, conf.clone()), &wrapper);
         if out.success() {
             assert_eq!(qdiscs(&env.node, &veth).len(), qdiscs_made);
-            return failed;
+            return n - 1;
         }
-        failed += 1;
         out.expect_error(100);
         assert!(qdiscs(&env.node, &veth).is_empty(), "failure {n}");
         assert!(ifbs(&env.node).is_empty(), "failure {n}");
