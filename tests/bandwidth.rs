@@ -136,9 +136,14 @@ fn shape_of(q: &Value) -> Value {
     })
 }
 
+/// One iperf3 run at a time in this suite: two shaped streams sharing the
+/// 2 cores with each other cost the shapers tokens and the rates 10 %.
+static IPERF: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// iperf3 throughput in bits/s: the client in `from` sends to `server_ip`
 /// (a server in `to`); with `reverse`, the server sends.
 fn iperf(from: &Netns, to: &Netns, server_ip: &str, reverse: bool) -> f64 {
+    let _alone = IPERF.lock().unwrap_or_else(|e| e.into_inner());
     let _server = to.spawn("iperf3", &["-s", "-1", "-B", server_ip]);
     assert!(
         wait_until(
