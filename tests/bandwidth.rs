@@ -700,6 +700,13 @@ fn check_verifies_the_subnet_classes_and_filters() {
             .expect_error(105);
         assert!(!qdiscs(&env.node, dev).is_empty());
     }
+    // A repeated ADD without the subnets turns both trees back into tbfs.
+    let mut plain = conf.clone();
+    plain.as_object_mut().unwrap().remove("shapedSubnets");
+    let result = env.bw(CniCall::add(&pod, plain.clone())).expect_ok();
+    env.bw(CniCall::check(&pod, with_prev(&plain, &result)))
+        .expect_ok();
+    assert_eq!(qdiscs(&env.node, &ifb)[0]["kind"], "tbf");
     env.bw(CniCall::del(&pod, check.clone())).expect_ok();
     assert!(qdiscs(&env.node, &veth).is_empty());
     assert!(ifbs(&env.node).is_empty());

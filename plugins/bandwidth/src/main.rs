@@ -1,7 +1,9 @@
 //! bandwidth: a chained plugin that limits a pod's traffic with token
 //! buckets, as the reference plugin does: traffic into the pod through a
 //! root tbf on the host end of its veth, traffic out of the pod through an
-//! ifb that the host veth's ingress redirects to. All tc work is netlink.
+//! ifb that the host veth's ingress redirects to; with shapedSubnets or
+//! unshapedSubnets under an HTB that sorts by far end. All tc work is
+//! netlink.
 
 mod config;
 mod sha512;

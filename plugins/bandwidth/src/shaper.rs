@@ -96,10 +96,18 @@ fn install(
     field: IpField,
 ) -> Result<(), Error> {
     let tbf = tbf_for(limit, mtu);
+    let what = || format!("add the shaper to {}", dev.name);
     match selection(scope) {
-        None => host
-            .replace_root_tbf(dev.index, &tbf)
-            .map_err(kernel(format!("add the shaper to {}", dev.name))),
+        None => match host.replace_root_tbf(dev.index, &tbf) {
+            // A root 1: of another kind (an earlier ADD's HTB) cannot be
+            // changed into a tbf, only replaced.
+            Err(e) if e.errno() == Some(Errno::EINVAL) => {
+                let _ = host.delete_qdisc(dev.index, tc::ROOT, tc::TBF_HANDLE);
+                host.replace_root_tbf(dev.index, &tbf)
+                    .map_err(kernel(what()))
+            }
+            other => other.map_err(kernel(what())),
+        },
         Some(sel) => subnets::install(host, dev, &tbf, sel, field),
     }
 }
