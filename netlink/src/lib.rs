@@ -36,7 +36,7 @@ pub use neigh::{FdbEntry, Neighbour};
 pub use netfilter::{xtables_entries, NftChange, NftEvent, NftMonitor};
 pub use netns::{read_sysctl, write_sysctl, Netns};
 pub use route::{IpFamily, Route};
-pub use tc::{Filter, Qdisc, Tbf};
+pub use tc::{Class, Filter, Htb, HtbClass, IpField, Qdisc, Tbf};
 
 /// Neighbour (NUD_*) states, as reported in [`Neighbour::state`] / [`FdbEntry::state`].
 pub mod nud {
