@@ -16,10 +16,11 @@ log() { printf '==> %s\n' "$*" >&2; }
 packages=(
     etcd-server containernetworking-plugins golang-go golang-github-appc-cni-dev
     iproute2 iptables nftables iperf3 protobuf-compiler libprotobuf-dev jq time iputils-ping openssl etcd-client python3
-    ca-certificates curl build-essential pkg-config strace
+    ca-certificates curl build-essential pkg-config strace ethtool
 )
 # libprotobuf-dev: the well-known .proto files etcd-client's build imports
 # (a recommends of protobuf-compiler, which --no-install-recommends skips).
+# ethtool: weftctl doctor reads VXLAN checksum offload with it (kernels < 5.7).
 # build-essential: gcc as linker and libc6-dev's static glibc (crt-static).
 missing=()
 for p in "${packages[@]}"; do

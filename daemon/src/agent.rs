@@ -149,6 +149,7 @@ impl Agent {
                     .await
                 {
                     Ok(l) => {
+                        self.metrics.status.lease(&l, &self.attrs);
                         self.metrics.lease_acquisitions.fetch_add(1, Relaxed);
                         renew_at = Instant::now() + renew_after(l.ttl, self.renew_margin_secs);
                         if current_subnet != Some((l.subnet, l.subnet6)) {
@@ -159,6 +160,7 @@ impl Agent {
                             let mut setup_errors =
                                 crate::logging::Repeats::new(Duration::from_secs(60));
                             while let Err(e) = self.on_subnet(l.subnet, l.subnet6).await {
+                                self.metrics.status.setup(Some(format!("{e:#}")));
                                 if let Some(n) = setup_errors.check(&format!("{e:#}")) {
                                     crate::error!(
                                         "setting up our subnet failed; retrying",
@@ -171,11 +173,13 @@ impl Agent {
                                     _ = shutdown.changed() => return Ok(()),
                                 }
                             }
+                            self.metrics.status.setup(None);
                             current_subnet = Some((l.subnet, l.subnet6));
                         }
                         own = Some(l);
                     }
                     Err(e) => {
+                        self.metrics.status.lease_failed(&e);
                         crate::error!("acquiring a subnet lease failed; retrying", error = e);
                         tokio::select! {
                             _ = backoff.wait() => {}
@@ -203,6 +207,7 @@ impl Agent {
                     }
                 }
                 Err(e) => {
+                    self.metrics.status.etcd_failed(e.as_ref());
                     self.metrics.etcd_reconnects.fetch_add(1, Relaxed);
                     crate::warn!(
                         "etcd list/watch failed; reconnecting",
@@ -231,6 +236,7 @@ impl Agent {
             return Ok(Some(Inner::Reacquire));
         };
         let (list, rev) = self.reg.list().await?;
+        self.metrics.status.etcd_ok();
         let mut entries: BTreeMap<Ipv4Network, Entry> = BTreeMap::new();
         for e in list {
             entries.insert(e.subnet, e);
@@ -286,6 +292,7 @@ impl Agent {
                     let Some(cur) = own_slot.clone() else { return Ok(Some(Inner::Reacquire)) };
                     match self.reg.renew(&cur, &self.attrs).await {
                         Ok(Some(n)) => {
+                            self.metrics.status.lease(&n, &self.attrs);
                             self.metrics.lease_renewals.fetch_add(1, Relaxed);
                             crate::info!("renewed lease", subnet = n.subnet, ttl = n.ttl);
                             *renew_at = Instant::now() + renew_after(n.ttl, self.renew_margin_secs);
@@ -296,6 +303,7 @@ impl Agent {
                             return Ok(Some(Inner::Reacquire));
                         }
                         Err(e) => {
+                            self.metrics.status.etcd_failed(&e);
                             let retry = Duration::from_secs((cur.ttl / 4).clamp(1, 60) as u64);
                             crate::error!("lease renewal failed; retrying", error = e, retry_s = retry.as_secs());
                             *renew_at = Instant::now() + retry;
@@ -385,6 +393,7 @@ impl Agent {
     ) {
         let sel = crate::peers::select(entries.values(), Some(own), &self.scopes);
         self.rejections.report(&sel.rejected);
+        self.metrics.status.peers(entries, own.0, &sel.rejected);
         self.metrics.leases_known.store(
             entries.keys().filter(|s| **s != own.0).count() as u64,
             Relaxed,

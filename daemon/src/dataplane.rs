@@ -846,8 +846,12 @@ impl Dataplane {
                 changed = true;
             }
             let synced = match self.reconcile() {
-                Ok(synced) => synced,
+                Ok(synced) => {
+                    self.metrics.status.sync(Ok(()));
+                    synced
+                }
                 Err(e) => {
+                    self.metrics.status.sync(Err(e.to_string()));
                     self.metrics.programming_errors.fetch_add(1, Relaxed);
                     if let Some(n) = self.errors.check(&e.to_string()) {
                         crate::error!(

@@ -72,6 +72,7 @@ mod logging;
 mod masq;
 mod metrics;
 mod peers;
+mod status;
 mod subnet_env;
 
 use anyhow::{bail, Context};
@@ -123,8 +124,14 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = rt.block_on(run(flags, pre)) {
+    let metrics = Arc::new(metrics::Metrics::default());
+    let state_file = pre.state_file.clone();
+    if let Err(e) = rt.block_on(run(flags, pre, metrics.clone())) {
         eprintln!("weftd: {e:#}");
+        metrics.status.fatal(&format!("{e:#}"));
+        if let Some(f) = &state_file {
+            metrics.status.flush(f, &metrics);
+        }
         std::process::exit(1);
     }
 }
@@ -136,6 +143,8 @@ struct Prepared {
     masq: Option<masq::Backend>,
     previous: Option<(Option<ipnetwork::Ipv4Network>, ipnetwork::Ipv4Network)>,
     previous6: Option<(Option<ipnetwork::Ipv6Network>, ipnetwork::Ipv6Network)>,
+    /// The state file, locked for weftd's lifetime (None if it cannot be made).
+    state_file: Option<Arc<weft_node_state::StateFile>>,
 }
 
 impl Prepared {
@@ -149,7 +158,24 @@ impl Prepared {
             None
         };
         let previous = subnet_env::read_previous(&f.subnet_file);
+        let state_path = f
+            .state_file
+            .clone()
+            .unwrap_or_else(|| weft_node_state::path_for_subnet_file(&f.subnet_file));
+        let state_file = match weft_node_state::StateFile::open(&state_path) {
+            Ok(s) => Some(Arc::new(s)),
+            // Also when another weftd holds it (a second daemon on the same
+            // subnet file): that one keeps reporting; this one serves /state only.
+            Err(e) => {
+                warn!(
+                    "weftctl and the flannel plugin will not see weftd's state",
+                    error = e
+                );
+                None
+            }
+        };
         Ok(Prepared {
+            state_file,
             tls: read_tls(f)?,
             masq,
             previous: previous.as_ref().and_then(subnet_env::previous_v4),
@@ -177,6 +203,7 @@ async fn connect(
     f: &flags::Flags,
     tls: Option<lease::TlsFiles>,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    status: &status::Status,
 ) -> anyhow::Result<Option<etcd_client::Client>> {
     let user = f.etcd_username.clone().zip(f.etcd_password.clone());
     let endpoints: Vec<String> = f
@@ -195,6 +222,7 @@ async fn connect(
                 bail!("etcd endpoints {}: {e}", endpoints.join(","))
             }
             Err(e) => {
+                status.etcd_failed(&e);
                 warn!(
                     "cannot connect to etcd; retrying",
                     endpoints = endpoints.join(","),
@@ -210,7 +238,15 @@ async fn connect(
     }
 }
 
-async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
+async fn run(f: flags::Flags, pre: Prepared, metrics: Arc<metrics::Metrics>) -> anyhow::Result<()> {
+    let status = metrics.status.clone();
+    status.start(&f.etcd_endpoints, &f.etcd_prefix, &f.subnet_file);
+    if let Some(b) = pre.masq {
+        status.masq_enabled(&format!("{b:?}"));
+    }
+    if let Some(file) = &pre.state_file {
+        status.spawn_writer(file.clone(), metrics.clone())?;
+    }
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -234,7 +270,9 @@ async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
         let mut nl = weft_netlink::Netlink::new()?;
         dataplane::find_underlay(&mut nl, &ifaces)
     })
-    .await??;
+    .await?
+    .inspect_err(|e| status.interface_not_found(&f.iface, e))?;
+    status.underlay(&underlay.name, underlay.ip, underlay.mtu);
     let public_ip = f.public_ip.unwrap_or(underlay.ip);
     info!(
         "using interface",
@@ -244,7 +282,6 @@ async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
         mtu = underlay.mtu
     );
 
-    let metrics = Arc::new(metrics::Metrics::default());
     if f.healthz_port != 0 {
         let addr = std::net::SocketAddr::new(f.healthz_ip, f.healthz_port);
         let l = health::bind(addr)
@@ -254,7 +291,7 @@ async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
         tokio::spawn(health::serve(l, metrics.clone()));
     }
 
-    let Some(client) = connect(&f, pre.tls, &mut stop_rx).await? else {
+    let Some(client) = connect(&f, pre.tls, &mut stop_rx, &status).await? else {
         return Ok(());
     };
     let mut reg = lease::Registry {
@@ -268,19 +305,34 @@ async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
     let raw = loop {
         match reg.get_config().await {
             Ok(Some(c)) => break c,
-            Ok(None) => warn!(
-                "network config not found in etcd; waiting",
-                key = config::config_key(&reg.prefix)
-            ),
-            Err(e) => warn!("reading network config failed; retrying", error = e),
+            Ok(None) => {
+                status.config_missing(&config::config_key(&reg.prefix));
+                warn!(
+                    "network config not found in etcd; waiting",
+                    key = config::config_key(&reg.prefix)
+                )
+            }
+            Err(e) => {
+                status.lease_failed(&e);
+                warn!("reading network config failed; retrying", error = e)
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop_rx.changed() => return Ok(()),
         }
     };
+    let key = config::config_key(&reg.prefix);
     let cfg = config::parse_config(&raw)
-        .with_context(|| format!("invalid {}", config::config_key(&reg.prefix)))?;
+        .inspect_err(|e| status.invalid_config(&key, e))
+        .with_context(|| format!("invalid {key}"))?;
+    status.etcd_ok();
+    status.config(
+        &key,
+        cfg.network,
+        cfg.ipv6.as_ref().map(|c| c.network),
+        "vxlan",
+    );
     info!(
         "network config",
         network = cfg.network,
@@ -368,6 +420,7 @@ async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
     let dp = dataplane::Dataplane::new(spec.clone(), v6.map(|(s, _)| s), metrics.clone())?;
     let interval = Duration::from_secs(f.reconcile_interval);
     let (names, wake) = (dp.device_names(), dp_tx.clone());
+    status.devices(names.clone(), mtu);
     std::thread::Builder::new()
         .name("dataplane".into())
         .spawn(move || dp.run(dp_rx, interval))

@@ -283,7 +283,10 @@ pub fn worker(
                             cluster = req.rules.cluster
                         );
                     }
-                    Err(e) => crate::error!("installing masquerade rules failed", error = e),
+                    Err(e) => {
+                        metrics.status.masq(Err(e.to_string()));
+                        crate::error!("installing masquerade rules failed", error = e)
+                    }
                 }
                 let ok = r.is_ok();
                 let _ = req.done.send(r);
@@ -299,8 +302,14 @@ pub fn worker(
             Err(RecvTimeoutError::Disconnected) => return,
         };
         match result {
-            Ok(ok) => metrics.masq_ok.store(ok, Relaxed),
+            Ok(ok) => {
+                if ok {
+                    metrics.status.masq(Ok(()));
+                }
+                metrics.masq_ok.store(ok, Relaxed)
+            }
             Err(e) => {
+                metrics.status.masq(Err(e.to_string()));
                 metrics.masq_ok.store(false, Relaxed);
                 metrics.programming_errors.fetch_add(1, Relaxed);
                 if let Some(n) = errors.check(&e.to_string()) {

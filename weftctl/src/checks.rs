@@ -42,6 +42,9 @@ fn skipped(s: impl Into<String>) -> Outcome {
     Outcome::Skipped(s.into())
 }
 
+/// One check of the node.
+type Check = fn(&Node) -> Outcome;
+
 /// What the checks look at, read once.
 struct Node<'a> {
     paths: &'a Paths,
@@ -93,7 +96,7 @@ pub fn run(paths: &Paths, seen: &Seen) -> (String, Value, u8) {
         env: SubnetEnv::read(&paths.subnet_file).map_err(|e| e.to_string()),
         firewall: Ruleset::read(),
     };
-    let checks: [(&str, fn(&Node) -> Outcome); 11] = [
+    let checks: [(&str, Check); 11] = [
         ("weftd", check_weftd),
         ("kernel entries", check_entries),
         ("subnet.env", check_subnet_env),
@@ -709,12 +712,20 @@ fn check_duplicates(n: &Node) -> Outcome {
         }
     }
     if dups.is_empty() {
-        ok(format!(
+        return ok(format!(
             "{} lease(s), no PublicIP or VtepMAC used twice",
-            by_ip.len().max(state.peers.len())
-        ))
-    } else {
-        let prefix = state.etcd.prefix.trim_end_matches('/');
-        problem(dups.join("; "), format!("delete the stale one: etcdctl del {prefix}/subnets/<key> (the newer lease is the one weftd rejected)"))
+            state.peers.len() + usize::from(state.lease.is_some())
+        ));
     }
+    // The one weftd rejected is the newer (the older lease wins).
+    let key = state
+        .peers
+        .iter()
+        .find(|p| p.rejected.is_some() && dups.iter().any(|d| d.contains(&p.key)))
+        .map_or("<key of the stale one>", |p| p.key.as_str());
+    let prefix = state.etcd.prefix.trim_end_matches('/');
+    problem(
+        dups.join("; "),
+        format!("if that node is gone, delete its lease: etcdctl del {prefix}/subnets/{key}; else give it its own address/MAC and restart its weftd"),
+    )
 }
