@@ -8,6 +8,10 @@
 #   -n, --iterations N   ADD+DEL pairs per implementation (default 200,
 #                        or $BENCH_ITERATIONS)
 #   --raw FILE           also write every sample as CSV to FILE
+#   --static             benchmark the static IPAM plugin alone (ADD, DEL,
+#                        peak RSS) instead of bridge + host-local
+#   --portmap            instead: portmap ADD with 1,000 mappings present
+#                        against none, weft and Go (scripts/bench_portmap.py)
 # Environment:
 #   BENCH_ITERATIONS     same as -n
 #   WEFT_CNI_DIR         weft plugin dir (default target/x86_64-unknown-linux-gnu/release)
@@ -31,11 +35,15 @@ die() { log "error: $*"; exit 1; }
 
 iterations="${BENCH_ITERATIONS:-200}"
 raw=""
+mode_args=()
+portmap=""
 while (($# > 0)); do
     case "$1" in
         -n | --iterations) iterations="${2:?-n needs a number}"; shift 2 ;;
         --iterations=*) iterations="${1#*=}"; shift ;;
+        --portmap) portmap=1; shift ;;
         --raw) raw="$(realpath -m -- "${2:?--raw needs a file}")"; shift 2 ;;
+        --static) mode_args+=(--static); shift ;;
         -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
@@ -112,11 +120,22 @@ cpu_model="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
 repro="sudo"
 [[ -n ${WEFT_CNI_DIR:-} ]] && repro+=" WEFT_CNI_DIR=$WEFT_CNI_DIR"
 [[ -n ${GO_CNI_DIR:-} ]] && repro+=" GO_CNI_DIR=$GO_CNI_DIR"
-repro+=" scripts/bench-cni.sh -n $iterations"
+repro+=" scripts/bench-cni.sh -n $iterations${mode_args[*]:+ ${mode_args[*]}}"
 
 log "$iterations ADD+DEL pairs per implementation; netns prefix $prefix; tmp $tmp"
 log "weft: $weft_dir"
 log "Go:   $go_dir"
+
+if [[ -n $portmap ]]; then
+    ip netns add "$prefix-pod"
+    ip netns exec "$node" python3 "$root/scripts/bench_portmap.py" \
+        --tmp "$tmp" --netns "/run/netns/$prefix-pod" \
+        --weft-dir "$weft_dir" --go-dir "$go_dir" --iterations "$iterations" \
+        --repro "sudo scripts/bench-cni.sh --portmap -n $iterations ($weft_rev, $go_version)" &
+    driver=$!
+    wait "$driver"
+    exit 0
+fi
 
 # The driver runs inside the node netns (entered once): each plugin exec is
 # then a plain posix_spawn + wait4. `ip netns exec` also gives the driver a
@@ -126,7 +145,7 @@ log "Go:   $go_dir"
 ip netns exec "$node" python3 "$root/scripts/bench_cni.py" \
     --prefix "$prefix" --tmp "$tmp" \
     --weft-dir "$weft_dir" --go-dir "$go_dir" \
-    --iterations "$iterations" ${raw:+--raw "$raw"} \
+    --iterations "$iterations" ${raw:+--raw "$raw"} "${mode_args[@]}" \
     --repro "$repro" --weft-rev "$weft_rev" --go-version "$go_version" \
     --cpu-model "$cpu_model" --datadir-fs "${datadir_fs:-unknown}" &
 driver=$!

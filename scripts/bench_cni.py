@@ -269,6 +269,75 @@ def version_run(runner, impl, binary, key, mode):
     impl.add_sample(key, mode, ns, rss, cpu)
 
 
+# ---------------------------------------------------------------- static
+
+STATIC_IPAM = {
+    "type": "static",
+    "addresses": [{"address": "10.244.0.10/24", "gateway": "10.244.0.1"},
+                  {"address": "fd00:10:244::10/64", "gateway": "fd00:10:244::1"}],
+    "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
+    "dns": {"nameservers": ["10.96.0.10"], "search": ["svc.cluster.local"]},
+}
+
+
+def static_bench(args, runner, impls, prefix):
+    """`--static`: the static IPAM plugin alone, weft against Go, ADD then
+    DEL alternating implementations, plus peak RSS under /usr/bin/time."""
+    conf = {"cniVersion": "1.0.0", "name": NET_NAME, "ipam": STATIC_IPAM}
+    conf_path = os.path.join(args.tmp, "conf-static.json")
+    with open(conf_path, "w") as f:
+        json.dump(conf, f)
+    times = {impl.label: {"ADD": [], "DEL": []} for impl in impls}
+    rss = {impl.label: [] for impl in impls}
+    results = {}
+    pod = Pod(f"{prefix}-st")
+    try:
+        n = args.iterations
+        for i in range(2 * (n + args.warmup + args.rss_runs)):
+            impl = impls[i % 2]
+            binary = os.path.join(impl.dir, "static")
+            mode = ("warm" if i < 2 * args.warmup else
+                    "time" if i < 2 * (args.warmup + n) else "rss")
+            for op in ("ADD", "DEL"):
+                env = cni_env(op, f"{prefix}-st-{i}", pod.path, impl.dir)
+                ns, rc, kib, _, out, err = runner.run(binary, env, conf_path,
+                                                      rss=mode == "rss")
+                if rc != 0:
+                    raise BenchError(f"{impl.label} static {op}: exit {rc}: "
+                                     f"{out.strip()} {err.strip()}")
+                if op == "ADD":
+                    results[impl.label] = json.loads(out)
+                if mode == "time":
+                    times[impl.label][op].append(ns)
+                elif mode == "rss":
+                    rss[impl.label].append(kib)
+    finally:
+        pod.delete()
+    weft, go = (impl.label for impl in impls)
+    strip = lambda r: {k: v for k, v in r.items() if v != {}}
+    if strip(results[weft]) != strip(results[go]):
+        raise BenchError(f"static results differ: {results[weft]} vs {results[go]}")
+    L = ["### static IPAM: weft vs the Go reference plugin\n",
+         f"ipam `static` with two addresses, two routes and dns, cniVersion "
+         f"1.0.0, exec'd directly in the node netns; {n} ADD+DEL pairs per "
+         "implementation, alternating; the two results are identical (checked).\n",
+         "| operation | weft median | Go median | ratio weft/Go | weft p90 | Go p90 |",
+         "|---|---:|---:|---:|---:|---:|"]
+    for op in ("ADD", "DEL"):
+        wt, gt = times[weft][op], times[go][op]
+        L.append(f"| static {op} | {ms(med(wt))} | {ms(med(gt))} | "
+                 f"**{med(wt) / med(gt):.2f}×** | {ms(pct(wt, 90))} | {ms(pct(gt, 90))} |")
+    L += ["", f"Peak RSS (max over {args.rss_runs} ADD+DEL pairs under "
+          "`/usr/bin/time -f %M`):\n", "| binary | peak RSS |", "|---|---:|"]
+    for label in (weft, go):
+        L.append(f"| {label} static | {mib(max(rss[label]))} |")
+    ok = max(rss[weft]) < 3 * 1024
+    L += ["", f"- weft static peak RSS < 3 MiB: {'**met**' if ok else '**not met**'}",
+          "", "Reproduce (as root, from the repository root):\n", "```sh",
+          args.repro, "```"]
+    return "\n".join(L)
+
+
 # ---------------------------------------------------------------- report
 
 def pct(xs, p):
@@ -410,6 +479,8 @@ def main():
     ap.add_argument("--go-version", default="")
     ap.add_argument("--cpu-model", default="")
     ap.add_argument("--datadir-fs", default="")
+    ap.add_argument("--static", action="store_true",
+                    help="benchmark the static IPAM plugin only")
     args = ap.parse_args()
 
     for s in (signal.SIGTERM, signal.SIGHUP):
@@ -428,6 +499,9 @@ def main():
             json.dump(impl.conf, f)
     runner = Runner(args.tmp, args.time_bin)
     prefix = args.prefix
+    if args.static:
+        print(static_bench(args, runner, impls, prefix))
+        return 0
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     load_start = os.getloadavg()[0]
     t_start = time.monotonic()

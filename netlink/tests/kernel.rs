@@ -565,3 +565,19 @@ fn bridge_vlans() -> TestResult {
         .contains("vlan_filtering 0"));
     Ok(())
 }
+
+#[test]
+fn veth_peer_group_is_set_by_the_creating_request() -> TestResult {
+    if !have_root("veth_peer_group_is_set_by_the_creating_request") {
+        return Ok(());
+    }
+    let host = TestNs::new()?;
+    let cont = TestNs::new()?;
+    let mut hn = host.nl()?;
+    let mut cn = cont.nl()?;
+    cn.create_veth_with_peer_group("eth0", None, None, "vethgrp0", &host.ns, 0x1234_5678)?;
+    let peer = hn.link_by_name("vethgrp0")?.ok_or("peer missing")?;
+    assert_eq!(peer.group, 0x1234_5678);
+    assert_eq!(cn.link_by_name("eth0")?.ok_or("eth0 missing")?.group, 0);
+    Ok(())
+}

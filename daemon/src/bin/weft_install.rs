@@ -9,8 +9,13 @@
 //! weft-install --bin-src /opt/weft/bin --bin-dst /host/opt/cni/bin \
 //!              --conf-src /etc/kube-weft/cni-conf.json \
 //!              --conf-dst /host/etc/cni/net.d/10-weft.conflist \
-//!              bridge host-local loopback flannel
+//!              [PLUGIN ...]
 //! ```
+//!
+//! Without plugin names it installs every executable file in `--bin-src`
+//! but weftd and itself: the list is what the image carries, so a plugin
+//! added to the image needs no manifest change, and the manifest never
+//! names a binary the image lacks. A plugin named explicitly must exist.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -34,9 +39,36 @@ struct Args {
     /// Where the conflist goes on the host.
     #[arg(long)]
     conf_dst: PathBuf,
-    /// Plugin names to install.
-    #[arg(required = true)]
+    /// Plugin names to install; none = every plugin in --bin-src.
     plugins: Vec<String>,
+}
+
+/// Binaries the image carries that are not CNI plugins.
+const NOT_PLUGINS: [&str; 2] = ["weftd", "weft-install"];
+
+/// Every executable regular file in `dir` but [`NOT_PLUGINS`], sorted.
+fn carried_plugins(dir: &Path) -> Result<Vec<String>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("list {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("list {}", dir.display()))?;
+        let meta = fs::metadata(entry.path())
+            .with_context(|| format!("stat {}", entry.path().display()))?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if meta.is_file()
+            && meta.permissions().mode() & 0o111 != 0
+            && !NOT_PLUGINS.contains(&name.as_str())
+        {
+            names.push(name);
+        }
+    }
+    names.sort();
+    if names.is_empty() {
+        bail!("{} holds no plugin binaries", dir.display());
+    }
+    Ok(names)
 }
 
 fn install(src: &Path, dst: &Path, mode: u32) -> Result<()> {
@@ -52,7 +84,12 @@ fn install(src: &Path, dst: &Path, mode: u32) -> Result<()> {
 }
 
 fn run(args: &Args) -> Result<()> {
-    for plugin in &args.plugins {
+    let plugins = if args.plugins.is_empty() {
+        carried_plugins(&args.bin_src)?
+    } else {
+        args.plugins.clone()
+    };
+    for plugin in &plugins {
         if plugin.contains('/') || plugin.is_empty() {
             bail!("plugin name {plugin:?} is not a file name");
         }

@@ -295,7 +295,16 @@ fn create_veth(
     let mut last_err = None;
     for _ in 0..VETH_NAME_ATTEMPTS {
         let peer = random_veth_name();
-        match pod.create_veth(&req.ifname, config.mtu, config.mac, &peer, host_ns) {
+        // The group labels the host end from the instant it exists (GC).
+        let group = crate::network_group(&req.name);
+        match pod.create_veth_with_peer_group(
+            &req.ifname,
+            config.mtu,
+            config.mac,
+            &peer,
+            host_ns,
+            group,
+        ) {
             Ok(()) => {
                 // Recorded before any other fallible call, so the pair cannot leak.
                 undo.host_veth = Some(peer.clone());

@@ -3,81 +3,33 @@
 //! DEL finds and removes them without knowing the addresses (the reference
 //! leaks its masquerade rules when the netns is already gone).
 
-use std::io::Write;
-use std::process::{Command as Process, Stdio};
-
 use ipnetwork::IpNetwork;
-use serde_json::Value;
 use weft_cni::{CniResult, Error, ErrorCode, Request};
+use weft_firewall::{
+    attachment_key as key_for, comment_key, fail, network_key, nft_delete_where, nft_handles,
+    nft_works, run, KEY_LEN,
+};
 
 use crate::config::{BridgeConfig, MasqBackend};
 
 const NFT_MASQ_TABLE: &str = "weft_masquerade";
 const NFT_SPOOF_TABLE: &str = "weft_macspoof";
-/// nft refuses comments longer than 128 characters.
-const COMMENT_MAX: usize = 128;
-/// Ends every comment; the key after it is what DEL, CHECK and GC match.
-const KEY_MARK: &str = " key=";
-const KEY_LEN: usize = 32;
 /// (IPv4?, list command, restore command) of each iptables family.
 const IPTABLES_FAMILIES: [(bool, &str, &str); 2] = [
     (true, "iptables", "iptables-restore"),
     (false, "ip6tables", "ip6tables-restore"),
 ];
 
-fn fail(msg: String) -> Error {
-    Error::new(ErrorCode::Firewall, msg)
-}
-
-/// FNV-1a 64 over NUL-separated parts: stable, and no hashing crate.
-fn fnv1a(parts: &[&str]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for (i, part) in parts.iter().enumerate() {
-        let sep: &[u8] = if i == 0 { &[] } else { &[0] };
-        for b in sep.iter().chain(part.as_bytes()) {
-            hash ^= u64::from(*b);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    hash
-}
-
-/// The first half of every key of `network`'s rules.
-fn network_key(network: &str) -> String {
-    format!("{:016x}", fnv1a(&[network]))
-}
-
-/// A fixed-length key, so a comment fits whatever the names' lengths; its
-/// network half lets GC tell this network's rules from others'.
-fn key_for(network: &str, container_id: &str, ifname: &str) -> String {
-    format!(
-        "{}{:016x}",
-        network_key(network),
-        fnv1a(&[network, container_id, ifname])
-    )
-}
-
 fn key(req: &Request) -> String {
     key_for(&req.name, &req.container_id, &req.ifname)
 }
 
-/// A readable owner for people reading the ruleset (cut to fit, never
-/// parsed), then the key. Only printable ASCII is kept, so the text is safe
-/// inside quotes and `truncate` cannot split a character.
+/// A readable owner for people reading the ruleset, then the key.
 fn comment(req: &Request) -> String {
-    let mut readable: String = format!("weft net={} id={}", req.name, req.container_id)
-        .chars()
-        .filter(|c| *c == ' ' || (c.is_ascii_graphic() && *c != '"' && *c != '\\'))
-        .collect();
-    readable.truncate(COMMENT_MAX - KEY_MARK.len() - KEY_LEN);
-    format!("{readable}{KEY_MARK}{}", key(req))
-}
-
-/// The key at the end of one of our comments.
-fn comment_key(comment: &str) -> Option<&str> {
-    let (_, key) = comment.rsplit_once(KEY_MARK)?;
-    key.get(..KEY_LEN)
-        .filter(|k| k.bytes().all(|b| b.is_ascii_hexdigit()))
+    weft_firewall::comment(
+        &format!("weft net={} id={}", req.name, req.container_id),
+        &key(req),
+    )
 }
 
 /// A per-attachment chain, named by the attachment half of its key.
@@ -145,43 +97,12 @@ pub fn check(req: &Request, config: &BridgeConfig, addrs: &[IpNetwork]) -> Resul
 
 fn backend(config: &BridgeConfig) -> MasqBackend {
     config.ip_masq_backend.unwrap_or_else(|| {
-        let nft_works = Process::new("nft")
-            .args(["list", "tables"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if nft_works {
+        if nft_works() {
             MasqBackend::Nftables
         } else {
             MasqBackend::Iptables
         }
     })
-}
-
-/// Run `program args`, feeding `input`; the error names the command.
-fn run(program: &str, args: &[&str], input: &str) -> Result<String, Error> {
-    let mut child = Process::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| fail(format!("cannot run {program}: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(input.as_bytes());
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| fail(format!("{program} failed: {e}")))?;
-    if !out.status.success() {
-        return Err(fail(format!(
-            "{program} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 pub fn setup(req: &Request, config: &BridgeConfig, result: &CniResult) -> Result<(), Error> {
@@ -236,65 +157,6 @@ fn nft_masq_setup(req: &Request, result: &CniResult) -> Result<(), Error> {
             comment(req)
         ));
     }
-    run("nft", &["-f", "-"], &script).map(|_| ())
-}
-
-/// Handles of the rules of `table`/`chain` whose comment `matches`; a
-/// missing table or chain has none.
-fn nft_handles(
-    family: &str,
-    table: &str,
-    chain: &str,
-    matches: impl Fn(&str) -> bool,
-) -> Result<Vec<u64>, Error> {
-    let tables = run("nft", &["-j", "list", "tables", family], "")?;
-    let has_table = serde_json::from_str::<Value>(&tables)
-        .ok()
-        .and_then(|v| v.get("nftables").and_then(Value::as_array).cloned())
-        .is_some_and(|items| {
-            items
-                .iter()
-                .any(|i| i.pointer("/table/name").and_then(Value::as_str) == Some(table))
-        });
-    if !has_table {
-        return Ok(Vec::new());
-    }
-    let listing = run("nft", &["-j", "list", "table", family, table], "")?;
-    let parsed: Value = serde_json::from_str(&listing)
-        .map_err(|e| fail(format!("cannot parse nft output: {e}")))?;
-    Ok(parsed
-        .get("nftables")
-        .and_then(Value::as_array)
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|i| i.get("rule"))
-                .filter(|r| r.get("chain").and_then(Value::as_str) == Some(chain))
-                .filter(|r| {
-                    r.get("comment")
-                        .and_then(Value::as_str)
-                        .is_some_and(&matches)
-                })
-                .filter_map(|r| r.get("handle").and_then(Value::as_u64))
-                .collect()
-        })
-        .unwrap_or_default())
-}
-
-fn nft_delete_where(
-    family: &str,
-    table: &str,
-    chain: &str,
-    matches: impl Fn(&str) -> bool,
-) -> Result<(), Error> {
-    let handles = nft_handles(family, table, chain, matches)?;
-    if handles.is_empty() {
-        return Ok(());
-    }
-    let script: String = handles
-        .iter()
-        .map(|h| format!("delete rule {family} {table} {chain} handle {h}\n"))
-        .collect();
     run("nft", &["-f", "-"], &script).map(|_| ())
 }
 

@@ -55,6 +55,18 @@ fn attachment_alias(req: &Request) -> String {
     format!("weft/{}/{}/{}", req.name, req.container_id, req.ifname)
 }
 
+/// The device group of this network's host veths, set by the request that
+/// creates the pair. The alias comes one request later (the kernel ignores
+/// IFLA_IFALIAS at creation), so an ADD killed in between leaves a veth that
+/// only its group identifies; GC removes such unlabelled ones. A hash of the
+/// network name (FNV-1a), kept clear of small hand-picked group numbers.
+fn network_group(network: &str) -> u32 {
+    let hash = network.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    0x1000_0000 + hash % 0x7000_0000
+}
+
 /// (network, containerID, ifname) from a host veth's alias.
 fn parse_attachment_alias(alias: &str) -> Option<(&str, &str, &str)> {
     let mut parts = alias.strip_prefix("weft/")?.split('/');

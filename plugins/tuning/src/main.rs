@@ -1,0 +1,329 @@
+//! tuning: a chained plugin that sets sysctls in the pod's netns and the
+//! pod interface's MAC, MTU, promisc, allmulti and transmit queue length;
+//! the original values are saved at ADD (in the reference's backup file)
+//! and restored at DEL.
+
+mod backup;
+mod config;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use weft_cni::{CniResult, Error, ErrorCode, Plugin, Request};
+use weft_netlink::{format_mac, read_sysctl, write_sysctl, Link, Netlink, Netns};
+
+use backup::Backup;
+use config::TuningConfig;
+
+struct Pod {
+    ns: Netns,
+    nl: Netlink,
+    link: Link,
+}
+
+fn open_pod(req: &Request) -> Result<Pod, Error> {
+    let path = req.netns_path()?;
+    let ns = Netns::open(path)
+        .map_err(|e| Error::env(format!("CNI_NETNS \"{}\": {e}", path.display())))?;
+    let mut nl =
+        Netlink::in_netns(&ns).map_err(|e| Error::kernel("open netlink in the pod netns", e))?;
+    let link = nl
+        .link_by_name(&req.ifname)
+        .map_err(|e| Error::kernel(format!("look up {}", req.ifname), e))?
+        .ok_or_else(|| {
+            Error::config(format!(
+                "there is no interface {} in {}",
+                req.ifname,
+                path.display()
+            ))
+        })?;
+    Ok(Pod { ns, nl, link })
+}
+
+fn in_pod<R: Send>(
+    ns: &Netns,
+    f: impl FnOnce() -> Result<R, weft_netlink::Error> + Send,
+) -> Result<R, weft_netlink::Error> {
+    ns.run(f)?
+}
+
+/// The current values of everything `config` will change; a sysctl that
+/// does not exist in the pod's netns (a host-only or unknown name) is an
+/// error here, before anything is written.
+fn originals(req: &Request, config: &TuningConfig, pod: &Pod) -> Result<Backup, Error> {
+    let mut b = Backup {
+        network: Some(req.name.clone()),
+        ..Default::default()
+    };
+    for s in &config.sysctls {
+        let path = s.path.clone();
+        let value = in_pod(&pod.ns, move || read_sysctl(&path)).map_err(|e| {
+            Error::config(format!(
+                "sysctl {} cannot be read in the pod's netns, so it is not one of its own: {e}",
+                s.name
+            ))
+        })?;
+        // Some host-wide sysctls show up read-only in every netns
+        // (net.core.rmem_max): opening for writing tells them apart.
+        let path = s.path.clone();
+        pod.ns
+            .run(move || {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(Path::new("/proc/sys").join(path))
+                    .map(drop)
+            })
+            .map_err(|e| Error::kernel("enter the pod netns", e))?
+            .map_err(|e| {
+                Error::config(format!(
+                    "sysctl {} is not writable in the pod's netns, so it is not one of its own: {e}",
+                    s.name
+                ))
+            })?;
+        b.sysctl.insert(s.path.clone(), value);
+    }
+    let l = &pod.link;
+    b.mac = config.mac.and(l.mac.as_ref().map(format_mac));
+    b.promisc = config.promisc.map(|_| l.promisc);
+    b.mtu = config.mtu.map(|_| l.mtu);
+    b.allmulti = config.allmulti.map(|_| l.allmulti);
+    b.txqlen = config.txqlen.map(|_| l.txqlen);
+    Ok(b)
+}
+
+fn kernel(what: String) -> impl FnOnce(weft_netlink::Error) -> Error {
+    move |e| Error::kernel(what, e)
+}
+
+/// Apply `config` in the reference's order: sysctls, mac, promisc, mtu,
+/// allmulti, txQLen.
+fn apply(config: &TuningConfig, pod: &mut Pod) -> Result<(), Error> {
+    for s in &config.sysctls {
+        let (path, value) = (s.path.clone(), s.value.clone());
+        in_pod(&pod.ns, move || write_sysctl(&path, &value))
+            .map_err(kernel(format!("set sysctl {}={}", s.name, s.value)))?;
+    }
+    let (nl, index, name) = (&mut pod.nl, pod.link.index, &pod.link.name);
+    if let Some(mac) = config.mac {
+        nl.set_mac(index, mac)
+            .map_err(kernel(format!("set the MAC of {name}")))?;
+    }
+    if let Some(on) = config.promisc {
+        nl.set_promisc(index, on)
+            .map_err(kernel(format!("set promisc on {name}")))?;
+    }
+    if let Some(mtu) = config.mtu {
+        nl.set_mtu(index, mtu)
+            .map_err(kernel(format!("set the MTU of {name}")))?;
+    }
+    if let Some(on) = config.allmulti {
+        nl.set_allmulti(index, on)
+            .map_err(kernel(format!("set allmulti on {name}")))?;
+    }
+    if let Some(len) = config.txqlen {
+        nl.set_txqlen(index, len)
+            .map_err(kernel(format!("set the txqueuelen of {name}")))?;
+    }
+    Ok(())
+}
+
+/// Put the saved values back, in the reference's order (MTU, MAC, promisc,
+/// allmulti, txQLen), then the sysctls. Keeps going; returns the failures.
+fn restore(b: &Backup, ns: &Netns, nl: &mut Netlink, index: u32) -> Vec<Error> {
+    let mut results = Vec::new();
+    if let Some(mtu) = b.mtu {
+        results.push(nl.set_mtu(index, mtu));
+    }
+    if let Some(mac) = b.mac.as_deref().and_then(weft_netlink::parse_mac) {
+        results.push(nl.set_mac(index, mac));
+    }
+    if let Some(on) = b.promisc {
+        results.push(nl.set_promisc(index, on));
+    }
+    if let Some(on) = b.allmulti {
+        results.push(nl.set_allmulti(index, on));
+    }
+    if let Some(len) = b.txqlen {
+        results.push(nl.set_txqlen(index, len));
+    }
+    for (path, value) in &b.sysctl {
+        let (path, value) = (path.clone(), value.clone());
+        results.push(in_pod(ns, move || write_sysctl(&path, &value)));
+    }
+    results
+        .into_iter()
+        .filter_map(Result::err)
+        .map(|e| Error::kernel("restore the original values", e))
+        .collect()
+}
+
+fn add(req: &Request) -> Result<CniResult, Error> {
+    let config = TuningConfig::parse(req)?;
+    let mut result = req.prev_result()?.ok_or_else(|| {
+        Error::config("tuning must be called as a chained plugin: the config has no prevResult")
+    })?;
+    let mut pod = open_pod(req)?;
+    if config.is_empty() {
+        return Ok(result);
+    }
+    let saved = originals(req, &config, &pod)?;
+    let file = backup::path(&config.data_dir, &req.container_id, &req.ifname);
+    let created = backup::create(&file, &saved)?;
+    if let Err(e) = apply(&config, &mut pod) {
+        let _ = restore(&saved, &pod.ns, &mut pod.nl, pod.link.index);
+        if created {
+            let _ = backup::remove(&file);
+        }
+        return Err(e);
+    }
+    if let Some(mac) = config.mac {
+        let netns = req.netns_path()?.display().to_string();
+        for iface in result
+            .interfaces
+            .iter_mut()
+            .filter(|i| i.name == req.ifname && i.sandbox.as_deref() == Some(netns.as_str()))
+        {
+            iface.mac = Some(format_mac(&mac));
+        }
+    }
+    Ok(result)
+}
+
+/// DEL restores what the backup holds and removes it, also when the netns
+/// or the interface is gone (the reference leaks the file then).
+fn del(req: &Request) -> Result<(), Error> {
+    let data_dir = TuningConfig::data_dir_of(req);
+    let file = backup::path(&data_dir, &req.container_id, &req.ifname);
+    let Some(saved) = backup::read(&file) else {
+        return backup::remove(&file);
+    };
+    if req.netns_exists() {
+        if let Ok(mut pod) = open_pod(req) {
+            for e in restore(&saved, &pod.ns, &mut pod.nl, pod.link.index) {
+                weft_cni::log::warn(&format!("DEL: {e}"));
+            }
+        }
+    }
+    backup::remove(&file)
+}
+
+fn mismatch(msg: String) -> Error {
+    Error::new(ErrorCode::CheckFailed, msg)
+}
+
+/// Sysctl values compared with runs of whitespace made equal, so "0
+/// 2147483647" matches the kernel's "0\t2147483647".
+fn same_value(a: &str, b: &str) -> bool {
+    a.split_whitespace().eq(b.split_whitespace())
+}
+
+fn check(req: &Request) -> Result<(), Error> {
+    let config = TuningConfig::parse(req)?;
+    req.prev_result()?.ok_or_else(|| {
+        Error::config("tuning must be called as a chained plugin: the config has no prevResult")
+    })?;
+    let pod = open_pod(req)?;
+    for s in &config.sysctls {
+        let path = s.path.clone();
+        let got = in_pod(&pod.ns, move || read_sysctl(&path))
+            .map_err(kernel(format!("read sysctl {}", s.name)))?;
+        if !same_value(&got, &s.value) {
+            return Err(mismatch(format!(
+                "sysctl {} is {got:?}, expected {:?}",
+                s.name, s.value
+            )));
+        }
+    }
+    let l = &pod.link;
+    let differs = |what: &str, got: String, want: String| {
+        Err(mismatch(format!(
+            "{what} of {} is {got}, expected {want}",
+            l.name
+        )))
+    };
+    if let Some(mac) = config.mac {
+        if l.mac != Some(mac) {
+            return differs(
+                "the MAC",
+                l.mac.as_ref().map(format_mac).unwrap_or_default(),
+                format_mac(&mac),
+            );
+        }
+    }
+    if let Some(mtu) = config.mtu.filter(|m| *m != l.mtu) {
+        return differs("the MTU", l.mtu.to_string(), mtu.to_string());
+    }
+    if let Some(on) = config.promisc.filter(|on| *on != l.promisc) {
+        return differs("promisc", l.promisc.to_string(), on.to_string());
+    }
+    if let Some(on) = config.allmulti.filter(|on| *on != l.allmulti) {
+        return differs("allmulti", l.allmulti.to_string(), on.to_string());
+    }
+    if let Some(len) = config.txqlen.filter(|len| *len != l.txqlen) {
+        return differs("txqueuelen", l.txqlen.to_string(), len.to_string());
+    }
+    Ok(())
+}
+
+/// GC: remove this network's backups (weft marks them with the network)
+/// whose attachment is not valid. The reference's files carry no network
+/// and are left alone: dataDir is shared by every network.
+fn gc(req: &Request) -> Result<(), Error> {
+    let valid = req.valid_attachments()?;
+    let data_dir = TuningConfig::data_dir_of(req);
+    let keep: Vec<_> = valid
+        .iter()
+        .map(|(id, ifname)| backup::path(&data_dir, id, ifname))
+        .collect();
+    let entries = match std::fs::read_dir(&data_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format!("read {}", data_dir.display()), &e)),
+    };
+    let mut errors = Vec::new();
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        if stale(&path, &req.name, &keep) {
+            errors.extend(backup::remove(&path).err());
+        }
+    }
+    Error::from_list(errors)
+}
+
+fn stale(path: &Path, network: &str, keep: &[std::path::PathBuf]) -> bool {
+    path.extension().is_some_and(|e| e == "json")
+        && !keep.iter().any(|k| k == path)
+        && backup::read(path).is_some_and(|b| b.network.as_deref() == Some(network))
+}
+
+struct Tuning;
+
+impl Plugin for Tuning {
+    fn add(&self, req: &Request) -> Result<CniResult, Error> {
+        add(req)
+    }
+    fn del(&self, req: &Request) -> Result<(), Error> {
+        del(req)
+    }
+    fn check(&self, req: &Request) -> Result<(), Error> {
+        check(req)
+    }
+    fn gc(&self, req: &Request) -> Result<(), Error> {
+        gc(req)
+    }
+}
+
+fn main() -> ExitCode {
+    weft_cni::skel::main(&Tuning)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysctl_values_compare_whitespace_normalised() {
+        assert!(same_value("0\t2147483647", "0 2147483647"));
+        assert!(same_value("1\n", "1"));
+        assert!(!same_value("1", "10"));
+    }
+}

@@ -1,0 +1,920 @@
+//! Black-box tests of weft's `portmap` plugin, chained after weft's bridge
+//! (host-local IPAM, dual-stack) on a node netns. A client netns on an
+//! underlay veth stands for the outside world; traffic is real TCP and UDP
+//! through the kernel's NAT, answered by a small echo server in the pod
+//! that replies with the source address it saw.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use weft_tests::*;
+
+const NET: &str = "pmnet";
+const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+const NODE_V4: &str = "198.51.100.1";
+const NODE_V4_EXTRA: &str = "198.51.100.3";
+const CLIENT_V4: &str = "198.51.100.2";
+const NODE_V6: &str = "2001:db8:100::1";
+const CLIENT_V6: &str = "2001:db8:100::2";
+const GATEWAY_V4: &str = "10.244.1.1";
+const TABLE: &str = "weft_portmap";
+
+/// Echo server: TCP and UDP on `port`, both families; answers
+/// `<tag> <peer address>`.
+const SERVER: &str = r#"
+import socket, sys, threading
+tag, port = sys.argv[1], int(sys.argv[2])
+def peer(a):
+    return a[0].removeprefix('::ffff:')
+def tcp():
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(('::', port)); s.listen(64)
+    while True:
+        c, a = s.accept(); c.sendall(f'{tag} {peer(a)}'.encode()); c.close()
+def udp():
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(('::', port))
+    while True:
+        d, a = s.recvfrom(100); s.sendto(f'{tag} {peer(a)}'.encode(), a)
+threading.Thread(target=tcp, daemon=True).start()
+udp()
+"#;
+
+/// Client: one TCP connection or one UDP request; prints the answer.
+const CLIENT: &str = r#"
+import socket, sys
+proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+fam = socket.AF_INET6 if ':' in host else socket.AF_INET
+kind = socket.SOCK_STREAM if proto == 'tcp' else socket.SOCK_DGRAM
+s = socket.socket(fam, kind); s.settimeout(1)
+if len(sys.argv) > 4:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(('', int(sys.argv[4])))
+s.connect((host, port))
+if proto == 'udp': s.send(b'hi')
+print(s.recv(100).decode())
+"#;
+
+struct Env {
+    node: Node,
+    client: Netns,
+    data: TempDir,
+}
+
+impl Env {
+    /// A node with an underlay veth to a client netns (both families).
+    fn new() -> Env {
+        let node = Node::new();
+        let client = Netns::with_tag("c");
+        let up = format!("{}u", client.name);
+        node.sh(&format!(
+            "ip link add {up} type veth peer name eth0 netns {c} && \
+             ip addr add {NODE_V4}/24 dev {up} && ip addr add {NODE_V4_EXTRA}/24 dev {up} && \
+             ip addr add {NODE_V6}/64 dev {up} nodad && ip link set {up} up",
+            c = client.name
+        ));
+        client.sh(&format!(
+            "ip link set lo up && ip addr add {CLIENT_V4}/24 dev eth0 && \
+             ip addr add {CLIENT_V6}/64 dev eth0 nodad && ip link set eth0 up"
+        ));
+        Env {
+            node,
+            client,
+            data: TempDir::new(),
+        }
+    }
+
+    fn bridge_conf(&self, version: &str) -> Value {
+        let ipam = json!({
+            "type": "host-local",
+            "dataDir": self.data.path(),
+            "ranges": [[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:10:244:1::/64"}]],
+            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
+        });
+        network(
+            version,
+            NET,
+            merged(&bridge_plugin("cni0", ipam), json!({"hairpinMode": true})),
+        )
+    }
+
+    /// ADD bridge, then run a server tagged `tag` on `port` in the pod.
+    fn pod_with_server(&self, version: &str, tag: &str, port: u16) -> (Netns, Value, Background) {
+        let pod = self.node.pod();
+        let prev = CniCall::add(&pod, self.bridge_conf(version))
+            .run_in(&self.node, &plugin_path("bridge"))
+            .expect_ok();
+        pod.sh("ip link set lo up");
+        let server = pod.spawn("python3", &["-c", SERVER, tag, &port.to_string()]);
+        (pod, prev, server)
+    }
+
+    /// The conflist bridge + portmap (with the portMappings capability).
+    fn chain(&self, version: &str) -> Value {
+        let mut bridge = self.bridge_conf(version);
+        bridge.as_object_mut().unwrap().remove("cniVersion");
+        bridge.as_object_mut().unwrap().remove("name");
+        let portmap = json!({"type": "portmap", "capabilities": {"portMappings": true}});
+        conflist(version, NET, vec![bridge, portmap])
+    }
+
+    fn run(&self, call: &CniCall) -> CniOutput {
+        call.run_in(&self.node, &plugin_path("portmap"))
+    }
+
+    fn add(&self, pod: &Netns, conf: &Value, prev: &Value) -> CniOutput {
+        self.run(&CniCall::add(pod, with_prev(conf, prev)))
+    }
+
+    fn check(&self, pod: &Netns, conf: &Value, prev: &Value) -> CniOutput {
+        self.run(&CniCall::check(pod, with_prev(conf, prev)))
+    }
+
+    fn del(&self, pod: &Netns, conf: &Value) -> CniOutput {
+        self.run(&CniCall::del(pod, conf.clone()))
+    }
+
+    fn ruleset(&self) -> String {
+        nft_ruleset(&self.node)
+    }
+}
+
+fn portmap_conf(version: &str, mappings: Value) -> Value {
+    json!({
+        "cniVersion": version,
+        "name": NET,
+        "type": "portmap",
+        "runtimeConfig": {"portMappings": mappings}
+    })
+}
+
+fn tcp_udp(host_port: u16, container_port: u16) -> Value {
+    json!([
+        {"hostPort": host_port, "containerPort": container_port, "protocol": "tcp"},
+        {"hostPort": host_port, "containerPort": container_port, "protocol": "udp"}
+    ])
+}
+
+/// One request from `ns`; the answer, or None.
+fn ask(ns: &Netns, proto: &str, host: &str, port: u16) -> Option<String> {
+    let out = ns.exec("python3", &["-c", CLIENT, proto, host, &port.to_string()]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// One UDP request from source port `sport` (one 5-tuple, one conntrack
+/// entry); the answer, or None.
+fn ask_from(ns: &Netns, host: &str, port: u16, sport: u16) -> Option<String> {
+    let args = [
+        "-c",
+        CLIENT,
+        "udp",
+        host,
+        &port.to_string(),
+        &sport.to_string(),
+    ];
+    let out = ns.exec("python3", &args);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Waits (the server may still be starting) for an answer.
+#[track_caller]
+fn answer(ns: &Netns, proto: &str, host: &str, port: u16) -> String {
+    let mut got = None;
+    let ok = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        got = ask(ns, proto, host, port);
+        got.is_some()
+    });
+    assert!(ok, "no answer from {proto} {host}:{port}");
+    got.unwrap()
+}
+
+fn pod_ip(prev: &Value, v4: bool) -> String {
+    prev["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ip| {
+            ip["address"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .find(|a| a.contains('.') == v4)
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn external_tcp_and_udp_over_both_families() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let (pod, prev, _server) = env.pod_with_server("1.0.0", "podA", 80);
+    let conf = portmap_conf("1.0.0", tcp_udp(8080, 80));
+    let out = env.add(&pod, &conf, &prev).expect_ok();
+    assert_eq!(out["ips"], prev["ips"], "portmap passes prevResult through");
+    for proto in ["tcp", "udp"] {
+        for (host, client) in [(NODE_V4, CLIENT_V4), (NODE_V6, CLIENT_V6)] {
+            // External traffic keeps its source address (no masquerade).
+            assert_eq!(
+                answer(&env.client, proto, host, 8080),
+                format!("podA {client}")
+            );
+        }
+    }
+    env.check(&pod, &conf, &prev).expect_ok();
+    env.del(&pod, &with_prev(&conf, &prev)).expect_ok();
+    assert!(
+        !env.ruleset().contains(TABLE),
+        "table left:\n{}",
+        env.ruleset()
+    );
+    assert_eq!(ask(&env.client, "tcp", NODE_V4, 8080), None);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn hairpin_localhost_and_node_address() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let (pod, prev, _server) = env.pod_with_server("1.0.0", "podA", 80);
+    let conf = portmap_conf("1.0.0", tcp_udp(8080, 80));
+    env.add(&pod, &conf, &prev).expect_ok();
+    // Another pod on the same bridge: its flow is masqueraded to the
+    // gateway, so the answer comes back through the node.
+    let (other, _, _s2) = env.pod_with_server("1.0.0", "podB", 81);
+    for proto in ["tcp", "udp"] {
+        assert_eq!(
+            answer(&other, proto, NODE_V4, 8080),
+            format!("podA {GATEWAY_V4}")
+        );
+        let seen = answer(&other, proto, NODE_V6, 8080);
+        assert!(seen.starts_with("podA fd00:10:244:1::"), "{seen}");
+        // The pod reaches itself through its own host port (hairpin mode).
+        assert_eq!(
+            answer(&pod, proto, NODE_V4, 8080),
+            format!("podA {GATEWAY_V4}")
+        );
+    }
+    // The node itself: its own addresses, and 127.0.0.1 (route_localnet).
+    for host in [NODE_V4, "127.0.0.1", NODE_V6] {
+        let seen = answer(&env.node, "tcp", host, 8080);
+        assert!(seen.starts_with("podA "), "{host}: {seen}");
+    }
+    assert_eq!(
+        env.node
+            .sh("sysctl -n net.ipv4.conf.cni0.route_localnet")
+            .trim(),
+        "1"
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn host_ip_limits_the_mapping_to_that_address() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let (pod, prev, _server) = env.pod_with_server("1.0.0", "podA", 80);
+    let conf = portmap_conf(
+        "1.0.0",
+        json!([
+            {"hostPort": 9090, "containerPort": 80, "protocol": "tcp", "hostIP": NODE_V4_EXTRA},
+            {"hostPort": 9091, "containerPort": 80, "protocol": "udp", "hostIP": NODE_V6}
+        ]),
+    );
+    env.add(&pod, &conf, &prev).expect_ok();
+    assert!(answer(&env.client, "tcp", NODE_V4_EXTRA, 9090).starts_with("podA"));
+    assert!(answer(&env.client, "udp", NODE_V6, 9091).starts_with("podA"));
+    // Having seen the mapping work, the other address and family do not map.
+    assert_eq!(ask(&env.client, "tcp", NODE_V4, 9090), None);
+    assert_eq!(ask(&env.client, "udp", NODE_V4, 9091), None);
+    // A forwarded packet to the pod's own address on 9090 is not hijacked.
+    let v4 = pod_ip(&prev, true);
+    assert_eq!(ask(&env.node, "tcp", &v4, 9090), None);
+    env.check(&pod, &conf, &prev).expect_ok();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn every_version_add_check_del() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    for (i, version) in VERSIONS.iter().enumerate() {
+        let (pod, prev, _server) = env.pod_with_server(version, "pod", 80);
+        let port = 8100 + i as u16;
+        let conf = portmap_conf(version, tcp_udp(port, 80));
+        let out = env.add(&pod, &conf, &prev).expect_ok();
+        assert_eq!(out["cniVersion"], *version);
+        assert_eq!(out["ips"], prev["ips"]);
+        assert!(answer(&env.client, "tcp", NODE_V4, port).starts_with("pod"));
+        if *version >= "0.4.0" {
+            env.check(&pod, &conf, &prev).expect_ok();
+        } else {
+            env.check(&pod, &conf, &prev).expect_error(1);
+        }
+        env.del(&pod, &conf).expect_ok();
+        env.del(&pod, &conf).expect_ok();
+        CniCall::del(&pod, env.bridge_conf(version))
+            .run_in(&env.node, &plugin_path("bridge"))
+            .expect_ok();
+    }
+    assert!(!env.ruleset().contains(TABLE));
+    let v = env
+        .run(&CniCall::version(json!({"cniVersion": "1.1.0"})))
+        .expect_ok();
+    assert_eq!(
+        v["supportedVersions"].as_array().unwrap().len(),
+        VERSIONS.len()
+    );
+    env.run(&CniCall::status(portmap_conf("1.1.0", json!([]))))
+        .expect_ok();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn no_mappings_passes_through_and_needs_prev_result() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let (pod, prev, _server) = env.pod_with_server("1.0.0", "pod", 80);
+    let conf = json!({"cniVersion": "1.0.0", "name": NET, "type": "portmap"});
+    let out = env.add(&pod, &conf, &prev).expect_ok();
+    assert_eq!(out["ips"], prev["ips"]);
+    assert!(!env.ruleset().contains(TABLE));
+    env.run(&CniCall::add(&pod, conf.clone())).expect_error(7);
+    env.check(&pod, &conf, &prev).expect_ok();
+    env.del(&pod, &conf).expect_ok();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn check_in_a_chain_with_bridge_sees_only_its_own_rules() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    // An IPv4-only pod: the reference's CHECK fails on it (no ipv6 dnat).
+    let v4_only = merged(
+        &env.bridge_conf("1.0.0"),
+        json!({"ipam": host_local_ipam(env.data.path(), subnet_range("10.244.1.0/24"))}),
+    );
+    let pod_a = env.node.pod();
+    let prev_a = CniCall::add(&pod_a, v4_only.clone())
+        .run_in(&env.node, &plugin_path("bridge"))
+        .expect_ok();
+    let pod_b = env.node.pod();
+    let prev_b = CniCall::add(&pod_b, v4_only.clone())
+        .run_in(&env.node, &plugin_path("bridge"))
+        .expect_ok();
+    let conf_a = portmap_conf("1.0.0", tcp_udp(8080, 80));
+    let conf_b = portmap_conf("1.0.0", tcp_udp(8081, 80));
+    env.add(&pod_a, &conf_a, &prev_a).expect_ok();
+    env.add(&pod_b, &conf_b, &prev_b).expect_ok();
+    CniCall::check(&pod_a, with_prev(&v4_only, &prev_a))
+        .run_in(&env.node, &plugin_path("bridge"))
+        .expect_ok();
+    env.check(&pod_a, &conf_a, &prev_a).expect_ok();
+
+    // Drop one of B's rules: B's CHECK fails, A's still passes.
+    let rule = nft_rules(&env.node)
+        .into_iter()
+        .find(|r| r["chain"] == "hostports" && r.to_string().contains("8081"))
+        .unwrap();
+    env.node.sh(&format!(
+        "nft delete rule inet {TABLE} hostports handle {}",
+        rule["handle"]
+    ));
+    env.check(&pod_b, &conf_b, &prev_b).expect_error(105);
+    env.check(&pod_a, &conf_a, &prev_a).expect_ok();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn del_without_netns_or_mappings_and_gc() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let mut pods = Vec::new();
+    for (i, tag) in ["a", "b", "c"].iter().enumerate() {
+        let (pod, prev, server) = env.pod_with_server("1.1.0", tag, 80);
+        let conf = portmap_conf("1.1.0", tcp_udp(8080 + i as u16, 80));
+        env.add(&pod, &conf, &prev).expect_ok();
+        pods.push((pod, prev, server, conf));
+    }
+    // DEL of "a" with the netns gone and no mappings: all of a's rules go.
+    let (pod_a, _, server_a, _) = pods.remove(0);
+    let id_a = format!("ctr-{}", pod_a.name);
+    let path_a = pod_a.path_str().to_string();
+    drop(server_a);
+    drop(pod_a);
+    let bare = json!({"cniVersion": "1.1.0", "name": NET, "type": "portmap"});
+    env.run(
+        &CniCall::new("DEL", bare.clone())
+            .container_id(&id_a)
+            .netns(&path_a),
+    )
+    .expect_ok();
+    assert!(!env.ruleset().contains("8080"), "{}", env.ruleset());
+    assert!(answer(&env.client, "tcp", NODE_V4, 8081).starts_with('b'));
+
+    // GC keeps the valid attachment (b) and drops c.
+    let id = |p: &Netns| format!("ctr-{}", p.name);
+    let gc = merged(
+        &bare,
+        json!({"cni.dev/valid-attachments": [{"containerID": id(&pods[0].0), "ifname": "eth0"}]}),
+    );
+    env.run(&CniCall::gc(gc)).expect_ok();
+    assert!(!env.ruleset().contains("8082"), "{}", env.ruleset());
+    assert!(answer(&env.client, "tcp", NODE_V4, 8081).starts_with('b'));
+    env.check(&pods[0].0, &pods[0].3, &pods[0].1).expect_ok();
+    // Another network's GC leaves our rules alone.
+    env.run(&CniCall::gc(merged(&bare, json!({"name": "othernet"}))))
+        .expect_ok();
+    assert!(env.ruleset().contains("8081"));
+    // GC with nothing valid: nothing of weft's is left.
+    env.run(&CniCall::gc(bare)).expect_ok();
+    assert!(!env.ruleset().contains(TABLE), "{}", env.ruleset());
+}
+
+#[test]
+#[ignore = "needs root"]
+fn bad_input_is_refused_and_changes_nothing() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let (pod, prev, _server) = env.pod_with_server("1.0.0", "pod", 80);
+    env.add(&pod, &portmap_conf("1.0.0", tcp_udp(8080, 80)), &prev)
+        .expect_ok();
+    let v4_only_prev = json!({
+        "cniVersion": "1.0.0",
+        "interfaces": prev["interfaces"],
+        "ips": [prev["ips"].as_array().unwrap().iter().find(|i| i["address"].as_str().unwrap().contains('.')).unwrap()]
+    });
+    let before = env.ruleset();
+    let m = |v: Value| portmap_conf("1.0.0", json!([v]));
+    let cases: Vec<(Value, Value, u64)> = vec![
+        (
+            m(json!({"hostPort": 0, "containerPort": 80, "protocol": "tcp"})),
+            prev.clone(),
+            7,
+        ),
+        (
+            m(json!({"hostPort": 65536, "containerPort": 80, "protocol": "tcp"})),
+            prev.clone(),
+            7,
+        ),
+        (
+            m(json!({"hostPort": -1, "containerPort": 80, "protocol": "tcp"})),
+            prev.clone(),
+            7,
+        ),
+        (
+            m(json!({"hostPort": 9000, "containerPort": 0, "protocol": "tcp"})),
+            prev.clone(),
+            7,
+        ),
+        (
+            m(json!({"hostPort": 9000, "containerPort": 80, "protocol": "icmp"})),
+            prev.clone(),
+            7,
+        ),
+        (
+            m(json!({"hostPort": 9000, "containerPort": 80, "protocol": ""})),
+            prev.clone(),
+            7,
+        ),
+        (
+            m(json!({"hostPort": 9000, "containerPort": 80, "protocol": "tcp", "hostIP": "nope"})),
+            prev.clone(),
+            7,
+        ),
+        (
+            m(json!({"hostPort": 9000, "containerPort": 80, "protocol": "tcp", "hostIP": "::1"})),
+            v4_only_prev.clone(),
+            7,
+        ),
+        (
+            m(json!({"hostPort": "9000", "containerPort": 80, "protocol": "tcp"})),
+            prev.clone(),
+            6,
+        ),
+        (
+            portmap_conf(
+                "1.0.0",
+                json!([
+                    {"hostPort": 9000, "containerPort": 80, "protocol": "tcp"},
+                    {"hostPort": 9000, "containerPort": 81, "protocol": "TCP"}
+                ]),
+            ),
+            prev.clone(),
+            7,
+        ),
+        (
+            merged(
+                &m(json!({"hostPort": 9000, "containerPort": 80, "protocol": "tcp"})),
+                json!({"markMasqBit": 32}),
+            ),
+            prev.clone(),
+            7,
+        ),
+        (
+            merged(
+                &m(json!({"hostPort": 9000, "containerPort": 80, "protocol": "tcp"})),
+                json!({"backend": "pf"}),
+            ),
+            prev.clone(),
+            7,
+        ),
+        (
+            merged(
+                &m(json!({"hostPort": 9000, "containerPort": 80, "protocol": "tcp"})),
+                json!({"backend": "nftables", "externalSetMarkChain": "X"}),
+            ),
+            prev.clone(),
+            7,
+        ),
+        (
+            merged(
+                &m(json!({"hostPort": 9000, "containerPort": 80, "protocol": "tcp"})),
+                json!({"conditionsV4": ["ip saddr 1.2.3.4; add table ip evil"]}),
+            ),
+            prev.clone(),
+            7,
+        ),
+    ];
+    for (conf, prev, code) in cases {
+        let err = env.add(&pod, &conf, &prev).expect_error(code);
+        assert!(!err["msg"].as_str().unwrap().is_empty());
+        assert_eq!(env.ruleset(), before, "after {conf}");
+    }
+    // No prevResult at all.
+    env.run(&CniCall::add(
+        &pod,
+        portmap_conf("1.0.0", tcp_udp(9000, 80)),
+    ))
+    .expect_error(7);
+    assert_eq!(env.ruleset(), before);
+    // DEL is best-effort: a mapping ADD would refuse does not stop it.
+    let bad = m(json!({"hostPort": 0, "containerPort": 80, "protocol": "tcp"}));
+    env.del(&pod, &bad).expect_ok();
+    assert!(!env.ruleset().contains(TABLE), "{}", env.ruleset());
+}
+
+#[test]
+#[ignore = "needs root"]
+fn libcni_chain_with_port_mappings_capability() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let list = env.chain("1.0.0");
+    let mut driver = Driver::new(&list, &[&plugin_dir()]);
+    driver.cap_args = Some(json!({"portMappings": [
+        {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+        {"hostPort": 8080, "containerPort": 80, "protocol": "udp"}
+    ]}));
+    let pod = env.node.pod();
+    driver.add(&env.node, &pod, "c1", "eth0").expect_ok();
+    pod.sh("ip link set lo up");
+    let _server = pod.spawn("python3", &["-c", SERVER, "lib", "80"]);
+    assert_eq!(
+        answer(&env.client, "udp", NODE_V4, 8080),
+        format!("lib {CLIENT_V4}")
+    );
+    driver.check(&env.node, &pod, "c1", "eth0").expect_ok();
+    driver.del(&env.node, Some(&pod), "c1", "eth0").expect_ok();
+    assert!(!env.ruleset().contains(TABLE), "{}", env.ruleset());
+}
+
+fn nat_rules(ns: &Netns) -> String {
+    ns.sh("iptables-save -t nat; ip6tables-save -t nat")
+}
+
+#[test]
+#[ignore = "needs root"]
+fn iptables_backend_end_to_end() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let (pod, prev, _server) = env.pod_with_server("1.0.0", "podA", 80);
+    let conf = merged(
+        &portmap_conf("1.0.0", tcp_udp(8080, 80)),
+        json!({"backend": "iptables", "conditionsV4": ["! -s 203.0.113.0/24"]}),
+    );
+    env.add(&pod, &conf, &prev).expect_ok();
+    assert!(!env.ruleset().contains(TABLE));
+    for proto in ["tcp", "udp"] {
+        assert_eq!(
+            answer(&env.client, proto, NODE_V4, 8080),
+            format!("podA {CLIENT_V4}")
+        );
+        assert_eq!(
+            answer(&env.client, proto, NODE_V6, 8080),
+            format!("podA {CLIENT_V6}")
+        );
+    }
+    let (other, prev_b, _s2) = env.pod_with_server("1.0.0", "podB", 81);
+    assert_eq!(
+        answer(&other, "tcp", NODE_V4, 8080),
+        format!("podA {GATEWAY_V4}")
+    );
+    assert!(answer(&env.node, "tcp", "127.0.0.1", 8080).starts_with("podA"));
+    env.check(&pod, &conf, &prev).expect_ok();
+    let conf_b = merged(
+        &portmap_conf("1.0.0", tcp_udp(8081, 81)),
+        json!({"backend": "iptables"}),
+    );
+    env.add(&other, &conf_b, &prev_b).expect_ok();
+
+    // DEL without mappings or netns removes only A; GC removes B and with
+    // it every weft chain.
+    let bare =
+        json!({"cniVersion": "1.1.0", "name": NET, "type": "portmap", "backend": "iptables"});
+    env.run(&CniCall::del(&pod, bare.clone()).netns("/run/netns/gone"))
+        .expect_ok();
+    assert_eq!(ask(&env.client, "tcp", NODE_V4, 8080), None);
+    assert!(answer(&env.client, "tcp", NODE_V4, 8081).starts_with("podB"));
+    env.run(&CniCall::gc(bare)).expect_ok();
+    let nat = nat_rules(&env.node);
+    assert!(!nat.contains("WEFT-H"), "weft chains left:\n{nat}");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn reference_portmap_and_weft_side_by_side() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let (pod_w, prev_w, _s1) = env.pod_with_server("1.0.0", "weft", 80);
+    let (pod_r, prev_r, _s2) = env.pod_with_server("1.0.0", "ref", 80);
+    let conf_w = portmap_conf("1.0.0", tcp_udp(8080, 80));
+    let conf_r = portmap_conf("1.0.0", tcp_udp(8081, 80));
+    let reference = reference_plugin_dir().join("portmap");
+    env.add(&pod_w, &conf_w, &prev_w).expect_ok();
+    CniCall::add(&pod_r, with_prev(&conf_r, &prev_r))
+        .run_in(&env.node, &reference)
+        .expect_ok();
+    for (port, tag) in [(8080, "weft"), (8081, "ref")] {
+        assert_eq!(
+            answer(&env.client, "tcp", NODE_V4, port),
+            format!("{tag} {CLIENT_V4}")
+        );
+        assert_eq!(
+            answer(&env.client, "udp", NODE_V4, port),
+            format!("{tag} {CLIENT_V4}")
+        );
+    }
+    CniCall::del(&pod_r, with_prev(&conf_r, &prev_r))
+        .run_in(&env.node, &reference)
+        .expect_ok();
+    assert!(answer(&env.client, "tcp", NODE_V4, 8080).starts_with("weft"));
+    env.check(&pod_w, &conf_w, &prev_w).expect_ok();
+    CniCall::add(&pod_r, with_prev(&conf_r, &prev_r))
+        .run_in(&env.node, &reference)
+        .expect_ok();
+    env.del(&pod_w, &conf_w).expect_ok();
+    assert!(answer(&env.client, "tcp", NODE_V4, 8081).starts_with("ref"));
+}
+
+#[test]
+#[ignore = "needs root"]
+fn udp_conntrack_is_flushed_on_add_and_del() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    // Conntrack tracks a netns's flows only once some rule needs it (a
+    // real node always has NAT rules): track from the first packet on.
+    env.node.sh("nft add table inet ctcheck && \
+         nft add chain inet ctcheck pre '{ type filter hook prerouting priority 0; }' && \
+         nft add rule inet ctcheck pre ct state new counter");
+    // A UDP service on the node itself (a hostNetwork pod) on the port.
+    let _on_node = env.node.spawn("python3", &["-c", SERVER, "node", "8080"]);
+    assert!(answer(&env.client, "udp", NODE_V4, 8080).starts_with("node"));
+    // A flow from a fixed source port now has a conntrack entry to the node.
+    assert!(ask_from(&env.client, NODE_V4, 8080, 40000).is_some_and(|a| a.starts_with("node")));
+    assert!(ask_from(&env.client, NODE_V6, 8080, 40000).is_some_and(|a| a.starts_with("node")));
+
+    // ADD flushes it: the same 5-tuple is DNATed to the pod at once.
+    let (pod, prev, _server) = env.pod_with_server("1.0.0", "pod", 80);
+    let conf = portmap_conf("1.0.0", tcp_udp(8080, 80));
+    env.add(&pod, &conf, &prev).expect_ok();
+    assert!(answer(&pod, "udp", "::1", 80).starts_with("pod"));
+    for host in [NODE_V4, NODE_V6] {
+        let got = ask_from(&env.client, host, 8080, 40000);
+        assert!(
+            got.as_deref().is_some_and(|a| a.starts_with("pod ")),
+            "{host}: {got:?}"
+        );
+    }
+    // DEL flushes the flows DNATed to the pod: the node's service answers
+    // the same 5-tuple again instead of a dead pod.
+    env.del(&pod, &with_prev(&conf, &prev)).expect_ok();
+    for host in [NODE_V4, NODE_V6] {
+        let got = ask_from(&env.client, host, 8080, 40000);
+        assert!(
+            got.as_deref().is_some_and(|a| a.starts_with("node ")),
+            "{host}: {got:?}"
+        );
+    }
+}
+
+/// podman 4.3 with its CNI backend, with private storage and config under
+/// a temp dir, run inside the node netns (nsenter keeps /sys, so runc
+/// finds the cgroup mounts; `ip netns exec` would remount it).
+struct Podman {
+    dir: TempDir,
+    node: String,
+}
+
+impl Podman {
+    fn new(node: &Node, conflist: &Value) -> Podman {
+        let dir = TempDir::new();
+        for sub in [
+            "root",
+            "runroot",
+            "tmp",
+            "net",
+            "bin",
+            "rootfs/bin",
+            "rootfs/www",
+        ] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        std::fs::copy("/usr/bin/busybox", dir.join("rootfs/bin/busybox")).unwrap();
+        std::fs::write(dir.join("rootfs/www/index.html"), "hello-from-podman").unwrap();
+        for plugin in ["bridge", "host-local", "loopback"] {
+            std::os::unix::fs::symlink(plugin_path(plugin), dir.join("bin").join(plugin)).unwrap();
+        }
+        // portmap behind a wrapper that records what podman sends.
+        let wrapper = format!(
+            "#!/bin/sh\nin=$(cat)\nprintf '%s\\n' \"$CNI_COMMAND $in\" >> {log}\nprintf '%s' \"$in\" | exec {pm}\n",
+            log = dir.join("sent").display(),
+            pm = plugin_path("portmap").display()
+        );
+        let wrapper_path = dir.join("bin/portmap");
+        std::fs::write(&wrapper_path, wrapper).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper_path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(dir.join("net/pmnet.conflist"), conflist.to_string()).unwrap();
+        std::fs::write(
+            dir.join("containers.conf"),
+            format!(
+                "[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\"]\n\
+                 [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+                dir.join("bin").display()
+            ),
+        )
+        .unwrap();
+        Podman {
+            dir,
+            node: node.path_str().to_string(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let d = |p: &str| self.dir.join(p).display().to_string();
+        let net = format!("--net={}", self.node);
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.args([
+            net.as_str(),
+            "podman",
+            "--root",
+            &d("root"),
+            "--runroot",
+            &d("runroot"),
+        ])
+        .args([
+            "--tmpdir",
+            &d("tmp"),
+            "--storage-driver",
+            "vfs",
+            "--runtime",
+            "runc",
+        ])
+        .args([
+            "--network-backend",
+            "cni",
+            "--network-config-dir",
+            &d("net"),
+        ])
+        .args(args)
+        .env("CONTAINERS_CONF", d("containers.conf"));
+        cmd.output().unwrap()
+    }
+
+    /// What podman sent to portmap: (command, stdin) per call.
+    fn sent(&self) -> Vec<(String, Value)> {
+        std::fs::read_to_string(self.dir.join("sent"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(cmd, _)| *cmd != "VERSION")
+            .map(|(cmd, json)| (cmd.to_string(), serde_json::from_str(json).unwrap()))
+            .collect()
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.run(&["rm", "-f", "-a"]);
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn podman_cni_backend_publishes_ports_through_weft() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let list = env.chain("0.4.0");
+    let podman = Podman::new(&env.node, &list);
+    let rootfs = podman.dir.join("rootfs").display().to_string();
+    // The ulimits only because podman's defaults exceed what some sandboxes
+    // allow; flags must precede the rootfs path (the first positional).
+    let out = podman.run(&[
+        "run",
+        "-d",
+        "--name",
+        "pm",
+        "--network",
+        NET,
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+        "--publish",
+        "8080:80/tcp",
+        "--publish",
+        "5353:53/udp",
+        "--rootfs",
+        &rootfs,
+        "/bin/busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    assert!(
+        out.status.success(),
+        "podman run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fetched = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        env.client
+            .try_sh(&format!("curl -s --max-time 2 http://{NODE_V4}:8080/"))
+            .stdout
+            .starts_with(b"hello-from-podman")
+    });
+    assert!(fetched, "no answer through podman's port mapping");
+    let out = podman.run(&["rm", "-f", "pm"]);
+    assert!(
+        out.status.success(),
+        "podman rm: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!env.ruleset().contains(TABLE), "{}", env.ruleset());
+
+    // What podman really sends: 0.4.0, prevResult with "version" per IP,
+    // the portMappings on ADD and again on DEL, `capabilities` passed on.
+    let sent = podman.sent();
+    let cmds: Vec<&str> = sent.iter().map(|(c, _)| c.as_str()).collect();
+    assert!(cmds.len() >= 2 && cmds[0] == "ADD", "{cmds:?}");
+    assert!(cmds[1..].iter().all(|c| *c == "DEL"), "{cmds:?}");
+    let expected = json!([
+        {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+        {"hostPort": 5353, "containerPort": 53, "protocol": "udp"}
+    ]);
+    for (_, stdin) in &sent {
+        assert_eq!(stdin["cniVersion"], "0.4.0");
+        assert_eq!(stdin["runtimeConfig"]["portMappings"], expected);
+        assert_eq!(stdin["capabilities"], json!({"portMappings": true}));
+        assert_eq!(stdin["prevResult"]["ips"][0]["version"], "4");
+    }
+}
