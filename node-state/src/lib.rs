@@ -97,6 +97,8 @@ pub struct Network {
     pub ipv6_network: Option<String>,
     /// `Backend.Type`: "vxlan", "host-gw", ...
     pub backend_type: String,
+    /// vxlan's `DirectRouting`: on-link peers get a direct route.
+    pub direct_routing: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,6 +163,48 @@ pub struct Peer {
     pub accepted: bool,
     /// Why it is never programmed.
     pub rejected: Option<String>,
+    /// The kernel entries weftd's backend wants for it (both families).
+    pub entries: Vec<KernelEntry>,
+    /// Accepted, but the backend cannot program it (e.g. host-gw and a
+    /// peer that is not on-link), and why.
+    pub unprogrammable: Option<String>,
+}
+
+/// One kernel entry weftd programs for a peer, as `ip` would name it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum KernelEntry {
+    /// A permanent neighbour `ip lladdr mac dev`.
+    Neighbour { dev: String, ip: String, mac: String },
+    /// A permanent `self` FDB entry `mac dev dst`.
+    Fdb { dev: String, mac: String, dst: String },
+    /// A main-table route `dst via gw dev [onlink]`.
+    Route {
+        dst: String,
+        gw: String,
+        dev: String,
+        onlink: bool,
+    },
+}
+
+impl std::fmt::Display for KernelEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KernelEntry::Neighbour { dev, ip, mac } => {
+                write!(f, "neighbour {ip} lladdr {mac} dev {dev}")
+            }
+            KernelEntry::Fdb { dev, mac, dst } => write!(f, "fdb {mac} dev {dev} dst {dst}"),
+            KernelEntry::Route {
+                dst,
+                gw,
+                dev,
+                onlink,
+            } => {
+                let onlink = if *onlink { " onlink" } else { "" };
+                write!(f, "route {dst} via {gw} dev {dev}{onlink}")
+            }
+        }
+    }
 }
 
 /// Why weftd is not ready, most fundamental first.

@@ -16,12 +16,15 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use ipnetwork::{Ipv4Network, Ipv6Network};
-use weft_node_state::{now_unix, Failure, NodeState, NotReady, Peer, StateFile};
+use ipnetwork::{IpNetwork, Ipv4Network};
+use weft_netlink::format_mac;
+use weft_node_state::{now_unix, Failure, KernelEntry, NodeState, NotReady, Peer, StateFile};
 
-use crate::config::LeaseAttrs;
-use crate::lease::{Entry, LeaseError, OwnLease};
-use crate::metrics::Metrics;
+use super::metrics::Metrics;
+use crate::backends::Entry as Programmed;
+use crate::config::{BackendKind, NetConfig};
+use crate::store::attrs::LeaseAttrs;
+use crate::store::etcd::{Entry, LeaseError, OwnLease};
 
 /// How often the writer re-checks readiness, and the longest a state
 /// file's `last_sync` may lag.
@@ -35,6 +38,9 @@ struct Inner {
     lease_failure: Option<(bool, Failure)>,
     setup_error: Option<String>,
     fatal: Option<NotReady>,
+    /// Per peer subnet (either family): the entries the data plane wants,
+    /// or why it programs none.
+    programmed: BTreeMap<IpNetwork, Result<Vec<KernelEntry>, String>>,
     /// Bumped on every report, so the writer knows to write.
     version: u64,
 }
@@ -183,20 +189,20 @@ impl Status {
         });
     }
 
-    pub fn config(
-        &self,
-        key: &str,
-        network: Ipv4Network,
-        network6: Option<Ipv6Network>,
-        backend: &str,
-    ) {
+    /// The network config at `<prefix>/config`.
+    pub fn config(&self, prefix: &str, cfg: &NetConfig) {
+        let (backend_type, direct_routing) = match cfg.backend.kind {
+            BackendKind::Vxlan { direct_routing } => ("vxlan", direct_routing),
+            BackendKind::HostGw => (crate::backends::host_gw::HOST_GW, false),
+        };
         self.update(|i| {
             i.config_missing = None;
             i.state.network = Some(weft_node_state::Network {
-                config_key: key.into(),
-                network: network.to_string(),
-                ipv6_network: network6.map(|n| n.to_string()),
-                backend_type: backend.into(),
+                config_key: crate::store::keys::config_key(prefix),
+                network: cfg.network.to_string(),
+                ipv6_network: cfg.ipv6.as_ref().map(|c| c.network.to_string()),
+                backend_type: backend_type.into(),
+                direct_routing,
             });
         });
     }
@@ -280,24 +286,56 @@ impl Status {
         let peers: Vec<Peer> = entries
             .values()
             .filter(|e| e.subnet != own)
-            .map(|e| {
-                let key = crate::config::lease_key_name_dual(&e.subnet, e.subnet6.as_ref());
-                let why = rejected.get(&key).cloned();
-                let a = e.attrs.as_ref();
-                Peer {
-                    subnet: e.subnet.to_string(),
-                    subnet6: e.subnet6.map(|s| s.to_string()),
-                    public_ip: a.map(|a| a.public_ip.clone()),
-                    public_ipv6: a.and_then(|a| a.public_ipv6.clone()),
-                    backend_type: a.map(|a| a.backend_type.clone()).unwrap_or_default(),
-                    backend_data: a.and_then(|a| a.backend_data.clone()).unwrap_or_default(),
-                    accepted: why.is_none() && a.is_some(),
-                    rejected: why.or_else(|| a.is_none().then(|| "unparsable lease value".into())),
-                    key,
-                }
-            })
+            .map(|e| peer_of(e, rejected))
             .collect();
         self.update(|i| i.state.peers = peers);
+    }
+
+    /// One lease changed without conflicts (`None`: deleted).
+    pub fn peer(&self, subnet: Ipv4Network, entry: Option<&Entry>) {
+        let subnet_text = subnet.to_string();
+        let new = entry.map(|e| peer_of(e, &BTreeMap::new()));
+        self.update(|i| {
+            let peers = &mut i.state.peers;
+            let at = peers.iter().position(|p| p.subnet == subnet_text);
+            match (at, new) {
+                (Some(at), Some(p)) => peers[at] = p,
+                (Some(at), None) => drop(peers.remove(at)),
+                (None, Some(p)) => peers.push(p),
+                (None, None) => {}
+            }
+        });
+    }
+
+    /// What the data plane now wants for one peer subnet: its entries
+    /// (device indices named by `dev_name`), or why none; `None` when the
+    /// peer is gone.
+    pub fn programmed(
+        &self,
+        subnet: IpNetwork,
+        wanted: Option<Result<&[Programmed], &str>>,
+        dev_name: &dyn Fn(u32) -> String,
+    ) {
+        let wanted = wanted.map(|w| described(w, dev_name));
+        let unchanged = self.lock().programmed.get(&subnet) == wanted.as_ref();
+        if !unchanged {
+            self.update(|i| match wanted {
+                Some(w) => drop(i.programmed.insert(subnet, w)),
+                None => drop(i.programmed.remove(&subnet)),
+            });
+        }
+    }
+
+    /// The same for every peer after a full pass (others are gone).
+    pub fn programmed_all<'a>(
+        &self,
+        all: impl Iterator<Item = (IpNetwork, Result<&'a [Programmed], &'a str>)>,
+        dev_name: &dyn Fn(u32) -> String,
+    ) {
+        let all: BTreeMap<_, _> = all.map(|(s, w)| (s, described(w, dev_name))).collect();
+        if self.lock().programmed != all {
+            self.update(|i| i.programmed = all);
+        }
     }
 
     /// The data plane's last pass: Err with its error, Ok when it succeeded.
@@ -312,6 +350,18 @@ impl Status {
     pub fn snapshot(&self, m: &Metrics) -> NodeState {
         let i = self.lock();
         let mut s = i.state.clone();
+        for p in &mut s.peers {
+            let of = |net: &Option<String>| {
+                let net: IpNetwork = net.as_deref()?.parse().ok()?;
+                i.programmed.get(&net)
+            };
+            for w in [of(&Some(p.subnet.clone())), of(&p.subnet6)].into_iter().flatten() {
+                match w {
+                    Ok(es) => p.entries.extend(es.iter().cloned()),
+                    Err(why) => p.unprogrammable = Some(why.clone()),
+                }
+            }
+        }
         s.ready = i.fatal.is_none() && m.ready();
         s.reason = if s.ready { None } else { Some(reason(&i, m)) };
         s.subnet_file.written = m
@@ -378,6 +428,62 @@ impl Status {
                 written = Some((version, s.reason, now));
             }
         }
+    }
+}
+
+/// A lease as a peer in the state, rejected when its key is in `rejected`.
+fn peer_of(e: &Entry, rejected: &BTreeMap<String, String>) -> Peer {
+    let key = crate::store::keys::lease_key_name_dual(&e.subnet, e.subnet6.as_ref());
+    let why = rejected.get(&key).cloned();
+    let a = e.attrs.as_ref();
+    Peer {
+        subnet: e.subnet.to_string(),
+        subnet6: e.subnet6.map(|s| s.to_string()),
+        public_ip: a.map(|a| a.public_ip.clone()),
+        public_ipv6: a.and_then(|a| a.public_ipv6.clone()),
+        backend_type: a.map(|a| a.backend_type.clone()).unwrap_or_default(),
+        backend_data: a.and_then(|a| a.backend_data.clone()).unwrap_or_default(),
+        accepted: why.is_none() && a.is_some(),
+        rejected: why.or_else(|| a.is_none().then(|| "unparsable lease value".into())),
+        key,
+        ..Peer::default()
+    }
+}
+
+fn described(
+    w: Result<&[Programmed], &str>,
+    dev_name: &dyn Fn(u32) -> String,
+) -> Result<Vec<KernelEntry>, String> {
+    match w {
+        Ok(es) => Ok(es.iter().map(|e| describe(e, dev_name)).collect()),
+        Err(why) => Err(why.to_string()),
+    }
+}
+
+/// A backend's entry as the state names it.
+fn describe(e: &Programmed, dev_name: &dyn Fn(u32) -> String) -> KernelEntry {
+    match *e {
+        Programmed::Neigh { dev, ip, mac } => KernelEntry::Neighbour {
+            dev: dev_name(dev),
+            ip: ip.to_string(),
+            mac: format_mac(&mac),
+        },
+        Programmed::Fdb { dev, mac, dst } => KernelEntry::Fdb {
+            dev: dev_name(dev),
+            mac: format_mac(&mac),
+            dst: dst.to_string(),
+        },
+        Programmed::Route {
+            dst,
+            gw,
+            dev,
+            onlink,
+        } => KernelEntry::Route {
+            dst: dst.to_string(),
+            gw: gw.to_string(),
+            dev: dev_name(dev),
+            onlink,
+        },
     }
 }
 
@@ -469,11 +575,14 @@ mod tests {
         ));
         m.subnet_env_written.store(true, Relaxed);
         m.peers_synced.store(true, Relaxed);
-        s.config(
-            "/coreos.com/network/config",
-            "10.244.0.0/16".parse().unwrap(),
-            None,
-            "vxlan",
+        let cfg = crate::config::parse_config(
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#,
+        )
+        .unwrap();
+        s.config("/coreos.com/network", &cfg);
+        assert_eq!(
+            s.snapshot(&m).network.map(|n| n.backend_type),
+            Some("host-gw".into())
         );
         let snap = s.snapshot(&m);
         assert!(snap.ready && snap.reason.is_none(), "{snap:?}");
