@@ -94,7 +94,11 @@ fn wait_check(c: &Cluster, n: u32, name: &str, want: &str) {
 }
 
 fn two_nodes_with_pods() -> Cluster {
-    let c = Cluster::new(FAST);
+    two_nodes_with_pods_on("vxlan")
+}
+
+fn two_nodes_with_pods_on(backend: &'static str) -> Cluster {
+    let c = Cluster::with_backend(FAST, backend);
     c.write_config(None);
     c.node_add(1);
     c.node_add(2);
@@ -156,6 +160,121 @@ fn a_healthy_node_passes_every_check_and_status_and_peers_agree() {
         assert_eq!(row["status"], "ok", "{row}");
     }
     assert_eq!(v["checks"].as_array().unwrap().len(), 11);
+}
+
+/// Every check green on a node of `backend`, and `peers` finding the
+/// peer's entries (`want`: the peer's route as `ip` shows it) present.
+fn green_on(backend: &'static str, want: impl Fn(&Cluster) -> String) -> Cluster {
+    let c = two_nodes_with_pods_on(backend);
+    assert!(c.wait_for(secs(5), || weftctl(&c, 1, &["status"]).0 == 0));
+    let (_, v) = json_of(&c, 1, &["status"]);
+    let network = &v["state"]["network"];
+    let vxlan = backend != "host-gw";
+    assert_eq!(
+        network["backend_type"],
+        if vxlan { "vxlan" } else { "host-gw" }
+    );
+    assert_eq!(network["direct_routing"], backend == "directrouting");
+    assert_eq!(v["peers_programmed"], 1, "{v}");
+    let (code, text, _) = weftctl(&c, 1, &["peers"]);
+    note(&format!("weftctl peers ({backend}):\n{text}"));
+    assert_eq!(code, 0);
+    let line = text.lines().find(|l| l.starts_with(&c.subnet(2))).unwrap();
+    assert!(
+        line.contains(" ok ") && line.ends_with("programmed"),
+        "{line}"
+    );
+    let (_, v) = json_of(&c, 1, &["peers"]);
+    let row = v["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["subnet"] == c.subnet(2))
+        .unwrap()
+        .clone();
+    let entries: Vec<&str> = row["kernel_entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["entry"].as_str().unwrap())
+        .collect();
+    // host-gw and DirectRouting to an on-link peer: one route, no
+    // neighbour or FDB entry.
+    assert_eq!(entries, [want(&c).as_str()], "{row}");
+    let (code, text, _) = weftctl(&c, 1, &["doctor"]);
+    note(&format!("weftctl doctor ({backend}):\n{text}"));
+    assert_eq!(code, 0, "{text}");
+    c
+}
+
+#[test]
+#[ignore = "needs root"]
+fn doctor_on_host_gw_checks_the_route_via_the_public_ip() {
+    if !require_root() {
+        return;
+    }
+    let direct = |c: &Cluster| format!("route {} via {} dev eth0", c.subnet(2), c.node_ip(2));
+    let c = green_on("host-gw", direct);
+    let (subnet2, ip2) = (c.subnet(2), c.node_ip(2));
+    assert_check(&c, 1, "mtu", "ok", &["eth0"]);
+    assert_check(&c, 1, "rp_filter", "ok", &["on eth0"]);
+
+    // weftd stopped: a missing route, then a stale one on the underlay.
+    c.weftd_stop(1);
+    ns(&c, 1, &format!("ip route del {subnet2}"));
+    assert_check(
+        &c,
+        1,
+        "kernel entries",
+        "problem",
+        &["1 missing", &format!("route {subnet2} via {ip2} dev eth0")],
+    );
+    ns(
+        &c,
+        1,
+        &format!("ip route replace {subnet2} via {ip2} dev eth0"),
+    );
+    assert_check(&c, 1, "kernel entries", "ok", &[]);
+    ns(
+        &c,
+        1,
+        &format!("ip route replace 10.244.251.0/24 via {ip2} dev eth0"),
+    );
+    assert_check(
+        &c,
+        1,
+        "kernel entries",
+        "problem",
+        &[
+            "1 stale",
+            &format!("route 10.244.251.0/24 via {ip2} dev eth0"),
+            "ip route del 10.244.251.0/24 dev eth0",
+        ],
+    );
+    // weftd back: it removes the stale route itself.
+    c.weftd_restart(1);
+    wait_check(&c, 1, "kernel entries", "ok");
+    wait_check(&c, 1, "weftd", "ok");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn doctor_on_direct_routing_checks_the_direct_route() {
+    if !require_root() {
+        return;
+    }
+    let c = green_on("directrouting", |c: &Cluster| {
+        format!("route {} via {} dev eth0", c.subnet(2), c.node_ip(2))
+    });
+    c.weftd_stop(1);
+    ns(&c, 1, &format!("ip route del {}", c.subnet(2)));
+    assert_check(
+        &c,
+        1,
+        "kernel entries",
+        "problem",
+        &["1 missing", "dev eth0"],
+    );
 }
 
 #[test]

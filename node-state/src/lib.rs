@@ -175,9 +175,17 @@ pub struct Peer {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum KernelEntry {
     /// A permanent neighbour `ip lladdr mac dev`.
-    Neighbour { dev: String, ip: String, mac: String },
+    Neighbour {
+        dev: String,
+        ip: String,
+        mac: String,
+    },
     /// A permanent `self` FDB entry `mac dev dst`.
-    Fdb { dev: String, mac: String, dst: String },
+    Fdb {
+        dev: String,
+        mac: String,
+        dst: String,
+    },
     /// A main-table route `dst via gw dev [onlink]`.
     Route {
         dst: String,

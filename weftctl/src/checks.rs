@@ -9,14 +9,15 @@ use std::path::Path;
 use flannel_env::SubnetEnv;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use serde_json::{json, Value};
-use weft_netlink::{format_mac, nud};
+use weft_netlink::format_mac;
 use weft_node_state::{now_unix, NodeState};
 
 use crate::firewall::{Packet, Ruleset, Verdict};
 use crate::kernel::{sysctl_num, Kernel};
-use crate::peers::{expected, vxlan_of};
+use crate::peers::{expected, vtep_mac_of};
 use crate::source::Seen;
 use crate::Paths;
+use weft_node_state::KernelEntry;
 
 /// Bytes VXLAN over IPv4 adds (outer IP 20 + UDP 8 + VXLAN 8 + Ethernet 14).
 const VXLAN_OVERHEAD: u32 = 50;
@@ -161,8 +162,9 @@ fn check_weftd(n: &Node) -> Outcome {
     }
 }
 
-/// Missing entries of accepted leases; entries of rejected leases and
-/// entries on the overlay device that no accepted lease explains.
+/// Missing entries of accepted leases (what weftd's backend wants for
+/// them), and entries in the pod networks on weftd's devices and the
+/// underlay that no accepted lease explains (a rejected or gone lease's).
 fn check_entries(n: &Node) -> Outcome {
     let Some(state) = n.state else {
         return skipped("no leases known (weftd's state is unavailable)");
@@ -171,25 +173,15 @@ fn check_entries(n: &Node) -> Outcome {
         Ok(k) => k,
         Err(e) => return skipped(format!("cannot read the kernel: {e}")),
     };
+    let present: BTreeSet<KernelEntry> = k.entries().into_iter().collect();
     let mut missing = Vec::new();
-    let mut stale = Vec::new();
-    for p in &state.peers {
-        let Some(entries) = expected(p, k) else {
-            continue;
-        };
-        for e in entries {
-            match (p.accepted, e.present) {
-                (true, false) => missing.push(format!("{} ({})", e.what, p.key)),
-                (false, true) => stale.push(format!("{} (rejected lease {})", e.what, p.key)),
-                _ => {}
-            }
+    for p in state.peers.iter().filter(|p| p.accepted) {
+        for e in expected(p, &present).into_iter().filter(|e| !e.present) {
+            missing.push(format!("{} ({})", e.what, p.key));
         }
     }
-    if let Some(dev) = n.overlay_device() {
-        stale.extend(unexplained_entries(n, state, k, &dev));
-    }
+    let mut stale = unexplained_entries(n, state, &present);
     stale.sort();
-    stale.dedup();
     match (missing.is_empty(), stale.is_empty()) {
         (true, true) => ok(format!(
             "{} lease(s): every entry present, none stale",
@@ -239,63 +231,56 @@ fn del_command(stale: &str) -> String {
     }
 }
 
-/// Routes, permanent neighbours and FDB entries on `dev` inside the
-/// network that no accepted lease accounts for.
-fn unexplained_entries(n: &Node, state: &NodeState, k: &Kernel, dev: &str) -> Vec<String> {
-    let (Some(l), Some(net)) = (k.link(dev), n.network()) else {
-        return vec![];
+/// Entries weftd would own that no accepted lease wants: routes into the
+/// pod networks on weftd's devices or the underlay (our own subnet aside),
+/// permanent neighbours inside them and `self` FDB entries on weftd's
+/// devices.
+fn unexplained_entries(
+    n: &Node,
+    state: &NodeState,
+    present: &BTreeSet<KernelEntry>,
+) -> Vec<String> {
+    let nets: Vec<IpNetwork> = n
+        .network()
+        .map(IpNetwork::V4)
+        .into_iter()
+        .chain(
+            state
+                .network
+                .as_ref()
+                .and_then(|c| c.ipv6_network.as_deref()?.parse().ok()),
+        )
+        .collect();
+    let inside = |a: &str| {
+        let a: Option<IpNetwork> = a.parse().ok();
+        a.is_some_and(|a| nets.iter().any(|n| n.contains(a.network())))
     };
-    let mut routes = BTreeSet::new();
-    let mut neighs = BTreeSet::new();
-    let mut fdbs = BTreeSet::new();
-    for p in state.peers.iter().filter(|p| p.accepted) {
-        let (Ok(subnet), Some(v)) = (
-            p.subnet.parse::<Ipv4Network>(),
-            vxlan_of(&p.backend_type, &p.backend_data),
-        ) else {
-            continue;
-        };
-        routes.insert(subnet);
-        neighs.insert((IpAddr::V4(subnet.network()), v.mac));
-        if let Some(ip) = p
-            .public_ip
-            .as_deref()
-            .and_then(|s| s.parse::<IpAddr>().ok())
-        {
-            fdbs.insert((v.mac, ip));
-        }
-    }
-    let mut out = Vec::new();
-    for r in k.routes.iter().filter(|r| r.oif == Some(l.index)) {
-        if let IpNetwork::V4(d) = r.dst {
-            if net.contains(d.network()) && !routes.contains(&d) {
-                let via = r.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
-                out.push(format!("route {d}{via} dev {dev}"));
+    let own: Vec<String> = state
+        .lease
+        .iter()
+        .flat_map(|l| std::iter::once(l.subnet.clone()).chain(l.subnet6.clone()))
+        .collect();
+    let weftd_dev = |d: &String| {
+        state.devices.contains(d) || state.underlay.as_ref().is_some_and(|u| &u.iface == d)
+    };
+    let wanted: BTreeSet<&KernelEntry> = state
+        .peers
+        .iter()
+        .filter(|p| p.accepted)
+        .flat_map(|p| &p.entries)
+        .collect();
+    present
+        .iter()
+        .filter(|e| !wanted.contains(e))
+        .filter(|e| match e {
+            KernelEntry::Route { dst, dev, .. } => {
+                weftd_dev(dev) && inside(dst) && !own.contains(dst)
             }
-        }
-    }
-    for nb in k.neighbours.get(&l.index).into_iter().flatten() {
-        let inside = matches!(nb.ip, IpAddr::V4(a) if net.contains(a));
-        let Some(mac) = nb.mac.filter(|_| inside && nb.state & nud::PERMANENT != 0) else {
-            continue;
-        };
-        if !neighs.contains(&(nb.ip, mac)) {
-            out.push(format!(
-                "neighbour {} lladdr {} dev {dev}",
-                nb.ip,
-                format_mac(&mac)
-            ));
-        }
-    }
-    for f in k.fdb.get(&l.index).into_iter().flatten() {
-        let Some(dst) = f.dst.filter(|_| f.is_self && f.mac != [0; 6]) else {
-            continue;
-        };
-        if !fdbs.contains(&(f.mac, dst)) {
-            out.push(format!("fdb {} dev {dev} dst {dst}", format_mac(&f.mac)));
-        }
-    }
-    out
+            KernelEntry::Neighbour { ip, .. } => inside(ip),
+            KernelEntry::Fdb { .. } => true,
+        })
+        .map(ToString::to_string)
+        .collect()
 }
 
 fn check_subnet_env(n: &Node) -> Outcome {
@@ -523,34 +508,35 @@ fn check_masquerade(n: &Node) -> Outcome {
     }
 }
 
+/// Strict rp_filter on the device a peer's traffic arrives on (its
+/// route's device: the overlay, or the underlay for host-gw and direct
+/// routes) drops it unless the route back leaves the same way.
 fn check_rp_filter(n: &Node) -> Outcome {
     let k = match &n.kernel {
         Ok(k) => k,
         Err(e) => return skipped(format!("cannot read the kernel: {e}")),
     };
-    let Some(dev) = n
-        .overlay_device()
-        .or_else(|| n.state?.underlay.as_ref().map(|u| u.iface.clone()))
-    else {
-        return skipped("no overlay device known");
-    };
     let all = sysctl_num("net/ipv4/conf/all/rp_filter").unwrap_or(0);
-    let own = sysctl_num(&format!("net/ipv4/conf/{dev}/rp_filter")).unwrap_or(0);
-    let mode = all.max(own);
-    if mode == 0 {
-        return ok(format!("off on {dev}"));
-    }
-    let index = k.link(&dev).map(|l| l.index);
     let peers = n.state.map(|s| s.peers.as_slice()).unwrap_or_default();
+    let mut devs = BTreeSet::new();
     for p in peers.iter().filter(|p| p.accepted) {
         let Ok(subnet) = p.subnet.parse::<Ipv4Network>() else {
             continue;
         };
+        let Some(dev) = p.entries.iter().find_map(|e| match e {
+            KernelEntry::Route { dst, dev, .. } if *dst == p.subnet => Some(dev),
+            _ => None,
+        }) else {
+            continue;
+        };
+        let own = sysctl_num(&format!("net/ipv4/conf/{dev}/rp_filter")).unwrap_or(0);
+        let mode = all.max(own);
+        devs.insert(format!("{mode} on {dev}"));
         let src = Ipv4Addr::from(u32::from(subnet.network()) + 2);
-        let back = k.route_for(src);
-        let dropped = match (mode, back) {
+        let dropped = match (mode, k.route_for(src)) {
+            (0, _) => None,
             (_, None) => Some("there is no route back to it".to_string()),
-            (1, Some(r)) if r.oif != index => {
+            (1, Some(r)) if k.name_of(r.oif) != *dev => {
                 Some(format!("the route back leaves via {}", k.name_of(r.oif)))
             }
             _ => None,
@@ -562,8 +548,12 @@ fn check_rp_filter(n: &Node) -> Outcome {
             );
         }
     }
+    if devs.is_empty() {
+        return ok(format!("all={all}; no programmed peer to judge it by"));
+    }
     ok(format!(
-        "rp_filter={mode} on {dev}: every peer's traffic arrives where its route points"
+        "rp_filter={}: every peer's traffic arrives where its route points",
+        devs.into_iter().collect::<Vec<_>>().join(", ")
     ))
 }
 
@@ -701,8 +691,8 @@ fn check_duplicates(n: &Node) -> Outcome {
         if let Some(ip) = ip {
             by_ip.entry(ip).or_default().push(key.clone());
         }
-        if let Some(v) = vxlan_of(kind, data) {
-            by_mac.entry(format_mac(&v.mac)).or_default().push(key);
+        if let Some(mac) = vtep_mac_of(kind, data) {
+            by_mac.entry(format_mac(&mac)).or_default().push(key);
         }
     }
     let mut dups = Vec::new();

@@ -1,12 +1,13 @@
 //! The node's kernel state weftctl compares with weftd's leases: links,
-//! IPv4 routes of the main table, and the neighbours and FDB entries of
-//! the overlay devices, read once through netlink.
+//! routes of the main table, and the neighbours and FDB entries of the
+//! overlay devices, read once through netlink.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 
-use ipnetwork::{IpNetwork, Ipv4Network};
-use weft_netlink::{FdbEntry, IpFamily, Link, Neighbour, Netlink, Route};
+use ipnetwork::IpNetwork;
+use weft_netlink::{format_mac, nud, FdbEntry, IpFamily, Link, Neighbour, Netlink, Route};
+use weft_node_state::KernelEntry;
 
 pub struct Kernel {
     pub links: Vec<Link>,
@@ -22,7 +23,8 @@ impl Kernel {
     pub fn read(devices: &[String]) -> Result<Kernel, weft_netlink::Error> {
         let mut nl = Netlink::new()?;
         let links = nl.links()?;
-        let routes = nl.routes(IpFamily::V4)?;
+        let mut routes = nl.routes(IpFamily::V4)?;
+        routes.extend(nl.routes(IpFamily::V6)?);
         let (mut neighbours, mut fdb) = (BTreeMap::new(), BTreeMap::new());
         for l in links.iter().filter(|l| devices.contains(&l.name)) {
             neighbours.insert(l.index, nl.neighbours(l.index)?);
@@ -51,6 +53,42 @@ impl Kernel {
             .unwrap_or_else(|| "?".into())
     }
 
+    /// Every route with a gateway, permanent neighbour and `self` FDB
+    /// entry, named as weftd's state names the entries it wants.
+    pub fn entries(&self) -> Vec<KernelEntry> {
+        let routes = self.routes.iter().filter_map(|r| {
+            Some(KernelEntry::Route {
+                dst: r.dst.to_string(),
+                gw: r.gateway?.to_string(),
+                dev: self.name_of(r.oif),
+                onlink: r.onlink,
+            })
+        });
+        let neighbours = self.neighbours.iter().flat_map(|(dev, ns)| {
+            ns.iter()
+                .filter(|n| n.state & nud::PERMANENT != 0)
+                .filter_map(move |n| {
+                    Some(KernelEntry::Neighbour {
+                        dev: self.name_of(Some(*dev)),
+                        ip: n.ip.to_string(),
+                        mac: format_mac(&n.mac?),
+                    })
+                })
+        });
+        let fdb = self.fdb.iter().flat_map(|(dev, fs)| {
+            fs.iter()
+                .filter(|f| f.is_self && f.mac != [0; 6])
+                .filter_map(move |f| {
+                    Some(KernelEntry::Fdb {
+                        dev: self.name_of(Some(*dev)),
+                        mac: format_mac(&f.mac),
+                        dst: f.dst?.to_string(),
+                    })
+                })
+        });
+        routes.chain(neighbours).chain(fdb).collect()
+    }
+
     /// The main-table route the kernel would use for `ip` (longest prefix).
     pub fn route_for(&self, ip: Ipv4Addr) -> Option<&Route> {
         self.routes
@@ -63,11 +101,4 @@ impl Kernel {
 /// A sysctl of the calling namespace, as a number.
 pub fn sysctl_num(key: &str) -> Option<u32> {
     weft_netlink::read_sysctl(key).ok()?.trim().parse().ok()
-}
-
-/// The route `dst via gw dev oif` (onlink or not) is present.
-pub fn has_route(k: &Kernel, dst: Ipv4Network, gw: IpAddr, oif: Option<u32>) -> bool {
-    k.routes.iter().any(|r| {
-        r.dst == IpNetwork::V4(dst) && r.gateway == Some(gw) && (oif.is_none() || r.oif == oif)
-    })
 }

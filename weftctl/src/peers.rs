@@ -1,16 +1,14 @@
-//! `weftctl peers`, and what each lease needs in the kernel: for vxlan a
-//! route `<subnet> via <subnet base> dev flannel.<VNI> onlink`, a permanent
-//! neighbour `<base> -> VtepMAC` and an FDB entry `VtepMAC dst PublicIP`;
-//! for host-gw a route `<subnet> via <PublicIP>`.
+//! `weftctl peers`, and whether each lease's kernel entries are present:
+//! the entries weftd's backend wants for it (weftd's state lists them, so
+//! weftctl never re-derives a backend's logic) against the kernel's.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::collections::BTreeSet;
 
-use ipnetwork::Ipv4Network;
 use serde_json::{json, Value};
-use weft_netlink::{format_mac, nud, parse_mac};
-use weft_node_state::Peer;
+use weft_netlink::parse_mac;
+use weft_node_state::{KernelEntry, Peer};
 
-use crate::kernel::{has_route, Kernel};
+use crate::kernel::Kernel;
 use crate::source::Seen;
 
 /// One kernel entry a lease needs.
@@ -19,22 +17,12 @@ pub struct Entry {
     pub present: bool,
 }
 
-/// What a vxlan lease's BackendData says.
-pub struct Vxlan {
-    pub device: String,
-    pub mac: [u8; 6],
-}
-
-pub fn vxlan_of(backend_type: &str, data: &Value) -> Option<Vxlan> {
+/// A vxlan lease's VtepMAC.
+pub fn vtep_mac_of(backend_type: &str, data: &Value) -> Option<[u8; 6]> {
     if backend_type != "vxlan" {
         return None;
     }
-    let vni = data.get("VNI").and_then(Value::as_u64).unwrap_or(1);
-    let mac = parse_mac(data.get("VtepMAC")?.as_str()?)?;
-    Some(Vxlan {
-        device: format!("flannel.{vni}"),
-        mac,
-    })
+    parse_mac(data.get("VtepMAC")?.as_str()?)
 }
 
 /// The backend data in one short phrase (vxlan: VNI and VTEP MAC).
@@ -50,63 +38,33 @@ pub fn describe_backend(backend_type: &str, data: &Value) -> String {
     }
 }
 
-/// The kernel entries an IPv4 lease needs, or None when its backend is
-/// one weftctl does not know (or its data is unusable).
-pub fn expected(p: &Peer, k: &Kernel) -> Option<Vec<Entry>> {
-    let subnet: Ipv4Network = p.subnet.parse().ok()?;
-    let public_ip: Ipv4Addr = p.public_ip.as_deref()?.parse().ok()?;
-    let base = subnet.network();
-    if p.backend_type == "host-gw" {
-        return Some(vec![Entry {
-            what: format!("route {subnet} via {public_ip}"),
-            present: has_route(k, subnet, IpAddr::V4(public_ip), None),
-        }]);
-    }
-    let v = vxlan_of(&p.backend_type, &p.backend_data)?;
-    let dev = k.link(&v.device).map(|l| l.index);
-    let mac = format_mac(&v.mac);
-    let neigh = dev.and_then(|i| k.neighbours.get(&i)).is_some_and(|ns| {
-        ns.iter().any(|n| {
-            n.ip == IpAddr::V4(base) && n.mac == Some(v.mac) && n.state & nud::PERMANENT != 0
+/// The kernel entries weftd's backend wants for a lease (whatever the
+/// backend: vxlan's neighbour, FDB entry and route, a direct route, or
+/// host-gw's route via the public IP), each with whether it is present.
+pub fn expected(p: &Peer, present: &BTreeSet<KernelEntry>) -> Vec<Entry> {
+    p.entries
+        .iter()
+        .map(|e| Entry {
+            what: e.to_string(),
+            present: present.contains(e),
         })
-    });
-    let fdb = dev.and_then(|i| k.fdb.get(&i)).is_some_and(|fs| {
-        fs.iter()
-            .any(|f| f.mac == v.mac && f.dst == Some(IpAddr::V4(public_ip)) && f.is_self)
-    });
-    let route = dev.is_some() && has_route(k, subnet, IpAddr::V4(base), dev);
-    Some(vec![
-        Entry {
-            what: format!("neighbour {base} lladdr {mac} dev {}", v.device),
-            present: neigh,
-        },
-        Entry {
-            what: format!("fdb {mac} dev {} dst {public_ip}", v.device),
-            present: fdb,
-        },
-        Entry {
-            what: format!("route {subnet} via {base} dev {} onlink", v.device),
-            present: route,
-        },
-    ])
+        .collect()
 }
 
-/// "ok", "missing: ...", "absent" (rejected, nothing programmed) or "-".
-fn kernel_column(p: &Peer, entries: &Option<Vec<Entry>>) -> (String, Value) {
-    let Some(es) = entries else {
-        return ("-".into(), Value::Null);
-    };
-    let present: Vec<&Entry> = es.iter().filter(|e| e.present).collect();
+/// "ok", "missing ...", "none" (not programmable) or "-" (rejected, or
+/// not synced yet).
+fn kernel_column(p: &Peer, es: &[Entry]) -> (String, Value) {
     let missing: Vec<&str> = es
         .iter()
         .filter(|e| !e.present)
         .map(|e| e.what.split(' ').next().unwrap_or(""))
         .collect();
-    let text = match (p.accepted, missing.is_empty(), present.is_empty()) {
-        (true, true, _) => "ok".to_string(),
-        (true, false, _) => format!("missing {}", missing.join(",")),
-        (false, _, true) => "absent".to_string(),
-        (false, _, false) => "stale entries".to_string(),
+    let text = match (p.accepted, &p.unprogrammable, es.is_empty()) {
+        (false, _, _) => "-".to_string(),
+        (true, Some(_), _) => "none".to_string(),
+        (true, None, true) => "-".to_string(),
+        (true, None, false) if missing.is_empty() => "ok".to_string(),
+        (true, None, false) => format!("missing {}", missing.join(",")),
     };
     let detail: Vec<Value> = es
         .iter()
@@ -121,6 +79,10 @@ pub fn run(seen: &Seen) -> (String, Value, u8) {
         return (format!("{why}\n"), json!({"error": why}), 2);
     };
     let kernel = Kernel::read(&state.devices);
+    let present: BTreeSet<KernelEntry> = kernel
+        .as_ref()
+        .map(|k| k.entries().into_iter().collect())
+        .unwrap_or_default();
     let mut text = String::new();
     if let Some(why) = &seen.unreachable {
         text.push_str(&format!("note: {why}; these are its last known leases\n"));
@@ -142,11 +104,12 @@ pub fn run(seen: &Seen) -> (String, Value, u8) {
         );
     }
     for p in &state.peers {
-        let entries = kernel.as_ref().ok().and_then(|k| expected(p, k));
+        let entries = expected(p, &present);
         let (kcol, kdetail) = kernel_column(p, &entries);
-        let status = match &p.rejected {
-            Some(why) => format!("rejected: {why}"),
-            None => "programmed".into(),
+        let status = match (&p.rejected, &p.unprogrammable) {
+            (Some(why), _) => format!("rejected: {why}"),
+            (None, Some(why)) => format!("not programmed: {why}"),
+            (None, None) => "programmed".into(),
         };
         let backend = describe_backend(&p.backend_type, &p.backend_data);
         text.push_str(&format!(
@@ -159,7 +122,7 @@ pub fn run(seen: &Seen) -> (String, Value, u8) {
         rows.push(
             json!({"key": p.key, "subnet": p.subnet, "public_ip": p.public_ip,
             "backend": backend, "backend_data": p.backend_data, "accepted": p.accepted,
-            "rejected": p.rejected, "kernel": kcol, "kernel_entries": kdetail}),
+            "rejected": p.rejected, "unprogrammable": p.unprogrammable, "kernel": kcol, "kernel_entries": kdetail}),
         );
     }
     if let Err(e) = &kernel {

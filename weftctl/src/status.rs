@@ -1,8 +1,10 @@
 //! `weftctl status`: exit 0 when weftd is ready, 1 when it is not, 2 when
 //! it cannot be reached (not running, no state, unreadable).
 
+use std::collections::BTreeSet;
+
 use serde_json::{json, Value};
-use weft_node_state::{format_duration, now_unix, NodeState};
+use weft_node_state::{format_duration, now_unix, KernelEntry, NodeState};
 
 use crate::kernel::Kernel;
 use crate::peers::expected;
@@ -59,10 +61,11 @@ fn peer_counts(s: &NodeState) -> (Option<usize>, usize, usize) {
     let accepted = s.peers.iter().filter(|p| p.accepted).count();
     let rejected = s.peers.iter().filter(|p| p.rejected.is_some()).count();
     let programmed = Kernel::read(&s.devices).ok().map(|k| {
+        let present: BTreeSet<KernelEntry> = k.entries().into_iter().collect();
         s.peers
             .iter()
-            .filter(|p| p.accepted)
-            .filter(|p| expected(p, &k).is_some_and(|es| es.iter().all(|e| e.present)))
+            .filter(|p| p.accepted && !p.entries.is_empty())
+            .filter(|p| expected(p, &present).iter().all(|e| e.present))
             .count()
     });
     (programmed, accepted, rejected)

@@ -355,7 +355,10 @@ impl Status {
                 let net: IpNetwork = net.as_deref()?.parse().ok()?;
                 i.programmed.get(&net)
             };
-            for w in [of(&Some(p.subnet.clone())), of(&p.subnet6)].into_iter().flatten() {
+            for w in [of(&Some(p.subnet.clone())), of(&p.subnet6)]
+                .into_iter()
+                .flatten()
+            {
                 match w {
                     Ok(es) => p.entries.extend(es.iter().cloned()),
                     Err(why) => p.unprogrammable = Some(why.clone()),

@@ -354,7 +354,10 @@ impl Dataplane {
             self.metrics.peers_synced.store(false, Relaxed);
         }
         self.publish_counts(failed);
-        let wanted = match (self.programmed.get(&subnet), self.unprogrammable.get(&subnet)) {
+        let wanted = match (
+            self.programmed.get(&subnet),
+            self.unprogrammable.get(&subnet),
+        ) {
             (Some(es), _) => Some(Ok(es.as_slice())),
             (None, Some(why)) => Some(Err(why.as_str())),
             (None, None) => peer.is_some().then_some(Ok(&[][..])),
