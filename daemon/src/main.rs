@@ -368,14 +368,7 @@ async fn network_config(
 }
 
 async fn run(f: flags::Flags, pre: Prepared, metrics: Arc<metrics::Metrics>) -> anyhow::Result<()> {
-    let status = metrics.status.clone();
-    status.start(&f.etcd_endpoints, &f.etcd_prefix, &f.subnet_file);
-    if let Some(b) = pre.masq {
-        status.masq_enabled(&format!("{b:?}"));
-    }
-    if let Some(file) = &pre.state_file {
-        status.spawn_writer(file.clone(), metrics.clone())?;
-    }
+    let status = start_status(&f, &pre, &metrics)?;
     let mut stop_rx = on_signals();
     // The underlay does not depend on etcd: find it first so a bad --iface fails fast.
     let (underlay, public_ip) = underlay(&f, &status).await?;
@@ -454,6 +447,26 @@ async fn run(f: flags::Flags, pre: Prepared, metrics: Arc<metrics::Metrics>) -> 
         sent: None,
     };
     agent.run(stop_rx).await
+}
+
+/// weftd's state as known before anything runs, and the thread that
+/// keeps the state file current.
+fn start_status(
+    f: &flags::Flags,
+    pre: &Prepared,
+    metrics: &Arc<metrics::Metrics>,
+) -> anyhow::Result<local::status::Status> {
+    let status = metrics.status.clone();
+    status.start(&f.etcd_endpoints, &f.etcd_prefix, &f.subnet_file);
+    if let Some(b) = pre.masq {
+        status.masq_enabled(&format!("{b:?}"));
+    }
+    if let Some(file) = &pre.state_file {
+        status
+            .spawn_writer(file.clone(), metrics.clone())
+            .context("spawning the state-file thread")?;
+    }
+    Ok(status)
 }
 
 /// The data-plane thread and the kernel-watch thread that wakes it.

@@ -354,32 +354,20 @@ impl Dataplane {
             self.metrics.peers_synced.store(false, Relaxed);
         }
         self.publish_counts(failed);
-        let wanted = match (
-            self.programmed.get(&subnet),
-            self.unprogrammable.get(&subnet),
-        ) {
-            (Some(es), _) => Some(Ok(es.as_slice())),
-            (None, Some(why)) => Some(Err(why.as_str())),
-            (None, None) => peer.is_some().then_some(Ok(&[][..])),
-        };
+        // weftd's state shows what is wanted (weftctl checks the kernel against it).
+        let known = peer.is_some_and(|p| !self.is_own(&p.subnet));
+        let wanted = known.then(|| self.wanted_of(&subnet));
         let status = &self.metrics.status;
         status.programmed(subnet, wanted, &|i| self.dev_name(i));
     }
 
-    /// Tells weftd's state what every peer now wants (weftctl checks the
-    /// kernel against it).
-    fn report_programmed(&self, peers: &BTreeMap<IpNetwork, Peer>) {
-        let all = peers.keys().filter(|s| !self.is_own(s)).map(|s| {
-            let w = match (self.programmed.get(s), self.unprogrammable.get(s)) {
-                (Some(es), _) => Ok(es.as_slice()),
-                (None, Some(why)) => Err(why.as_str()),
-                (None, None) => Ok(&[][..]),
-            };
-            (*s, w)
-        });
-        self.metrics
-            .status
-            .programmed_all(all, &|i| self.dev_name(i));
+    /// A peer's entries as programmed, or why it has none.
+    fn wanted_of(&self, subnet: &IpNetwork) -> Result<&[Entry], &str> {
+        match (self.programmed.get(subnet), self.unprogrammable.get(subnet)) {
+            (Some(es), _) => Ok(es),
+            (None, Some(why)) => Err(why),
+            (None, None) => Ok(&[]),
+        }
     }
 
     /// A device index as `ip` names it: the underlay or one of ours.
@@ -516,7 +504,12 @@ impl Dataplane {
         }
         self.programmed = wanted_by_peer;
         self.publish_counts(failed);
-        self.report_programmed(&peers);
+        let wanted = peers.keys().filter(|s| !self.is_own(s));
+        self.metrics
+            .status
+            .programmed_all(wanted.map(|s| (*s, self.wanted_of(s))), &|i| {
+                self.dev_name(i)
+            });
         let clean = failed == 0;
         if clean {
             self.metrics.last_sync_seconds.store(now_unix(), Relaxed);
