@@ -17,7 +17,7 @@ log() { printf '==> %s\n' "$*" >&2; }
 packages=(
     etcd-server containernetworking-plugins golang-go golang-github-appc-cni-dev
     iproute2 iptables nftables iperf3 protobuf-compiler libprotobuf-dev jq time iputils-ping openssl etcd-client python3
-    ca-certificates curl build-essential pkg-config strace
+    ca-certificates curl build-essential pkg-config strace ethtool
     podman busybox-static containerd runc
 )
 # libprotobuf-dev: the well-known .proto files etcd-client's build imports
@@ -26,6 +26,7 @@ packages=(
 # sandbox image built from busybox (scripts/lib/containerd.sh); nothing is
 # pulled. On a systemd host the package enables the host's own containerd,
 # which weft's scripts never use.
+# ethtool: weftctl doctor reads VXLAN checksum offload with it (kernels < 5.7).
 # build-essential: gcc as linker and libc6-dev's static glibc (crt-static).
 missing=()
 for p in "${packages[@]}"; do

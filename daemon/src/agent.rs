@@ -138,6 +138,7 @@ impl Agent {
                     .await
                 {
                     Ok(l) => {
+                        self.metrics.status.lease(&l, self.backend.lease_attrs());
                         self.metrics.lease_acquisitions.fetch_add(1, Relaxed);
                         renew_at = Instant::now() + renew_after(l.ttl, self.renew_margin_secs);
                         if current_subnet != Some((l.subnet, l.subnet6)) {
@@ -150,6 +151,7 @@ impl Agent {
                             let mut retry =
                                 Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
                             while let Err(e) = self.on_subnet(l.subnet, l.subnet6).await {
+                                self.metrics.status.setup(Some(format!("{e:#}")));
                                 if let Some(n) = setup_errors.check(&format!("{e:#}")) {
                                     crate::error!(
                                         "setting up our subnet failed; retrying",
@@ -162,11 +164,13 @@ impl Agent {
                                     _ = shutdown.changed() => return Ok(()),
                                 }
                             }
+                            self.metrics.status.setup(None);
                             current_subnet = Some((l.subnet, l.subnet6));
                         }
                         own = Some(l);
                     }
                     Err(e) => {
+                        self.metrics.status.lease_failed(&e);
                         crate::error!("acquiring a subnet lease failed; retrying", error = e);
                         tokio::select! {
                             _ = backoff.wait() => {}
@@ -194,6 +198,7 @@ impl Agent {
                     }
                 }
                 Err(e) => {
+                    self.metrics.status.etcd_failed(e.as_ref());
                     self.metrics.etcd_reconnects.fetch_add(1, Relaxed);
                     crate::warn!(
                         "etcd list/watch failed; reconnecting",
@@ -222,6 +227,7 @@ impl Agent {
             return Ok(Some(Inner::Reacquire));
         };
         let (list, rev) = self.reg.list().await?;
+        self.metrics.status.etcd_ok();
         let mut entries: BTreeMap<Ipv4Network, Entry> = BTreeMap::new();
         for e in list {
             entries.insert(e.subnet, e);
@@ -316,6 +322,7 @@ impl Agent {
         };
         match self.reg.renew(&cur, self.backend.lease_attrs()).await {
             Ok(Some(n)) => {
+                self.metrics.status.lease(&n, self.backend.lease_attrs());
                 self.metrics.lease_renewals.fetch_add(1, Relaxed);
                 crate::info!("renewed lease", subnet = n.subnet, ttl = n.ttl);
                 *renew_at = Instant::now() + renew_after(n.ttl, self.renew_margin_secs);
@@ -330,6 +337,7 @@ impl Agent {
                 Some(Inner::Reacquire)
             }
             Err(e) => {
+                self.metrics.status.etcd_failed(&e);
                 let retry = Duration::from_secs((cur.ttl / 4).clamp(1, 60) as u64);
                 crate::error!(
                     "lease renewal failed; retrying",
@@ -433,6 +441,7 @@ impl Agent {
             &*self.backend,
         );
         self.rejections.report(&sel.rejected);
+        self.metrics.status.peers(entries, own.0, &sel.rejected);
         self.metrics.leases_known.store(
             entries.keys().filter(|s| **s != own.0).count() as u64,
             Relaxed,
@@ -480,6 +489,7 @@ impl Agent {
         if !self.rejections.is_empty() {
             return false;
         }
+        self.metrics.status.peer(subnet, entry);
         let Some(e) = entry else {
             for s in sent.by_lease.remove(&subnet).unwrap_or_default() {
                 sent.peers.remove(&s);

@@ -128,8 +128,14 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = rt.block_on(run(flags, pre)) {
+    let metrics = Arc::new(metrics::Metrics::default());
+    let state_file = pre.state_file.clone();
+    if let Err(e) = rt.block_on(run(flags, pre, metrics.clone())) {
         eprintln!("weftd: {e:#}");
+        metrics.status.fatal(&format!("{e:#}"));
+        if let Some(f) = &state_file {
+            metrics.status.flush(f, &metrics);
+        }
         std::process::exit(1);
     }
 }
@@ -141,6 +147,8 @@ struct Prepared {
     masq: Option<masq::Backend>,
     previous: Option<(Option<ipnetwork::Ipv4Network>, ipnetwork::Ipv4Network)>,
     previous6: Option<(Option<ipnetwork::Ipv6Network>, ipnetwork::Ipv6Network)>,
+    /// The state file, locked for weftd's lifetime (None if it cannot be made).
+    state_file: Option<Arc<weft_node_state::StateFile>>,
 }
 
 impl Prepared {
@@ -155,6 +163,7 @@ impl Prepared {
         };
         let previous = subnet_env::read_previous(&f.subnet_file);
         Ok(Prepared {
+            state_file: open_state_file(f),
             tls: read_tls(f)?,
             masq,
             previous: previous.as_ref().and_then(subnet_env::previous_v4),
@@ -188,6 +197,26 @@ impl Prepared {
     }
 }
 
+/// The state file, locked for weftd's lifetime.
+fn open_state_file(f: &flags::Flags) -> Option<Arc<weft_node_state::StateFile>> {
+    let path = f
+        .state_file
+        .clone()
+        .unwrap_or_else(|| weft_node_state::path_for_subnet_file(&f.subnet_file));
+    match weft_node_state::StateFile::open(&path) {
+        Ok(s) => Some(Arc::new(s)),
+        // Also when another weftd holds it (a second daemon on the same
+        // subnet file): that one keeps reporting; this one serves /state only.
+        Err(e) => {
+            warn!(
+                "weftctl and the flannel plugin will not see weftd's state",
+                error = e
+            );
+            None
+        }
+    }
+}
+
 fn read_tls(f: &flags::Flags) -> anyhow::Result<Option<store::etcd::TlsFiles>> {
     if !f.uses_tls() {
         return Ok(None);
@@ -207,6 +236,7 @@ async fn connect(
     f: &flags::Flags,
     tls: Option<store::etcd::TlsFiles>,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    status: &local::status::Status,
 ) -> anyhow::Result<Option<etcd_client::Client>> {
     let user = f.etcd_username.clone().zip(f.etcd_password.clone());
     let endpoints: Vec<String> = f
@@ -225,6 +255,7 @@ async fn connect(
                 bail!("etcd endpoints {}: {e}", endpoints.join(","))
             }
             Err(e) => {
+                status.etcd_failed(&e);
                 warn!(
                     "cannot connect to etcd; retrying",
                     endpoints = endpoints.join(","),
@@ -263,13 +294,16 @@ fn on_signals() -> tokio::sync::watch::Receiver<bool> {
 /// The underlay interface and our public IP.
 async fn underlay(
     f: &flags::Flags,
+    status: &local::status::Status,
 ) -> anyhow::Result<(backends::underlay::Underlay, std::net::Ipv4Addr)> {
     let ifaces = f.iface.clone();
     let underlay = tokio::task::spawn_blocking(move || {
         let mut nl = weft_netlink::Netlink::new()?;
         backends::underlay::find_underlay(&mut nl, &ifaces)
     })
-    .await??;
+    .await?
+    .inspect_err(|e| status.interface_not_found(&f.iface, e))?;
+    status.underlay(&underlay.name, underlay.ip, underlay.mtu);
     let public_ip = f.public_ip.unwrap_or(underlay.ip);
     info!(
         "using interface",
@@ -298,16 +332,21 @@ async fn serve_health(f: &flags::Flags, metrics: &Arc<metrics::Metrics>) -> anyh
 async fn network_config(
     reg: &mut store::etcd::Registry,
     stop_rx: &mut tokio::sync::watch::Receiver<bool>,
+    status: &local::status::Status,
 ) -> anyhow::Result<Option<config::NetConfig>> {
+    let key = store::keys::config_key(&reg.prefix);
     let mut backoff = backoff::Backoff::etcd();
     let raw = loop {
         match reg.get_config().await {
             Ok(Some(c)) => break c,
-            Ok(None) => warn!(
-                "network config not found in etcd; waiting",
-                key = store::keys::config_key(&reg.prefix)
-            ),
-            Err(e) => warn!("reading network config failed; retrying", error = e),
+            Ok(None) => {
+                status.config_missing(&key);
+                warn!("network config not found in etcd; waiting", key = key)
+            }
+            Err(e) => {
+                status.lease_failed(&e);
+                warn!("reading network config failed; retrying", error = e)
+            }
         }
         tokio::select! {
             _ = backoff.wait() => {}
@@ -315,7 +354,10 @@ async fn network_config(
         }
     };
     let cfg = config::parse_config(&raw)
-        .with_context(|| format!("invalid {}", store::keys::config_key(&reg.prefix)))?;
+        .inspect_err(|e| status.invalid_config(&key, e))
+        .with_context(|| format!("invalid {key}"))?;
+    status.etcd_ok();
+    status.config(&reg.prefix, &cfg);
     info!(
         "network config",
         network = cfg.network,
@@ -328,14 +370,14 @@ async fn network_config(
     Ok(Some(cfg))
 }
 
-async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
+async fn run(f: flags::Flags, pre: Prepared, metrics: Arc<metrics::Metrics>) -> anyhow::Result<()> {
+    let status = start_status(&f, &pre, &metrics)?;
     let mut stop_rx = on_signals();
     // The underlay does not depend on etcd: find it first so a bad --iface fails fast.
-    let (underlay, public_ip) = underlay(&f).await?;
-    let metrics = Arc::new(metrics::Metrics::default());
+    let (underlay, public_ip) = underlay(&f, &status).await?;
     serve_health(&f, &metrics).await?;
 
-    let Some(client) = connect(&f, pre.tls.clone(), &mut stop_rx).await? else {
+    let Some(client) = connect(&f, pre.tls.clone(), &mut stop_rx, &status).await? else {
         return Ok(());
     };
     let mut reg = store::etcd::Registry {
@@ -346,7 +388,7 @@ async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
     if reg.prefix.is_empty() {
         reg.prefix = "/".into();
     }
-    let Some(cfg) = network_config(&mut reg, &mut stop_rx).await? else {
+    let Some(cfg) = network_config(&mut reg, &mut stop_rx, &status).await? else {
         return Ok(());
     };
     let public_ipv6 = cfg.ipv6.as_ref().and(f.public_ipv6.or(underlay.ip6));
@@ -410,6 +452,26 @@ async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
     agent.run(stop_rx).await
 }
 
+/// weftd's state as known before anything runs, and the thread that
+/// keeps the state file current.
+fn start_status(
+    f: &flags::Flags,
+    pre: &Prepared,
+    metrics: &Arc<metrics::Metrics>,
+) -> anyhow::Result<local::status::Status> {
+    let status = metrics.status.clone();
+    status.start(&f.etcd_endpoints, &f.etcd_prefix, &f.subnet_file);
+    if let Some(b) = pre.masq {
+        status.masq_enabled(&format!("{b:?}"));
+    }
+    if let Some(file) = &pre.state_file {
+        status
+            .spawn_writer(file.clone(), metrics.clone())
+            .context("spawning the state-file thread")?;
+    }
+    Ok(status)
+}
+
 /// The data-plane thread and the kernel-watch thread that wakes it.
 fn start_dataplane(
     backend: Arc<dyn backends::Backend>,
@@ -419,8 +481,10 @@ fn start_dataplane(
     interval: Duration,
 ) -> anyhow::Result<std::sync::mpsc::Sender<reconcile::Command>> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let dp = reconcile::Dataplane::new(backend, underlay, pod_networks, metrics)?;
+    let mtu = backend.mtu();
+    let dp = reconcile::Dataplane::new(backend, underlay, pod_networks, metrics.clone())?;
     let (scope, wake) = (dp.watch_scope(), tx.clone());
+    metrics.status.devices(scope.devices.clone(), mtu);
     std::thread::Builder::new()
         .name("dataplane".into())
         .spawn(move || dp.run(rx, interval))

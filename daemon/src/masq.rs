@@ -296,11 +296,15 @@ pub fn worker(
         };
         match result {
             Ok(ok) => {
+                if ok {
+                    metrics.status.masq(Ok(()));
+                }
                 metrics.masq_ok.store(ok, Relaxed);
                 retry.reset();
                 next_check = Instant::now() + resync;
             }
             Err(e) => {
+                metrics.status.masq(Err(e.to_string()));
                 next_check = Instant::now() + retry.next_delay();
                 metrics.masq_ok.store(false, Relaxed);
                 metrics.programming_errors.fetch_add(1, Relaxed);
@@ -332,7 +336,10 @@ fn install(m: &mut Masq, req: Request, metrics: &crate::metrics::Metrics) -> boo
                 cluster = req.rules.cluster
             );
         }
-        Err(e) => crate::error!("installing masquerade rules failed", error = e),
+        Err(e) => {
+            metrics.status.masq(Err(e.to_string()));
+            crate::error!("installing masquerade rules failed", error = e)
+        }
     }
     let ok = r.is_ok();
     let _ = req.done.send(r);
@@ -351,6 +358,9 @@ fn repair(
         return Ok(true);
     }
     metrics.masq_ok.store(false, Relaxed);
+    metrics
+        .status
+        .masq(Err("masquerade rules missing; re-applying them".into()));
     let started = std::time::Instant::now();
     m.apply()?;
     metrics.masq_repairs.fetch_add(1, Relaxed);

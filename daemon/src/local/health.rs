@@ -25,6 +25,7 @@ pub fn respond(path: &str, m: &Metrics) -> (u16, &'static str, String) {
             Some(why) => (503, "text/plain", format!("{why}\n")),
         },
         "/metrics" => (200, "text/plain; version=0.0.4", m.render()),
+        "/state" => (200, "application/json", m.status.json(m)),
         _ => (404, "text/plain", "not found\n".into()),
     }
 }

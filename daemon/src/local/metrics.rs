@@ -32,6 +32,8 @@ pub struct Metrics {
     pub masq_enabled: AtomicBool,
     /// The masquerade rules were installed (and found intact by the last resync).
     pub masq_ok: AtomicBool,
+    /// What weftd knows, in words (weftctl, the plugin's errors, /state).
+    pub status: super::status::Status,
 }
 
 impl Metrics {

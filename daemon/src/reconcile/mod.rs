@@ -160,8 +160,12 @@ impl Dataplane {
 
     fn full_pass(&mut self) {
         let synced = match self.reconcile() {
-            Ok(synced) => synced,
+            Ok(synced) => {
+                self.metrics.status.sync(Ok(()));
+                synced
+            }
             Err(e) => {
+                self.metrics.status.sync(Err(e.to_string()));
                 self.metrics.programming_errors.fetch_add(1, Relaxed);
                 if let Some(n) = self.errors.check(&e.to_string()) {
                     crate::error!(
@@ -350,6 +354,32 @@ impl Dataplane {
             self.metrics.peers_synced.store(false, Relaxed);
         }
         self.publish_counts(failed);
+        // weftd's state shows what is wanted (weftctl checks the kernel against it).
+        let known = peer.is_some_and(|p| !self.is_own(&p.subnet));
+        let wanted = known.then(|| self.wanted_of(&subnet));
+        let status = &self.metrics.status;
+        status.programmed(subnet, wanted, &|i| self.dev_name(i));
+    }
+
+    /// A peer's entries as programmed, or why it has none.
+    fn wanted_of(&self, subnet: &IpNetwork) -> Result<&[Entry], &str> {
+        match (self.programmed.get(subnet), self.unprogrammable.get(subnet)) {
+            (Some(es), _) => Ok(es),
+            (None, Some(why)) => Err(why),
+            (None, None) => Ok(&[]),
+        }
+    }
+
+    /// A device index as `ip` names it: the underlay or one of ours.
+    fn dev_name(&self, index: u32) -> String {
+        if index == self.underlay.index {
+            return self.underlay.name.clone();
+        }
+        [IpFamily::V4, IpFamily::V6]
+            .into_iter()
+            .filter(|f| self.devices[slot(*f)] == Some(index))
+            .find_map(|f| self.backend.device(f))
+            .map_or_else(|| format!("if{index}"), |d| d.name.clone())
     }
 
     fn publish_counts(&self, failed: usize) {
@@ -494,6 +524,12 @@ impl Dataplane {
         self.programmed = wanted_by_peer;
         self.publish_counts(failed);
         self.metrics.reconcile_passes.fetch_add(1, Relaxed);
+        let wanted = peers.keys().filter(|s| !self.is_own(s));
+        self.metrics
+            .status
+            .programmed_all(wanted.map(|s| (*s, self.wanted_of(s))), &|i| {
+                self.dev_name(i)
+            });
         let clean = failed == 0;
         if clean {
             self.metrics.last_sync_seconds.store(now_unix(), Relaxed);
