@@ -386,6 +386,12 @@ def cmd_report(a):
         if rss:
             rows.append((f"weftd peak RSS (VmHWM) after programming {n} leases",
                          f"{rss / 1024:.1f} MiB", "—", "—", "< 25 MiB", yes(rss < 25 * 1024)))
+        if sc.get("baseline_s") is not None:
+            rows.append((f"Baseline weftd (`--baseline`), interleaved: start → {3 * n} entries",
+                         f"{sc['weft_s']:.2f} s, VmHWM {sc['hwm_kib'] / 1024:.1f} MiB",
+                         f"{sc['baseline_s']:.2f} s, VmHWM {sc['baseline_hwm_kib'] / 1024:.1f} MiB"
+                         " (baseline)", f"{sc['weft_s'] / sc['baseline_s']:.2f}× time, "
+                         f"{sc['hwm_kib'] / sc['baseline_hwm_kib']:.2f}× RSS", "(info)", "—"))
         notes.append("scale: " + ", ".join(f"{k}={v}" for k, v in sc.items()))
     dp = load("iperf.json")
     if dp:

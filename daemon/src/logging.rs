@@ -73,8 +73,13 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// Whether lines of `level` are written (debug only with `--verbose`).
+pub fn enabled(level: Level) -> bool {
+    level != Level::Debug || VERBOSE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub fn emit(level: Level, msg: &str, kv: &[(&str, String)]) {
-    if level == Level::Debug && !VERBOSE.load(std::sync::atomic::Ordering::Relaxed) {
+    if !enabled(level) {
         return;
     }
     let mut line = format!(
@@ -156,7 +161,10 @@ impl Repeats {
 #[macro_export]
 macro_rules! log_at {
     ($lvl:expr, $msg:expr $(, $k:ident = $v:expr)* $(,)?) => {
-        $crate::logging::emit($lvl, &$msg, &[$((stringify!($k), format!("{}", $v))),*])
+        // Fields are formatted only when the line is written.
+        if $crate::logging::enabled($lvl) {
+            $crate::logging::emit($lvl, &$msg, &[$((stringify!($k), format!("{}", $v))),*])
+        }
     };
 }
 #[macro_export]

@@ -116,8 +116,11 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread is plenty for etcd, the watch and the local HTTP server
+    // (the data plane and the kernel watch have their own threads), and
+    // every extra worker gets its own malloc arena: with two workers the
+    // 10,000-peer start peaked ~7 MiB higher.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -16,6 +16,7 @@
 //! ```
 
 mod addr;
+mod batch;
 mod conntrack;
 mod error;
 mod link;
@@ -27,6 +28,7 @@ mod socket;
 pub mod tc;
 
 pub use addr::Address;
+pub use batch::Change;
 pub use conntrack::{delete_conntrack, ConntrackFilter};
 pub use error::Error;
 pub use link::{BridgeVlan, Link, VxlanInfo, VxlanSpec};

@@ -364,9 +364,26 @@ impl Dataplane {
 
     /// Execute operations in order; returns how many failed.
     fn exec_all(&mut self, ops: &[Op]) -> usize {
+        if ops.is_empty() {
+            return 0;
+        }
+        let results = match kernel::exec(&mut self.nl, ops) {
+            Ok(r) => r,
+            Err(e) => {
+                // The socket broke: nothing is known done; the next full
+                // pass finds the same error on its read and reopens it.
+                self.metrics
+                    .programming_errors
+                    .fetch_add(ops.len() as u64, Relaxed);
+                if let Some(n) = self.errors.check(&e.to_string()) {
+                    crate::error!("programming failed", error = e, repeats_suppressed = n);
+                }
+                return ops.len();
+            }
+        };
         let mut failed = 0;
-        for op in ops {
-            match kernel::exec(&mut self.nl, op) {
+        for (op, r) in ops.iter().zip(results) {
+            match r {
                 Ok(()) => {
                     self.metrics.reconcile_repairs.fetch_add(1, Relaxed);
                     crate::debug!("programmed", op = format!("{op:?}"));
