@@ -3,7 +3,7 @@
 # namespaces. Prints a Markdown report on stdout (progress on stderr).
 #
 # Usage (as root):  scripts/bench-overlay.sh [options]
-#   --parts LIST        comma list of converge,scale,dataplane (default all)
+#   --parts LIST        comma list of converge,scale,dataplane,hostgw (default all)
 #   --leases N          convergence: fake leases written one at a time (100)
 #   --scale N           scale: fake leases preloaded before weftd starts (5000)
 #   --scale-leases N    scale: then N more leases one at a time, convergence
@@ -42,6 +42,11 @@
 #              the same layout built with `ip` only (vxlan flannel.1 +
 #              neighbour/FDB/onlink route, bridge cni0, veth pods, same MTU,
 #              same underlay), runs alternating.
+#   hostgw     iperf3 (TCP) pod -> pod across two nodes (n21, n22) whose
+#              weftd runs host-gw (its own etcd prefix /weft-bench/hostgw),
+#              against the same pods and nodes with weftd stopped and its
+#              routes replaced by hand-made `ip route` ones, and against
+#              weft's vxlan pods on n1/n2; the three alternate per round.
 #
 # Isolation: every netns is named wc-bo<pid>-* (the lib's prefix) and hangs
 # off a private underlay 198.51.100.0/24 with no default route anywhere; the
@@ -57,7 +62,7 @@ helper="$root/scripts/bench_overlay.py"
 log() { printf 'bench: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-parts=converge,scale,dataplane
+parts=converge,scale,dataplane,hostgw
 n_leases=100 n_conv_scale=20 n_scale=5000 scale_runs=3 floor_runs=3 iperf_time=10 iperf_reps=4
 masq=0 keep=0 out="" baseline=""
 while (($# > 0)); do
@@ -264,6 +269,77 @@ if want dataplane; then
         done
     done
     py iperf "${files[@]}" >"$res/iperf.json"
+fi
+
+# --- 2b. host-gw data plane ------------------------------------------------------------
+# hostgw_env CMD...: CMD with the host-gw nodes' etcd prefix and backend
+# (dynamic scope; weftd stays a child of this shell, so it can be waited for).
+hostgw_env() {
+    local WC_ETCD_PREFIX=/weft-bench/hostgw WC_BACKEND=host-gw
+    "$@"
+}
+
+# hostgw_routes WHO: who programs the two host-gw nodes' pod routes: weft
+# (weftd running) or hand (weftd stopped, routes deleted and re-added by ip).
+hostgw_routes() {
+    local n o
+    if [[ $1 == weft ]]; then
+        for n in 21 22; do hostgw_env cluster_weftd_start $n; done
+        for n in 21 22; do cluster_node_wait_ready $n; done
+        _wc_wait 20 cluster_ping 21 a 22 a 1 || die "host-gw pods cannot ping each other"
+        return
+    fi
+    for n in 21 22; do cluster_weftd_stop $n || true; done
+    for n in 21 22; do
+        o=$((43 - n))
+        ip -n "$(cluster_node_ns $n)" route del "${hgw_subnet[$o]}" 2>/dev/null || true
+        ip -n "$(cluster_node_ns $n)" route add "${hgw_subnet[$o]}" via "$(cluster_node_ip $o)" dev eth0
+    done
+}
+
+if want hostgw; then
+    need_nodes
+    note_load hostgw
+    log "host-gw: nodes n21/n22 with weftd on /weft-bench/hostgw, pods via the flannel CNI plugin"
+    hostgw_env cluster_write_config
+    hostgw_env cluster_node_add 21
+    hostgw_env cluster_node_add 22
+    declare -A hgw_subnet
+    for n in 21 22; do
+        s=$(sed -n 's/^FLANNEL_SUBNET=//p' "$(cluster_node_dir $n)/subnet.env")
+        g=${s%/*}
+        hgw_subnet[$n]="${g%.*}.$((${g##*.} - 1))/${s#*/}"
+    done
+    for n in 1 2 21 22; do
+        if [[ ! -s $(cluster_node_dir $n)/pods/a.ip ]]; then
+            jq -c '.delegate.ipMasq = false' "$(cluster_node_dir $n)/cni.conf" >"$res/cni.conf"
+            cp "$res/cni.conf" "$(cluster_node_dir $n)/cni.conf"
+            cluster_pod_add $n a >/dev/null
+        fi
+    done
+    _wc_wait 20 cluster_ping 21 a 22 a 1 || die "host-gw pods cannot ping each other"
+    hip=$(cluster_pod_ip 22 a) vip=$(cluster_pod_ip 2 a)
+    spawn "$(cluster_pod_ns 22 a)" "$res/iperf-srv-hgw.log" iperf3 -s -B "$hip"
+    [[ -n ${wip:-} ]] || spawn "$(cluster_pod_ns 2 a)" "$res/iperf-srv-vx.log" iperf3 -s -B "$vip"
+    sleep 0.5
+    hfiles=()
+    sides=(weft hand vxlan)
+    for ((k = 1; k <= iperf_reps; k++)); do
+        # Rotate the order so no side always runs first.
+        for ((j = 0; j < 3; j++)); do
+            side=${sides[(j + k) % 3]}
+            case $side in
+                weft | hand) hostgw_routes "$side"; cns=$(cluster_pod_ns 21 a) dst=$hip ;;
+                vxlan) cns=$(cluster_pod_ns 1 a) dst=$vip ;;
+            esac
+            f="$res/hgw-$side-$k.json"
+            ip netns exec "$cns" iperf3 -c "$dst" -t "$iperf_time" -O 1 -J >"$f" || log "iperf3 $side run $k failed"
+            hfiles+=("$f")
+            log "iperf3 host-gw/$side #$k: $(jq -r '.end.sum_received.bits_per_second / 1e9 * 100 | floor / 100' "$f" 2>/dev/null) Gbit/s"
+        done
+    done
+    hostgw_routes weft
+    py iperf "${hfiles[@]}" >"$res/iperf-hostgw.json"
 fi
 
 # --- 3. scale -------------------------------------------------------------------------

@@ -97,11 +97,12 @@ out=$("$WEFTD" --subnet-lease-renew-margin=0 2>&1); rc=$?
 set -e
 [ $rc -ne 0 ] && [ "$(echo "$out" | wc -l)" -eq 1 ] && ok "bad flag: one line, exit $rc ($out)" || bad "bad flag handling: rc=$rc out=$out"
 
-etcd_put "$PREFIX/config" '{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}'
+# host-gw is supported now; "udp" (flannel's userspace backend) is not.
+etcd_put "$PREFIX/config" '{"Network":"10.5.0.0/16","Backend":{"Type":"udp"}}'
 set +e
 out=$(inns "${NODES[0]}" timeout 20 "$WEFTD" --etcd-endpoints="$EP" --subnet-file="$TMP/bad.env" 2>&1); rc=$?
 set -e
-[ $rc -ne 0 ] && [ $rc -ne 124 ] && echo "$out" | tail -1 | grep -q 'only "vxlan"' && ok "bad config rejected, exit $rc: $(echo "$out" | tail -1)" || bad "bad config: rc=$rc $out"
+[ $rc -ne 0 ] && [ $rc -ne 124 ] && echo "$out" | tail -1 | grep -q 'weft supports "vxlan"' && ok "bad config rejected, exit $rc: $(echo "$out" | tail -1)" || bad "bad config: rc=$rc $out"
 
 # --- two nodes come up ------------------------------------------------------
 etcd_put "$PREFIX/config" '{"Network":"10.5.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","VNI":1}}'
