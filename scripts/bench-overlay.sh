@@ -292,8 +292,12 @@ hostgw_routes() {
     for n in 21 22; do cluster_weftd_stop $n || true; done
     for n in 21 22; do
         o=$((43 - n))
+        w=$(ip -n "$(cluster_node_ns $n)" route show "${hgw_subnet[$o]}")
         ip -n "$(cluster_node_ns $n)" route del "${hgw_subnet[$o]}" 2>/dev/null || true
         ip -n "$(cluster_node_ns $n)" route add "${hgw_subnet[$o]}" via "$(cluster_node_ip $o)" dev eth0
+        h=$(ip -n "$(cluster_node_ns $n)" route show "${hgw_subnet[$o]}")
+        # Same route both ways? (weft's may be absent if weftd was already stopped)
+        [[ -z $w || $w == "$h" ]] || log "NOTE: n$n: weft's route '$w' differs from the hand-made '$h'"
     done
 }
 
