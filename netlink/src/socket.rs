@@ -141,6 +141,24 @@ impl Socket {
             .collect())
     }
 
+    /// Read one reply datagram into `buf`; a truncated one is an error.
+    fn recv_datagram(&mut self, op: &str) -> Result<(), Error> {
+        self.buf.clear();
+        let n = loop {
+            match self.sock.recv(&mut self.buf, libc::MSG_TRUNC) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => break r.map_err(|e| Error::io(format!("{op}: recv"), e))?,
+            }
+        };
+        if n > self.buf.len() {
+            return Err(Error::Protocol(format!(
+                "{op}: reply of {n} bytes truncated to {}",
+                self.buf.len()
+            )));
+        }
+        Ok(())
+    }
+
     fn send_all(&mut self, bytes: &[u8], op: &str) -> Result<(), Error> {
         let sent = loop {
             match self.sock.send(bytes, 0) {
@@ -164,18 +182,7 @@ impl Socket {
     ) -> Result<(), Error> {
         let mut pending = slots.len();
         while pending > 0 {
-            self.buf.clear();
-            let n = loop {
-                match self.sock.recv(&mut self.buf, libc::MSG_TRUNC) {
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    r => break r.map_err(|e| Error::io(format!("{op}: recv"), e))?,
-                }
-            };
-            if n > self.buf.len() {
-                return Err(Error::Protocol(format!(
-                    "{op}: reply of {n} bytes truncated"
-                )));
-            }
+            self.recv_datagram(op)?;
             for item in split(&self.buf) {
                 let (hdr, raw) = item.map_err(|e| Error::Decode(format!("{op}: {e}")))?;
                 let Some(slot) = slots.get_mut(hdr.seq.wrapping_sub(first) as usize) else {
@@ -218,19 +225,7 @@ impl Socket {
         // reading to the end so the socket stays in sync, then report it.
         let mut decode_err: Option<Error> = None;
         loop {
-            self.buf.clear();
-            let n = loop {
-                match self.sock.recv(&mut self.buf, libc::MSG_TRUNC) {
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    r => break r.map_err(|e| Error::io(format!("{op}: recv"), e))?,
-                }
-            };
-            if n > self.buf.len() {
-                return Err(Error::Protocol(format!(
-                    "{op}: reply of {n} bytes truncated to {}",
-                    self.buf.len()
-                )));
-            }
+            self.recv_datagram(op)?;
             let mut done = false;
             for item in split(&self.buf) {
                 let (hdr, raw) = item.map_err(|e| Error::Decode(format!("{op}: {e}")))?;
