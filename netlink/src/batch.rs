@@ -1,5 +1,5 @@
 //! Many route, neighbour and FDB changes in one go, pipelined on the
-//! socket (see [`crate::socket`]): what a daemon programming thousands of
+//! socket (see socket.rs): what a daemon programming thousands of
 //! peers at start needs, at a fraction of one round trip per change.
 
 use std::net::IpAddr;
