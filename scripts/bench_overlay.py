@@ -386,6 +386,12 @@ def cmd_report(a):
         if rss:
             rows.append((f"weftd peak RSS (VmHWM) after programming {n} leases",
                          f"{rss / 1024:.1f} MiB", "—", "—", "< 25 MiB", yes(rss < 25 * 1024)))
+        if sc.get("baseline_s") is not None:
+            rows.append((f"Baseline weftd (`--baseline`), interleaved: start → {3 * n} entries",
+                         f"{sc['weft_s']:.2f} s, VmHWM {sc['hwm_kib'] / 1024:.1f} MiB",
+                         f"{sc['baseline_s']:.2f} s, VmHWM {sc['baseline_hwm_kib'] / 1024:.1f} MiB"
+                         " (baseline)", f"{sc['weft_s'] / sc['baseline_s']:.2f}× time, "
+                         f"{sc['hwm_kib'] / sc['baseline_hwm_kib']:.2f}× RSS", "(info)", "—"))
         notes.append("scale: " + ", ".join(f"{k}={v}" for k, v in sc.items()))
     dp = load("iperf.json")
     if dp:
@@ -401,6 +407,21 @@ def cmd_report(a):
                          + "; retransmits weft/ref: "
                          + f"{sum(x['retr'] or 0 for x in dp['weft'])}/"
                          + f"{sum(x['retr'] or 0 for x in dp['ref'])}")
+    hg = load("iperf-hostgw.json")
+    if hg:
+        med = {k: statistics.median([x["gbps"] for x in v if x["gbps"]] or [float("nan")])
+               for k, v in hg.items()}
+        w, h, v = (med.get(k, float("nan")) for k in ("hgw-weft", "hgw-hand", "hgw-vxlan"))
+        reps = len(hg.get("hgw-weft", []))
+        rows.append((f"host-gw pod↔pod TCP throughput across nodes (iperf3, median of {reps})",
+                     f"{w:.2f} Gbit/s", f"{h:.2f} Gbit/s (same nodes and pods, hand-made routes)",
+                     f"{w / h:.2f}×", "≥ 0.97×", yes(w / h >= 0.97)))
+        rows.append(("host-gw against weft's vxlan (same run, same iperf3 settings)",
+                     f"{w:.2f} Gbit/s", f"{v:.2f} Gbit/s (weft vxlan, MTU 1450)",
+                     f"{w / v:.2f}×", "(info)", "—"))
+        notes.append("iperf3 host-gw Gbit/s: " + "; ".join(
+            f"{k}: " + ", ".join(f"{x['gbps']:.2f}" for x in vals if x["gbps"])
+            for k, vals in sorted(hg.items())))
     print("| metric | weft | reference / floor | ratio | target | met? |")
     print("|---|---|---|---|---|---|")
     for r in rows:

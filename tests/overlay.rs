@@ -101,8 +101,8 @@ fn bad_flags_and_bad_configs_are_refused_with_one_clear_line() {
     c.node_create(1);
     for (config, message) in [
         (
-            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#,
-            r#"only "vxlan""#,
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#,
+            r#"Backend.Type "udp" is not supported"#,
         ),
         (
             r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"Backend":{"Type":"vxlan"}}"#,

@@ -1,7 +1,8 @@
 //! weft-netlink: all of weft's netlink, behind a small synchronous API.
 //!
 //! Short-lived CNI plugins use this, so there is no async runtime: one
-//! blocking NETLINK_ROUTE socket, one request at a time. A [`Netlink`] is
+//! blocking NETLINK_ROUTE socket, one request at a time (or one pipelined
+//! batch of changes, [`Netlink::apply`], for weftd). A [`Netlink`] is
 //! bound to the network namespace it was created in (sockets keep their
 //! namespace), so a plugin opens one per namespace instead of moving threads.
 //!
@@ -16,6 +17,7 @@
 //! ```
 
 mod addr;
+mod batch;
 mod conntrack;
 mod error;
 mod link;
@@ -28,6 +30,7 @@ mod socket;
 pub mod tc;
 
 pub use addr::Address;
+pub use batch::Change;
 pub use conntrack::{delete_conntrack, ConntrackFilter};
 pub use error::Error;
 pub use link::{BridgeVlan, Link, VxlanInfo, VxlanSpec};

@@ -11,8 +11,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::IpNetwork;
 use weft_netlink::{
-    format_mac, nud, read_sysctl, write_sysctl, BridgeVlan, IpFamily, Netlink, Netns, Route,
-    VxlanSpec,
+    format_mac, nud, read_sysctl, write_sysctl, BridgeVlan, Change, IpFamily, Netlink, Netns,
+    Route, VxlanSpec,
 };
 use weft_tests::require_root;
 
@@ -554,5 +554,82 @@ fn veth_peer_group_is_set_by_the_creating_request() -> TestResult {
     let peer = hn.link_by_name("vethgrp0")?.ok_or("peer missing")?;
     assert_eq!(peer.group, 0x1234_5678);
     assert_eq!(cn.link_by_name("eth0")?.ok_or("eth0 missing")?.group, 0);
+    Ok(())
+}
+
+/// `apply`: hundreds of changes pipelined (several datagrams), a failing
+/// one in the middle answered for itself without stopping the rest, and
+/// results in the order of the changes.
+#[test]
+#[ignore = "needs root"]
+fn batch_of_changes() -> TestResult {
+    if !require_root() {
+        return Ok(());
+    }
+    let t = TestNs::new()?;
+    let mut nl = t.nl()?;
+    let (v0, _) = up_veth_pair(&t, &mut nl)?;
+    nl.add_address(v0, net("198.51.100.1/24")?)?;
+    let spec = VxlanSpec {
+        name: "weft.1".into(),
+        vni: 1,
+        local: Some(ip("198.51.100.1")?),
+        dev: Some(v0),
+        port: 8472,
+        mtu: Some(1450),
+        mac: None,
+    };
+    nl.create_vxlan(&spec)?;
+    let vx = index_of(&mut nl, "weft.1")?;
+    nl.set_up(vx)?;
+    let peers = 150u8;
+    let mut changes = Vec::new();
+    for i in 0..peers {
+        let gw = IpAddr::V4(Ipv4Addr::new(10, 244, i, 0));
+        let mac = [0x0a, 0x58, 0, 0, 1, i];
+        changes.push(Change::ReplaceNeighbour {
+            index: vx,
+            ip: gw,
+            mac,
+        });
+        changes.push(Change::ReplaceFdb {
+            index: vx,
+            mac,
+            dst: IpAddr::V4(Ipv4Addr::new(198, 51, 100, i.saturating_add(2))),
+        });
+        let mut r = Route::new(net(&format!("10.244.{i}.0/24"))?);
+        r.gateway = Some(gw);
+        r.oif = Some(vx);
+        r.onlink = true;
+        changes.push(Change::ReplaceRoute(r));
+    }
+    // Fails (nothing to delete), between good ones.
+    changes.insert(
+        200,
+        Change::DelNeighbour {
+            index: vx,
+            ip: ip("10.9.9.9")?,
+        },
+    );
+    let results = nl.apply(&changes)?;
+    assert_eq!(results.len(), changes.len());
+    for (k, r) in results.iter().enumerate() {
+        match k {
+            200 => assert!(r.as_ref().is_err_and(|e| e.is_not_found()), "{r:?}"),
+            _ => assert!(r.is_ok(), "change {k}: {r:?}"),
+        }
+    }
+    let routes = nl.routes(IpFamily::V4)?;
+    assert_eq!(
+        routes.iter().filter(|r| r.oif == Some(vx)).count(),
+        peers as usize
+    );
+    assert_eq!(nl.neighbours(vx)?.len(), peers as usize);
+    assert_eq!(
+        nl.fdb(vx)?.iter().filter(|e| e.dst.is_some()).count(),
+        peers as usize
+    );
+    // The socket is in step afterwards: a single request still works.
+    nl.del_neighbour(vx, ip("10.244.0.0")?)?;
     Ok(())
 }

@@ -265,7 +265,11 @@ impl Status {
                 public_ip: attrs.public_ip.clone(),
                 public_ipv6: attrs.public_ipv6.clone(),
                 backend_type: attrs.backend_type.clone(),
-                backend_data: attrs.backend_data.clone().unwrap_or_default(),
+                backend_data: attrs
+                    .backend_data
+                    .as_ref()
+                    .and_then(|d| d.value())
+                    .unwrap_or_default(),
                 expires_at: (!l.is_reservation()).then(|| now + l.ttl.max(0) as u64),
             });
         });
@@ -445,7 +449,10 @@ fn peer_of(e: &Entry, rejected: &BTreeMap<String, String>) -> Peer {
         public_ip: a.map(|a| a.public_ip.clone()),
         public_ipv6: a.and_then(|a| a.public_ipv6.clone()),
         backend_type: a.map(|a| a.backend_type.clone()).unwrap_or_default(),
-        backend_data: a.and_then(|a| a.backend_data.clone()).unwrap_or_default(),
+        backend_data: a
+            .and_then(|a| a.backend_data.as_ref())
+            .and_then(|d| d.value())
+            .unwrap_or_default(),
         accepted: why.is_none() && a.is_some(),
         rejected: why.or_else(|| a.is_none().then(|| "unparsable lease value".into())),
         key,

@@ -406,19 +406,32 @@ impl Dataplane {
 
     /// Execute operations in order; returns how many failed.
     fn exec_all(&mut self, ops: &[Op]) -> usize {
+        if ops.is_empty() {
+            return 0;
+        }
+        let results = match kernel::exec(&mut self.nl, ops) {
+            Ok(r) => r,
+            Err(e) => {
+                // The batch did not go through: nothing is known done; the
+                // next full pass repairs it.
+                self.metrics
+                    .programming_errors
+                    .fetch_add(ops.len() as u64, Relaxed);
+                if let Some(n) = self.errors.check(&e.to_string()) {
+                    crate::error!("programming failed", error = e, repeats_suppressed = n);
+                }
+                if e.is_socket_broken() {
+                    self.reopen_socket(&e);
+                }
+                return ops.len();
+            }
+        };
         let mut failed = 0;
-        for (i, op) in ops.iter().enumerate() {
-            match kernel::exec(&mut self.nl, op) {
+        for (op, r) in ops.iter().zip(results) {
+            match r {
                 Ok(()) => {
                     self.metrics.reconcile_repairs.fetch_add(1, Relaxed);
                     crate::debug!("programmed", op = format!("{op:?}"));
-                }
-                // Every later op would fail the same way: reopen the socket
-                // and leave the rest to the next full pass.
-                Err(e) if e.is_socket_broken() => {
-                    self.metrics.programming_errors.fetch_add(1, Relaxed);
-                    self.reopen_socket(&e);
-                    return failed + ops.len() - i;
                 }
                 Err(e) => {
                     failed += 1;
