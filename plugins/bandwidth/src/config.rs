@@ -3,7 +3,10 @@
 //! `runtimeConfig.bandwidth` (the `bandwidth` capability). As in the
 //! reference, any top-level field means runtimeConfig is ignored. Rates
 //! are bits per second, bursts bits. Everything is validated before
-//! anything is changed.
+//! anything is changed. Key names match case-insensitively, as Go's JSON
+//! decoder matches them in the reference: containerd's CRI (go-cni's
+//! untagged struct) sends `runtimeConfig.bandwidth` as `IngressRate`,
+//! `IngressBurst`, `EgressRate`, `EgressBurst`.
 
 use serde_json::{Map, Value};
 use weft_cni::{Error, ErrorCode};
@@ -15,6 +18,23 @@ const MAX_BURST_BITS: u64 = (u32::MAX as u64 - 1) * 8 + 7;
 const MIN_RATE_BITS: u64 = 8;
 
 const FIELDS: [&str; 4] = ["ingressRate", "ingressBurst", "egressRate", "egressBurst"];
+const SUBNET_FIELDS: [&str; 2] = ["shapedSubnets", "unshapedSubnets"];
+
+/// `entry` with every key that matches one of ours case-insensitively
+/// spelled our way; an exact match wins over a case-insensitive one.
+fn canonical_keys(entry: &Map<String, Value>) -> Map<String, Value> {
+    let mut out = entry.clone();
+    for field in FIELDS.iter().chain(&SUBNET_FIELDS) {
+        if entry.contains_key(*field) {
+            continue;
+        }
+        if let Some((key, v)) = entry.iter().find(|(k, _)| k.eq_ignore_ascii_case(field)) {
+            out.remove(key);
+            out.insert((*field).to_string(), v.clone());
+        }
+    }
+    out
+}
 
 /// One direction's token bucket, as configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,17 +60,17 @@ impl Limits {
 
     /// The limits a request asks for.
     pub fn parse(config: &Value) -> Result<Limits, Error> {
-        let top = config.as_object().cloned().unwrap_or_default();
-        let (source, entry) = if FIELDS.iter().any(|f| top.contains_key(*f))
-            || ["shapedSubnets", "unshapedSubnets"]
-                .iter()
-                .any(|f| top.contains_key(*f))
+        let top = canonical_keys(&config.as_object().cloned().unwrap_or_default());
+        let (source, entry) = if FIELDS
+            .iter()
+            .chain(&SUBNET_FIELDS)
+            .any(|f| top.contains_key(*f))
         {
             ("", top)
         } else {
             match config.pointer("/runtimeConfig/bandwidth") {
                 None | Some(Value::Null) => return Ok(Limits::default()),
-                Some(Value::Object(m)) => ("runtimeConfig.bandwidth.", m.clone()),
+                Some(Value::Object(m)) => ("runtimeConfig.bandwidth.", canonical_keys(m)),
                 Some(other) => {
                     return Err(Error::config(format!(
                         "runtimeConfig.bandwidth must be an object, not {other}"
@@ -176,6 +196,22 @@ mod tests {
         assert!(Limits::parse(&json!({"runtimeConfig": {}}))
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn containerds_capitalised_keys_are_read() {
+        // What containerd 1.6 sends for the kubernetes.io/*-bandwidth
+        // annotations (measured in tests/cri.rs).
+        let l = Limits::parse(&json!({"runtimeConfig": {"bandwidth": {
+            "IngressRate": 8000000, "IngressBurst": 4294967295u64,
+            "EgressRate": 16000000, "EgressBurst": 4294967295u64}}}))
+        .unwrap();
+        assert_eq!(l.ingress.map(|i| i.rate), Some(8_000_000));
+        assert_eq!(l.egress.map(|e| e.burst), Some(4_294_967_295));
+        // An exact spelling wins over another case.
+        let l = Limits::parse(&json!({"ingressRate": 800, "INGRESSRATE": 1, "ingressBurst": 8}))
+            .unwrap();
+        assert_eq!(l.ingress.map(|i| i.rate), Some(800));
     }
 
     #[test]
