@@ -22,6 +22,8 @@ mod link;
 mod monitor;
 mod neigh;
 pub mod netns;
+mod nfnetlink;
+mod nftables;
 mod route;
 mod socket;
 pub mod tc;
@@ -33,6 +35,9 @@ pub use link::{BridgeVlan, Link, VxlanInfo, VxlanSpec};
 pub use monitor::{KernelEvent, LinkEvent, LinkMonitor};
 pub use neigh::{FdbEntry, Neighbour};
 pub use netns::{read_sysctl, write_sysctl, Netns};
+pub use nftables::{
+    nf_tables_usable, nft_delete_rules, nft_delete_table, nft_list_rules, NftRuleRef,
+};
 pub use route::{IpFamily, Route};
 pub use tc::{Filter, Qdisc, Tbf};
 
