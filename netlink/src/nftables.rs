@@ -20,6 +20,7 @@ const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_HANDLE: u16 = 3;
 const NFTA_RULE_USERDATA: u16 = 7;
+const NFPROTO_INET: u8 = 1;
 /// libnftnl's user-data TLV type for a rule's comment.
 const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
 
@@ -34,7 +35,7 @@ pub struct NftRuleRef {
 /// NFPROTO_* of an nft family name.
 fn family(name: &str) -> Result<u8, Error> {
     Ok(match name {
-        "inet" => 1,
+        "inet" => NFPROTO_INET,
         "ip" => 2,
         "arp" => 3,
         "netdev" => 5,
@@ -79,29 +80,40 @@ const fn nft(msg: u16) -> u16 {
     (NFNL_SUBSYS_NFTABLES << 8) | msg
 }
 
+fn table_attr(table: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    put_attr(&mut body, NFTA_TABLE_NAME, &nul_terminated(table));
+    body
+}
+
+fn get_table(nl: &mut Nfnl, af: u8, table: &str, op: &str) -> Result<(), Error> {
+    let body = table_attr(table);
+    nl.exchange(
+        nft(NFT_MSG_GETTABLE),
+        NLM_F_REQUEST | NLM_F_ACK,
+        af,
+        &body,
+        op,
+        |_| {},
+    )
+}
+
 /// Whether nf_tables answers here and lets us change it: it refuses every
 /// request, reads too, without CAP_NET_ADMIN, and a kernel without it
 /// has no such subsystem. Asks for a table that does not exist.
 pub fn nf_tables_usable() -> bool {
-    let probe = || -> Result<bool, Error> {
-        let mut nl = Nfnl::new()?;
-        let mut name = Vec::new();
-        put_attr(
-            &mut name,
-            NFTA_TABLE_NAME,
-            &nul_terminated("weft_probe_absent"),
-        );
-        let got = nl.exchange(
-            nft(NFT_MSG_GETTABLE),
-            NLM_F_REQUEST | NLM_F_ACK,
-            1,
-            &name,
-            "probe nf_tables",
-            |_| {},
-        );
-        Ok(matches!(got, Ok(())) || got.is_err_and(|e| e.errno() == Some(Errno::ENOENT)))
+    let Ok(mut nl) = Nfnl::new() else {
+        return false;
     };
-    probe().unwrap_or(false)
+    match get_table(
+        &mut nl,
+        NFPROTO_INET,
+        "weft_probe_absent",
+        "probe nf_tables",
+    ) {
+        Ok(()) => true,
+        Err(e) => e.errno() == Some(Errno::ENOENT),
+    }
 }
 
 /// Every rule of `family`/`table`; None when the table does not exist
@@ -109,17 +121,8 @@ pub fn nf_tables_usable() -> bool {
 pub fn nft_list_rules(family_name: &str, table: &str) -> Result<Option<Vec<NftRuleRef>>, Error> {
     let af = family(family_name)?;
     let mut nl = Nfnl::new()?;
-    let mut name = Vec::new();
-    put_attr(&mut name, NFTA_TABLE_NAME, &nul_terminated(table));
     let op = format!("get nft table {family_name} {table}");
-    match nl.exchange(
-        nft(NFT_MSG_GETTABLE),
-        NLM_F_REQUEST | NLM_F_ACK,
-        af,
-        &name,
-        &op,
-        |_| {},
-    ) {
+    match get_table(&mut nl, af, table, &op) {
         Err(e)
             if matches!(
                 e.errno(),
@@ -130,6 +133,7 @@ pub fn nft_list_rules(family_name: &str, table: &str) -> Result<Option<Vec<NftRu
         }
         other => other?,
     }
+    let name = table_attr(table);
     let mut rules = Vec::new();
     let op = format!("list the rules of nft table {family_name} {table}");
     // NFTA_RULE_TABLE has the same number as NFTA_TABLE_NAME: the dump is
@@ -173,9 +177,11 @@ pub fn nft_delete_rules(
 
 /// Delete `family`/`table` with everything in it.
 pub fn nft_delete_table(family_name: &str, table: &str) -> Result<(), Error> {
-    let mut body = Vec::new();
-    put_attr(&mut body, NFTA_TABLE_NAME, &nul_terminated(table));
-    let msgs = [(nft(NFT_MSG_DELTABLE), family(family_name)?, body)];
+    let msgs = [(
+        nft(NFT_MSG_DELTABLE),
+        family(family_name)?,
+        table_attr(table),
+    )];
     let op = format!("delete nft table {family_name} {table}");
     Nfnl::new()?.batch(NFNL_SUBSYS_NFTABLES, &msgs, &op)
 }
