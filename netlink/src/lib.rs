@@ -25,6 +25,8 @@ mod monitor;
 mod neigh;
 mod netfilter;
 pub mod netns;
+mod nfnetlink;
+mod nftables;
 mod route;
 mod socket;
 pub mod tc;
@@ -38,6 +40,9 @@ pub use monitor::{KernelEvent, LinkEvent, LinkMonitor};
 pub use neigh::{FdbEntry, Neighbour};
 pub use netfilter::{xtables_entries, NftChange, NftEvent, NftMonitor};
 pub use netns::{read_sysctl, write_sysctl, Netns};
+pub use nftables::{
+    nf_tables_usable, nft_delete_rules, nft_delete_table, nft_list_rules, NftRuleRef,
+};
 pub use route::{IpFamily, Route};
 pub use tc::{Class, Filter, Htb, HtbClass, IpField, Qdisc, Tbf};
 

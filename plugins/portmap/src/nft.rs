@@ -12,7 +12,8 @@
 //!   from the pod's subnet (hairpin) and from 127.0.0.1 are masqueraded.
 
 use weft_cni::{Error, ErrorCode};
-use weft_firewall::{comment_key, nft_rules, run, NftRule};
+use weft_firewall::{comment_key, fail, nft_rules, run, NftRule};
+use weft_netlink::{nft_delete_rules, nft_delete_table};
 
 use crate::attachment::{Attachment, Target};
 use crate::config::{Mapping, PortmapConfig};
@@ -184,14 +185,13 @@ pub fn remove(doomed: &dyn Fn(&str) -> bool) -> Result<(), Error> {
         .iter()
         .filter(keyed)
         .partition(|r| key_of(r).is_some_and(doomed));
-    let script = if kept.is_empty() {
-        format!("delete table inet {TABLE}\n")
+    let done = if kept.is_empty() {
+        nft_delete_table("inet", TABLE)
     } else if gone.is_empty() {
         return Ok(());
     } else {
-        gone.iter()
-            .map(|r| format!("delete rule inet {TABLE} {} handle {}\n", r.chain, r.handle))
-            .collect()
+        let doomed: Vec<(&str, u64)> = gone.iter().map(|r| (r.chain.as_str(), r.handle)).collect();
+        nft_delete_rules("inet", TABLE, &doomed)
     };
-    run("nft", &["-f", "-"], &script).map(|_| ())
+    done.map_err(|e| fail(e.to_string()))
 }
