@@ -12,6 +12,8 @@
 #                        peak RSS) instead of bridge + host-local
 #   --portmap            instead: portmap ADD with 1,000 mappings present
 #                        against none, weft and Go (scripts/bench_portmap.py)
+#   --chain              instead: bandwidth and tuning chained after weft's
+#                        bridge, weft against Go (scripts/bench_chain.py)
 # Environment:
 #   BENCH_ITERATIONS     same as -n
 #   WEFT_CNI_DIR         weft plugin dir (default target/x86_64-unknown-linux-gnu/release)
@@ -37,11 +39,13 @@ iterations="${BENCH_ITERATIONS:-200}"
 raw=""
 mode_args=()
 portmap=""
+chain=""
 while (($# > 0)); do
     case "$1" in
         -n | --iterations) iterations="${2:?-n needs a number}"; shift 2 ;;
         --iterations=*) iterations="${1#*=}"; shift ;;
         --portmap) portmap=1; shift ;;
+        --chain) chain=1; shift ;;
         --raw) raw="$(realpath -m -- "${2:?--raw needs a file}")"; shift 2 ;;
         --static) mode_args+=(--static); shift ;;
         -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
@@ -120,7 +124,7 @@ cpu_model="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
 repro="sudo"
 [[ -n ${WEFT_CNI_DIR:-} ]] && repro+=" WEFT_CNI_DIR=$WEFT_CNI_DIR"
 [[ -n ${GO_CNI_DIR:-} ]] && repro+=" GO_CNI_DIR=$GO_CNI_DIR"
-repro+=" scripts/bench-cni.sh -n $iterations${mode_args[*]:+ ${mode_args[*]}}"
+repro+=" scripts/bench-cni.sh -n $iterations${mode_args[*]:+ ${mode_args[*]}}${chain:+ --chain}"
 
 log "$iterations ADD+DEL pairs per implementation; netns prefix $prefix; tmp $tmp"
 log "weft: $weft_dir"
@@ -128,6 +132,10 @@ log "Go:   $go_dir"
 
 if [[ -n $portmap ]]; then
     ip netns add "$prefix-pod"
+    # The pods' bridge, so portmap finds the link towards them (route_localnet).
+    ip -n "$node" link add cni0 type bridge
+    ip -n "$node" addr add 10.244.0.1/16 dev cni0
+    ip -n "$node" link set cni0 up
     ip netns exec "$node" python3 "$root/scripts/bench_portmap.py" \
         --tmp "$tmp" --netns "/run/netns/$prefix-pod" \
         --weft-dir "$weft_dir" --go-dir "$go_dir" --iterations "$iterations" \
@@ -142,7 +150,9 @@ fi
 # private mount namespace with the node netns' /sys; the pod netns it
 # creates are mounted there, so they vanish with the driver at the latest.
 # Started in the background so the trap runs as soon as a signal arrives.
-ip netns exec "$node" python3 "$root/scripts/bench_cni.py" \
+driver_py=bench_cni.py
+[[ -n $chain ]] && driver_py=bench_chain.py
+ip netns exec "$node" python3 "$root/scripts/$driver_py" \
     --prefix "$prefix" --tmp "$tmp" \
     --weft-dir "$weft_dir" --go-dir "$go_dir" \
     --iterations "$iterations" ${raw:+--raw "$raw"} "${mode_args[@]}" \

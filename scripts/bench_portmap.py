@@ -58,11 +58,11 @@ class Plugin:
         self.label, self.path, self.tmp, self.netns = label, path, tmp, netns
         self.stdin = os.path.join(tmp, f"stdin-{label}")
 
-    def call(self, command, cid, config, rss=False):
+    def call(self, command, cid, config, rss=False, path_env="/usr/sbin:/usr/bin:/sbin:/bin"):
         with open(self.stdin, "w") as f:
             json.dump(config, f)
         env = {
-            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "PATH": path_env,
             "CNI_COMMAND": command,
             "CNI_CONTAINERID": cid,
             "CNI_NETNS": self.netns,
@@ -139,12 +139,20 @@ def main():
             ns = p.probe(i)
             if i >= 2:
                 full[p.label].append(ns)
-        rss = []
         if p is weft:
+            # GNU time reports the largest of the plugin and the nft it
+            # runs; with `nft` replaced by /usr/bin/true (ADD only: DEL
+            # needs nft's listing) the figure is portmap's own.
+            fake = os.path.join(args.tmp, "fake-nft")
+            os.makedirs(fake, exist_ok=True)
+            subprocess.run(["cp", "/usr/bin/true", os.path.join(fake, "nft")], check=True)
+            with_nft, own, true_rss = [], [], []
             for i in range(5):
-                rss.append(p.call("ADD", f"rss{i}", conf(args.netns, 6000, [31000]), rss=True))
-                rss.append(p.call("DEL", f"rss{i}", conf(args.netns, 6000, [31000]), rss=True))
-            weft_rss = max(rss)
+                c = conf(args.netns, 6000, [31000])
+                with_nft.append(p.call("ADD", f"rss{i}", c, rss=True))
+                with_nft.append(p.call("DEL", f"rss{i}", c, rss=True))
+                own.append(p.call("ADD", f"own{i}", c, rss=True, path_env=f"{fake}:/usr/bin:/bin"))
+            weft_rss = (max(with_nft), max(own))
         log(f"{p.label}: draining")
         p.drain(args.pods)
     print(f"## portmap ADD with {mappings} mappings present vs none\n")
@@ -157,7 +165,9 @@ def main():
     e = med_ms(empty["weft"]) / med_ms(empty["Go"])
     f = med_ms(full["weft"]) / med_ms(full["Go"])
     print(f"\nweft / Go: {e:.2f}x with none present, {f:.2f}x with {mappings} present.")
-    print(f"Peak RSS of weft's portmap (ADD and DEL, max of 10 runs): {weft_rss / 1024:.2f} MiB")
+    print(f"Peak RSS with {mappings} mappings present, max of 5 runs: weft's portmap ADD "
+          f"{weft_rss[1] / 1024:.2f} MiB (nft stubbed by /usr/bin/true); ADD/DEL including "
+          f"the nft they run: {weft_rss[0] / 1024:.2f} MiB")
 
 
 if __name__ == "__main__":

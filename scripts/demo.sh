@@ -2,15 +2,19 @@
 # weft demo: a 3-node pod network in network namespaces, end to end.
 #
 #   sudo scripts/demo.sh            # setup, cluster up, show, ping, tear down
+#   sudo BACKEND=host-gw scripts/demo.sh    # the same with host-gw routes
+#   sudo BACKEND=directrouting scripts/demo.sh   # vxlan with DirectRouting
 #   sudo KEEP=1 scripts/demo.sh     # leave it running; later:
 #                                   #   sudo NAME=demo scripts/cluster.sh down
 #
 # What it does:
 #   1. scripts/setup.sh (packages, cargo build --release --workspace);
 #   2. an underlay bridge (198.51.100.0/24), etcd, and the network config
-#      {"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}} at
+#      {"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}} (or
+#      "host-gw", or vxlan with "DirectRouting":true) at
 #      /coreos.com/network/config, exactly as for flanneld;
-#   3. 3 nodes, each running weftd (lease, subnet.env, flannel.1);
+#   3. 3 nodes, each running weftd (lease, subnet.env, flannel.1 unless
+#      host-gw);
 #   4. 2 pods per node, attached by the flannel CNI plugin (which turns
 #      subnet.env into a bridge + host-local config) the way a runtime does;
 #   5. prints the leases, each node's routes / FDB / neighbours on flannel.1,
@@ -18,8 +22,9 @@
 # Exits non-zero if any step or any ping fails. Nothing in the root network
 # namespace is changed; everything is removed at the end (unless KEEP=1).
 #
-# Environment: NODES (default 3), PODS (per node, default 2), NAME (default
-# demo), SKIP_SETUP=1, KEEP=1.
+# Environment: BACKEND (vxlan, host-gw or directrouting; default vxlan),
+# NODES (default 3), PODS (per node, default 2), NAME (default demo),
+# SKIP_SETUP=1, KEEP=1.
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -43,6 +48,7 @@ if [ "${SKIP_SETUP:-0}" != 1 ]; then
     "$here/setup.sh" || exit 1
 fi
 
+export WC_BACKEND=${BACKEND:-vxlan}
 cluster_init "$NAME" || exit 1
 if [ -e "/run/netns/$WC_HUB" ]; then
     echo "a cluster named $NAME is already up: NAME=$NAME $here/cluster.sh down" >&2
@@ -66,7 +72,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 fail() { echo "demo failed: $*" >&2; exit 1; }
 
-step "cluster '$NAME': etcd + $NODES nodes running weftd"
+step "cluster '$NAME': etcd + $NODES nodes running weftd (backend $WC_BACKEND)"
 cluster_create || fail "underlay/etcd"
 cluster_write_config || fail "config"
 for ((n = 1; n <= NODES; n++)); do cluster_node_add "$n" || fail "node $n"; done
@@ -83,7 +89,7 @@ cluster_wait_converged || fail "overlay did not converge"
 echo
 cluster_status
 
-step "leases, and each node's flannel.1 routes / FDB / neighbours"
+step "leases, and each node's routes (and flannel.1's FDB / neighbours)"
 cluster_show_all
 
 step "cross-node pod-to-pod pings"

@@ -442,16 +442,7 @@ fn a_failing_add_leaves_no_ifb_and_no_qdisc() {
     let wrappers = TempDir::new();
     let mut failed = 0;
     for n in 1..=30 {
-        let wrapper = wrappers.join(format!("bandwidth-{n}"));
-        std::fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\nexec strace -f -qq -o /dev/null -e trace=sendto -e inject=sendto:error=EIO:when={n} {} \"$@\"\n",
-                plugin_path("bandwidth").display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let wrapper = sendto_failing_wrapper(wrappers.path(), "bandwidth", n, true);
         let out = env.bw_with(CniCall::add(&pod, conf.clone()), &wrapper);
         if out.success() {
             assert_eq!(qdiscs(&env.node, &veth).len(), 2);

@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::IpAddr;
-use std::os::unix::fs::PermissionsExt;
 
 use serde_json::{json, Value};
 use weft_tests::*;
@@ -1332,27 +1331,11 @@ fn del_and_check_ignore_cni_args_add_would_refuse() {
 /// a sendto; strace injects EIO), for n = 1, 2, ... until ADD gets through:
 /// each failed ADD must leave nothing behind, including a bridge it made.
 fn assert_rollback_on_each_netlink_failure(env: &Env, bridge_preexists: bool) {
-    assert!(
-        std::process::Command::new("strace")
-            .arg("-V")
-            .output()
-            .is_ok(),
-        "`strace` is not installed: apt-get install strace"
-    );
     let wrappers = TempDir::new();
     let conf = merged(&env.conf("1.0.0"), json!({"ipMasq": true}));
     let mut failed = 0;
     for n in 1..=60 {
-        let wrapper = wrappers.join(format!("bridge-{n}"));
-        std::fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\nexec strace -qq -o /dev/null -e trace=sendto -e inject=sendto:error=EIO:when={n} {} \"$@\"\n",
-                plugin_path("bridge").display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let wrapper = sendto_failing_wrapper(wrappers.path(), "bridge", n, false);
         let pod = env.node.pod();
         let out = CniCall::add(&pod, conf.clone()).run_in(&env.node, &wrapper);
         if out.success() {

@@ -175,11 +175,6 @@ fn daemonset_runs_weftd_with_its_real_flags_and_installs_real_binaries() {
     }
 }
 
-/// Plugins of issue 8 that other branches are landing now: the image lists
-/// them already, and until they are built the check below accepts that.
-/// Once every one is a workspace binary this list changes nothing.
-const LANDING_PLUGINS: [&str; 3] = ["portmap", "bandwidth", "tuning"];
-
 #[test]
 fn containerfile_copies_files_that_exist() {
     let text = read("Containerfile");
@@ -198,7 +193,7 @@ fn containerfile_copies_files_that_exist() {
         {
             if let Some(bin) = word.strip_prefix("target/x86_64-unknown-linux-gnu/release/") {
                 assert!(
-                    binaries.contains(&bin.to_string()) || LANDING_PLUGINS.contains(&bin),
+                    binaries.contains(&bin.to_string()),
                     "Containerfile copies {bin}, which the workspace does not build"
                 );
                 copied.push(bin.to_string());
@@ -215,10 +210,17 @@ fn containerfile_copies_files_that_exist() {
     for bin in &binaries {
         assert!(copied.contains(bin), "the image does not carry {bin}");
     }
-    for plugin in ["bridge", "host-local", "static", "loopback", "flannel"]
-        .into_iter()
-        .chain(LANDING_PLUGINS)
-    {
+    // Every CNI plugin weft ships, by name, so a renamed crate cannot drop one.
+    for plugin in [
+        "bridge",
+        "host-local",
+        "static",
+        "loopback",
+        "flannel",
+        "portmap",
+        "bandwidth",
+        "tuning",
+    ] {
         assert!(
             copied.iter().any(|c| c == plugin),
             "the image does not carry {plugin}"

@@ -5,7 +5,6 @@
 //! sysctl names, GC, rollback and the libcni driver.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
@@ -316,16 +315,7 @@ fn a_failing_add_restores_everything_it_changed() {
     let wrappers = TempDir::new();
     let mut failed = 0;
     for n in 1..=20 {
-        let wrapper = wrappers.join(format!("tuning-{n}"));
-        std::fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\nexec strace -f -qq -o /dev/null -e trace=sendto -e inject=sendto:error=EIO:when={n} {} \"$@\"\n",
-                plugin_path("tuning").display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let wrapper = sendto_failing_wrapper(wrappers.path(), "tuning", n, true);
         let out = CniCall::add(&pod, conf.clone()).run_in(&env.node, &wrapper);
         if out.success() {
             break;

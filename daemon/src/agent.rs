@@ -1,14 +1,16 @@
 //! The main loop: hold a lease, keep subnet.env and masq rules in line with
 //! it, and feed the data plane the full set of peers from list + watch.
 
-use crate::config::{LeaseAttrs, NetConfig};
-use crate::dataplane::Command;
-use crate::lease::{entry_from_kv, renew_after, Entry, OwnLease, Registry, Rng};
-use crate::metrics::Metrics;
-use crate::peers::{Rejections, Scopes};
+use crate::backends::{Backend, Peer, PeerData};
+use crate::config::NetConfig;
+use crate::local::metrics::Metrics;
+use crate::reconcile::peers::{Rejections, Scopes};
+use crate::reconcile::Command;
+use crate::store::attrs::LeaseAttrs;
+use crate::store::etcd::{entry_from_kv, renew_after, Entry, OwnLease, Registry, Rng};
 use anyhow::Context;
 use etcd_client::{EventType, WatchOptions};
-use ipnetwork::{Ipv4Network, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -20,11 +22,11 @@ use tokio::time::{sleep, Instant};
 pub struct Agent {
     pub reg: Registry,
     pub cfg: NetConfig,
-    pub attrs: LeaseAttrs,
+    /// The backend: what we publish, which leases it can program, the MTU.
+    pub backend: Arc<dyn Backend>,
     pub public_ip: Ipv4Addr,
     pub subnet_file: PathBuf,
     pub ip_masq: bool,
-    pub mtu: u32,
     pub renew_margin_secs: i64,
     pub previous: Option<Ipv4Network>,
     /// The IPv6 subnet from subnet.env (dual-stack only).
@@ -34,9 +36,11 @@ pub struct Agent {
     pub masq_forward: bool,
     pub masq_fully_random: bool,
     pub metrics: Arc<Metrics>,
-    /// What a peer's lease must stay clear of (see [`crate::peers`]).
+    /// What a peer's lease must stay clear of (see [`crate::reconcile::peers`]).
     pub scopes: Scopes,
     pub rejections: Rejections,
+    /// The peers the data plane was last sent, to send it only changes.
+    pub sent: Option<Sent>,
 }
 
 /// A watch that has lived this long without being cancelled is healthy.
@@ -99,7 +103,7 @@ impl Agent {
             subnet: Some(subnet),
             ipv6_networks: subnet6.and(network6).into_iter().collect(),
             ipv6_subnet: subnet6.filter(|_| network6.is_some()),
-            mtu: self.mtu,
+            mtu: self.backend.mtu(),
             ipmasq: self.ip_masq,
         };
         let path = self.subnet_file.clone();
@@ -111,7 +115,7 @@ impl Agent {
             "wrote subnet file",
             path = self.subnet_file.display(),
             subnet = flannel_env::gateway_cidr(&subnet),
-            mtu = self.mtu
+            mtu = self.backend.mtu()
         );
         if let Some(s6) = subnet6 {
             crate::info!("IPv6 subnet", subnet6 = flannel_env::gateway_cidr_v6(&s6));
@@ -140,7 +144,7 @@ impl Agent {
                     .reg
                     .acquire(
                         &self.cfg,
-                        &self.attrs,
+                        self.backend.lease_attrs(),
                         self.public_ip,
                         prev,
                         prev6,
@@ -247,11 +251,12 @@ impl Agent {
                 return Ok(Some(Inner::Reacquire));
             }
         }
-        let own_subnet = own.subnet;
         let own_subnets = (own.subnet, own.subnet6);
+        // A fresh listing (start, watch gap, compaction): a full compare-and-repair.
+        self.sent = None;
         self.publish(&entries, own_subnets);
 
-        let prefix = crate::config::subnets_prefix(&self.reg.prefix);
+        let prefix = crate::store::keys::subnets_prefix(&self.reg.prefix);
         let mut stream = self
             .reg
             .client
@@ -283,23 +288,8 @@ impl Agent {
             tokio::select! {
                 _ = shutdown.changed() => return Ok(None),
                 _ = tokio::time::sleep_until(deadline) => {
-                    let Some(cur) = own_slot.clone() else { return Ok(Some(Inner::Reacquire)) };
-                    match self.reg.renew(&cur, &self.attrs).await {
-                        Ok(Some(n)) => {
-                            self.metrics.lease_renewals.fetch_add(1, Relaxed);
-                            crate::info!("renewed lease", subnet = n.subnet, ttl = n.ttl);
-                            *renew_at = Instant::now() + renew_after(n.ttl, self.renew_margin_secs);
-                            *own_slot = Some(n);
-                        }
-                        Ok(None) => {
-                            crate::warn!("our lease changed or vanished before renewal; acquiring again", subnet = cur.subnet);
-                            return Ok(Some(Inner::Reacquire));
-                        }
-                        Err(e) => {
-                            let retry = Duration::from_secs((cur.ttl / 4).clamp(1, 60) as u64);
-                            crate::error!("lease renewal failed; retrying", error = e, retry_s = retry.as_secs());
-                            *renew_at = Instant::now() + retry;
-                        }
+                    if let Some(inner) = self.renew_now(own_slot, renew_at).await {
+                        return Ok(Some(inner));
                     }
                 }
                 _ = &mut healthy_after, if !healthy => {
@@ -314,76 +304,147 @@ impl Agent {
                     let Some(resp) = msg? else {
                         anyhow::bail!("watch stream closed");
                     };
-                    if resp.canceled() || resp.compact_revision() > 0 {
-                        crate::warn!("watch canceled; re-listing", compact_revision = resp.compact_revision(), reason = resp.cancel_reason());
-                        self.metrics.etcd_reconnects.fetch_add(1, Relaxed);
-                        return Ok(Some(Inner::Relist));
-                    }
                     // The "created" answer proves nothing: a watch can be
                     // cancelled right after it.
-                    if !healthy && !resp.created() {
+                    if !healthy && !resp.created() && !resp.canceled() {
                         healthy = true;
                         backoff.reset();
                     }
-                    let mut changed = false;
-                    for ev in resp.events() {
-                        let Some(kv) = ev.kv() else { continue };
-                        let Some(subnet) = std::str::from_utf8(kv.key()).ok()
-                            .and_then(|k| crate::config::parse_lease_key(&self.reg.prefix, k)) else { continue };
-                        if subnet == own_subnet {
-                            match ev.event_type() {
-                                EventType::Delete => {
-                                    crate::warn!("our lease was deleted or expired; acquiring again", subnet = subnet);
-                                    return Ok(Some(Inner::Reacquire));
-                                }
-                                EventType::Put => {
-                                    if let Some(o) = own_slot.as_mut() {
-                                        let still_ours = LeaseAttrs::parse(kv.value())
-                                            .and_then(|a| a.public_ipv4())
-                                            == Some(self.public_ip);
-                                        if kv.create_revision() != o.create_revision || !still_ours {
-                                            crate::warn!("our lease key was rewritten by someone else; acquiring again", subnet = subnet);
-                                            return Ok(Some(Inner::Reacquire));
-                                        }
-                                        o.mod_revision = kv.mod_revision();
-                                    }
-                                }
-                            }
-                            continue;
-                        }
-                        match ev.event_type() {
-                            EventType::Put => {
-                                if let Some(e) = entry_from_kv(&self.reg.prefix, kv) {
-                                    if entries.get(&subnet) != Some(&e) {
-                                        crate::info!("lease added or updated", subnet = subnet, public_ip = e.attrs.as_ref().map(|a| a.public_ip.clone()).unwrap_or_default());
-                                    }
-                                    entries.insert(subnet, e);
-                                    changed = true;
-                                }
-                            }
-                            EventType::Delete => {
-                                if entries.remove(&subnet).is_some() {
-                                    crate::info!("lease removed", subnet = subnet);
-                                    changed = true;
-                                }
-                            }
-                        }
-                    }
-                    if changed {
-                        self.publish(&entries, own_subnets);
+                    if let Some(inner) = self.on_watch_response(&resp, own_slot, &mut entries, own_subnets) {
+                        return Ok(Some(inner));
                     }
                 }
             }
         }
     }
 
-    /// Send the data plane the validated peers; log rejected leases once.
+    /// Renew our lease now; `Some` when it is lost and must be acquired again.
+    async fn renew_now(
+        &mut self,
+        own_slot: &mut Option<OwnLease>,
+        renew_at: &mut Instant,
+    ) -> Option<Inner> {
+        let Some(cur) = own_slot.clone() else {
+            return Some(Inner::Reacquire);
+        };
+        match self.reg.renew(&cur, self.backend.lease_attrs()).await {
+            Ok(Some(n)) => {
+                self.metrics.lease_renewals.fetch_add(1, Relaxed);
+                crate::info!("renewed lease", subnet = n.subnet, ttl = n.ttl);
+                *renew_at = Instant::now() + renew_after(n.ttl, self.renew_margin_secs);
+                *own_slot = Some(n);
+                None
+            }
+            Ok(None) => {
+                crate::warn!(
+                    "our lease changed or vanished before renewal; acquiring again",
+                    subnet = cur.subnet
+                );
+                Some(Inner::Reacquire)
+            }
+            Err(e) => {
+                let retry = Duration::from_secs((cur.ttl / 4).clamp(1, 60) as u64);
+                crate::error!(
+                    "lease renewal failed; retrying",
+                    error = e,
+                    retry_s = retry.as_secs()
+                );
+                *renew_at = Instant::now() + retry;
+                None
+            }
+        }
+    }
+
+    /// One watch response: events on our own key, then everyone else's
+    /// (published to the data plane once per response). `Some` ends the
+    /// session.
+    fn on_watch_response(
+        &mut self,
+        resp: &etcd_client::WatchResponse,
+        own_slot: &mut Option<OwnLease>,
+        entries: &mut BTreeMap<Ipv4Network, Entry>,
+        own: (Ipv4Network, Option<Ipv6Network>),
+    ) -> Option<Inner> {
+        if resp.canceled() || resp.compact_revision() > 0 {
+            crate::warn!(
+                "watch canceled; re-listing",
+                compact_revision = resp.compact_revision(),
+                reason = resp.cancel_reason()
+            );
+            self.metrics.etcd_reconnects.fetch_add(1, Relaxed);
+            return Some(Inner::Relist);
+        }
+        let mut changed = Vec::new();
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let Some(subnet) = std::str::from_utf8(kv.key())
+                .ok()
+                .and_then(|k| crate::store::keys::parse_lease_key(&self.reg.prefix, k))
+            else {
+                continue;
+            };
+            if subnet == own.0 {
+                if let Some(inner) = self.on_own_key(ev.event_type(), kv, own_slot) {
+                    return Some(inner);
+                }
+            } else {
+                if on_lease(&self.reg.prefix, ev.event_type(), kv, subnet, entries) {
+                    changed.push(subnet);
+                }
+            }
+        }
+        let fast = changed
+            .iter()
+            .all(|s| self.publish_one(entries.get(s), *s, own));
+        if !fast {
+            self.publish(entries, own);
+        }
+        None
+    }
+
+    /// An event on our own key: deleted, or rewritten by someone else, and
+    /// we acquire again; a renewal of ours only moves its revision.
+    fn on_own_key(
+        &self,
+        kind: EventType,
+        kv: &etcd_client::KeyValue,
+        own_slot: &mut Option<OwnLease>,
+    ) -> Option<Inner> {
+        let o = own_slot.as_mut()?;
+        if kind == EventType::Delete {
+            crate::warn!(
+                "our lease was deleted or expired; acquiring again",
+                subnet = o.subnet
+            );
+            return Some(Inner::Reacquire);
+        }
+        let still_ours =
+            LeaseAttrs::parse(kv.value()).and_then(|a| a.public_ipv4()) == Some(self.public_ip);
+        if kv.create_revision() != o.create_revision || !still_ours {
+            crate::warn!(
+                "our lease key was rewritten by someone else; acquiring again",
+                subnet = o.subnet
+            );
+            return Some(Inner::Reacquire);
+        }
+        o.mod_revision = kv.mod_revision();
+        None
+    }
+
+    /// Send the data plane the validated peers: all of them after a fresh
+    /// listing, else only what changed (each event costs its own delta in
+    /// the data plane); log rejected leases once.
     fn publish(
         &mut self,
         entries: &BTreeMap<Ipv4Network, Entry>,
         own: (Ipv4Network, Option<Ipv6Network>),
     ) {
-        let sel = crate::peers::select(entries.values(), Some(own), &self.scopes);
+        let sel = crate::reconcile::peers::select(
+            entries.values(),
+            Some(own),
+            &self.scopes,
+            &*self.backend,
+        );
         self.rejections.report(&sel.rejected);
         self.metrics.leases_known.store(
             entries.keys().filter(|s| **s != own.0).count() as u64,
@@ -392,6 +453,155 @@ impl Agent {
         self.metrics
             .leases_rejected
             .store(sel.rejected.len() as u64, Relaxed);
-        let _ = self.dataplane.send(Command::Peers(sel.v4, sel.v6));
+        let now: BTreeMap<IpNetwork, Peer> = sel
+            .v4
+            .into_iter()
+            .chain(sel.v6)
+            .map(|p| (p.subnet, p))
+            .collect();
+        if let Some(sent) = &self.sent {
+            for (s, p) in &now {
+                if sent.peers.get(s) != Some(p) {
+                    let _ = self.dataplane.send(Command::Upsert(*p));
+                }
+            }
+            for s in sent.peers.keys().filter(|s| !now.contains_key(s)) {
+                let _ = self.dataplane.send(Command::Remove(*s));
+            }
+        } else {
+            let _ = self
+                .dataplane
+                .send(Command::Peers(now.values().copied().collect()));
+        }
+        self.sent = Some(Sent::new(now, entries));
+    }
+
+    /// One lease changed (`entry`: its new value, `None` when deleted):
+    /// send its own delta in O(log n), without validating every lease
+    /// again. Only when nothing conflicts: with any lease rejected, or this
+    /// one overlapping or sharing a VtepMAC with a peer, or changing an
+    /// accepted peer, it returns false and the caller re-validates all.
+    fn publish_one(
+        &mut self,
+        entry: Option<&Entry>,
+        subnet: Ipv4Network,
+        own: (Ipv4Network, Option<Ipv6Network>),
+    ) -> bool {
+        let Some(sent) = self.sent.as_mut() else {
+            return false;
+        };
+        if !self.rejections.is_empty() {
+            return false;
+        }
+        let Some(e) = entry else {
+            for s in sent.by_lease.remove(&subnet).unwrap_or_default() {
+                sent.peers.remove(&s);
+                let _ = self.dataplane.send(Command::Remove(s));
+            }
+            self.metrics.leases_known.fetch_sub(1, Relaxed);
+            return true;
+        };
+        let sel = crate::reconcile::peers::select([e], Some(own), &self.scopes, &*self.backend);
+        let new: Vec<Peer> = sel.v4.into_iter().chain(sel.v6).collect();
+        let had = sent.by_lease.get(&subnet).cloned().unwrap_or_default();
+        if !sel.rejected.is_empty() || new.len() != had.len() && !had.is_empty() {
+            return false;
+        }
+        if !had.is_empty() {
+            // Known and accepted: a renewal is a no-op; any change re-validates.
+            return new.iter().all(|p| sent.peers.get(&p.subnet) == Some(p));
+        }
+        if new.iter().any(|p| sent.conflicts(p)) {
+            return false;
+        }
+        for p in &new {
+            sent.add(subnet, *p);
+            let _ = self.dataplane.send(Command::Upsert(*p));
+        }
+        self.metrics.leases_known.fetch_add(1, Relaxed);
+        true
+    }
+}
+
+/// What the data plane was last sent: the accepted peers, which lease each
+/// came from, and the public IP behind each VtepMAC (for conflict checks).
+#[derive(Debug, Default)]
+pub struct Sent {
+    peers: BTreeMap<IpNetwork, Peer>,
+    by_lease: BTreeMap<Ipv4Network, Vec<IpNetwork>>,
+    macs: BTreeMap<[u8; 6], std::net::IpAddr>,
+}
+
+impl Sent {
+    fn new(peers: BTreeMap<IpNetwork, Peer>, entries: &BTreeMap<Ipv4Network, Entry>) -> Sent {
+        let mut sent = Sent::default();
+        for e in entries.values() {
+            let of_lease = std::iter::once(IpNetwork::V4(e.subnet))
+                .chain(e.subnet6.map(IpNetwork::V6))
+                .filter_map(|s| peers.get(&s));
+            for p in of_lease {
+                sent.add(e.subnet, *p);
+            }
+        }
+        sent
+    }
+
+    fn add(&mut self, lease: Ipv4Network, p: Peer) {
+        self.peers.insert(p.subnet, p);
+        self.by_lease.entry(lease).or_default().push(p.subnet);
+        if let PeerData::Vtep(m) = p.data {
+            self.macs.entry(m).or_insert(p.public_ip);
+        }
+    }
+
+    /// Would `p` conflict with an accepted peer? Accepted subnets never
+    /// overlap, so only the nearest ones on either side of its base can.
+    fn conflicts(&self, p: &Peer) -> bool {
+        let overlaps = |q: &Peer| {
+            q.subnet.contains(p.subnet.network()) || p.subnet.contains(q.subnet.network())
+        };
+        let below = self.peers.range(..=p.subnet).next_back().map(|(_, q)| q);
+        let above = self.peers.range(p.subnet..).next().map(|(_, q)| q);
+        let mac = match p.data {
+            PeerData::Vtep(m) => self.macs.get(&m).is_some_and(|ip| *ip != p.public_ip),
+            PeerData::None => false,
+        };
+        mac || below.is_some_and(overlaps) || above.is_some_and(overlaps)
+    }
+}
+
+/// Another node's lease was put or deleted: update `entries`; true when
+/// it changed.
+fn on_lease(
+    prefix: &str,
+    kind: EventType,
+    kv: &etcd_client::KeyValue,
+    subnet: Ipv4Network,
+    entries: &mut BTreeMap<Ipv4Network, Entry>,
+) -> bool {
+    match kind {
+        EventType::Put => {
+            let Some(e) = entry_from_kv(prefix, kv) else {
+                return false;
+            };
+            if entries.get(&subnet) == Some(&e) {
+                return false;
+            }
+            let public_ip = e.attrs.as_ref().map(|a| a.public_ip.clone());
+            crate::info!(
+                "lease added or updated",
+                subnet = subnet,
+                public_ip = public_ip.unwrap_or_default()
+            );
+            entries.insert(subnet, e);
+            true
+        }
+        EventType::Delete => {
+            let gone = entries.remove(&subnet).is_some();
+            if gone {
+                crate::info!("lease removed", subnet = subnet);
+            }
+            gone
+        }
     }
 }

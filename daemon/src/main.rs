@@ -61,16 +61,18 @@
 //! restart is hitless), 1 on a fatal error, 2 on bad flags.
 
 mod agent;
+mod backends;
 mod config;
-mod dataplane;
 mod flags;
-mod health;
-mod lease;
+mod local;
 mod logging;
 mod masq;
-mod metrics;
-mod peers;
+mod reconcile;
+mod store;
 mod subnet_env;
+
+// `crate::metrics` and `crate::health` for the modules that name them so.
+use local::{health, metrics};
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -129,7 +131,7 @@ fn main() {
 
 /// What weftd reads or probes once before the runtime starts.
 struct Prepared {
-    tls: Option<lease::TlsFiles>,
+    tls: Option<store::etcd::TlsFiles>,
     /// The masquerade backend, when `--ip-masq` is set.
     masq: Option<masq::Backend>,
     previous: Option<(Option<ipnetwork::Ipv4Network>, ipnetwork::Ipv4Network)>,
@@ -156,7 +158,32 @@ impl Prepared {
     }
 }
 
-fn read_tls(f: &flags::Flags) -> anyhow::Result<Option<lease::TlsFiles>> {
+impl Prepared {
+    /// The subnets subnet.env recorded, when they belong to this config's networks.
+    fn previous_subnets(
+        &self,
+        cfg: &config::NetConfig,
+    ) -> (
+        Option<ipnetwork::Ipv4Network>,
+        Option<ipnetwork::Ipv6Network>,
+    ) {
+        let previous = self
+            .previous
+            .filter(|(net, _)| net.is_none() || *net == Some(cfg.network))
+            .map(|(_, s)| s);
+        if let Some(p) = previous {
+            info!("previous subnet from subnet file", subnet = p);
+        }
+        let previous6 = cfg.ipv6.as_ref().and_then(|c6| {
+            self.previous6
+                .filter(|(net, _)| net.is_none() || *net == Some(c6.network))
+                .map(|(_, s)| s)
+        });
+        (previous, previous6)
+    }
+}
+
+fn read_tls(f: &flags::Flags) -> anyhow::Result<Option<store::etcd::TlsFiles>> {
     if !f.uses_tls() {
         return Ok(None);
     }
@@ -168,12 +195,12 @@ fn read_tls(f: &flags::Flags) -> anyhow::Result<Option<lease::TlsFiles>> {
         (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
         _ => None,
     };
-    Ok(Some(lease::TlsFiles { ca, cert_key }))
+    Ok(Some(store::etcd::TlsFiles { ca, cert_key }))
 }
 
 async fn connect(
     f: &flags::Flags,
-    tls: Option<lease::TlsFiles>,
+    tls: Option<store::etcd::TlsFiles>,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Option<etcd_client::Client>> {
     let user = f.etcd_username.clone().zip(f.etcd_password.clone());
@@ -185,7 +212,7 @@ async fn connect(
         .collect();
     let mut delay = Duration::from_millis(200);
     loop {
-        let opts = lease::connect_options(tls.clone(), user.clone());
+        let opts = store::etcd::connect_options(tls.clone(), user.clone());
         match etcd_client::Client::connect(&endpoints, Some(opts)).await {
             Ok(c) => return Ok(Some(c)),
             Err(e @ etcd_client::Error::InvalidArgs(_))
@@ -208,8 +235,9 @@ async fn connect(
     }
 }
 
-async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+/// SIGTERM/SIGINT flip the returned flag.
+fn on_signals() -> tokio::sync::watch::Receiver<bool> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int)) = (
@@ -225,12 +253,17 @@ async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
         info!("signal received; exiting (kernel state and lease are kept)");
         let _ = stop_tx.send(true);
     });
+    stop_rx
+}
 
-    // The underlay does not depend on etcd: find it first so a bad --iface fails fast.
+/// The underlay interface and our public IP.
+async fn underlay(
+    f: &flags::Flags,
+) -> anyhow::Result<(backends::underlay::Underlay, std::net::Ipv4Addr)> {
     let ifaces = f.iface.clone();
     let underlay = tokio::task::spawn_blocking(move || {
         let mut nl = weft_netlink::Netlink::new()?;
-        dataplane::find_underlay(&mut nl, &ifaces)
+        backends::underlay::find_underlay(&mut nl, &ifaces)
     })
     .await??;
     let public_ip = f.public_ip.unwrap_or(underlay.ip);
@@ -241,44 +274,43 @@ async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
         public_ip = public_ip,
         mtu = underlay.mtu
     );
+    Ok((underlay, public_ip))
+}
 
-    let metrics = Arc::new(metrics::Metrics::default());
-    if f.healthz_port != 0 {
-        let addr = std::net::SocketAddr::new(f.healthz_ip, f.healthz_port);
-        let l = health::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} for /healthz"))?;
-        info!("serving /healthz /readyz /metrics", addr = addr);
-        tokio::spawn(health::serve(l, metrics.clone()));
-    }
-
-    let Some(client) = connect(&f, pre.tls, &mut stop_rx).await? else {
+async fn serve_health(f: &flags::Flags, metrics: &Arc<metrics::Metrics>) -> anyhow::Result<()> {
+    if f.healthz_port == 0 {
         return Ok(());
-    };
-    let mut reg = lease::Registry {
-        client,
-        prefix: f.etcd_prefix.trim_end_matches('/').to_string(),
-        ttl: f.subnet_lease_ttl,
-    };
-    if reg.prefix.is_empty() {
-        reg.prefix = "/".into();
     }
+    let addr = std::net::SocketAddr::new(f.healthz_ip, f.healthz_port);
+    let l = health::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for /healthz"))?;
+    info!("serving /healthz /readyz /metrics", addr = addr);
+    tokio::spawn(health::serve(l, metrics.clone()));
+    Ok(())
+}
+
+/// `<prefix>/config`, waited for while it is missing; `None` on shutdown.
+async fn network_config(
+    reg: &mut store::etcd::Registry,
+    stop_rx: &mut tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Option<config::NetConfig>> {
     let raw = loop {
         match reg.get_config().await {
             Ok(Some(c)) => break c,
             Ok(None) => warn!(
                 "network config not found in etcd; waiting",
-                key = config::config_key(&reg.prefix)
+                key = store::keys::config_key(&reg.prefix)
             ),
             Err(e) => warn!("reading network config failed; retrying", error = e),
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop_rx.changed() => return Ok(()),
+            _ = stop_rx.changed() => return Ok(None),
         }
     };
     let cfg = config::parse_config(&raw)
-        .with_context(|| format!("invalid {}", config::config_key(&reg.prefix)))?;
+        .with_context(|| format!("invalid {}", store::keys::config_key(&reg.prefix)))?;
     info!(
         "network config",
         network = cfg.network,
@@ -288,127 +320,73 @@ async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
         vni = cfg.backend.vni,
         port = cfg.backend.port
     );
+    Ok(Some(cfg))
+}
 
-    let mac = dataplane::vtep_mac(public_ip, cfg.backend.vni);
-    let spec = dataplane::DeviceSpec::new(
-        cfg.backend.vni,
-        cfg.backend.port,
-        &underlay,
-        cfg.backend.mtu,
-        mac,
-    );
-    if spec.mtu < 576 {
-        bail!(
-            "vxlan MTU {} (underlay {} - 50) is too small",
-            spec.mtu,
-            cfg.backend.mtu.unwrap_or(underlay.mtu)
+async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
+    let mut stop_rx = on_signals();
+    // The underlay does not depend on etcd: find it first so a bad --iface fails fast.
+    let (underlay, public_ip) = underlay(&f).await?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    serve_health(&f, &metrics).await?;
+
+    let Some(client) = connect(&f, pre.tls.clone(), &mut stop_rx).await? else {
+        return Ok(());
+    };
+    let mut reg = store::etcd::Registry {
+        client,
+        prefix: f.etcd_prefix.trim_end_matches('/').to_string(),
+        ttl: f.subnet_lease_ttl,
+    };
+    if reg.prefix.is_empty() {
+        reg.prefix = "/".into();
+    }
+    let Some(cfg) = network_config(&mut reg, &mut stop_rx).await? else {
+        return Ok(());
+    };
+    let public_ipv6 = cfg.ipv6.as_ref().and(f.public_ipv6.or(underlay.ip6));
+    let backend: Arc<dyn backends::Backend> =
+        backends::from_config(&cfg, &underlay, public_ip, public_ipv6)?.into();
+    info!("backend", kind = backend.kind(), mtu = backend.mtu());
+    if let Some(c6) = &cfg.ipv6 {
+        info!(
+            "dual stack",
+            ipv6_network = c6.network,
+            ipv6_subnet_len = c6.subnet_len,
+            ipv6_subnet_min = c6.subnet_min,
+            ipv6_subnet_max = c6.subnet_max,
+            public_ipv6 = public_ipv6.map(|ip| ip.to_string()).unwrap_or_default()
         );
     }
-    let mut attrs = config::LeaseAttrs::vxlan(public_ip, cfg.backend.vni, &mac);
-    // Dual stack: flannel-v6.<VNI> over our PublicIPv6.
-    let mut mtu = spec.mtu;
-    let v6 = match &cfg.ipv6 {
-        None => None,
-        Some(c6) => {
-            let Some(public_ipv6) = f.public_ipv6.or(underlay.ip6) else {
-                bail!(
-                    "EnableIPv6 is set but interface {} has no global IPv6 address; add one or use --public-ipv6",
-                    underlay.name
-                );
-            };
-            let mac6 = dataplane::vtep_mac_v6(public_ipv6, cfg.backend.vni);
-            let spec6 = dataplane::DeviceSpec::new_v6(
-                cfg.backend.vni,
-                cfg.backend.port,
-                &underlay,
-                public_ipv6,
-                cfg.backend.mtu,
-                mac6,
-            );
-            if spec6.mtu < 1280 {
-                bail!(
-                    "IPv6 vxlan MTU {} (underlay {} - 70) is below IPv6's minimum 1280",
-                    spec6.mtu,
-                    cfg.backend.mtu.unwrap_or(underlay.mtu)
-                );
-            }
-            info!(
-                "dual stack",
-                ipv6_network = c6.network,
-                ipv6_subnet_len = c6.subnet_len,
-                ipv6_subnet_min = c6.subnet_min,
-                ipv6_subnet_max = c6.subnet_max,
-                public_ipv6 = public_ipv6,
-                mtu6 = spec6.mtu
-            );
-            attrs = config::LeaseAttrs::vxlan_dual(
-                public_ip,
-                public_ipv6,
-                cfg.backend.vni,
-                &mac,
-                &mac6,
-            );
-            // Pods get one MTU for both families: the smaller one.
-            mtu = mtu.min(spec6.mtu);
-            Some((spec6, public_ipv6))
-        }
-    };
-    let scopes = peers::Scopes::new(
+    let scopes = reconcile::peers::Scopes::new(
         cfg.network,
         cfg.ipv6.as_ref().map(|c6| c6.network),
         &underlay.nets,
         public_ip,
-        v6.as_ref().map(|(_, ip6)| *ip6),
+        public_ipv6,
     );
-
-    // Data plane thread.
-    let (dp_tx, dp_rx) = std::sync::mpsc::channel();
-    let dp = dataplane::Dataplane::new(spec.clone(), v6.map(|(s, _)| s), metrics.clone())?;
+    let pod_networks = std::iter::once(ipnetwork::IpNetwork::V4(cfg.network))
+        .chain(
+            cfg.ipv6
+                .as_ref()
+                .map(|c6| ipnetwork::IpNetwork::V6(c6.network)),
+        )
+        .collect();
     let interval = Duration::from_secs(f.reconcile_interval);
-    let (names, wake) = (dp.device_names(), dp_tx.clone());
-    std::thread::Builder::new()
-        .name("dataplane".into())
-        .spawn(move || dp.run(dp_rx, interval))
-        .context("spawning the data plane thread")?;
-    std::thread::Builder::new()
-        .name("links".into())
-        .spawn(move || dataplane::watch_links(names, wake))
-        .context("spawning the link-watch thread")?;
+    let dp_tx = start_dataplane(
+        backend.clone(),
+        underlay,
+        pod_networks,
+        metrics.clone(),
+        interval,
+    )?;
+    let masq_tx = start_masq(&f, pre.masq, &metrics)?;
 
-    // Masquerade thread.
-    let masq_tx = match pre.masq {
-        Some(backend) => {
-            let (tx, rx) = std::sync::mpsc::channel::<masq::Request>();
-            let resync = Duration::from_secs(f.iptables_resync);
-            let m = metrics.clone();
-            m.masq_enabled
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            std::thread::Builder::new()
-                .name("masq".into())
-                .spawn(move || masq::worker(masq::Masq::new(backend), rx, resync, m))
-                .context("spawning the masq thread")?;
-            Some(tx)
-        }
-        None => None,
-    };
-
-    let previous = pre
-        .previous
-        .filter(|(net, _)| net.is_none() || *net == Some(cfg.network))
-        .map(|(_, s)| s);
-    if let Some(p) = previous {
-        info!("previous subnet from subnet file", subnet = p);
-    }
-    let previous6 = cfg.ipv6.as_ref().and_then(|c6| {
-        pre.previous6
-            .filter(|(net, _)| net.is_none() || *net == Some(c6.network))
-            .map(|(_, s)| s)
-    });
+    let (previous, previous6) = pre.previous_subnets(&cfg);
     let agent = agent::Agent {
         reg,
-        mtu,
         cfg,
-        attrs,
+        backend,
         public_ip,
         subnet_file: f.subnet_file.clone(),
         ip_masq: f.ip_masq,
@@ -421,7 +399,51 @@ async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
         masq_fully_random: !f.ip_masq_fully_random_disable,
         metrics,
         scopes,
-        rejections: peers::Rejections::default(),
+        rejections: reconcile::peers::Rejections::default(),
+        sent: None,
     };
     agent.run(stop_rx).await
+}
+
+/// The data-plane thread and the kernel-watch thread that wakes it.
+fn start_dataplane(
+    backend: Arc<dyn backends::Backend>,
+    underlay: backends::underlay::Underlay,
+    pod_networks: Vec<ipnetwork::IpNetwork>,
+    metrics: Arc<metrics::Metrics>,
+    interval: Duration,
+) -> anyhow::Result<std::sync::mpsc::Sender<reconcile::Command>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dp = reconcile::Dataplane::new(backend, underlay, pod_networks, metrics)?;
+    let (scope, wake) = (dp.watch_scope(), tx.clone());
+    std::thread::Builder::new()
+        .name("dataplane".into())
+        .spawn(move || dp.run(rx, interval))
+        .context("spawning the data plane thread")?;
+    std::thread::Builder::new()
+        .name("kernel-watch".into())
+        .spawn(move || reconcile::kernel::watch(scope, wake))
+        .context("spawning the kernel-watch thread")?;
+    Ok(tx)
+}
+
+/// The masquerade thread, when `--ip-masq` is set.
+fn start_masq(
+    f: &flags::Flags,
+    backend: Option<masq::Backend>,
+    metrics: &Arc<metrics::Metrics>,
+) -> anyhow::Result<Option<std::sync::mpsc::Sender<masq::Request>>> {
+    let Some(backend) = backend else {
+        return Ok(None);
+    };
+    let (tx, rx) = std::sync::mpsc::channel::<masq::Request>();
+    let resync = Duration::from_secs(f.iptables_resync);
+    let m = metrics.clone();
+    m.masq_enabled
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    std::thread::Builder::new()
+        .name("masq".into())
+        .spawn(move || masq::worker(masq::Masq::new(backend), rx, resync, m))
+        .context("spawning the masq thread")?;
+    Ok(Some(tx))
 }

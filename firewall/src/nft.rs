@@ -7,11 +7,17 @@ use weft_cni::Error;
 
 use crate::run::{fail, run};
 
-/// Whether `nft` runs and may read the ruleset here (the default backend
-/// when a config names none).
+/// Whether `nft` runs and may change the ruleset here (the default backend
+/// when a config names none). A check-only transaction: nothing changes,
+/// and unlike `nft list tables`, which loads every rule of every table
+/// into nft's cache, its cost does not grow with the ruleset.
 pub fn nft_works() -> bool {
+    nft_quiet(&["-c", "add", "table", "inet", "weft_probe"])
+}
+
+fn nft_quiet(args: &[&str]) -> bool {
     Process::new("nft")
-        .args(["list", "tables"])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -26,24 +32,15 @@ pub struct NftRule {
     pub comment: Option<String>,
 }
 
-fn has_table(family: &str, table: &str) -> Result<bool, Error> {
-    let tables = run("nft", &["-j", "list", "tables", family], "")?;
-    Ok(serde_json::from_str::<Value>(&tables)
-        .ok()
-        .and_then(|v| v.get("nftables").and_then(Value::as_array).cloned())
-        .is_some_and(|items| {
-            items
-                .iter()
-                .any(|i| i.pointer("/table/name").and_then(Value::as_str) == Some(table))
-        }))
-}
-
 /// Every rule of `family`/`table`; None when the table does not exist.
 pub fn nft_rules(family: &str, table: &str) -> Result<Option<Vec<NftRule>>, Error> {
-    if !has_table(family, table)? {
-        return Ok(None);
-    }
-    let listing = run("nft", &["-j", "list", "table", family, table], "")?;
+    let listing = match run("nft", &["-j", "list", "table", family, table], "") {
+        Ok(listing) => listing,
+        // A check-only delete succeeds only for a table that exists: then
+        // the listing itself failed.
+        Err(_) if !nft_quiet(&["-c", "delete", "table", family, table]) => return Ok(None),
+        Err(e) => return Err(e),
+    };
     let parsed: Value = serde_json::from_str(&listing)
         .map_err(|e| fail(format!("cannot parse nft output: {e}")))?;
     let items = parsed.get("nftables").and_then(Value::as_array);

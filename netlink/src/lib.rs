@@ -30,7 +30,7 @@ pub use addr::Address;
 pub use conntrack::{delete_conntrack, ConntrackFilter};
 pub use error::Error;
 pub use link::{BridgeVlan, Link, VxlanInfo, VxlanSpec};
-pub use monitor::{LinkEvent, LinkMonitor};
+pub use monitor::{KernelEvent, LinkEvent, LinkMonitor};
 pub use neigh::{FdbEntry, Neighbour};
 pub use netns::{read_sysctl, write_sysctl, Netns};
 pub use route::{IpFamily, Route};

@@ -1,6 +1,7 @@
 //! Link notifications: a NETLINK_ROUTE socket subscribed to the RTNLGRP_LINK
 //! multicast group, so a daemon learns at once that a link was deleted or
-//! changed instead of at its next poll.
+//! changed instead of at its next poll; [`LinkMonitor::with_entries`] adds
+//! route, neighbour and FDB notifications ([`KernelEvent`]).
 
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLMSG_OVERRUN};
 use netlink_packet_route::RouteNetlinkMessage;
@@ -8,11 +9,18 @@ use netlink_sys::{protocols::NETLINK_ROUTE, SocketAddr};
 use nix::errno::Errno;
 
 use crate::link::link_from_msg;
+use crate::neigh::{fdb_from_msg, neighbour_from_msg};
+use crate::route::route_from_msg;
 use crate::socket::split;
-use crate::{Error, Link};
+use crate::{Error, FdbEntry, Link, Neighbour, Route};
+use netlink_packet_route::AddressFamily;
 
 /// RTMGRP_LINK: the bind-time group mask of RTNLGRP_LINK.
 const RTMGRP_LINK: u32 = 1;
+/// RTMGRP_NEIGH, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE.
+const RTMGRP_NEIGH: u32 = 0x4;
+const RTMGRP_IPV4_ROUTE: u32 = 0x40;
+const RTMGRP_IPV6_ROUTE: u32 = 0x400;
 const RECV_BUF: usize = 64 * 1024;
 
 /// One link notification.
@@ -27,6 +35,22 @@ pub enum LinkEvent {
     Lost,
 }
 
+/// One notification of a [`LinkMonitor::with_entries`] socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelEvent {
+    LinkNew(Link),
+    LinkDel(Link),
+    /// RTM_NEWROUTE / RTM_DELROUTE of a unicast route (any table).
+    RouteNew(Route),
+    RouteDel(Route),
+    /// RTM_DELNEIGH of an IPv4/IPv6 neighbour.
+    NeighDel(Neighbour),
+    /// RTM_DELNEIGH of a bridge/VXLAN FDB entry.
+    FdbDel(FdbEntry),
+    /// Notifications were lost: re-read the state.
+    Lost,
+}
+
 /// A socket receiving link notifications of the namespace it was created in.
 #[derive(Debug)]
 pub struct LinkMonitor {
@@ -37,9 +61,19 @@ pub struct LinkMonitor {
 impl LinkMonitor {
     /// Subscribe in the calling thread's network namespace.
     pub fn new() -> Result<Self, Error> {
+        Self::subscribe(RTMGRP_LINK)
+    }
+
+    /// Links, routes (IPv4 and IPv6), neighbours and FDB entries, in the
+    /// calling thread's network namespace; read with [`Self::recv_all`].
+    pub fn with_entries() -> Result<Self, Error> {
+        Self::subscribe(RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE)
+    }
+
+    fn subscribe(groups: u32) -> Result<Self, Error> {
         let mut sock = netlink_sys::Socket::new(NETLINK_ROUTE)
             .map_err(|e| Error::io("open NETLINK_ROUTE socket", e))?;
-        sock.bind(&SocketAddr::new(0, RTMGRP_LINK))
+        sock.bind(&SocketAddr::new(0, groups))
             .map_err(|e| Error::io("subscribe to link notifications", e))?;
         Ok(LinkMonitor {
             sock,
@@ -50,45 +84,66 @@ impl LinkMonitor {
     /// Block until the next datagram; its link events, in order. An
     /// overrun (ENOBUFS) is reported as [`LinkEvent::Lost`], not an error.
     pub fn recv(&mut self) -> Result<Vec<LinkEvent>, Error> {
+        Ok(self
+            .recv_all()?
+            .into_iter()
+            .filter_map(|e| match e {
+                KernelEvent::LinkNew(l) => Some(LinkEvent::New(l)),
+                KernelEvent::LinkDel(l) => Some(LinkEvent::Del(l)),
+                KernelEvent::Lost => Some(LinkEvent::Lost),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Block until the next datagram; every event in it, in order.
+    pub fn recv_all(&mut self) -> Result<Vec<KernelEvent>, Error> {
         self.buf.clear();
         let n = loop {
             match self.sock.recv(&mut self.buf, libc::MSG_TRUNC) {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) if e.raw_os_error() == Some(Errno::ENOBUFS as i32) => {
-                    return Ok(vec![LinkEvent::Lost]);
+                    return Ok(vec![KernelEvent::Lost]);
                 }
                 r => break r.map_err(|e| Error::io("receive link notifications", e))?,
             }
         };
         if n > self.buf.len() {
-            return Ok(vec![LinkEvent::Lost]);
+            return Ok(vec![KernelEvent::Lost]);
         }
         Ok(parse_events(&self.buf))
     }
 }
 
-/// Link events in one notification datagram; anything undecodable counts as lost.
-fn parse_events(buf: &[u8]) -> Vec<LinkEvent> {
+/// The events in one notification datagram; anything undecodable counts as lost.
+fn parse_events(buf: &[u8]) -> Vec<KernelEvent> {
+    use RouteNetlinkMessage as M;
     let mut out = Vec::new();
     for item in split(buf) {
         let Ok((hdr, raw)) = item else {
-            out.push(LinkEvent::Lost);
+            out.push(KernelEvent::Lost);
             break;
         };
         if hdr.kind == NLMSG_OVERRUN {
-            out.push(LinkEvent::Lost);
+            out.push(KernelEvent::Lost);
             continue;
         }
-        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw).map(|m| m.payload) {
-            Ok(NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m))) => {
-                out.push(LinkEvent::New(link_from_msg(&m)))
-            }
-            Ok(NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m))) => {
-                out.push(LinkEvent::Del(link_from_msg(&m)))
-            }
-            Ok(_) => {}
-            Err(_) => out.push(LinkEvent::Lost),
-        }
+        let ev = match NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw).map(|m| m.payload) {
+            Ok(NetlinkPayload::InnerMessage(m)) => match m {
+                M::NewLink(m) => Some(KernelEvent::LinkNew(link_from_msg(&m))),
+                M::DelLink(m) => Some(KernelEvent::LinkDel(link_from_msg(&m))),
+                M::NewRoute(m) => route_from_msg(&m).map(KernelEvent::RouteNew),
+                M::DelRoute(m) => route_from_msg(&m).map(KernelEvent::RouteDel),
+                M::DelNeighbour(m) if m.header.family == AddressFamily::Bridge => {
+                    fdb_from_msg(&m).map(KernelEvent::FdbDel)
+                }
+                M::DelNeighbour(m) => neighbour_from_msg(&m).map(KernelEvent::NeighDel),
+                _ => None,
+            },
+            Ok(_) => None,
+            Err(_) => Some(KernelEvent::Lost),
+        };
+        out.extend(ev);
     }
     out
 }
@@ -117,8 +172,8 @@ mod tests {
         buf.extend(encoded(RouteNetlinkMessage::NewLink(m)));
         let ev = parse_events(&buf);
         assert_eq!(ev.len(), 2);
-        assert!(matches!(&ev[0], LinkEvent::Del(l) if l.name == "flannel.1" && l.index == 7));
-        assert!(matches!(&ev[1], LinkEvent::New(l) if l.name == "flannel.1"));
-        assert_eq!(parse_events(&buf[..10]), vec![LinkEvent::Lost]);
+        assert!(matches!(&ev[0], KernelEvent::LinkDel(l) if l.name == "flannel.1" && l.index == 7));
+        assert!(matches!(&ev[1], KernelEvent::LinkNew(l) if l.name == "flannel.1"));
+        assert_eq!(parse_events(&buf[..10]), vec![KernelEvent::Lost]);
     }
 }

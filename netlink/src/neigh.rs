@@ -93,7 +93,7 @@ pub(crate) fn fdb_msg(index: u32, mac: [u8; 6], dst: IpAddr) -> NeighbourMessage
     m
 }
 
-fn neighbour_from_msg(m: &NeighbourMessage) -> Option<Neighbour> {
+pub(crate) fn neighbour_from_msg(m: &NeighbourMessage) -> Option<Neighbour> {
     let mut ip = None;
     let mut mac = None;
     for a in &m.attributes {
@@ -111,7 +111,7 @@ fn neighbour_from_msg(m: &NeighbourMessage) -> Option<Neighbour> {
     })
 }
 
-fn fdb_from_msg(m: &NeighbourMessage) -> Option<FdbEntry> {
+pub(crate) fn fdb_from_msg(m: &NeighbourMessage) -> Option<FdbEntry> {
     let mut mac = None;
     let mut dst = None;
     let mut vlan = None;

@@ -19,6 +19,13 @@
 #   <p>n<N>       node N: eth0 198.51.100.(10+N), weftd, cni0, flannel.1
 #   <p>n<N>-<pod> a pod on node N, eth0 set up by the flannel CNI plugin
 # Nodes and etcd have no default route, so nothing can leave the underlay.
+# Two segments joined by a router (for host-gw and DirectRouting across a
+# router): node numbers 101..200 sit on a second underlay,
+#   <p>hub2       bridge br0, the underlay 203.0.113.0/24
+#   <p>router     eth0 198.51.100.254 (on hub), eth1 203.0.113.254 (on hub2),
+#                 forwarding; created with the first such node
+#   <p>n<N>       N >= 101: eth0 203.0.113.(N-90), route to 198.51.100.0/24
+#                 via the router (and segment-1 nodes and etcd get the way back)
 #
 # State (WC_STATE, default /run/weft-cluster/<name>) records everything
 # created, so `cluster_init <name>; cluster_teardown` works from any shell:
@@ -41,6 +48,9 @@
 #                    (default "--reconcile-interval=2 --ip-masq")   the state dir
 #                    on top of the fixed --etcd-endpoints --etcd-prefix
 #                    --iface=eth0 --public-ip --subnet-file --healthz-ip/port
+#   WC_BACKEND       vxlan (default), host-gw or directrouting (vxlan with
+#                    DirectRouting): the default network config and what
+#                    cluster_node_has_peer checks; kept in the state dir
 #   WC_CNI_VERSION   cniVersion of the pod network config (default 1.0.0)
 #   WC_TIMEOUT       seconds to wait for readiness (default 30)
 #   WC_QUIET=1       no progress lines on stderr
@@ -69,6 +79,18 @@ WC_UNDERLAY=198.51.100
 WC_ETCD_IP=$WC_UNDERLAY.1
 WC_ETCD_EP=http://$WC_ETCD_IP:2379
 WC_NETWORK_CONFIG_DEFAULT='{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}'
+WC_UNDERLAY2=203.0.113
+WC_ROUTER_IP=$WC_UNDERLAY.254
+WC_ROUTER_IP2=$WC_UNDERLAY2.254
+
+# _wc_network_config: the default config for the cluster's backend.
+_wc_network_config() {
+    case "$WC_BACKEND" in
+    host-gw) echo '{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}' ;;
+    directrouting) echo '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}' ;;
+    *) echo "$WC_NETWORK_CONFIG_DEFAULT" ;;
+    esac
+}
 
 _wc_log() { [ "${WC_QUIET:-0}" = 1 ] || printf '[cluster %s] %s\n' "${WC_NAME:-?}" "$*" >&2; }
 _wc_die() { printf '[cluster %s] error: %s\n' "${WC_NAME:-?}" "$*" >&2; return 1; }
@@ -152,7 +174,7 @@ _wc_our_netns() {
         [ -d "$WC_STATE/netns" ] && ls "$WC_STATE/netns"
         ip netns list 2>/dev/null | awk '{print $1}' | while read -r n; do
             case "$n" in "$WC_PREFIX"*) ;; *) continue ;; esac
-            [[ ${n#"$WC_PREFIX"} =~ ^(hub|etcd|n[0-9]+(-[A-Za-z0-9_.]+)?)$ ]] && echo "$n"
+            [[ ${n#"$WC_PREFIX"} =~ ^(hub|hub2|router|etcd|n[0-9]+(-[A-Za-z0-9_.]+)?)$ ]] && echo "$n"
         done
     } | sort -u
 }
@@ -169,9 +191,18 @@ cluster_init() {
     [ -s "$WC_STATE/prefix" ] || echo "${WC_PREFIX:-wc-$name-}" >"$WC_STATE/prefix"
     [ -s "$WC_STATE/etcd_prefix" ] || echo "${WC_ETCD_PREFIX:-/coreos.com/network}" >"$WC_STATE/etcd_prefix"
     [ -e "$WC_STATE/weftd_args" ] || echo "${WC_WEFTD_ARGS---reconcile-interval=2 --ip-masq}" >"$WC_STATE/weftd_args"
+    [ -s "$WC_STATE/backend" ] || echo "${WC_BACKEND:-vxlan}" >"$WC_STATE/backend"
+    WC_BACKEND=$(cat "$WC_STATE/backend")
+    case "$WC_BACKEND" in vxlan | host-gw | directrouting) ;; *)
+        _wc_die "WC_BACKEND must be vxlan, host-gw or directrouting, not '$WC_BACKEND'"
+        return 1
+        ;;
+    esac
     WC_PREFIX=$(cat "$WC_STATE/prefix")
     WC_ETCD_PREFIX=$(cat "$WC_STATE/etcd_prefix")
     WC_HUB=${WC_PREFIX}hub
+    WC_HUB2=${WC_PREFIX}hub2
+    WC_ROUTER=${WC_PREFIX}router
     WC_ETCD_NS=${WC_PREFIX}etcd
     mkdir -p "$WC_STATE/logs" "$WC_STATE/nodes" "$WC_STATE/pids" "$WC_STATE/netns"
 }
@@ -190,13 +221,36 @@ cluster_check_tools() {
 }
 
 # --- underlay + etcd ---------------------------------------------------------
-# _wc_attach NS ADDR HUBPORT: veth HUBPORT (in hub, on br0) <-> eth0 (in NS).
+# _wc_attach NS ADDR HUBPORT [HUB [IFNAME]]: veth HUBPORT (in HUB, default
+# the first segment's, on br0) <-> IFNAME (default eth0, in NS).
 _wc_attach() {
-    local ns=$1 addr=$2 port=$3
-    ip link add "$port" netns "$WC_HUB" type veth peer name eth0 netns "$ns" || return 1
-    ip -n "$WC_HUB" link set "$port" master br0 up &&
-        ip -n "$ns" addr add "$addr/24" dev eth0 &&
-        ip -n "$ns" link set eth0 up
+    local ns=$1 addr=$2 port=$3 hub=${4:-$WC_HUB} ifname=${5:-eth0}
+    ip link add "$port" netns "$hub" type veth peer name "$ifname" netns "$ns" || return 1
+    ip -n "$hub" link set "$port" master br0 up &&
+        ip -n "$ns" addr add "$addr/24" dev "$ifname" &&
+        ip -n "$ns" link set "$ifname" up
+}
+
+cluster_router_exists() { [ -e "/run/netns/$WC_ROUTER" ]; }
+
+# cluster_router_create: the second segment (hub2, 203.0.113.0/24) and the
+# router joining it to the first; etcd and the first segment's nodes get a
+# route to it. Idempotent.
+cluster_router_create() {
+    _wc_need_init || return 1
+    cluster_router_exists && return 0
+    _wc_log "creating segment $WC_UNDERLAY2.0/24 (netns $WC_HUB2) and router $WC_ROUTER"
+    _wc_netns_add "$WC_HUB2" || return 1
+    ip -n "$WC_HUB2" link add br0 type bridge && ip -n "$WC_HUB2" link set br0 up || return 1
+    _wc_netns_add "$WC_ROUTER" || return 1
+    _wc_attach "$WC_ROUTER" "$WC_ROUTER_IP" v-router "$WC_HUB" eth0 &&
+        _wc_attach "$WC_ROUTER" "$WC_ROUTER_IP2" v-router "$WC_HUB2" eth1 || return 1
+    ip netns exec "$WC_ROUTER" sysctl -qw net.ipv4.ip_forward=1
+    local ns n
+    for ns in "$WC_ETCD_NS" $(for n in $(cluster_nodes); do [ "$n" -le 100 ] && cluster_node_ns "$n"; done); do
+        [ -e "/run/netns/$ns" ] && ip -n "$ns" route replace "$WC_UNDERLAY2.0/24" via "$WC_ROUTER_IP"
+    done
+    return 0
 }
 
 # cluster_create: hub netns with bridge br0, etcd netns, etcd started.
@@ -257,17 +311,22 @@ cluster_etcd_del() { cluster_etcdctl del "$1" >/dev/null; }
 # cluster_write_config [JSON]: <prefix>/config in flannel's format.
 cluster_write_config() {
     _wc_need_init || return 1
-    local cfg=${1:-$WC_NETWORK_CONFIG_DEFAULT}
+    local cfg=${1:-$(_wc_network_config)}
     _wc_log "config $WC_ETCD_PREFIX/config = $cfg"
     cluster_etcd_put "$WC_ETCD_PREFIX/config" "$cfg"
 }
 
 # cluster_lease_put SUBNET PUBLIC_IP VTEP_MAC [VNI]: a lease written by hand in
 # flannel's format, e.g. cluster_lease_put 10.244.77.0/24 198.51.100.77 02:..:77
+# (with WC_BACKEND=host-gw a host-gw lease; the MAC is then unused).
 cluster_lease_put() {
-    local subnet=$1 ip=$2 mac=$3 vni=${4:-1}
-    cluster_etcd_put "$WC_ETCD_PREFIX/subnets/${subnet%/*}-${subnet#*/}" \
-        "{\"PublicIP\":\"$ip\",\"PublicIPv6\":null,\"BackendType\":\"vxlan\",\"BackendData\":{\"VNI\":$vni,\"VtepMAC\":\"$mac\"}}"
+    local subnet=$1 ip=$2 mac=$3 vni=${4:-1} value
+    if [ "$WC_BACKEND" = host-gw ]; then
+        value="{\"PublicIP\":\"$ip\",\"PublicIPv6\":null,\"BackendType\":\"host-gw\"}"
+    else
+        value="{\"PublicIP\":\"$ip\",\"PublicIPv6\":null,\"BackendType\":\"vxlan\",\"BackendData\":{\"VNI\":$vni,\"VtepMAC\":\"$mac\"}}"
+    fi
+    cluster_etcd_put "$WC_ETCD_PREFIX/subnets/${subnet%/*}-${subnet#*/}" "$value"
 }
 cluster_lease_del() { cluster_etcd_del "$WC_ETCD_PREFIX/subnets/${1%/*}-${1#*/}"; }
 
@@ -304,7 +363,9 @@ cluster_leases() {
 
 # --- nodes ------------------------------------------------------------------------
 cluster_node_ns() { echo "${WC_PREFIX}n$1"; }
-cluster_node_ip() { echo "$WC_UNDERLAY.$((10 + $1))"; }
+cluster_node_ip() {
+    if [ "$1" -gt 100 ]; then echo "$WC_UNDERLAY2.$(($1 - 90))"; else echo "$WC_UNDERLAY.$((10 + $1))"; fi
+}
 cluster_node_dir() { echo "$WC_STATE/nodes/$1"; }
 cluster_node_subnet_file() { echo "$WC_STATE/nodes/$1/subnet.env"; }
 cluster_node_healthz_port() { echo $((10000 + $1)); }
@@ -336,7 +397,16 @@ cluster_node_create() {
     _wc_log "adding node n$n ($(cluster_node_ip "$n"), netns $ns)"
     mkdir -p "$dir/ipam" "$dir/flannel" "$dir/pods"
     _wc_netns_add "$ns" || return 1
-    _wc_attach "$ns" "$(cluster_node_ip "$n")" "v-n$n" || return 1
+    if [ "$n" -gt 100 ]; then
+        cluster_router_create || return 1
+        _wc_attach "$ns" "$(cluster_node_ip "$n")" "v-n$n" "$WC_HUB2" || return 1
+        ip -n "$ns" route add "$WC_UNDERLAY.0/24" via "$WC_ROUTER_IP2" || return 1
+    else
+        _wc_attach "$ns" "$(cluster_node_ip "$n")" "v-n$n" || return 1
+        if cluster_router_exists; then
+            ip -n "$ns" route add "$WC_UNDERLAY2.0/24" via "$WC_ROUTER_IP" || return 1
+        fi
+    fi
     ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1
     jq -cn --arg sf "$dir/subnet.env" --arg dd "$dir/flannel" --arg ipam "$dir/ipam" \
         --arg v "${WC_CNI_VERSION:-1.0.0}" \
@@ -492,23 +562,42 @@ cluster_ping() {
     ip netns exec "$(cluster_pod_ns "$1" "$2")" ping -n -q -c "$c" -i 0.2 -W 2 "$(cluster_pod_ip "$3" "$4")" >/dev/null 2>&1
 }
 
-# cluster_node_has_peer N SUBNET PUBLIC_IP: route, neighbour and FDB entry
-# for that lease present on node N's flannel.1.
+# cluster_node_peer_form N PUBLIC_IP: how node N should reach that peer:
+# "direct" (a route via the public IP on eth0: host-gw, or DirectRouting to
+# an on-link peer) or "vxlan" (neighbour, FDB entry and onlink route).
+cluster_node_peer_form() {
+    case "$WC_BACKEND" in
+    host-gw) echo direct ;;
+    directrouting)
+        if ip -n "$(cluster_node_ns "$1")" route get "$2" | grep -q ' via '; then echo vxlan; else echo direct; fi
+        ;;
+    *) echo vxlan ;;
+    esac
+}
+
+# cluster_node_has_peer N SUBNET PUBLIC_IP: the entries of the lease's form
+# (see cluster_node_peer_form) present on node N, and none of the other form.
 cluster_node_has_peer() {
     local ns gw
     ns=$(cluster_node_ns "$1") gw=${2%/*}
+    if [ "$(cluster_node_peer_form "$1" "$3")" = direct ]; then
+        ip -n "$ns" route show "$2" | grep -x "$2 via $3 dev eth0 *" >/dev/null &&
+            ! ip -n "$ns" neigh show dev flannel.1 "$gw" 2>/dev/null | grep . >/dev/null &&
+            ! bridge -n "$ns" fdb show dev flannel.1 2>/dev/null | grep "dst $3 " >/dev/null
+        return
+    fi
     ip -n "$ns" route show "$2" | grep "via $gw dev flannel.1 .*onlink" >/dev/null &&
         ip -n "$ns" neigh show dev flannel.1 "$gw" | grep 'PERMANENT' >/dev/null &&
         bridge -n "$ns" fdb show dev flannel.1 | grep "dst $3 self permanent" >/dev/null
 }
 
-# cluster_node_lacks_peer N SUBNET PUBLIC_IP: none of the three is present.
+# cluster_node_lacks_peer N SUBNET PUBLIC_IP: no entry for it, in either form.
 cluster_node_lacks_peer() {
     local ns gw
     ns=$(cluster_node_ns "$1") gw=${2%/*}
     ! ip -n "$ns" route show "$2" | grep . >/dev/null &&
-        ! ip -n "$ns" neigh show dev flannel.1 "$gw" | grep . >/dev/null &&
-        ! bridge -n "$ns" fdb show dev flannel.1 | grep "dst $3 " >/dev/null
+        ! ip -n "$ns" neigh show dev flannel.1 "$gw" 2>/dev/null | grep . >/dev/null &&
+        ! bridge -n "$ns" fdb show dev flannel.1 2>/dev/null | grep "dst $3 " >/dev/null
 }
 
 # cluster_nodes_up: nodes whose weftd wrote subnet.env.
@@ -540,6 +629,7 @@ cluster_node_show() {
     echo "== n$1 ($(cluster_node_ip "$1"), subnet $(cluster_node_subnet "$1"), netns $ns)"
     echo "-- routes (10.244.0.0/16):"
     ip -n "$ns" -4 route show | grep '^10\.244\.' | sed 's/^/   /'
+    ip -n "$ns" link show flannel.1 >/dev/null 2>&1 || return 0
     echo "-- fdb flannel.1:"
     bridge -n "$ns" fdb show dev flannel.1 | grep -v '^33:33\|^01:00' | sed 's/^/   /'
     echo "-- neigh flannel.1:"
@@ -606,7 +696,7 @@ cluster_teardown() {
     _wc_log "tearing down"
     for f in "$WC_STATE"/pids/weftd-*; do [ -e "$f" ] && _wc_stop "${f##*/}" TERM; done
     _wc_stop etcd TERM
-    # Pods first, nodes, then etcd and the hub.
+    # Pods first, nodes, then etcd, the router and the hubs.
     for ns in $(_wc_our_netns | sort -r); do _wc_netns_del "$ns"; done
     if [ "${WC_KEEP_STATE:-0}" = 1 ]; then
         _wc_log "state and logs kept in $WC_STATE"

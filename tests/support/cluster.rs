@@ -82,6 +82,8 @@ pub struct Cluster {
     /// The state dir of scripts/lib/cluster.sh.
     pub state: PathBuf,
     weftd_args: String,
+    /// `WC_BACKEND`: vxlan, host-gw or directrouting.
+    pub backend: &'static str,
     /// Every daemon pid seen, reaped on drop.
     pids: Mutex<BTreeSet<i32>>,
     _tmp: TempDir,
@@ -93,6 +95,13 @@ impl Cluster {
     /// flags every weftd of this cluster gets, on top of the fixed ones
     /// (endpoints, iface, public IP, subnet file, healthz).
     pub fn new(weftd_args: &str) -> Cluster {
+        Cluster::with_backend(weftd_args, "vxlan")
+    }
+
+    /// The same with another backend (`WC_BACKEND` of scripts/lib/cluster.sh:
+    /// vxlan, host-gw or directrouting): its default config, and what
+    /// `has_peer` checks.
+    pub fn with_backend(weftd_args: &str, backend: &'static str) -> Cluster {
         // Daemons are started by short-lived bash processes; make this
         // process their reaper so killed daemons do not stay <defunct>.
         SUBREAPER.call_once(|| {
@@ -107,6 +116,7 @@ impl Cluster {
             state: tmp.join("cluster"),
             name,
             weftd_args: weftd_args.to_string(),
+            backend,
             pids: Mutex::new(BTreeSet::new()),
             _tmp: tmp,
             _slot: slot,
@@ -128,6 +138,7 @@ impl Cluster {
             Command::new("bash")
                 .args(["-c", &full])
                 .env("WC_PREFIX", format!("{}-", self.name))
+                .env("WC_BACKEND", self.backend)
                 .env("WC_WEFTD_ARGS", &self.weftd_args)
                 .env("WC_QUIET", "1"),
             None,
@@ -253,9 +264,13 @@ impl Cluster {
         format!("{}-n{n}-{pod}", self.name)
     }
 
-    /// 198.51.100.(10+N).
+    /// 198.51.100.(10+N); nodes 101.. sit behind the router at 203.0.113.(N-90).
     pub fn node_ip(&self, n: u32) -> String {
-        format!("198.51.100.{}", 10 + n)
+        if n > 100 {
+            format!("203.0.113.{}", n - 90)
+        } else {
+            format!("198.51.100.{}", 10 + n)
+        }
     }
 
     pub fn node_dir(&self, n: u32) -> PathBuf {
@@ -282,12 +297,14 @@ impl Cluster {
         self.check(&format!("cluster_ping {n1} {p1} {n2} {p2}"))
     }
 
-    /// Route, permanent neighbour and FDB entry for that lease on node `n`.
+    /// The entries of that lease's form on node `n` (vxlan: route, permanent
+    /// neighbour and FDB entry; host-gw and DirectRouting to an on-link
+    /// peer: a route via its public IP on eth0), and none of the other.
     pub fn has_peer(&self, n: u32, subnet: &str, public_ip: &str) -> bool {
         self.check(&format!("cluster_node_has_peer {n} {subnet} {public_ip}"))
     }
 
-    /// None of the three entries for that lease on node `n`.
+    /// No entry for that lease on node `n`, in either form.
     pub fn lacks_peer(&self, n: u32, subnet: &str, public_ip: &str) -> bool {
         self.check(&format!("cluster_node_lacks_peer {n} {subnet} {public_ip}"))
     }

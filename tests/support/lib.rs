@@ -29,6 +29,7 @@ mod cluster;
 mod cni;
 mod config;
 mod driver;
+mod fault;
 mod fixture;
 mod inspect;
 mod netns;
@@ -41,6 +42,7 @@ pub use config::{
     bridge_plugin, conflist, host_local_ipam, merged, network, subnet_range, with_prev,
 };
 pub use driver::{driver_path, Driver};
+pub use fault::sendto_failing_wrapper;
 pub use fixture::{assert_ping, container_id, host_veth, BridgeEnv};
 pub use inspect::{
     addrs, assert_no_veths, eventually, has_flag, ipv4_addrs, is_up, link, links, nft_rules,

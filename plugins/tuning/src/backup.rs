@@ -70,7 +70,9 @@ pub fn create(path: &Path, backup: &Backup) -> Result<bool, Error> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
         Err(e) => return Err(Error::io(format!("create {}", path.display()), &e)),
     };
-    if let Err(e) = file.write_all(&text).and_then(|()| file.sync_all()) {
+    // No fsync: the default dataDir is tmpfs and the pods die with a
+    // reboot anyway; a torn file reads as "no backup", as a missing one.
+    if let Err(e) = file.write_all(&text) {
         let _ = std::fs::remove_file(path);
         return Err(Error::io(format!("write {}", path.display()), &e));
     }

@@ -55,31 +55,36 @@ fn originals(req: &Request, config: &TuningConfig, pod: &Pod) -> Result<Backup, 
         network: Some(req.name.clone()),
         ..Default::default()
     };
-    for s in &config.sysctls {
-        let path = s.path.clone();
-        let value = in_pod(&pod.ns, move || read_sysctl(&path)).map_err(|e| {
+    // One trip into the netns for all of them. Some host-wide sysctls show
+    // up read-only in every netns (net.core.rmem_max): opening for
+    // writing tells them apart.
+    let paths: Vec<String> = config.sysctls.iter().map(|s| s.path.clone()).collect();
+    let found = if paths.is_empty() {
+        Vec::new()
+    } else {
+        pod.ns
+            .run(move || {
+                paths
+                    .iter()
+                    .map(|path| {
+                        let value = read_sysctl(path).map_err(|e| e.to_string())?;
+                        std::fs::OpenOptions::new()
+                            .write(true)
+                            .open(Path::new("/proc/sys").join(path))
+                            .map_err(|e| format!("not writable: {e}"))?;
+                        Ok(value)
+                    })
+                    .collect::<Vec<Result<String, String>>>()
+            })
+            .map_err(|e| Error::kernel("enter the pod netns", e))?
+    };
+    for (s, value) in config.sysctls.iter().zip(found) {
+        let value = value.map_err(|e| {
             Error::config(format!(
-                "sysctl {} cannot be read in the pod's netns, so it is not one of its own: {e}",
+                "sysctl {} is not one of the pod netns's own ({e})",
                 s.name
             ))
         })?;
-        // Some host-wide sysctls show up read-only in every netns
-        // (net.core.rmem_max): opening for writing tells them apart.
-        let path = s.path.clone();
-        pod.ns
-            .run(move || {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(Path::new("/proc/sys").join(path))
-                    .map(drop)
-            })
-            .map_err(|e| Error::kernel("enter the pod netns", e))?
-            .map_err(|e| {
-                Error::config(format!(
-                    "sysctl {} is not writable in the pod's netns, so it is not one of its own: {e}",
-                    s.name
-                ))
-            })?;
         b.sysctl.insert(s.path.clone(), value);
     }
     let l = &pod.link;
@@ -98,10 +103,18 @@ fn kernel(what: String) -> impl FnOnce(weft_netlink::Error) -> Error {
 /// Apply `config` in the reference's order: sysctls, mac, promisc, mtu,
 /// allmulti, txQLen.
 fn apply(config: &TuningConfig, pod: &mut Pod) -> Result<(), Error> {
-    for s in &config.sysctls {
-        let (path, value) = (s.path.clone(), s.value.clone());
-        in_pod(&pod.ns, move || write_sysctl(&path, &value))
-            .map_err(kernel(format!("set sysctl {}={}", s.name, s.value)))?;
+    let writes: Vec<(String, String)> = config
+        .sysctls
+        .iter()
+        .map(|s| (s.path.clone(), s.value.clone()))
+        .collect();
+    if !writes.is_empty() {
+        in_pod(&pod.ns, move || {
+            writes
+                .iter()
+                .try_for_each(|(path, value)| write_sysctl(path, value))
+        })
+        .map_err(kernel("set the sysctls".into()))?;
     }
     let (nl, index, name) = (&mut pod.nl, pod.link.index, &pod.link.name);
     if let Some(mac) = config.mac {
@@ -146,9 +159,20 @@ fn restore(b: &Backup, ns: &Netns, nl: &mut Netlink, index: u32) -> Vec<Error> {
     if let Some(len) = b.txqlen {
         results.push(nl.set_txqlen(index, len));
     }
-    for (path, value) in &b.sysctl {
-        let (path, value) = (path.clone(), value.clone());
-        results.push(in_pod(ns, move || write_sysctl(&path, &value)));
+    let sysctls = b.sysctl.clone();
+    let written = if sysctls.is_empty() {
+        Ok(Vec::new())
+    } else {
+        ns.run(move || {
+            sysctls
+                .iter()
+                .map(|(path, value)| write_sysctl(path, value))
+                .collect::<Vec<_>>()
+        })
+    };
+    match written {
+        Ok(all) => results.extend(all),
+        Err(e) => results.push(Err(e)),
     }
     results
         .into_iter()

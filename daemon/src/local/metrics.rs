@@ -12,6 +12,8 @@ pub struct Metrics {
     pub peers_programmed: AtomicU64,
     /// Kernel entries (neighbours, FDB entries, routes) currently desired and present.
     pub entries_programmed: AtomicU64,
+    /// Valid peers the backend cannot program (host-gw: not on-link).
+    pub peers_unprogrammable: AtomicU64,
     pub etcd_reconnects: AtomicU64,
     pub programming_errors: AtomicU64,
     pub lease_acquisitions: AtomicU64,
@@ -46,6 +48,8 @@ impl Metrics {
             Some("masquerade rules not installed")
         } else if !self.peers_synced.load(Relaxed) {
             Some("peers not synced")
+        } else if self.peers_unprogrammable.load(Relaxed) > 0 {
+            Some("peers not programmable by the backend (host-gw: not on-link; see the log)")
         } else {
             None
         }
@@ -73,8 +77,14 @@ impl Metrics {
         put(
             "weftd_peers_programmed",
             "gauge",
-            "Remote vxlan leases fully programmed in the kernel.",
+            "Remote leases fully programmed in the kernel.",
             self.peers_programmed.load(Relaxed),
+        );
+        put(
+            "weftd_peers_unprogrammable",
+            "gauge",
+            "Valid remote leases the backend cannot program (host-gw: the peer is not on-link).",
+            self.peers_unprogrammable.load(Relaxed),
         );
         put(
             "weftd_entries_programmed",

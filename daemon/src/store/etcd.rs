@@ -1,9 +1,9 @@
 //! The etcd subnet registry: read the config, acquire our lease atomically,
 //! renew it with compare-and-swap, and list/watch everyone's leases.
 
-use crate::config::{
-    config_key, lease_key_dual, parse_lease_key_dual, subnets_prefix, LeaseAttrs, NetConfig,
-};
+use super::attrs::LeaseAttrs;
+use super::keys::{config_key, lease_key_dual, parse_lease_key_dual, subnets_prefix};
+use crate::config::NetConfig;
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::net::Ipv4Addr;
@@ -285,152 +285,187 @@ impl Registry {
                 &mut |n| rng.below(n),
                 &mut stale,
             )?;
-            for e in stale {
-                crate::info!(
-                    "deleting our old lease that no longer fits the config",
-                    subnet = e.subnet
-                );
-                let key = e.key(&self.prefix);
-                let txn = Txn::new()
-                    .when([Compare::mod_revision(
-                        key.clone(),
-                        CompareOp::Equal,
-                        e.mod_revision,
-                    )])
-                    .and_then([TxnOp::delete(key, None)]);
-                self.client.txn(txn).await?;
-            }
-            match p {
-                Plan::UseReservation(e) => {
-                    let key = e.key(&self.prefix);
-                    let same_backend = e.attrs.as_ref().is_some_and(|a| {
-                        a.backend_type == attrs.backend_type && a.backend_data == attrs.backend_data
-                    });
-                    let mut mod_revision = e.mod_revision;
-                    if !same_backend {
-                        // Peers need our VTEP MAC; keep it a reservation (no lease).
-                        let txn = Txn::new()
-                            .when([Compare::mod_revision(
-                                key.clone(),
-                                CompareOp::Equal,
-                                e.mod_revision,
-                            )])
-                            .and_then([TxnOp::put(key.clone(), value.clone(), None)]);
-                        let r = self.client.txn(txn).await?;
-                        if !r.succeeded() {
-                            continue;
-                        }
-                        mod_revision = header_rev(r.header())?;
-                    }
-                    crate::info!("using reservation", subnet = e.subnet, key = key);
-                    return Ok(OwnLease {
-                        subnet: e.subnet,
-                        subnet6: e.subnet6,
-                        key,
-                        etcd_lease: 0,
-                        create_revision: e.create_revision,
-                        mod_revision,
-                        ttl: 0,
-                    });
-                }
-                Plan::Reuse(e) => {
-                    let key = e.key(&self.prefix);
-                    let g = self.client.lease_grant(self.ttl, None).await?;
-                    let txn = Txn::new()
-                        .when([Compare::mod_revision(
-                            key.clone(),
-                            CompareOp::Equal,
-                            e.mod_revision,
-                        )])
-                        .and_then([TxnOp::put(
-                            key.clone(),
-                            value.clone(),
-                            Some(PutOptions::new().with_lease(g.id())),
-                        )]);
-                    let r = self.client.txn(txn).await?;
-                    if !r.succeeded() {
-                        let _ = self.client.lease_revoke(g.id()).await;
-                        crate::info!(
-                            "lost a race re-using our lease; retrying",
-                            subnet = e.subnet
-                        );
-                        continue;
-                    }
-                    crate::info!(
-                        "re-using our existing lease",
-                        subnet = e.subnet,
-                        ttl = g.ttl()
-                    );
-                    return Ok(OwnLease {
-                        subnet: e.subnet,
-                        subnet6: e.subnet6,
-                        key,
-                        etcd_lease: g.id(),
-                        create_revision: e.create_revision,
-                        mod_revision: header_rev(r.header())?,
-                        ttl: g.ttl(),
-                    });
-                }
+            self.delete_stale(stale).await?;
+            let got = match p {
+                Plan::UseReservation(e) => self.use_reservation(e, attrs, &value).await?,
+                Plan::Reuse(e) => self.reuse(e, &value).await?,
                 Plan::Create(subnet, subnet6) => {
-                    let key = lease_key_dual(&self.prefix, &subnet, subnet6.as_ref());
-                    let g = self.client.lease_grant(self.ttl, None).await?;
-                    let txn = Txn::new()
-                        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                        .and_then([TxnOp::put(
-                            key.clone(),
-                            value.clone(),
-                            Some(PutOptions::new().with_lease(g.id())),
-                        )]);
-                    let r = self.client.txn(txn).await?;
-                    if !r.succeeded() {
-                        let _ = self.client.lease_revoke(g.id()).await;
-                        crate::info!(
-                            "lost the race for a subnet; retrying",
-                            subnet = subnet,
-                            attempt = attempt + 1
-                        );
-                        continue;
-                    }
-                    let rev = header_rev(r.header())?;
-                    // The txn guards only this exact key: another key for an
-                    // overlapping subnet (other prefix length, other IPv6 part) may
-                    // have been created since our listing. The older key wins.
-                    let (now, _) = self.list().await?;
-                    if lost_to_older(&now, &self.prefix, &key, rev) {
-                        let txn = Txn::new()
-                            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
-                            .and_then([TxnOp::delete(key.clone(), None)]);
-                        self.client.txn(txn).await?;
-                        let _ = self.client.lease_revoke(g.id()).await;
-                        crate::info!(
-                            "an older lease holds one of our subnets; retrying",
-                            key = key,
-                            attempt = attempt + 1
-                        );
-                        continue;
-                    }
-                    match subnet6 {
-                        Some(s6) => crate::info!(
-                            "acquired new lease",
-                            subnet = subnet,
-                            subnet6 = s6,
-                            ttl = g.ttl()
-                        ),
-                        None => crate::info!("acquired new lease", subnet = subnet, ttl = g.ttl()),
-                    }
-                    return Ok(OwnLease {
-                        subnet,
-                        subnet6,
-                        key,
-                        etcd_lease: g.id(),
-                        create_revision: rev,
-                        mod_revision: rev,
-                        ttl: g.ttl(),
-                    });
+                    self.create(subnet, subnet6, &value, attempt).await?
                 }
+            };
+            if let Some(own) = got {
+                return Ok(own);
             }
         }
         Err(LeaseError::TooManyRaces(RACE_RETRIES))
+    }
+
+    /// Delete our own leases that no longer fit the config.
+    async fn delete_stale(&mut self, stale: Vec<Entry>) -> Result<(), LeaseError> {
+        for e in stale {
+            crate::info!(
+                "deleting our old lease that no longer fits the config",
+                subnet = e.subnet
+            );
+            let key = e.key(&self.prefix);
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    e.mod_revision,
+                )])
+                .and_then([TxnOp::delete(key, None)]);
+            self.client.txn(txn).await?;
+        }
+        Ok(())
+    }
+
+    /// Use a reservation with our PublicIP as it is (its value refreshed
+    /// when the backend data differ, never a TTL). `None`: lost a race.
+    async fn use_reservation(
+        &mut self,
+        e: Entry,
+        attrs: &LeaseAttrs,
+        value: &str,
+    ) -> Result<Option<OwnLease>, LeaseError> {
+        let value = value.to_string();
+        let key = e.key(&self.prefix);
+        let same_backend = e.attrs.as_ref().is_some_and(|a| {
+            a.backend_type == attrs.backend_type && a.backend_data == attrs.backend_data
+        });
+        let mut mod_revision = e.mod_revision;
+        if !same_backend {
+            // Peers need our VTEP MAC; keep it a reservation (no lease).
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    e.mod_revision,
+                )])
+                .and_then([TxnOp::put(key.clone(), value.clone(), None)]);
+            let r = self.client.txn(txn).await?;
+            if !r.succeeded() {
+                return Ok(None);
+            }
+            mod_revision = header_rev(r.header())?;
+        }
+        crate::info!("using reservation", subnet = e.subnet, key = key);
+        Ok(Some(OwnLease {
+            subnet: e.subnet,
+            subnet6: e.subnet6,
+            key,
+            etcd_lease: 0,
+            create_revision: e.create_revision,
+            mod_revision,
+            ttl: 0,
+        }))
+    }
+
+    /// Put `value` at `key` on a fresh etcd lease if `cond` holds; the
+    /// lease is revoked when it does not (`None`).
+    async fn put_on_new_lease(
+        &mut self,
+        key: &str,
+        value: &str,
+        cond: Compare,
+    ) -> Result<Option<(etcd_client::LeaseGrantResponse, etcd_client::TxnResponse)>, LeaseError>
+    {
+        let g = self.client.lease_grant(self.ttl, None).await?;
+        let txn = Txn::new().when([cond]).and_then([TxnOp::put(
+            key,
+            value,
+            Some(PutOptions::new().with_lease(g.id())),
+        )]);
+        let r = self.client.txn(txn).await?;
+        if !r.succeeded() {
+            let _ = self.client.lease_revoke(g.id()).await;
+            return Ok(None);
+        }
+        Ok(Some((g, r)))
+    }
+
+    /// Move our previous lease onto a fresh etcd lease. `None`: lost a race.
+    async fn reuse(&mut self, e: Entry, value: &str) -> Result<Option<OwnLease>, LeaseError> {
+        let key = e.key(&self.prefix);
+        let cond = Compare::mod_revision(key.clone(), CompareOp::Equal, e.mod_revision);
+        let Some((g, r)) = self.put_on_new_lease(&key, value, cond).await? else {
+            crate::info!(
+                "lost a race re-using our lease; retrying",
+                subnet = e.subnet
+            );
+            return Ok(None);
+        };
+        crate::info!(
+            "re-using our existing lease",
+            subnet = e.subnet,
+            ttl = g.ttl()
+        );
+        Ok(Some(OwnLease {
+            subnet: e.subnet,
+            subnet6: e.subnet6,
+            key,
+            etcd_lease: g.id(),
+            create_revision: e.create_revision,
+            mod_revision: header_rev(r.header())?,
+            ttl: g.ttl(),
+        }))
+    }
+
+    /// Create a new key for free subnets. `None`: lost a race (for this
+    /// key, or to an older overlapping one).
+    async fn create(
+        &mut self,
+        subnet: Ipv4Network,
+        subnet6: Option<Ipv6Network>,
+        value: &str,
+        attempt: u32,
+    ) -> Result<Option<OwnLease>, LeaseError> {
+        let key = lease_key_dual(&self.prefix, &subnet, subnet6.as_ref());
+        let cond = Compare::create_revision(key.clone(), CompareOp::Equal, 0);
+        let Some((g, r)) = self.put_on_new_lease(&key, value, cond).await? else {
+            crate::info!(
+                "lost the race for a subnet; retrying",
+                subnet = subnet,
+                attempt = attempt + 1
+            );
+            return Ok(None);
+        };
+        let rev = header_rev(r.header())?;
+        // The txn guards only this exact key: another key for an
+        // overlapping subnet (other prefix length, other IPv6 part) may
+        // have been created since our listing. The older key wins.
+        let (now, _) = self.list().await?;
+        if lost_to_older(&now, &self.prefix, &key, rev) {
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+                .and_then([TxnOp::delete(key.clone(), None)]);
+            self.client.txn(txn).await?;
+            let _ = self.client.lease_revoke(g.id()).await;
+            crate::info!(
+                "an older lease holds one of our subnets; retrying",
+                key = key,
+                attempt = attempt + 1
+            );
+            return Ok(None);
+        }
+        match subnet6 {
+            Some(s6) => crate::info!(
+                "acquired new lease",
+                subnet = subnet,
+                subnet6 = s6,
+                ttl = g.ttl()
+            ),
+            None => crate::info!("acquired new lease", subnet = subnet, ttl = g.ttl()),
+        }
+        Ok(Some(OwnLease {
+            subnet,
+            subnet6,
+            key,
+            etcd_lease: g.id(),
+            create_revision: rev,
+            mod_revision: rev,
+            ttl: g.ttl(),
+        }))
     }
 
     /// Move our key onto a fresh etcd lease if nobody touched it since we

@@ -2,15 +2,18 @@
 //! to etcd) can put any lease under `<prefix>/subnets/`; a lease is only
 //! programmed when its subnet lies inside `Network` (`IPv6Network`), does
 //! not overlap our own subnet, the underlay or an older lease, and it has a
-//! usable PublicIP and VtepMAC. Everything else is rejected with a reason,
+//! usable PublicIP and the backend accepts it (vxlan: a unicast VtepMAC;
+//! host-gw: BackendType host-gw). Everything else is rejected with a reason,
 //! logged once ([`Rejections`]), and never reaches the data plane, so it
 //! can neither black-hole the underlay nor keep the node unready.
 
-use crate::dataplane::{Peer, Subnet};
-use crate::lease::Entry;
+use super::family::Subnet;
+use crate::backends::{Backend, Peer, PeerData};
+use crate::store::etcd::Entry;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use weft_netlink::IpFamily;
 
 /// What a peer must stay clear of, for one address family.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,8 +66,8 @@ impl Scopes {
 /// The peers to program and the leases rejected (lease key name -> reason).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Selection {
-    pub v4: Vec<Peer<Ipv4Network>>,
-    pub v6: Vec<Peer<Ipv6Network>>,
+    pub v4: Vec<Peer>,
+    pub v6: Vec<Peer>,
     pub rejected: BTreeMap<String, String>,
 }
 
@@ -73,7 +76,8 @@ struct Candidate<N: Subnet> {
     name: String,
     subnet: N,
     public_ip: Option<N::Addr>,
-    mac: Option<[u8; 6]>,
+    /// What the backend needs from the lease, or why it cannot use it.
+    data: Result<PeerData, String>,
     create_revision: i64,
 }
 
@@ -117,14 +121,7 @@ fn reject_alone<N: Subnet>(c: &Candidate<N>, own: Option<&N>, s: &Scope<N>) -> O
     if s.public_ip == Some(ip) {
         return Some(format!("PublicIP {ip} is this node's"));
     }
-    match c.mac {
-        None => Some("not a vxlan lease with a VtepMAC".into()),
-        Some(m) if m == [0; 6] || m[0] & 1 != 0 => Some(format!(
-            "VtepMAC {} is not a unicast MAC",
-            weft_netlink::format_mac(&m)
-        )),
-        Some(_) => None,
-    }
+    c.data.as_ref().err().cloned()
 }
 
 /// Validate one family. Among leases that conflict with each other
@@ -137,32 +134,36 @@ fn select_family<N: Subnet>(
     own: Option<&N>,
     s: &Scope<N>,
     rejected: &mut BTreeMap<String, String>,
-) -> Vec<Peer<N>> {
+) -> Vec<Peer> {
     cands.sort_by(|a, b| (a.create_revision, &a.name).cmp(&(b.create_revision, &b.name)));
-    let mut by_base: BTreeMap<N::Addr, (Peer<N>, String)> = BTreeMap::new();
+    let mut by_base: BTreeMap<N::Addr, (N, Peer, String)> = BTreeMap::new();
     let mut by_mac: BTreeMap<[u8; 6], (N::Addr, String)> = BTreeMap::new();
     for c in cands {
         if let Some(why) = reject_alone(&c, own, s) {
             rejected.insert(c.name, why);
             continue;
         }
-        let (Some(public_ip), Some(mac)) = (c.public_ip, c.mac) else {
+        let (Some(public_ip), Ok(data)) = (c.public_ip, c.data) else {
             continue; // reject_alone covers both
         };
         let base = c.subnet.base();
         let below = by_base.range(..=base).next_back().map(|(_, v)| v);
         let above = by_base.range(base..).next().map(|(_, v)| v);
         let overlapping = below
-            .filter(|(p, _)| p.subnet.overlaps(&c.subnet))
-            .or(above.filter(|(p, _)| c.subnet.has(p.subnet.base())));
-        let conflict = if let Some((_, name)) = overlapping {
+            .filter(|(s, _, _)| s.overlaps(&c.subnet))
+            .or(above.filter(|(s, _, _)| c.subnet.has(s.base())));
+        let conflict = if let Some((_, _, name)) = overlapping {
             Some(format!(
                 "subnet {} overlaps the older lease {name}",
                 c.subnet
             ))
         } else {
-            match by_mac.get(&mac) {
-                Some((ip, name)) if *ip != public_ip => Some(format!(
+            let mac = match data {
+                PeerData::Vtep(m) => Some(m),
+                PeerData::None => None,
+            };
+            match mac.and_then(|m| by_mac.get(&m).map(|v| (m, v))) {
+                Some((mac, (ip, name))) if *ip != public_ip => Some(format!(
                     "VtepMAC {} is already used by the older lease {name}",
                     weft_netlink::format_mac(&mac)
                 )),
@@ -173,15 +174,17 @@ fn select_family<N: Subnet>(
             rejected.insert(c.name, why);
             continue;
         }
-        by_mac.entry(mac).or_insert((public_ip, c.name.clone()));
+        if let PeerData::Vtep(mac) = data {
+            by_mac.entry(mac).or_insert((public_ip, c.name.clone()));
+        }
         let peer = Peer {
-            subnet: c.subnet,
-            mac,
-            public_ip,
+            subnet: c.subnet.ip_network(),
+            public_ip: public_ip.into(),
+            data,
         };
-        by_base.insert(base, (peer, c.name));
+        by_base.insert(base, (c.subnet, peer, c.name));
     }
-    let mut peers: Vec<Peer<N>> = by_base.into_values().map(|(p, _)| p).collect();
+    let mut peers: Vec<Peer> = by_base.into_values().map(|(_, p, _)| p).collect();
     peers.sort();
     peers
 }
@@ -191,6 +194,7 @@ pub fn select<'a>(
     entries: impl IntoIterator<Item = &'a Entry> + Clone,
     own: Option<(Ipv4Network, Option<Ipv6Network>)>,
     scopes: &Scopes,
+    backend: &dyn Backend,
 ) -> Selection {
     let own4 = own.map(|o| o.0);
     let theirs = || {
@@ -200,13 +204,13 @@ pub fn select<'a>(
             .filter(move |e| Some(e.subnet) != own4)
     };
     let mut rejected = BTreeMap::new();
-    let name = |e: &Entry| crate::config::lease_key_name_dual(&e.subnet, e.subnet6.as_ref());
+    let name = |e: &Entry| crate::store::keys::lease_key_name_dual(&e.subnet, e.subnet6.as_ref());
     let v4 = theirs()
         .map(|e| Candidate {
             name: name(e),
             subnet: e.subnet,
             public_ip: e.attrs.as_ref().and_then(|a| a.public_ipv4()),
-            mac: e.attrs.as_ref().and_then(|a| a.vtep_mac()),
+            data: accept(backend, e, IpFamily::V4),
             create_revision: e.create_revision,
         })
         .collect();
@@ -221,7 +225,7 @@ pub fn select<'a>(
                         name: name(e),
                         subnet: e.subnet6?,
                         public_ip: e.attrs.as_ref().and_then(|a| a.public_ipv6_addr()),
-                        mac: e.attrs.as_ref().and_then(|a| a.vtep_mac_v6()),
+                        data: accept(backend, e, IpFamily::V6),
                         create_revision: e.create_revision,
                     })
                 })
@@ -241,6 +245,13 @@ pub fn select<'a>(
         }
     };
     Selection { v4, v6, rejected }
+}
+
+fn accept(backend: &dyn Backend, e: &Entry, family: IpFamily) -> Result<PeerData, String> {
+    match &e.attrs {
+        None => Err("the lease value is not flannel's JSON".into()),
+        Some(a) => backend.accept(a, family),
+    }
 }
 
 /// Remembers which leases were rejected so that each is logged once (and
@@ -264,6 +275,10 @@ impl Rejections {
         self.0.clone_from(now);
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     #[cfg(test)]
     fn count(&self) -> usize {
         self.0.len()
@@ -273,7 +288,26 @@ impl Rejections {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::LeaseAttrs;
+    use crate::backends::underlay::Underlay;
+    use crate::backends::vxlan::Vxlan;
+    use crate::store::attrs::LeaseAttrs;
+
+    fn vxlan() -> Vxlan {
+        let cfg = crate::config::parse_config(
+            r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:5::/56","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        let u = Underlay {
+            index: 2,
+            name: "eth0".into(),
+            ip: Ipv4Addr::new(198, 51, 100, 11),
+            ip6: None,
+            mtu: 1500,
+            nets: Vec::new(),
+        };
+        let ip6 = "2001:db8:100::11".parse().unwrap();
+        Vxlan::new(&cfg, &u, u.ip, Some(ip6), false).unwrap()
+    }
 
     fn scopes(dual: bool) -> Scopes {
         Scopes::new(
@@ -289,7 +323,7 @@ mod tests {
     }
 
     fn lease(sub: &str, value: &str, rev: i64) -> Entry {
-        let (subnet, subnet6) = crate::config::parse_lease_key_name_dual(sub).unwrap();
+        let (subnet, subnet6) = crate::store::keys::parse_lease_key_name_dual(sub).unwrap();
         Entry {
             subnet,
             subnet6,
@@ -309,7 +343,12 @@ mod tests {
     const OWN: &str = "10.5.1.0/24";
 
     fn run(es: &[Entry]) -> Selection {
-        select(es, Some((OWN.parse().unwrap(), None)), &scopes(false))
+        select(
+            es,
+            Some((OWN.parse().unwrap(), None)),
+            &scopes(false),
+            &vxlan(),
+        )
     }
 
     #[test]
@@ -322,7 +361,10 @@ mod tests {
         let s = run(&es);
         assert_eq!(s.v4.len(), 2, "{s:?}");
         assert!(s.rejected.is_empty(), "{s:?}");
-        assert_eq!(s.v4[0].public_ip, Ipv4Addr::new(198, 51, 100, 12));
+        assert_eq!(
+            s.v4[0].public_ip,
+            IpAddr::V4(Ipv4Addr::new(198, 51, 100, 12))
+        );
     }
 
     #[test]
@@ -393,7 +435,7 @@ mod tests {
             &vx("192.0.2.1", "02:00:00:00:00:02"),
             3,
         )];
-        let s = select(&es, None, &sc);
+        let s = select(&es, None, &sc, &vxlan());
         assert!(s.v4.is_empty());
         assert!(s.rejected["198.51.100.0-24"].contains("underlay"));
     }
@@ -456,13 +498,13 @@ mod tests {
             "10.5.1.0/24".parse().unwrap(),
             Some("fd00:5:0:1::/64".parse().unwrap()),
         );
-        let s = select(&es, Some(own), &scopes(true));
+        let s = select(&es, Some(own), &scopes(true), &vxlan());
         // .3 keeps its IPv4 side (same VTEP as .2, same PublicIP).
         assert_eq!(s.v4.len(), 3, "{s:?}");
         assert_eq!(s.v6.len(), 1);
         assert_eq!(
             s.v6[0].public_ip,
-            "2001:db8:100::12".parse::<Ipv6Addr>().unwrap()
+            "2001:db8:100::12".parse::<IpAddr>().unwrap()
         );
         assert_eq!(s.rejected.len(), 1);
         assert!(s.rejected["10.5.3.0-24&fd00:9::-64"]

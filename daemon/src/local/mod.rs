@@ -1,0 +1,4 @@
+//! The local interfaces: /healthz, /readyz and /metrics.
+
+pub mod health;
+pub mod metrics;
