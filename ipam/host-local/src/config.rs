@@ -53,15 +53,6 @@ struct RawRuntime {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawIpam {
-    /// The legacy single range: a range's four keys at the top of `ipam`.
-    #[serde(default, deserialize_with = "subnet")]
-    subnet: Option<IpNetwork>,
-    #[serde(default, deserialize_with = "decode::ip")]
-    range_start: Option<IpAddr>,
-    #[serde(default, deserialize_with = "decode::ip")]
-    range_end: Option<IpAddr>,
-    #[serde(default, deserialize_with = "decode::ip")]
-    gateway: Option<IpAddr>,
     #[serde(default, deserialize_with = "range_sets")]
     ranges: Option<Vec<RawRangeSet>>,
     #[serde(default, deserialize_with = "routes")]
@@ -70,6 +61,14 @@ struct RawIpam {
     data_dir: Option<String>,
     #[serde(default, deserialize_with = "decode::text")]
     resolv_conf: Option<String>,
+}
+
+/// The legacy single range: a range's keys at the top of `ipam`, decoded
+/// on their own so that errors name them `ipam.subnet` and so on.
+#[derive(Deserialize)]
+struct RawLegacy {
+    #[serde(default, deserialize_with = "object")]
+    ipam: Option<RawRange>,
 }
 
 /// One range set: a list of ranges.
@@ -187,14 +186,9 @@ impl IpamConfig {
         if let Some(runtime) = net.runtime_config.and_then(|r| r.ip_ranges) {
             sets.extend(parse_range_sets(&runtime, "runtimeConfig.ipRanges")?);
         }
-        if ipam.subnet.is_some() {
-            let legacy = RawRange {
-                subnet: ipam.subnet,
-                range_start: ipam.range_start,
-                range_end: ipam.range_end,
-                gateway: ipam.gateway,
-            };
-            let ranges = vec![parse_range(&legacy, "ipam")?];
+        let legacy: RawLegacy = decode(config)?;
+        if let Some(range) = legacy.ipam.filter(|r| r.subnet.is_some()) {
+            let ranges = vec![parse_range(&range, "ipam")?];
             sets.push(("ipam.subnet".into(), RangeSet { ranges }));
         }
         if let Some(ranges) = &ipam.ranges {
