@@ -626,13 +626,7 @@ fn flannel_plugin_status_waits_for_subnet_env() {
     // A node whose weftd has no config yet: it waits, no subnet.env.
     c.sh("cluster_node_create 1 && cluster_weftd_start 1");
     let status = r#"WC_CNI_CONF=$(jq -c '.cniVersion="1.1.0"' "$(cluster_node_dir 1)/cni.conf") cluster_cni 1 STATUS"#;
-    assert!(
-        c.wait_for(secs(20), || c
-            .weftd_log(1)
-            .contains("network config not found in etcd; waiting")),
-        "weftd did not look for its config:\n{}",
-        c.weftd_log(1)
-    );
+    c.wait_for_log(1, "network config not found in etcd; waiting", secs(20));
     assert!(!c.subnet_file(1).exists());
     let out = c.try_sh(status);
     assert!(!out.status.success(), "STATUS succeeded without subnet.env");

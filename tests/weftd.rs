@@ -174,13 +174,7 @@ fn subnet_env_is_written_only_once_masquerade_rules_are_in_and_readyz_follows_th
     // The rules cannot go in: no subnet.env (it would say FLANNEL_IPMASQ=true
     // and the CNI plugin would not masquerade either), not ready; checked
     // once weftd has tried and failed to install them.
-    assert!(
-        c.wait_for(secs(20), || c
-            .weftd_log(1)
-            .contains("installing masquerade rules failed")),
-        "weftd never tried the masquerade rules:\n{}",
-        c.weftd_log(1)
-    );
+    c.wait_for_log(1, "installing masquerade rules failed", secs(20));
     assert!(c.weftd_running(1), "{}", c.weftd_log(1));
     assert!(
         !c.subnet_file(1).exists(),

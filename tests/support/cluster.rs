@@ -414,6 +414,16 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// Waits up to `within` for weftd on node `n` to log `needle`; panics
+    /// with the log when it does not.
+    pub fn wait_for_log(&self, n: u32, needle: &str, within: Duration) {
+        assert!(
+            self.wait_for(within, || self.weftd_log(n).contains(needle)),
+            "weftd on n{n} never logged {needle:?}:\n{}",
+            self.weftd_log(n)
+        );
+    }
+
     /// The value of an unlabelled metric from node `n`'s /metrics.
     pub fn metric(&self, n: u32, name: &str) -> Option<u64> {
         let out = self.try_sh(&format!(
