@@ -15,6 +15,10 @@
 #                        (scripts/bench_portmap.py)
 #   --chain              instead: bandwidth and tuning chained after weft's
 #                        bridge, weft against Go (scripts/bench_chain.py)
+#   --kube-flannel       instead: kube-flannel's whole conflist (flannel +
+#                        portmap) ADD and DEL, weft against Go, as libcni
+#                        drives it (scripts/bench_flannel_chain.py)
+#   --k3s                the same with k3s's (flannel + portmap + bandwidth)
 # Environment:
 #   BENCH_ITERATIONS     same as -n
 #   WEFT_CNI_DIR         weft plugin dir (default target/x86_64-unknown-linux-gnu/release)
@@ -41,12 +45,14 @@ raw=""
 mode_args=()
 portmap=""
 chain=""
+flannel_chain=""
 while (($# > 0)); do
     case "$1" in
         -n | --iterations) iterations="${2:?-n needs a number}"; shift 2 ;;
         --iterations=*) iterations="${1#*=}"; shift ;;
         --portmap) portmap=1; shift ;;
         --chain) chain=1; shift ;;
+        --kube-flannel | --k3s) flannel_chain="${1#--}"; shift ;;
         --raw) raw="$(realpath -m -- "${2:?--raw needs a file}")"; shift 2 ;;
         --static) mode_args+=(--static); shift ;;
         -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
@@ -147,6 +153,34 @@ if [[ -n $portmap ]]; then
         --tmp "$tmp" --netns "/run/netns/$prefix-pod" --full-node "/run/netns/$prefix-full" \
         --weft-dir "$weft_dir" --go-dir "$go_dir" --iterations "$iterations" \
         --repro "sudo scripts/bench-cni.sh --portmap -n $iterations ($weft_rev, $go_version)" &
+    driver=$!
+    wait "$driver"
+    exit 0
+fi
+
+if [[ -n $flannel_chain ]]; then
+    # No Go flannel plugin is packaged: build scripts/go-flannel against
+    # Debian's libcni sources (as setup.sh builds the libcni driver) and put
+    # it beside symlinks to the Go plugins, so its delegates are Go's too.
+    command -v go >/dev/null 2>&1 || die "go not found (scripts/setup.sh installs golang-go)"
+    gotmp="${WEFT_GOPATH:-${TMPDIR:-/tmp}/weft-gopath}"
+    mkdir -p "$tmp/go-cni" "$gotmp"
+    ln -s "$go_dir"/* "$tmp/go-cni/"
+    rm -f "$tmp/go-cni/flannel"
+    (cd "$root/scripts/go-flannel" && GO111MODULE=off GOPATH="/usr/share/gocode:$gotmp" \
+        GOFLAGS= GOCACHE="${GOCACHE:-$gotmp/cache}" CGO_ENABLED=0 \
+        go build -o "$tmp/go-cni/flannel" .) >&2
+    if [[ $flannel_chain == k3s ]]; then
+        conflist="$root/tests/conflists/k3s-10-flannel.conflist" label=k3s target=""
+    else
+        conflist="$root/conf/10-weft.conflist" label=kube-flannel target=--target
+    fi
+    ip netns exec "$node" python3 "$root/scripts/bench_flannel_chain.py" \
+        --prefix "$prefix" --tmp "$tmp" --root "$root" \
+        --weft-dir "$weft_dir" --go-dir "$tmp/go-cni" --iterations "$iterations" \
+        --conflist "$conflist" --label "$label" $target \
+        --repro "sudo scripts/bench-cni.sh --$flannel_chain -n $iterations" \
+        --weft-rev "$weft_rev" --go-version "$go_version" &
     driver=$!
     wait "$driver"
     exit 0

@@ -3,7 +3,7 @@
 # namespaces. Prints a Markdown report on stdout (progress on stderr).
 #
 # Usage (as root):  scripts/bench-overlay.sh [options]
-#   --parts LIST        comma list of converge,scale,dataplane (default all)
+#   --parts LIST        comma list of converge,scale,dataplane,hostgw (default all)
 #   --leases N          convergence: fake leases written one at a time (100)
 #   --scale N           scale: fake leases preloaded before weftd starts (5000)
 #   --scale-leases N    scale: then N more leases one at a time, convergence
@@ -11,6 +11,9 @@
 #   --scale-runs N      scale: fresh nodes started one after the other; the
 #                       median is reported (3)
 #   --floor-runs N      scale: ip/bridge -batch floor repetitions (3)
+#   --baseline BIN      scale: also run this weftd binary (an older build),
+#                       interleaved with ours (ABBA), same cluster and leases;
+#                       reported as its own rows and as new/baseline ratios
 #   --iperf-time S      data plane: seconds per iperf3 run (10)
 #   --iperf-reps N      data plane: runs per side, in ABBA order (4)
 #   --masq              run weftd with --ip-masq (flannel's usual setup; adds
@@ -25,8 +28,8 @@
 #              02:cc:..) are written into etcd one at a time from node n2's
 #              netns; per lease, latency = (netlink event of the last of its
 #              route, permanent neighbour and FDB entry on n2's flannel.1)
-#              - (etcd put returned).
-#   scale      N fake leases (/29s of 10.244.0.0/16 under the separate
+#              - (just before the etcd put request was sent).
+#   scale      N fake leases (/29s, or /30s above 7,900, of 10.244.0.0/16 under the separate
 #              prefix /weft-bench/scale, PublicIPs in the RFC 2544 range
 #              198.18.0.0/15) are loaded into etcd; then weftd starts on a
 #              fresh node and we time start -> all 3N entries seen (netlink
@@ -39,6 +42,11 @@
 #              the same layout built with `ip` only (vxlan flannel.1 +
 #              neighbour/FDB/onlink route, bridge cni0, veth pods, same MTU,
 #              same underlay), runs alternating.
+#   hostgw     iperf3 (TCP) pod -> pod across two nodes (n21, n22) whose
+#              weftd runs host-gw (its own etcd prefix /weft-bench/hostgw),
+#              against the same pods and nodes with weftd stopped and its
+#              routes replaced by hand-made `ip route` ones, and against
+#              weft's vxlan pods on n1/n2; the three alternate per round.
 #
 # Isolation: every netns is named wc-bo<pid>-* (the lib's prefix) and hangs
 # off a private underlay 198.51.100.0/24 with no default route anywhere; the
@@ -54,9 +62,9 @@ helper="$root/scripts/bench_overlay.py"
 log() { printf 'bench: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-parts=converge,scale,dataplane
+parts=converge,scale,dataplane,hostgw
 n_leases=100 n_conv_scale=20 n_scale=5000 scale_runs=3 floor_runs=3 iperf_time=10 iperf_reps=4
-masq=0 keep=0 out=""
+masq=0 keep=0 out="" baseline=""
 while (($# > 0)); do
     case "$1" in
         --parts) parts="${2:?}"; shift 2 ;;
@@ -65,6 +73,7 @@ while (($# > 0)); do
         --scale) n_scale="${2:?}"; shift 2 ;;
         --scale-runs) scale_runs="${2:?}"; shift 2 ;;
         --floor-runs) floor_runs="${2:?}"; shift 2 ;;
+        --baseline) baseline="$(realpath -- "${2:?}")"; shift 2 ;;
         --iperf-time) iperf_time="${2:?}"; shift 2 ;;
         --iperf-reps) iperf_reps="${2:?}"; shift 2 ;;
         --masq) masq=1; shift ;;
@@ -79,7 +88,8 @@ for v in n_leases n_conv_scale n_scale scale_runs floor_runs iperf_time iperf_re
 done
 ((n_conv_scale <= 100)) || die "--scale-leases is at most 100"
 ((n_leases <= 100)) || die "--leases is at most 100 (10.244.150-249.0/24)"
-((n_scale <= 7900)) || die "--scale is at most 7900 (/29s of 10.244.0.0/16)"
+((n_scale <= 16000)) || die "--scale is at most 16000 (/30s of 10.244.0.0/16)"
+[[ -z $baseline || -x $baseline ]] || die "--baseline $baseline is not an executable"
 want() { [[ ,$parts, == *,$1,* ]]; }
 [[ $(id -u) -eq 0 ]] || die "must run as root (creates network namespaces)"
 for t in ip bridge nsenter etcd curl jq python3 iperf3; do
@@ -244,7 +254,10 @@ if want dataplane; then
 
     spawn "$(cluster_pod_ns 2 a)" "$res/iperf-srv-weft.log" iperf3 -s -B "$wip"
     spawn "${WC_PREFIX}r2-a" "$res/iperf-srv-ref.log" iperf3 -s -B 10.244.202.2
-    sleep 0.5
+    # Wait until both servers listen (iperf3's default port 5201).
+    listening() { ip netns exec "$1" ss -Hltn 'sport = :5201' | grep -q .; }
+    _wc_wait 10 listening "$(cluster_pod_ns 2 a)" && _wc_wait 10 listening "${WC_PREFIX}r2-a" ||
+        die "iperf3 servers did not start listening"
     files=()
     for ((k = 1; k <= iperf_reps; k++)); do
         # ABBA order, so neither side always runs first.
@@ -261,11 +274,88 @@ if want dataplane; then
     py iperf "${files[@]}" >"$res/iperf.json"
 fi
 
+# --- 2b. host-gw data plane ------------------------------------------------------------
+# hostgw_env CMD...: CMD with the host-gw nodes' etcd prefix and backend
+# (dynamic scope; weftd stays a child of this shell, so it can be waited for).
+hostgw_env() {
+    local WC_ETCD_PREFIX=/weft-bench/hostgw WC_BACKEND=host-gw
+    "$@"
+}
+
+# hostgw_routes WHO: who programs the two host-gw nodes' pod routes: weft
+# (weftd running) or hand (weftd stopped, routes deleted and re-added by ip).
+hostgw_routes() {
+    local n o
+    if [[ $1 == weft ]]; then
+        for n in 21 22; do hostgw_env cluster_weftd_start $n; done
+        for n in 21 22; do cluster_node_wait_ready $n; done
+        _wc_wait 20 cluster_ping 21 a 22 a 1 || die "host-gw pods cannot ping each other"
+        return
+    fi
+    for n in 21 22; do cluster_weftd_stop $n || true; done
+    for n in 21 22; do
+        o=$((43 - n))
+        w=$(ip -n "$(cluster_node_ns $n)" route show "${hgw_subnet[$o]}")
+        ip -n "$(cluster_node_ns $n)" route del "${hgw_subnet[$o]}" 2>/dev/null || true
+        ip -n "$(cluster_node_ns $n)" route add "${hgw_subnet[$o]}" via "$(cluster_node_ip $o)" dev eth0
+        h=$(ip -n "$(cluster_node_ns $n)" route show "${hgw_subnet[$o]}")
+        # Same route both ways? (weft's may be absent if weftd was already stopped)
+        [[ -z $w || $w == "$h" ]] || log "NOTE: n$n: weft's route '$w' differs from the hand-made '$h'"
+    done
+}
+
+if want hostgw; then
+    need_nodes
+    note_load hostgw
+    log "host-gw: nodes n21/n22 with weftd on /weft-bench/hostgw, pods via the flannel CNI plugin"
+    hostgw_env cluster_write_config
+    hostgw_env cluster_node_add 21
+    hostgw_env cluster_node_add 22
+    declare -A hgw_subnet
+    for n in 21 22; do
+        s=$(sed -n 's/^FLANNEL_SUBNET=//p' "$(cluster_node_dir $n)/subnet.env")
+        g=${s%/*}
+        hgw_subnet[$n]="${g%.*}.$((${g##*.} - 1))/${s#*/}"
+    done
+    for n in 1 2 21 22; do
+        if [[ ! -s $(cluster_node_dir $n)/pods/a.ip ]]; then
+            jq -c '.delegate.ipMasq = false' "$(cluster_node_dir $n)/cni.conf" >"$res/cni.conf"
+            cp "$res/cni.conf" "$(cluster_node_dir $n)/cni.conf"
+            cluster_pod_add $n a >/dev/null
+        fi
+    done
+    _wc_wait 20 cluster_ping 21 a 22 a 1 || die "host-gw pods cannot ping each other"
+    hip=$(cluster_pod_ip 22 a) vip=$(cluster_pod_ip 2 a)
+    spawn "$(cluster_pod_ns 22 a)" "$res/iperf-srv-hgw.log" iperf3 -s -B "$hip"
+    [[ -n ${wip:-} ]] || spawn "$(cluster_pod_ns 2 a)" "$res/iperf-srv-vx.log" iperf3 -s -B "$vip"
+    sleep 0.5
+    hfiles=()
+    sides=(weft hand vxlan)
+    for ((k = 1; k <= iperf_reps; k++)); do
+        # Rotate the order so no side always runs first.
+        for ((j = 0; j < 3; j++)); do
+            side=${sides[(j + k) % 3]}
+            case $side in
+                weft | hand) hostgw_routes "$side"; cns=$(cluster_pod_ns 21 a) dst=$hip ;;
+                vxlan) cns=$(cluster_pod_ns 1 a) dst=$vip ;;
+            esac
+            f="$res/hgw-$side-$k.json"
+            ip netns exec "$cns" iperf3 -c "$dst" -t "$iperf_time" -O 1 -J >"$f" || log "iperf3 $side run $k failed"
+            hfiles+=("$f")
+            log "iperf3 host-gw/$side #$k: $(jq -r '.end.sum_received.bits_per_second / 1e9 * 100 | floor / 100' "$f" 2>/dev/null) Gbit/s"
+        done
+    done
+    hostgw_routes weft
+    py iperf "${hfiles[@]}" >"$res/iperf-hostgw.json"
+fi
+
 # --- 3. scale -------------------------------------------------------------------------
 if want scale; then
     note_load scale
     sprefix=/weft-bench/scale
-    slen=29
+    # /29 leases up to 7,900 peers, /30 (SubnetLen's limit) beyond: room for
+    # the preloaded leases plus the ones written one at a time after them.
+    slen=29; ((n_scale <= 7900)) || slen=30
     log "scale: loading $n_scale leases under $sprefix"
     cluster_etcd_put "$sprefix/config" "{\"Network\":\"10.244.0.0/16\",\"SubnetLen\":$slen,\"Backend\":{\"Type\":\"vxlan\"}}"
     ip netns exec "$WC_ETCD_NS" python3 "$helper" load --etcd "$WC_ETCD_EP" --prefix "$sprefix" \
@@ -293,11 +383,21 @@ if want scale; then
         log "floor #$k: $(((t1 - t0) / 1000000)) ms for $target operations"
     done
 
-    weft_runs=()
+    weft_runs=() base_runs=()
+    # Which binary each run uses: ours only, or ours and --baseline in ABBA
+    # order (so neither always runs first); the first run is always ours.
+    sides=()
     for ((k = 1; k <= scale_runs; k++)); do
+        if [[ -z $baseline ]]; then sides+=(weft)
+        elif ((k % 2 == 1)); then sides+=(weft base)
+        else sides+=(base weft); fi
+    done
+    for ((k = 1; k <= ${#sides[@]}; k++)); do
+        side=${sides[k - 1]} wbin=$bin/weftd
+        [[ $side == weft ]] || wbin=$baseline
         n=$((2 + k))
         ns=$(cluster_node_ns "$n") dir=$(cluster_node_dir "$n")
-        log "scale run $k: fresh node n$n, weftd on $sprefix"
+        log "scale run $k ($side): fresh node n$n, $wbin on $sprefix"
         mkdir -p "$dir"
         _wc_netns_add "$ns"
         _wc_attach "$ns" "$(cluster_node_ip "$n")" "v-n$n"
@@ -308,7 +408,7 @@ if want scale; then
         port=$(cluster_node_healthz_port "$n")
         t0=$(now_ns)
         _wc_spawn "weftd-n$n" "$ns" "$WC_STATE/logs/weftd-n$n.log" \
-            "$bin/weftd" --etcd-endpoints="$WC_ETCD_EP" --etcd-prefix="$sprefix" \
+            "$wbin" --etcd-endpoints="$WC_ETCD_EP" --etcd-prefix="$sprefix" \
             --iface=eth0 --subnet-file="$dir/subnet.env" \
             --healthz-ip=127.0.0.1 --healthz-port="$port"
         wpid=$(cluster_weftd_pid "$n")
@@ -327,8 +427,9 @@ if want scale; then
         _wc_wait 20 bash -c "ip netns exec $ns curl -sf http://127.0.0.1:$port/metrics | grep -qx 'weftd_entries_programmed $target'" ||
             log "WARNING: weftd_entries_programmed never reached $target"
         ms=$(((done_ns - t0) / 1000000)) first_ms=$(((first_ns - t0) / 1000000))
-        log "weftd #$k: all $target entries after $ms ms (first entry after $first_ms ms), VmHWM ${hwm} KiB"
-        weft_runs+=("{\"total_us\":$(((done_ns - t0) / 1000)),\"first_us\":$(((first_ns - t0) / 1000)),\"hwm_kib\":$hwm,\"rss_kib\":$rss}")
+        log "weftd #$k ($side): all $target entries after $ms ms (first entry after $first_ms ms), VmHWM ${hwm} KiB"
+        run="{\"total_us\":$(((done_ns - t0) / 1000)),\"first_us\":$(((first_ns - t0) / 1000)),\"hwm_kib\":$hwm,\"rss_kib\":$rss}"
+        if [[ $side == weft ]]; then weft_runs+=("$run"); else base_runs+=("$run"); fi
         if ((k == 1)); then
             # Convergence with the big table in place (informational).
             log "convergence at scale: $n_conv_scale more leases, one at a time, measured on n$n"
@@ -344,6 +445,7 @@ if want scale; then
         cluster_etcd_del "$sprefix/subnets/${g%.*}.$((${g##*.} - 1))-${s#*/}"
     done
     jq -n --argjson n "$n_scale" --argjson runs "[$(IFS=,; echo "${weft_runs[*]}")]" \
+        --argjson base "[$(IFS=,; echo "${base_runs[*]}")]" \
         --argjson floors "[$(IFS=,; echo "${floors[*]}")]" '
         def median: sort | if length % 2 == 1 then .[length/2|floor] else (.[length/2-1] + .[length/2]) / 2 end;
         { leases: $n,
@@ -353,7 +455,11 @@ if want scale; then
           floor_runs_s: ($floors | map(. / 1e6)),
           weft_runs_s: ($runs | map(.total_us / 1e6)),
           hwm_kib: ($runs | map(.hwm_kib) | max),
-          rss_kib: ($runs | map(.rss_kib) | max) }' >"$res/scale.json"
+          rss_kib: ($runs | map(.rss_kib) | max) }
+        + if ($base | length) > 0 then
+            { baseline_s: ($base | map(.total_us) | median / 1e6),
+              baseline_runs_s: ($base | map(.total_us / 1e6)),
+              baseline_hwm_kib: ($base | map(.hwm_kib) | max) } else {} end' >"$res/scale.json"
 fi
 
 note_load end
@@ -366,7 +472,7 @@ note_load end
     echo
     echo "Environment: kernel $(uname -r), $(nproc) CPUs ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)), $(free -g | awk '/^Mem/ {print $2}') GiB RAM; weftd $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root" diff --quiet -- daemon netlink 2>/dev/null || echo ' (+ local changes)'), etcd $(etcd --version | sed -n 's/^etcd Version: //p'), iperf3 $(iperf3 --version | awk 'NR==1 {print $2}'), $( ((masq)) && echo 'weftd --ip-masq' || echo 'no masquerade'); 1-min load average at the start of each part: $(IFS=,; echo "${loads[*]}" | sed 's/,/, /g')."
     echo
-    echo "Reproduce: \`sudo scripts/bench-overlay.sh --parts $parts --leases $n_leases --scale $n_scale --scale-runs $scale_runs --floor-runs $floor_runs --iperf-time $iperf_time --iperf-reps $iperf_reps$( ((masq)) && echo ' --masq')\`"
+    echo "Reproduce: \`sudo scripts/bench-overlay.sh --parts $parts --leases $n_leases --scale $n_scale --scale-leases $n_conv_scale --scale-runs $scale_runs --floor-runs $floor_runs --iperf-time $iperf_time --iperf-reps $iperf_reps$( ((masq)) && echo ' --masq')$([[ -z $baseline ]] || echo " --baseline $baseline")\`"
 } >"$res/report.md"
 cat "$res/report.md"
 [[ -z $out ]] || cp "$res/report.md" "$out"

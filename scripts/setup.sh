@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent developer/CI setup for weft:
 #   1. Debian packages (skipped when all are already installed),
-#   2. a Rust toolchain (rustup, only when cargo is missing),
+#   2. a Rust toolchain (rustup, only when cargo is missing) and
+#      cargo-machete (the unused-dependency gate of scripts/test.sh),
 #   3. cargo build --release --workspace (static plugin binaries),
 #   4. the Go libcni test driver (tests/libcni-driver/bin/libcni-driver).
 # Safe to re-run; a re-run with everything in place only runs the builds.
@@ -16,11 +17,16 @@ log() { printf '==> %s\n' "$*" >&2; }
 packages=(
     etcd-server containernetworking-plugins golang-go golang-github-appc-cni-dev
     iproute2 iptables nftables iperf3 protobuf-compiler libprotobuf-dev jq time iputils-ping openssl etcd-client python3
-    ca-certificates curl build-essential pkg-config strace
-    podman busybox-static
+    ca-certificates curl build-essential pkg-config strace ethtool
+    podman busybox-static containerd runc
 )
 # libprotobuf-dev: the well-known .proto files etcd-client's build imports
 # (a recommends of protobuf-compiler, which --no-install-recommends skips).
+# containerd, runc, busybox-static: one containerd per simulated node, its
+# sandbox image built from busybox (scripts/lib/containerd.sh); nothing is
+# pulled. On a systemd host the package enables the host's own containerd,
+# which weft's scripts never use.
+# ethtool: weftctl doctor reads VXLAN checksum offload with it (kernels < 5.7).
 # build-essential: gcc as linker and libc6-dev's static glibc (crt-static).
 missing=()
 for p in "${packages[@]}"; do
@@ -63,6 +69,15 @@ if command -v rustup >/dev/null 2>&1; then
     # on the usual x86_64 host toolchain).
     rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-gnu ||
         rustup target add x86_64-unknown-linux-gnu
+fi
+
+# cargo-machete from crates.io, pinned; scripts/test.sh runs it as a gate.
+machete_version=0.9.2
+if [[ $(cargo machete --version 2>/dev/null) != "$machete_version" ]]; then
+    log "installing cargo-machete $machete_version (cargo install)"
+    cargo install --locked --version "$machete_version" cargo-machete
+else
+    log "cargo-machete $machete_version already installed"
 fi
 
 # --- 3. Rust workspace ------------------------------------------------------

@@ -31,12 +31,15 @@ for a in "$@"; do
 done
 ((${#cargo_args[@]} > 0)) || cargo_args=(--workspace)
 
-# Gates: every landing is formatted and clippy-clean.
+# Gates: every landing is formatted, clippy-clean and declares no unused
+# dependency (cargo-machete, installed by setup.sh, exits 1 on one).
 log() { printf '==> %s\n' "$*" >&2; }
 log "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 log "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+log "cargo machete --skip-target-dir"
+cargo machete --skip-target-dir
 
 # Root-only tests are #[ignore = "needs root"], so a plain non-root
 # `cargo test` lists them as ignored; here they are included and mandatory.

@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 
 use serde_json::{json, Value};
 use weft_tests::*;
@@ -25,18 +24,20 @@ const CHECK_VERSIONS: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
 // Fixture and helpers
 // ---------------------------------------------------------------------------
 
-/// One node netns running weft's bridge, with a private host-local dataDir.
-struct Env {
-    node: Node,
-    data: TempDir,
+/// weft's bridge in one node netns (the shared [`BridgeEnv`]) plus this
+/// suite's configs and leak checks.
+struct Env(BridgeEnv);
+
+impl std::ops::Deref for Env {
+    type Target = BridgeEnv;
+    fn deref(&self) -> &BridgeEnv {
+        &self.0
+    }
 }
 
 impl Env {
     fn new() -> Env {
-        Env {
-            node: Node::new(),
-            data: TempDir::new(),
-        }
+        Env(BridgeEnv::new(NET))
     }
 
     /// A bridge + host-local network on `subnet` with a default route from
@@ -56,42 +57,9 @@ impl Env {
         self.conf_on(version, SUBNET)
     }
 
-    /// Runs weft's bridge inside the node.
-    fn run(&self, call: &CniCall) -> CniOutput {
-        call.run_in(&self.node, &plugin_path("bridge"))
-    }
-
-    fn add(&self, pod: &Netns, conf: &Value) -> CniOutput {
-        self.run(&CniCall::add(pod, conf.clone()))
-    }
-
-    /// ADD that must succeed; returns the result.
-    fn add_ok(&self, pod: &Netns, conf: &Value) -> Value {
-        self.add(pod, conf).expect_ok()
-    }
-
-    fn check(&self, pod: &Netns, conf: &Value, prev: &Value) -> CniOutput {
-        self.run(&CniCall::check(pod, with_prev(conf, prev)))
-    }
-
-    fn del(&self, pod: &Netns, conf: &Value) -> CniOutput {
-        self.run(&CniCall::del(pod, conf.clone()))
-    }
-
-    /// The store directory `<dataDir>/<network>`.
-    fn store_dir(&self) -> PathBuf {
-        store_dir(self.data.path(), NET)
-    }
-
-    /// The IPs reserved in the store (file names that parse as addresses;
-    /// `lock` and `last_reserved_ip.*` are not reservations).
-    fn reserved(&self) -> Vec<IpAddr> {
-        reserved_addrs(self.data.path(), NET)
-    }
-
     /// Contents of the reservation file of `ip`.
     fn reservation(&self, ip: IpAddr) -> Option<String> {
-        reservation(self.data.path(), NET, &ip.to_string())
+        self.store_file(&ip.to_string())
     }
 
     fn host_veth_names(&self) -> Vec<String> {
@@ -135,13 +103,6 @@ impl Env {
     }
 }
 
-/// The container ID `CniCall::add/check/del` use for `pod`.
-fn container_id(pod: &Netns) -> String {
-    CniCall::add(pod, Value::Null)
-        .container_id
-        .expect("for_pod sets a container ID")
-}
-
 /// The first IP of an ADD result, without its prefix.
 fn result_ip(result: &Value) -> IpAddr {
     let addr = result["ips"][0]["address"]
@@ -154,33 +115,8 @@ fn result_ip(result: &Value) -> IpAddr {
         .expect("an IP address")
 }
 
-/// The host veth's name from an ADD result (interfaces[1]).
-fn host_veth(result: &Value) -> String {
-    result["interfaces"][1]["name"]
-        .as_str()
-        .expect("interfaces[1].name")
-        .to_string()
-}
-
 fn sysfs(ns: &Netns, path: &str) -> String {
     ns.sh(&format!("cat {path}")).trim().to_string()
-}
-
-#[track_caller]
-fn assert_ping(from: &Netns, dst: &str) {
-    let which = from.try_sh("command -v ping");
-    assert!(
-        which.status.success(),
-        "`ping` is not installed: install iputils-ping (scripts/setup.sh does)"
-    );
-    let out = from.try_sh(&format!("ping -c 1 -W 3 {dst}"));
-    assert!(
-        out.status.success(),
-        "ping {dst} from {} failed:\n{}{}",
-        from.name,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 // ---------------------------------------------------------------------------

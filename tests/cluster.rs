@@ -197,6 +197,14 @@ impl Drop for Pinger {
     }
 }
 
+/// Packets received on eth0 in netns `ns`.
+fn rx_packets(c: &Cluster, ns: &str) -> u64 {
+    c.ns_sh(ns, "cat /sys/class/net/eth0/statistics/rx_packets")
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
 fn weftd_restarts_keep_the_subnet_and_lose_no_packet(backend: &'static str) {
     if !require_root() {
         return;
@@ -208,7 +216,16 @@ fn weftd_restarts_keep_the_subnet_and_lose_no_packet(backend: &'static str) {
     // every node, sender and receiver included.
     let dst = c.pod_ip(2, "a");
     let pinger = Pinger::start(&c.pod_ns(1, "a"), &dst, "0.05", 200);
-    std::thread::sleep(Duration::from_millis(800));
+    // Each restart happens while pings are flowing: the receiving pod has
+    // counted fresh packets since the last step.
+    let receiver = c.pod_ns(2, "a");
+    let flowing = |since: u64| {
+        assert!(
+            c.wait_for(secs(10), || rx_packets(&c, &receiver) >= since + 5),
+            "no pings arriving at n2/a"
+        );
+    };
+    flowing(rx_packets(&c, &receiver));
     for n in [1, 2, 3] {
         let started = Instant::now();
         c.weftd_restart(n);
@@ -216,7 +233,7 @@ fn weftd_restarts_keep_the_subnet_and_lose_no_packet(backend: &'static str) {
             "weftd on n{n} restarted and ready in {:?}",
             started.elapsed()
         ));
-        std::thread::sleep(Duration::from_millis(500));
+        flowing(rx_packets(&c, &receiver));
     }
     // One restart without waiting for readiness, with SIGKILL (a crash).
     c.sh("cluster_weftd_stop 1 KILL && cluster_weftd_start 1");
@@ -362,7 +379,10 @@ fn etcd_outage_keeps_traffic_and_weftd_catches_up_afterwards(backend: &'static s
     // etcd itself stops: traffic flows, weftd waits, and after the restart
     // changes reach every node, and a newcomer learns and is learnt.
     c.sh("cluster_etcd_stop");
-    std::thread::sleep(secs(3));
+    // weftd had its chance to give up: several passes with etcd gone.
+    for n in [1, 2] {
+        c.wait_reconcile_passes(n, 3);
+    }
     for n in [1, 2] {
         assert!(
             c.weftd_running(n),
@@ -606,7 +626,7 @@ fn flannel_plugin_status_waits_for_subnet_env() {
     // A node whose weftd has no config yet: it waits, no subnet.env.
     c.sh("cluster_node_create 1 && cluster_weftd_start 1");
     let status = r#"WC_CNI_CONF=$(jq -c '.cniVersion="1.1.0"' "$(cluster_node_dir 1)/cni.conf") cluster_cni 1 STATUS"#;
-    std::thread::sleep(Duration::from_millis(500));
+    c.wait_for_log(1, "network config not found in etcd; waiting", secs(20));
     assert!(!c.subnet_file(1).exists());
     let out = c.try_sh(status);
     assert!(!out.status.success(), "STATUS succeeded without subnet.env");

@@ -27,19 +27,26 @@ const V6_GW: &str = "fd00:10:244:2::1";
 // Fixture and helpers
 // ---------------------------------------------------------------------------
 
+/// weft's bridge in one node netns (the shared [`BridgeEnv`]) plus this
+/// suite's dual-stack configs and direct host-local calls.
 struct Env {
-    node: Node,
-    data: TempDir,
+    base: BridgeEnv,
     /// A pod netns passed as CNI_NETNS to host-local called directly (it
     /// refuses the node's own netns); created on first use.
     sandbox: OnceCell<Netns>,
 }
 
+impl std::ops::Deref for Env {
+    type Target = BridgeEnv;
+    fn deref(&self) -> &BridgeEnv {
+        &self.base
+    }
+}
+
 impl Env {
     fn new() -> Env {
         let env = Env {
-            node: Node::new(),
-            data: TempDir::new(),
+            base: BridgeEnv::new(NET),
             sandbox: OnceCell::new(),
         };
         // Make the forwarding assertions meaningful whatever the node inherited.
@@ -90,26 +97,6 @@ impl Env {
         )
     }
 
-    fn run(&self, call: &CniCall) -> CniOutput {
-        call.run_in(&self.node, &plugin_path("bridge"))
-    }
-
-    fn add(&self, pod: &Netns, conf: &Value) -> CniOutput {
-        self.run(&CniCall::add(pod, conf.clone()))
-    }
-
-    fn add_ok(&self, pod: &Netns, conf: &Value) -> Value {
-        self.add(pod, conf).expect_ok()
-    }
-
-    fn check(&self, pod: &Netns, conf: &Value, prev: &Value) -> CniOutput {
-        self.run(&CniCall::check(pod, with_prev(conf, prev)))
-    }
-
-    fn del(&self, pod: &Netns, conf: &Value) -> CniOutput {
-        self.run(&CniCall::del(pod, conf.clone()))
-    }
-
     /// host-local called directly for attachment (`id`, eth0), with one
     /// shared pod netns as CNI_NETNS (host-local never enters it).
     fn host_local(&self, command: &str, id: &str, conf: &Value) -> CniOutput {
@@ -119,21 +106,6 @@ impl Env {
             .netns(sandbox.path_str())
             .run_in(&self.node, &plugin_path("host-local"))
     }
-
-    fn reserved(&self) -> Vec<IpAddr> {
-        reserved_addrs(self.data.path(), NET)
-    }
-
-    fn store_file(&self, name: &str) -> Option<String> {
-        reservation(self.data.path(), NET, name)
-    }
-}
-
-/// The container ID `CniCall::add/check/del` use for `pod`.
-fn container_id(pod: &Netns) -> String {
-    CniCall::add(pod, Value::Null)
-        .container_id
-        .expect("for_pod sets a container ID")
 }
 
 /// The result's `ips[]` entry of the given family (exactly one expected).
@@ -187,13 +159,6 @@ fn result_ips(result: &Value) -> Vec<IpAddr> {
     ips
 }
 
-fn host_veth(result: &Value) -> String {
-    result["interfaces"][1]["name"]
-        .as_str()
-        .expect("interfaces[1].name")
-        .to_string()
-}
-
 /// The `addr_info` entries of `ifname` in `ns` of `family` ("inet"/"inet6")
 /// with global scope.
 fn global_addrs(ns: &Netns, ifname: &str, family: &str) -> Vec<Value> {
@@ -231,25 +196,6 @@ fn sysctl(ns: &Netns, key: &str) -> String {
 fn default_route(ns: &Netns, v6: bool) -> Option<Value> {
     let all = if v6 { routes6(ns) } else { routes(ns) };
     all.into_iter().find(|r| r["dst"] == "default")
-}
-
-/// Pings `dst` (v4 or v6 by its syntax) from `from`; keeps sending for up to
-/// 10 s until one reply arrives (a node-side v6 address may still be in DAD).
-#[track_caller]
-fn assert_ping(from: &Netns, dst: &str) {
-    assert!(
-        from.try_sh("command -v ping").status.success(),
-        "`ping` is not installed: install iputils-ping (scripts/setup.sh does)"
-    );
-    let family = if dst.contains(':') { "-6" } else { "-4" };
-    let out = from.try_sh(&format!("ping {family} -c 1 -w 10 {dst}"));
-    assert!(
-        out.status.success(),
-        "ping {family} {dst} from {} failed:\n{}{}",
-        from.name,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Waits until the node's v6 gateway on the bridge has finished DAD (the

@@ -110,12 +110,8 @@ echo "after-del veths: $(ip -o link show type veth | wc -l)"
 
     assert_eq!(line("after-del stored:"), "");
     assert_eq!(line("after-del reserved:"), "");
-    // Host veth deletion finishes in the background; give it a moment.
-    let gone = (0..50).any(|_| {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        veths_on_host(&node).is_empty()
-    });
-    assert!(gone, "a host veth was left behind");
+    // Host veth deletion finishes in the background (assert_no_veths waits).
+    assert_no_veths(&node);
 }
 
 /// A node with a hand-written subnet.env (10.244.42.0/24) and private

@@ -58,6 +58,8 @@ fn workspace_binaries() -> Vec<String> {
         .as_array()
         .into_iter()
         .flatten()
+        // weft-tests' binaries (the weft-cri client) are test tools, not shipped.
+        .filter(|p| p["name"] != "weft-tests")
         .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
         .filter(|t| {
             t["kind"]

@@ -1109,9 +1109,23 @@ fn podman_cni_backend_publishes_ports_through_weft() {
         {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
         {"hostPort": 5353, "containerPort": 53, "protocol": "udp"}
     ]);
+    // podman lists the mappings in no fixed order.
+    let sorted = |v: &Value| {
+        let mut items: Vec<String> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(Value::to_string)
+            .collect();
+        items.sort();
+        items
+    };
     for (_, stdin) in &sent {
         assert_eq!(stdin["cniVersion"], "0.4.0");
-        assert_eq!(stdin["runtimeConfig"]["portMappings"], expected);
+        assert_eq!(
+            sorted(&stdin["runtimeConfig"]["portMappings"]),
+            sorted(&expected)
+        );
         assert_eq!(stdin["capabilities"], json!({"portMappings": true}));
         assert_eq!(stdin["prevResult"]["ips"][0]["version"], "4");
     }

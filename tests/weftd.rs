@@ -86,7 +86,9 @@ fn leases_outside_the_network_are_never_programmed_and_old_entries_are_removed()
     }
     // Several reconcile passes later: none of the bad leases is in the
     // kernel, every node is ready, each bad lease was logged exactly once.
-    std::thread::sleep(secs(3));
+    for n in [1, 2] {
+        c.wait_reconcile_passes(n, 3);
+    }
     for n in [1, 2] {
         let routes = overlay_routes(&c, n);
         for bad_route in [
@@ -170,8 +172,9 @@ fn subnet_env_is_written_only_once_masquerade_rules_are_in_and_readyz_follows_th
         "export PATH='{bin}':\"$PATH\"; cluster_weftd_start 1"
     ));
     // The rules cannot go in: no subnet.env (it would say FLANNEL_IPMASQ=true
-    // and the CNI plugin would not masquerade either), not ready.
-    std::thread::sleep(secs(4));
+    // and the CNI plugin would not masquerade either), not ready; checked
+    // once weftd has tried and failed to install them.
+    c.wait_for_log(1, "installing masquerade rules failed", secs(20));
     assert!(c.weftd_running(1), "{}", c.weftd_log(1));
     assert!(
         !c.subnet_file(1).exists(),

@@ -2,6 +2,7 @@
 //! it, and feed the data plane the full set of peers from list + watch.
 
 use crate::backends::{Backend, Peer, PeerData};
+use crate::backoff::Backoff;
 use crate::config::NetConfig;
 use crate::local::metrics::Metrics;
 use crate::reconcile::peers::{Rejections, Scopes};
@@ -45,22 +46,6 @@ pub struct Agent {
 
 /// A watch that has lived this long without being cancelled is healthy.
 const WATCH_HEALTHY_AFTER: Duration = Duration::from_secs(10);
-
-/// Reconnect backoff for list/watch and acquire: 100 ms doubling to 5 s.
-struct Backoff(Duration);
-
-impl Backoff {
-    fn new() -> Self {
-        Backoff(Duration::from_millis(100))
-    }
-    async fn wait(&mut self) {
-        sleep(self.0).await;
-        self.0 = (self.0 * 2).min(Duration::from_secs(5));
-    }
-    fn reset(&mut self) {
-        self.0 = Duration::from_millis(100);
-    }
-}
 
 enum Inner {
     /// Re-list and watch again (gap, compaction, error).
@@ -131,7 +116,7 @@ impl Agent {
         let mut rng = Rng::new();
         let mut own: Option<OwnLease> = None;
         let mut current_subnet: Option<(Ipv4Network, Option<Ipv6Network>)> = None;
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::etcd();
         let mut renew_at = Instant::now();
         loop {
             if *shutdown.borrow() {
@@ -153,6 +138,7 @@ impl Agent {
                     .await
                 {
                     Ok(l) => {
+                        self.metrics.status.lease(&l, self.backend.lease_attrs());
                         self.metrics.lease_acquisitions.fetch_add(1, Relaxed);
                         renew_at = Instant::now() + renew_after(l.ttl, self.renew_margin_secs);
                         if current_subnet != Some((l.subnet, l.subnet6)) {
@@ -162,7 +148,10 @@ impl Agent {
                             // subnet.env must be written before anything depends on us.
                             let mut setup_errors =
                                 crate::logging::Repeats::new(Duration::from_secs(60));
+                            let mut retry =
+                                Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
                             while let Err(e) = self.on_subnet(l.subnet, l.subnet6).await {
+                                self.metrics.status.setup(Some(format!("{e:#}")));
                                 if let Some(n) = setup_errors.check(&format!("{e:#}")) {
                                     crate::error!(
                                         "setting up our subnet failed; retrying",
@@ -171,15 +160,17 @@ impl Agent {
                                     );
                                 }
                                 tokio::select! {
-                                    _ = sleep(Duration::from_secs(1)) => {}
+                                    _ = retry.wait() => {}
                                     _ = shutdown.changed() => return Ok(()),
                                 }
                             }
+                            self.metrics.status.setup(None);
                             current_subnet = Some((l.subnet, l.subnet6));
                         }
                         own = Some(l);
                     }
                     Err(e) => {
+                        self.metrics.status.lease_failed(&e);
                         crate::error!("acquiring a subnet lease failed; retrying", error = e);
                         tokio::select! {
                             _ = backoff.wait() => {}
@@ -207,11 +198,12 @@ impl Agent {
                     }
                 }
                 Err(e) => {
+                    self.metrics.status.etcd_failed(e.as_ref());
                     self.metrics.etcd_reconnects.fetch_add(1, Relaxed);
                     crate::warn!(
                         "etcd list/watch failed; reconnecting",
                         error = e,
-                        backoff_ms = backoff.0.as_millis()
+                        backoff_ms = backoff.window().as_millis()
                     );
                     tokio::select! {
                         _ = backoff.wait() => {}
@@ -235,6 +227,7 @@ impl Agent {
             return Ok(Some(Inner::Reacquire));
         };
         let (list, rev) = self.reg.list().await?;
+        self.metrics.status.etcd_ok();
         let mut entries: BTreeMap<Ipv4Network, Entry> = BTreeMap::new();
         for e in list {
             entries.insert(e.subnet, e);
@@ -329,6 +322,7 @@ impl Agent {
         };
         match self.reg.renew(&cur, self.backend.lease_attrs()).await {
             Ok(Some(n)) => {
+                self.metrics.status.lease(&n, self.backend.lease_attrs());
                 self.metrics.lease_renewals.fetch_add(1, Relaxed);
                 crate::info!("renewed lease", subnet = n.subnet, ttl = n.ttl);
                 *renew_at = Instant::now() + renew_after(n.ttl, self.renew_margin_secs);
@@ -343,6 +337,7 @@ impl Agent {
                 Some(Inner::Reacquire)
             }
             Err(e) => {
+                self.metrics.status.etcd_failed(&e);
                 let retry = Duration::from_secs((cur.ttl / 4).clamp(1, 60) as u64);
                 crate::error!(
                     "lease renewal failed; retrying",
@@ -446,6 +441,7 @@ impl Agent {
             &*self.backend,
         );
         self.rejections.report(&sel.rejected);
+        self.metrics.status.peers(entries, own.0, &sel.rejected);
         self.metrics.leases_known.store(
             entries.keys().filter(|s| **s != own.0).count() as u64,
             Relaxed,
@@ -493,6 +489,7 @@ impl Agent {
         if !self.rejections.is_empty() {
             return false;
         }
+        self.metrics.status.peer(subnet, entry);
         let Some(e) = entry else {
             for s in sent.by_lease.remove(&subnet).unwrap_or_default() {
                 sent.peers.remove(&s);

@@ -60,6 +60,10 @@ pub struct Flags {
         default_value = "/run/flannel/subnet.env"
     )]
     pub subnet_file: PathBuf,
+    /// Where weftd keeps its state for weftctl and the flannel plugin
+    /// (root-only; default: weftd-state.json next to --subnet-file).
+    #[arg(long, env = "WEFTD_STATE_FILE")]
+    pub state_file: Option<PathBuf>,
     /// Masquerade traffic leaving the overlay network.
     #[arg(long, env = "FLANNELD_IP_MASQ", action = ArgAction::Set, num_args = 0..=1,
           default_value = "false", default_missing_value = "true", value_parser = BoolishValueParser::new())]

@@ -1,32 +1,91 @@
-//! Structured key=value log lines on stderr:
+//! Logs through `tracing`, written as logfmt lines on stderr:
 //! `ts=2026-01-02T03:04:05.678Z level=info msg="lease acquired" subnet=10.5.52.0/24`.
+//! Events of the libraries weftd links (tonic, h2, tower...) go through the
+//! same subscriber and carry `target=`; which ones are written follows
+//! `RUST_LOG` (env-filter syntax, e.g. `RUST_LOG=info,h2=debug`), else
+//! `info` (`-v`: weftd's own debug events too).
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    Debug,
-    Info,
-    Warn,
-    Error,
+/// Install the subscriber (once, at start).
+pub fn init(verbose: bool) {
+    let default = if verbose { "info,weftd=debug" } else { "info" };
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(v.trim()).unwrap_or_else(|e| {
+            eprintln!("weftd: ignoring RUST_LOG: {e}");
+            EnvFilter::new(default)
+        }),
+        _ => EnvFilter::new(default),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(Logfmt)
+        .try_init();
 }
 
-impl Level {
-    fn as_str(self) -> &'static str {
-        match self {
-            Level::Debug => "debug",
-            Level::Info => "info",
-            Level::Warn => "warn",
-            Level::Error => "error",
+/// The layer writing each event as one logfmt line.
+struct Logfmt;
+
+impl<S: tracing::Subscriber> Layer<S> for Logfmt {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        let meta = event.metadata();
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let _ = std::io::stderr()
+            .lock()
+            .write_all(line(SystemTime::now(), meta.level(), meta.target(), &fields).as_bytes());
+    }
+}
+
+/// An event's message and its other fields, in order.
+#[derive(Default)]
+struct Fields {
+    msg: String,
+    kv: Vec<(&'static str, String)>,
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, f: &Field, v: &str) {
+        self.put(f, v.to_string());
+    }
+    fn record_debug(&mut self, f: &Field, v: &dyn std::fmt::Debug) {
+        // `%value` fields and messages arrive here; their Debug is Display.
+        self.put(f, format!("{v:?}"));
+    }
+}
+
+impl Fields {
+    fn put(&mut self, f: &Field, v: String) {
+        if f.name() == "message" {
+            self.msg = v;
+        } else {
+            self.kv.push((f.name(), v));
         }
     }
 }
 
-static VERBOSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-pub fn set_verbose(v: bool) {
-    VERBOSE.store(v, std::sync::atomic::Ordering::Relaxed);
+/// One line; `target=` only for other crates' events.
+fn line(t: SystemTime, level: &tracing::Level, target: &str, f: &Fields) -> String {
+    let mut out = format!(
+        "ts={} level={} msg={}",
+        rfc3339(t),
+        level.as_str().to_ascii_lowercase(),
+        quote(&f.msg)
+    );
+    if target != "weftd" && !target.starts_with("weftd::") {
+        let _ = write!(out, " target={}", quote(target));
+    }
+    for (k, v) in &f.kv {
+        let _ = write!(out, " {}={}", k.trim_start_matches("r#"), quote(v));
+    }
+    out.push('\n');
+    out
 }
 
 /// Quote a value when it contains spaces, quotes or '='.
@@ -71,26 +130,6 @@ pub fn rfc3339(t: SystemTime) -> String {
         rem % 60,
         d.subsec_millis()
     )
-}
-
-pub fn emit(level: Level, msg: &str, kv: &[(&str, String)]) {
-    if level == Level::Debug && !VERBOSE.load(std::sync::atomic::Ordering::Relaxed) {
-        return;
-    }
-    let mut line = format!(
-        "ts={} level={} msg={}",
-        rfc3339(SystemTime::now()),
-        level.as_str(),
-        quote(msg)
-    );
-    for (k, v) in kv {
-        line.push(' ');
-        line.push_str(k);
-        line.push('=');
-        line.push_str(&quote(v));
-    }
-    line.push('\n');
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// Rate limit for an error that repeats identically (same operation, same
@@ -153,20 +192,22 @@ impl Repeats {
     }
 }
 
+/// weftd's log macros: `info!("message", key = value, ...)`, each value
+/// written with its Display.
 #[macro_export]
 macro_rules! log_at {
     ($lvl:expr, $msg:expr $(, $k:ident = $v:expr)* $(,)?) => {
-        $crate::logging::emit($lvl, &$msg, &[$((stringify!($k), format!("{}", $v))),*])
+        ::tracing::event!($lvl, $($k = %$v,)* "{}", $msg)
     };
 }
 #[macro_export]
-macro_rules! debug { ($($t:tt)*) => { $crate::log_at!($crate::logging::Level::Debug, $($t)*) }; }
+macro_rules! debug { ($($t:tt)*) => { $crate::log_at!(::tracing::Level::DEBUG, $($t)*) }; }
 #[macro_export]
-macro_rules! info { ($($t:tt)*) => { $crate::log_at!($crate::logging::Level::Info, $($t)*) }; }
+macro_rules! info { ($($t:tt)*) => { $crate::log_at!(::tracing::Level::INFO, $($t)*) }; }
 #[macro_export]
-macro_rules! warn { ($($t:tt)*) => { $crate::log_at!($crate::logging::Level::Warn, $($t)*) }; }
+macro_rules! warn { ($($t:tt)*) => { $crate::log_at!(::tracing::Level::WARN, $($t)*) }; }
 #[macro_export]
-macro_rules! error { ($($t:tt)*) => { $crate::log_at!($crate::logging::Level::Error, $($t)*) }; }
+macro_rules! error { ($($t:tt)*) => { $crate::log_at!(::tracing::Level::ERROR, $($t)*) }; }
 
 #[cfg(test)]
 mod tests {
@@ -196,6 +237,31 @@ mod tests {
         let mut fast = Repeats::new(Duration::ZERO);
         fast.check("x");
         assert_eq!(fast.check("x"), Some(0));
+    }
+
+    #[test]
+    fn lines_are_logfmt_with_the_target_of_other_crates() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let f = Fields {
+            msg: "lease acquired".into(),
+            kv: vec![
+                ("subnet", "10.5.52.0/24".into()),
+                ("error", "a \"b\"".into()),
+            ],
+        };
+        assert_eq!(
+            line(t, &tracing::Level::INFO, "weftd::agent", &f),
+            "ts=2023-11-14T22:13:20.123Z level=info msg=\"lease acquired\" subnet=10.5.52.0/24 error=\"a \\\"b\\\"\"\n"
+        );
+        let h2 = Fields {
+            msg: "Connection::poll; connection error".into(),
+            kv: vec![("error", "GoAway(b\"\", NO_ERROR, Library)".into())],
+        };
+        let l = line(t, &tracing::Level::DEBUG, "h2::proto::connection", &h2);
+        assert!(
+            l.starts_with("ts=2023-11-14T22:13:20.123Z level=debug msg=\"Connection::poll; connection error\" target=h2::proto::connection error="),
+            "{l}"
+        );
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! weftd: weft's node agent, a flanneld-compatible etcd (v3) subnet manager
-//! with a VXLAN data plane.
+//! with vxlan (optionally DirectRouting) and host-gw backends.
 //!
 //! What it does, in order:
 //! 1. reads `<prefix>/config` from etcd (waits while it is missing; exits
-//!    non-zero on an invalid config; only `Backend.Type=vxlan` is supported;
+//!    non-zero on an invalid config; `Backend.Type` vxlan [DirectRouting]
+//!    or host-gw, see `backends`;
 //!    dual stack via `EnableIPv6` + `IPv6Network` [+ `IPv6SubnetLen/Min/Max`]
 //!    with flannel's defaults; IPv6-only `EnableIPv4=false` is refused);
 //! 2. acquires a subnet lease under `<prefix>/subnets/` atomically (etcd Txn,
@@ -19,7 +20,8 @@
 //! 4. then writes `--subnet-file` atomically (FLANNEL_NETWORK, FLANNEL_SUBNET,
 //!    [FLANNEL_IPV6_NETWORK, FLANNEL_IPV6_SUBNET,] FLANNEL_MTU, FLANNEL_IPMASQ;
 //!    dual-stack FLANNEL_MTU is the smaller of the two devices' MTUs);
-//! 5. creates/keeps `flannel.<VNI>` (MTU underlay − 50) and programs, per
+//! 5. (vxlan; host-gw programs `<subnet> via <PublicIP> dev <iface>` per
+//!    on-link peer instead) creates/keeps `flannel.<VNI>` (MTU underlay − 50) and programs, per
 //!    remote lease that passes validation (inside Network, clear of our
 //!    subnet, the underlay and older leases, usable PublicIP/VtepMAC),
 //!    neighbour + FDB + onlink route; when dual-stack the same
@@ -46,29 +48,30 @@
 //! Endpoints (when `--healthz-port` != 0): `/healthz` (process alive),
 //! `/readyz` (200 while subnet.env is written, masquerade rules with
 //! `--ip-masq` are in place and peers are programmed; 503 names the gap),
-//! `/metrics` (Prometheus text). Logs: key=value lines on stderr.
+//! `/metrics` (Prometheus text), served by hyper. Logs: logfmt lines on stderr
+//! through tracing (tonic's and h2's too), filtered by `RUST_LOG`.
 //! Other flags: `--etcd-username/--etcd-password`, `--ip-masq-fully-random-disable`,
 //! `--iptables-forward-rules=false`, `--iptables-resync=5`, `--masq-backend=auto|nftables|iptables`,
 //! `-v` (debug logs). Single-dash Go-style flags (`-iface eth0`) are accepted too.
 //!
-//! Tests: `cargo test -p weftd` (unit, no root); as root `daemon/tests/netns.sh
-//! [weftd]` builds hub/etcd/node netns (198.51.100.0/24) and checks leases,
-//! subnet.env, programming, overlay ping, drift repair, restart, reservations,
-//! renewal, etcd outage and masq; `daemon/tests/dualstack.sh` does a
-//! dual-stack run (2001:db8:100::/64 underlay: subnet.env, flannel-v6.1,
-//! v6 routes/neigh/fdb, overlay and pod-to-pod ping6, drift, restart, lease
-//! removal, ip6 masq); `daemon/tests/tls.sh` checks etcd mTLS.
+//! Tests: `cargo test -p weftd` (unit, no root); as root the end-to-end
+//! suites tests/overlay.rs (leases, subnet.env, programming, overlay ping,
+//! drift repair, restart, reservations, renewal, etcd outage, masq, dual
+//! stack, etcd mTLS), tests/cluster.rs and tests/weftd.rs, all over
+//! scripts/lib/cluster.sh.
 //!
 //! Exit: 0 on SIGTERM/SIGINT (kernel state and the lease are kept, so a
 //! restart is hitless), 1 on a fatal error, 2 on bad flags.
 
 mod agent;
 mod backends;
+mod backoff;
 mod config;
 mod flags;
 mod local;
 mod logging;
 mod masq;
+mod masq_events;
 mod reconcile;
 mod store;
 mod subnet_env;
@@ -104,7 +107,7 @@ fn main() {
         eprintln!("weftd: {e}");
         std::process::exit(2);
     }
-    logging::set_verbose(flags.verbose);
+    logging::init(flags.verbose);
     // Blocking start-up work (files, nft/iptables probes) before the async
     // runtime exists, so no tokio worker ever blocks on it.
     let pre = match Prepared::new(&flags) {
@@ -114,8 +117,12 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread is plenty for etcd, the watch and the local HTTP server
+    // (the data plane and the kernel watch have their own threads), and
+    // every extra worker that allocates gets its own malloc arena, whose
+    // freed memory the other threads cannot reuse (the same start with
+    // MALLOC_ARENA_MAX=1 peaked ~7 MiB lower at 10,000 peers).
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -125,8 +132,14 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = rt.block_on(run(flags, pre)) {
+    let metrics = Arc::new(metrics::Metrics::default());
+    let state_file = pre.state_file.clone();
+    if let Err(e) = rt.block_on(run(flags, pre, metrics.clone())) {
         eprintln!("weftd: {e:#}");
+        metrics.status.fatal(&format!("{e:#}"));
+        if let Some(f) = &state_file {
+            metrics.status.flush(f, &metrics);
+        }
         std::process::exit(1);
     }
 }
@@ -138,6 +151,8 @@ struct Prepared {
     masq: Option<masq::Backend>,
     previous: Option<(Option<ipnetwork::Ipv4Network>, ipnetwork::Ipv4Network)>,
     previous6: Option<(Option<ipnetwork::Ipv6Network>, ipnetwork::Ipv6Network)>,
+    /// The state file, locked for weftd's lifetime (None if it cannot be made).
+    state_file: Option<Arc<weft_node_state::StateFile>>,
 }
 
 impl Prepared {
@@ -152,6 +167,7 @@ impl Prepared {
         };
         let previous = subnet_env::read_previous(&f.subnet_file);
         Ok(Prepared {
+            state_file: open_state_file(f),
             tls: read_tls(f)?,
             masq,
             previous: previous.as_ref().and_then(subnet_env::previous_v4),
@@ -185,6 +201,26 @@ impl Prepared {
     }
 }
 
+/// The state file, locked for weftd's lifetime.
+fn open_state_file(f: &flags::Flags) -> Option<Arc<weft_node_state::StateFile>> {
+    let path = f
+        .state_file
+        .clone()
+        .unwrap_or_else(|| weft_node_state::path_for_subnet_file(&f.subnet_file));
+    match weft_node_state::StateFile::open(&path) {
+        Ok(s) => Some(Arc::new(s)),
+        // Also when another weftd holds it (a second daemon on the same
+        // subnet file): that one keeps reporting; this one serves /state only.
+        Err(e) => {
+            warn!(
+                "weftctl and the flannel plugin will not see weftd's state",
+                error = e
+            );
+            None
+        }
+    }
+}
+
 fn read_tls(f: &flags::Flags) -> anyhow::Result<Option<store::etcd::TlsFiles>> {
     if !f.uses_tls() {
         return Ok(None);
@@ -204,6 +240,7 @@ async fn connect(
     f: &flags::Flags,
     tls: Option<store::etcd::TlsFiles>,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    status: &local::status::Status,
 ) -> anyhow::Result<Option<etcd_client::Client>> {
     let user = f.etcd_username.clone().zip(f.etcd_password.clone());
     let endpoints: Vec<String> = f
@@ -212,7 +249,7 @@ async fn connect(
         .map(|e| e.trim().to_string())
         .filter(|e| !e.is_empty())
         .collect();
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = backoff::Backoff::etcd();
     loop {
         let opts = store::etcd::connect_options(tls.clone(), user.clone());
         match etcd_client::Client::connect(&endpoints, Some(opts)).await {
@@ -222,16 +259,16 @@ async fn connect(
                 bail!("etcd endpoints {}: {e}", endpoints.join(","))
             }
             Err(e) => {
+                status.etcd_failed(&e);
                 warn!(
                     "cannot connect to etcd; retrying",
                     endpoints = endpoints.join(","),
                     error = e
                 );
                 tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
+                    _ = backoff.wait() => {}
                     _ = shutdown.changed() => return Ok(None),
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }
@@ -261,13 +298,16 @@ fn on_signals() -> tokio::sync::watch::Receiver<bool> {
 /// The underlay interface and our public IP.
 async fn underlay(
     f: &flags::Flags,
+    status: &local::status::Status,
 ) -> anyhow::Result<(backends::underlay::Underlay, std::net::Ipv4Addr)> {
     let ifaces = f.iface.clone();
     let underlay = tokio::task::spawn_blocking(move || {
         let mut nl = weft_netlink::Netlink::new()?;
         backends::underlay::find_underlay(&mut nl, &ifaces)
     })
-    .await??;
+    .await?
+    .inspect_err(|e| status.interface_not_found(&f.iface, e))?;
+    status.underlay(&underlay.name, underlay.ip, underlay.mtu);
     let public_ip = f.public_ip.unwrap_or(underlay.ip);
     info!(
         "using interface",
@@ -296,23 +336,32 @@ async fn serve_health(f: &flags::Flags, metrics: &Arc<metrics::Metrics>) -> anyh
 async fn network_config(
     reg: &mut store::etcd::Registry,
     stop_rx: &mut tokio::sync::watch::Receiver<bool>,
+    status: &local::status::Status,
 ) -> anyhow::Result<Option<config::NetConfig>> {
+    let key = store::keys::config_key(&reg.prefix);
+    let mut backoff = backoff::Backoff::etcd();
     let raw = loop {
         match reg.get_config().await {
             Ok(Some(c)) => break c,
-            Ok(None) => warn!(
-                "network config not found in etcd; waiting",
-                key = store::keys::config_key(&reg.prefix)
-            ),
-            Err(e) => warn!("reading network config failed; retrying", error = e),
+            Ok(None) => {
+                status.config_missing(&key);
+                warn!("network config not found in etcd; waiting", key = key)
+            }
+            Err(e) => {
+                status.lease_failed(&e);
+                warn!("reading network config failed; retrying", error = e)
+            }
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = backoff.wait() => {}
             _ = stop_rx.changed() => return Ok(None),
         }
     };
     let cfg = config::parse_config(&raw)
-        .with_context(|| format!("invalid {}", store::keys::config_key(&reg.prefix)))?;
+        .inspect_err(|e| status.invalid_config(&key, e))
+        .with_context(|| format!("invalid {key}"))?;
+    status.etcd_ok();
+    status.config(&reg.prefix, &cfg);
     info!(
         "network config",
         network = cfg.network,
@@ -325,14 +374,14 @@ async fn network_config(
     Ok(Some(cfg))
 }
 
-async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
+async fn run(f: flags::Flags, pre: Prepared, metrics: Arc<metrics::Metrics>) -> anyhow::Result<()> {
+    let status = start_status(&f, &pre, &metrics)?;
     let mut stop_rx = on_signals();
     // The underlay does not depend on etcd: find it first so a bad --iface fails fast.
-    let (underlay, public_ip) = underlay(&f).await?;
-    let metrics = Arc::new(metrics::Metrics::default());
+    let (underlay, public_ip) = underlay(&f, &status).await?;
     serve_health(&f, &metrics).await?;
 
-    let Some(client) = connect(&f, pre.tls.clone(), &mut stop_rx).await? else {
+    let Some(client) = connect(&f, pre.tls.clone(), &mut stop_rx, &status).await? else {
         return Ok(());
     };
     let mut reg = store::etcd::Registry {
@@ -343,7 +392,7 @@ async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
     if reg.prefix.is_empty() {
         reg.prefix = "/".into();
     }
-    let Some(cfg) = network_config(&mut reg, &mut stop_rx).await? else {
+    let Some(cfg) = network_config(&mut reg, &mut stop_rx, &status).await? else {
         return Ok(());
     };
     let public_ipv6 = cfg.ipv6.as_ref().and(f.public_ipv6.or(underlay.ip6));
@@ -407,6 +456,26 @@ async fn run(f: flags::Flags, pre: Prepared) -> anyhow::Result<()> {
     agent.run(stop_rx).await
 }
 
+/// weftd's state as known before anything runs, and the thread that
+/// keeps the state file current.
+fn start_status(
+    f: &flags::Flags,
+    pre: &Prepared,
+    metrics: &Arc<metrics::Metrics>,
+) -> anyhow::Result<local::status::Status> {
+    let status = metrics.status.clone();
+    status.start(&f.etcd_endpoints, &f.etcd_prefix, &f.subnet_file);
+    if let Some(b) = pre.masq {
+        status.masq_enabled(&format!("{b:?}"));
+    }
+    if let Some(file) = &pre.state_file {
+        status
+            .spawn_writer(file.clone(), metrics.clone())
+            .context("spawning the state-file thread")?;
+    }
+    Ok(status)
+}
+
 /// The data-plane thread and the kernel-watch thread that wakes it.
 fn start_dataplane(
     backend: Arc<dyn backends::Backend>,
@@ -416,8 +485,10 @@ fn start_dataplane(
     interval: Duration,
 ) -> anyhow::Result<std::sync::mpsc::Sender<reconcile::Command>> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let dp = reconcile::Dataplane::new(backend, underlay, pod_networks, metrics)?;
+    let mtu = backend.mtu();
+    let dp = reconcile::Dataplane::new(backend, underlay, pod_networks, metrics.clone())?;
     let (scope, wake) = (dp.watch_scope(), tx.clone());
+    metrics.status.devices(scope.devices.clone(), mtu);
     std::thread::Builder::new()
         .name("dataplane".into())
         .spawn(move || dp.run(rx, interval))

@@ -6,7 +6,9 @@
 //! adding a second set. IPv6 uses the same rules with ff00::/8 in place of
 //! 224.0.0.0/4. The whole set is replaced atomically (one `nft -f`
 //! transaction per table; one `iptables-restore --noflush` per family) on
-//! a subnet change and re-applied whenever a resync finds it altered.
+//! a subnet change, and re-applied when a check finds it altered: at once
+//! when the firewall reports a change (see [`crate::masq_events`]), and
+//! every `--iptables-resync` as a backstop.
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use std::process::{Command, Stdio};
@@ -196,7 +198,7 @@ fn rules_for(f: &Fam, r: &Rules) -> Vec<(&'static str, &'static str, Vec<String>
     v
 }
 
-fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, MasqError> {
+pub(crate) fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, MasqError> {
     let desc = format!("{cmd} {}", args.join(" "));
     let mut c = Command::new(cmd);
     c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -257,50 +259,53 @@ pub struct Request {
 
 /// The masquerade worker (a dedicated thread: it runs nft/iptables).
 /// Installs each requested rule set and answers the request with the
-/// outcome; between requests, checks every `resync` that the rules are
-/// intact and re-applies them if not. `masq_ok` follows every attempt, so
-/// /readyz reports rules that are missing.
+/// outcome. Between requests it repairs the rules as soon as the firewall
+/// reports them touched (see [`crate::masq_events`]), and checks them
+/// every `resync` anyway. `masq_ok` follows every check and attempt, so
+/// /readyz is 503 from the moment rules are found missing until they are
+/// back.
 pub fn worker(
     mut m: Masq,
     rx: std::sync::mpsc::Receiver<Request>,
     resync: std::time::Duration,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) {
+    use crate::masq_events::Wake;
     use std::sync::atomic::Ordering::Relaxed;
     use std::sync::mpsc::RecvTimeoutError;
+    use std::time::Instant;
+    let wake = crate::masq_events::start(m.backend(), rx);
     let mut errors = crate::logging::Repeats::new(std::time::Duration::from_secs(60));
+    let mut next_check = Instant::now() + resync;
+    // A failed check or repair is retried soon, not a whole resync later.
+    let mut retry = crate::backoff::Backoff::new(std::time::Duration::from_millis(200), resync);
     loop {
-        let result = match rx.recv_timeout(resync) {
-            Ok(req) => {
-                let r = m.set(req.rules.clone());
-                match &r {
-                    Ok(()) => {
-                        metrics.masq_repairs.fetch_add(1, Relaxed);
-                        crate::info!(
-                            "masquerade rules installed",
-                            backend = format!("{:?}", m.backend()),
-                            pod = req.rules.pod,
-                            cluster = req.rules.cluster
-                        );
-                    }
-                    Err(e) => crate::error!("installing masquerade rules failed", error = e),
+        let timeout = next_check.saturating_duration_since(Instant::now());
+        let result = match wake.recv_timeout(timeout) {
+            Ok(Wake::Install(req)) => Ok(install(&mut m, req, &metrics)),
+            Ok(Wake::Changed) => {
+                // Let the rest of a reload's burst arrive: one repair for it.
+                match crate::masq_events::settle(&wake) {
+                    Some(Wake::Install(req)) => Ok(install(&mut m, req, &metrics)),
+                    Some(_) => return,
+                    None => repair(&mut m, &metrics, "event"),
                 }
-                let ok = r.is_ok();
-                let _ = req.done.send(r);
-                Ok(ok)
             }
-            Err(RecvTimeoutError::Timeout) => m.resync().map(|repaired| {
-                if repaired {
-                    metrics.masq_repairs.fetch_add(1, Relaxed);
-                    crate::warn!("masquerade rules were altered; re-applied");
-                }
-                true
-            }),
-            Err(RecvTimeoutError::Disconnected) => return,
+            Ok(Wake::Stopped) | Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Timeout) => repair(&mut m, &metrics, "resync"),
         };
         match result {
-            Ok(ok) => metrics.masq_ok.store(ok, Relaxed),
+            Ok(ok) => {
+                if ok {
+                    metrics.status.masq(Ok(()));
+                }
+                metrics.masq_ok.store(ok, Relaxed);
+                retry.reset();
+                next_check = Instant::now() + resync;
+            }
             Err(e) => {
+                metrics.status.masq(Err(e.to_string()));
+                next_check = Instant::now() + retry.next_delay();
                 metrics.masq_ok.store(false, Relaxed);
                 metrics.programming_errors.fetch_add(1, Relaxed);
                 if let Some(n) = errors.check(&e.to_string()) {
@@ -314,6 +319,57 @@ pub fn worker(
         }
         errors.sweep();
     }
+}
+
+/// Install a requested rule set and answer the request; whether it went in.
+fn install(m: &mut Masq, req: Request, metrics: &crate::metrics::Metrics) -> bool {
+    let r = m.set(req.rules.clone());
+    match &r {
+        Ok(()) => {
+            metrics
+                .masq_repairs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            crate::info!(
+                "masquerade rules installed",
+                backend = format!("{:?}", m.backend()),
+                pod = req.rules.pod,
+                cluster = req.rules.cluster
+            );
+        }
+        Err(e) => {
+            metrics.status.masq(Err(e.to_string()));
+            crate::error!("installing masquerade rules failed", error = e)
+        }
+    }
+    let ok = r.is_ok();
+    let _ = req.done.send(r);
+    ok
+}
+
+/// Check the rules; when they are not intact, report not ready at once,
+/// then re-apply. `Ok(true)`: the rules are in place.
+fn repair(
+    m: &mut Masq,
+    metrics: &crate::metrics::Metrics,
+    trigger: &str,
+) -> Result<bool, MasqError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    if m.is_intact() {
+        return Ok(true);
+    }
+    metrics.masq_ok.store(false, Relaxed);
+    metrics
+        .status
+        .masq(Err("masquerade rules missing; re-applying them".into()));
+    let started = std::time::Instant::now();
+    m.apply()?;
+    metrics.masq_repairs.fetch_add(1, Relaxed);
+    crate::warn!(
+        "masquerade rules were altered or removed; re-applied",
+        trigger = trigger,
+        took_ms = started.elapsed().as_millis()
+    );
+    Ok(true)
 }
 
 pub struct Masq {
@@ -342,7 +398,8 @@ impl Masq {
         self.apply()
     }
 
-    fn apply(&mut self) -> Result<(), MasqError> {
+    /// (Re)apply the installed rule set.
+    pub fn apply(&mut self) -> Result<(), MasqError> {
         let Some(r) = self.rules.clone() else {
             return Ok(());
         };
@@ -370,23 +427,19 @@ impl Masq {
         Ok(out)
     }
 
-    /// Check the rules are intact; re-apply if not. Returns whether it repaired.
-    pub fn resync(&mut self) -> Result<bool, MasqError> {
-        let Some(r) = self.rules.clone() else {
-            return Ok(false);
+    /// Whether the installed rule set is still exactly in place (true
+    /// when none is installed yet).
+    pub fn is_intact(&self) -> bool {
+        let Some(r) = &self.rules else {
+            return true;
         };
-        let intact = match self.backend {
+        match self.backend {
             Backend::Nftables => match (&self.applied_listing, self.nft_listing()) {
                 (Some(a), Ok(now)) => *a == now,
                 _ => false,
             },
-            Backend::Iptables => fams(&r).iter().all(|f| self.iptables_intact(f, &r)),
-        };
-        if intact {
-            return Ok(false);
+            Backend::Iptables => fams(r).iter().all(|f| self.iptables_intact(f, r)),
         }
-        self.apply()?;
-        Ok(true)
     }
 
     fn iptables_intact(&self, f: &Fam, r: &Rules) -> bool {

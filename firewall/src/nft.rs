@@ -1,63 +1,43 @@
-//! nftables: the backend probe and rule lookup by comment.
+//! nftables: the backend probe and rule lookup and deletion by comment.
+//! Rules are written with `nft -f`; reading and deleting them goes over
+//! netlink (weft_netlink), since every `nft` exec loads libnftables and
+//! the table into its cache, which made up most of a portmap DEL.
 
-use std::process::{Command as Process, Stdio};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
-use serde_json::Value;
 use weft_cni::Error;
+use weft_netlink::{nf_tables_usable, nft_delete_rules, nft_list_rules};
 
-use crate::run::{fail, run};
+use crate::run::fail;
 
-/// Whether `nft` runs and may change the ruleset here (the default backend
-/// when a config names none). A check-only transaction: nothing changes,
-/// and unlike `nft list tables`, which loads every rule of every table
-/// into nft's cache, its cost does not grow with the ruleset.
+pub use weft_netlink::NftRuleRef as NftRule;
+
+/// Whether `nft` is there and may change the ruleset here (the default
+/// backend when a config names none): an executable `nft` on PATH, and
+/// nf_tables answering us over netlink (it refuses without CAP_NET_ADMIN).
+/// No exec: the probe used to cost a whole `nft -c` run on every call.
 pub fn nft_works() -> bool {
-    nft_quiet(&["-c", "add", "table", "inet", "weft_probe"])
+    nft_on_path() && nf_tables_usable()
 }
 
-fn nft_quiet(args: &[&str]) -> bool {
-    Process::new("nft")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+fn nft_on_path() -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path).any(|dir| {
+        Path::new(&dir)
+            .join("nft")
+            .metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
 }
 
-/// One rule of a listed table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NftRule {
-    pub chain: String,
-    pub handle: u64,
-    pub comment: Option<String>,
+fn kernel(e: weft_netlink::Error) -> Error {
+    fail(e.to_string())
 }
 
 /// Every rule of `family`/`table`; None when the table does not exist.
 pub fn nft_rules(family: &str, table: &str) -> Result<Option<Vec<NftRule>>, Error> {
-    let listing = match run("nft", &["-j", "list", "table", family, table], "") {
-        Ok(listing) => listing,
-        // A check-only delete succeeds only for a table that exists: then
-        // the listing itself failed.
-        Err(_) if !nft_quiet(&["-c", "delete", "table", family, table]) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let parsed: Value = serde_json::from_str(&listing)
-        .map_err(|e| fail(format!("cannot parse nft output: {e}")))?;
-    let items = parsed.get("nftables").and_then(Value::as_array);
-    Ok(Some(
-        items
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i.get("rule"))
-            .filter_map(|r| {
-                Some(NftRule {
-                    chain: r.get("chain")?.as_str()?.to_string(),
-                    handle: r.get("handle")?.as_u64()?,
-                    comment: r.get("comment").and_then(Value::as_str).map(String::from),
-                })
-            })
-            .collect(),
-    ))
+    nft_list_rules(family, table).map_err(kernel)
 }
 
 /// Handles of the rules of `table`/`chain` whose comment `matches`; a
@@ -83,12 +63,6 @@ pub fn nft_delete_where(
     matches: impl Fn(&str) -> bool,
 ) -> Result<(), Error> {
     let handles = nft_handles(family, table, chain, matches)?;
-    if handles.is_empty() {
-        return Ok(());
-    }
-    let script: String = handles
-        .iter()
-        .map(|h| format!("delete rule {family} {table} {chain} handle {h}\n"))
-        .collect();
-    run("nft", &["-f", "-"], &script).map(|_| ())
+    let rules: Vec<(&str, u64)> = handles.iter().map(|h| (chain, *h)).collect();
+    nft_delete_rules(family, table, &rules).map_err(kernel)
 }

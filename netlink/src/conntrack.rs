@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use nix::errno::Errno;
 
-use crate::nfnl::{attrs, find, message, Nfnl};
+use crate::nfnetlink::{attrs, find, Nfnl};
 use crate::{Error, IpFamily};
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
@@ -64,41 +64,20 @@ fn matches(entry: &[u8], f: &ConntrackFilter) -> bool {
         && f.reply_src.is_none_or(|a| addr(reply, 1) == Some(a))
 }
 
-/// One ctnetlink request of `kind` for `family`.
-fn request(
-    kind: u16,
-    flags: u16,
-    family: IpFamily,
-    body: &[u8],
-) -> impl FnOnce(u32) -> Vec<u8> + '_ {
-    let af = match family {
-        IpFamily::V4 => libc::AF_INET,
-        IpFamily::V6 => libc::AF_INET6,
-    };
-    move |seq| {
-        message(
-            (NFNL_SUBSYS_CTNETLINK << 8) | kind,
-            flags,
-            seq,
-            af as u8,
-            0,
-            body,
-        )
-    }
-}
-
 /// Delete every entry matching `filter`; returns how many went. An entry
 /// that vanished meanwhile is not an error.
 pub fn delete_conntrack(filter: &ConntrackFilter) -> Result<usize, Error> {
     let mut ct = Nfnl::new()?;
+    let af = match filter.family {
+        IpFamily::V4 => libc::AF_INET as u8,
+        IpFamily::V6 => libc::AF_INET6 as u8,
+    };
     let mut doomed: Vec<Vec<u8>> = Vec::new();
     ct.exchange(
-        request(
-            IPCTNL_MSG_CT_GET,
-            NLM_F_REQUEST | NLM_F_DUMP,
-            filter.family,
-            &[],
-        ),
+        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        af,
+        &[],
         "dump conntrack",
         |entry| {
             if matches(entry, filter) {
@@ -119,12 +98,10 @@ pub fn delete_conntrack(filter: &ConntrackFilter) -> Result<usize, Error> {
     let mut deleted = 0;
     for body in &doomed {
         match ct.exchange(
-            request(
-                IPCTNL_MSG_CT_DELETE,
-                NLM_F_REQUEST | NLM_F_ACK,
-                filter.family,
-                body,
-            ),
+            (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE,
+            NLM_F_REQUEST | NLM_F_ACK,
+            af,
+            body,
             "delete conntrack entry",
             |_| {},
         ) {

@@ -23,6 +23,16 @@ pub enum Error {
     /// The caller passed something we refuse to send (bad name, bad key...).
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// Sending on or receiving from a netlink socket failed: the socket
+    /// itself is broken (or out of sync), not the request. Distinct from
+    /// [`Error::Os`], which is also a kernel NACK: a caller reopens the
+    /// socket on this one, and only on this one.
+    #[error("{op}: netlink socket broken: {source}")]
+    Socket {
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{op}: {source}")]
     Io {
         op: String,
@@ -69,10 +79,25 @@ impl Error {
         }
     }
 
+    /// A send/recv failure on a netlink socket (see [`Error::Socket`]).
+    pub fn socket(op: impl Into<String>, e: std::io::Error) -> Self {
+        Error::Socket {
+            op: op.into(),
+            source: e,
+        }
+    }
+
+    /// The socket is broken: reopen it before the next request.
+    pub fn is_socket_broken(&self) -> bool {
+        matches!(self, Error::Socket { .. })
+    }
+
     pub fn errno(&self) -> Option<Errno> {
         match self {
             Error::Os { errno, .. } => Some(*errno),
-            Error::Io { source, .. } => source.raw_os_error().map(Errno::from_raw),
+            Error::Io { source, .. } | Error::Socket { source, .. } => {
+                source.raw_os_error().map(Errno::from_raw)
+            }
             _ => None,
         }
     }
@@ -103,6 +128,10 @@ impl Error {
                 op: new_op.into(),
                 source,
             },
+            Error::Socket { source, .. } => Error::Socket {
+                op: new_op.into(),
+                source,
+            },
             other => other,
         }
     }
@@ -126,6 +155,12 @@ mod tests {
         }
         assert!(Error::io("open", std::io::Error::from_raw_os_error(libc::ENOENT)).is_not_found());
         assert_eq!(Error::Decode("bad".into()).errno(), None);
+        // A broken socket is its own kind; a NACK with the same errno is not.
+        let broken = Error::socket("send", std::io::Error::from_raw_os_error(libc::EBADF));
+        assert!(broken.is_socket_broken());
+        assert_eq!(broken.errno(), Some(Errno::EBADF));
+        assert!(broken.with_op("other").is_socket_broken());
+        assert!(!Error::os("x", Errno::EBADF).is_socket_broken());
     }
 
     #[test]

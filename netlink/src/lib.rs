@@ -1,7 +1,8 @@
 //! weft-netlink: all of weft's netlink, behind a small synchronous API.
 //!
 //! Short-lived CNI plugins use this, so there is no async runtime: one
-//! blocking NETLINK_ROUTE socket, one request at a time. A [`Netlink`] is
+//! blocking NETLINK_ROUTE socket, one request at a time (or one pipelined
+//! batch of changes, [`Netlink::apply`], for weftd). A [`Netlink`] is
 //! bound to the network namespace it was created in (sockets keep their
 //! namespace), so a plugin opens one per namespace instead of moving threads.
 //!
@@ -16,28 +17,35 @@
 //! ```
 
 mod addr;
+mod batch;
 mod conntrack;
 mod error;
 mod link;
 mod monitor;
 mod neigh;
+mod netfilter;
 pub mod netns;
-mod nfnl;
+mod nfnetlink;
 mod nftables;
 mod route;
 mod socket;
 pub mod tc;
 
 pub use addr::Address;
+pub use batch::Change;
 pub use conntrack::{delete_conntrack, ConntrackFilter};
 pub use error::Error;
 pub use link::{BridgeVlan, Link, VxlanInfo, VxlanSpec};
 pub use monitor::{KernelEvent, LinkEvent, LinkMonitor};
 pub use neigh::{FdbEntry, Neighbour};
+pub use netfilter::{xtables_entries, NftChange, NftEvent, NftMonitor};
 pub use netns::{read_sysctl, write_sysctl, Netns};
-pub use nftables::{NftChange, NftFamily, NftRule, NftTable, NftWatch};
+pub use nftables::{
+    nf_tables_usable, nft_delete_rules, nft_delete_table, nft_list_rules, NftDeletion, NftRuleRef,
+    NftTable, NftWatch,
+};
 pub use route::{IpFamily, Route};
-pub use tc::{Filter, Qdisc, Tbf};
+pub use tc::{Class, Filter, Htb, HtbClass, IpField, Qdisc, Tbf};
 
 /// Neighbour (NUD_*) states, as reported in [`Neighbour::state`] / [`FdbEntry::state`].
 pub mod nud {

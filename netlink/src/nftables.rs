@@ -1,147 +1,248 @@
-//! nf_tables over netlink, for what a plugin must do at a cost that does
-//! not grow with the ruleset (`nft` loads whole tables into its cache for
-//! a listing, and for `--echo`): look one rule up by handle, walk a chain
-//! and stop early, see the rules another process's transaction just added
-//! (with their handles), and delete rules or a table in one transaction
-//! that the kernel refuses (ERESTART) if the ruleset changed since a given
-//! generation, so what was read is still what gets deleted.
+//! nf_tables over netlink, only what DEL, CHECK and GC need: list one
+//! table's rules (chain, handle, comment) and delete rules by handle or
+//! the whole table in one transaction. Rules are still written by `nft
+//! -f`; reading and deleting them this way spares each DEL two or three
+//! `nft` execs (each one loads libnftables and the table into its cache).
+//!
+//! [`NftTable`] goes further, for costs that must not grow with the
+//! ruleset: one rule by handle, a chain walk that stops early, and
+//! deletions the kernel applies only if the ruleset is still at the
+//! generation they were decided at. [`NftWatch`] sees the rules another
+//! process's transaction adds, with their handles (which `nft --echo`
+//! would load the whole table to print).
 
 use std::ops::ControlFlow;
 
 use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use nix::errno::Errno;
 
-use crate::nfnl::{find, message, put, put_str, text, Nfnl, Reply};
+use crate::nfnetlink::{find, put_attr, Nfnl};
 use crate::Error;
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_DELTABLE: u16 = 2;
-const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_DELRULE: u16 = 8;
+const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETGEN: u16 = 16;
-const NFNL_MSG_BATCH_BEGIN: u16 = 16;
-const NFNL_MSG_BATCH_END: u16 = 17;
-const NFNL_BATCH_GENID: u16 = 1;
+const NFTA_GEN_ID: u16 = 1;
+const NFNLGRP_NFTABLES: u32 = 7;
+/// Room for a burst of other processes' changes while ours commits.
+const WATCH_RCVBUF: usize = 4 << 20;
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_HANDLE: u16 = 3;
 const NFTA_RULE_USERDATA: u16 = 7;
-const NFTA_GEN_ID: u16 = 1;
-/// libnftnl's user-data TLV type of a rule's comment.
+const NFPROTO_INET: u8 = 1;
+/// libnftnl's user-data TLV type for a rule's comment.
 const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
-const NFNLGRP_NFTABLES: u32 = 7;
-/// Room for a burst of other processes' changes while ours commits.
-const WATCH_RCVBUF: usize = 4 << 20;
 
-/// An nf_tables family (NFPROTO_*).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NftFamily {
-    Inet,
-    Ip,
-    Ip6,
-    Bridge,
-}
-
-impl NftFamily {
-    fn nfproto(self) -> u8 {
-        match self {
-            NftFamily::Inet => 1,
-            NftFamily::Ip => 2,
-            NftFamily::Bridge => 7,
-            NftFamily::Ip6 => 10,
-        }
-    }
-}
-
-/// One rule, as much of it as lookups by comment need.
+/// One rule of a listed table.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NftRule {
+pub struct NftRuleRef {
     pub chain: String,
     pub handle: u64,
     pub comment: Option<String>,
 }
 
-/// One change of a [`NftTable::commit`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NftChange {
-    DeleteRule { chain: String, handle: u64 },
-    DeleteTable,
+/// NFPROTO_* of an nft family name.
+fn family(name: &str) -> Result<u8, Error> {
+    Ok(match name {
+        "inet" => NFPROTO_INET,
+        "ip" => 2,
+        "arp" => 3,
+        "netdev" => 5,
+        "bridge" => 7,
+        "ip6" => 10,
+        _ => return Err(Error::Protocol(format!("unknown nft family {name}"))),
+    })
 }
 
-fn kind(msg: u16) -> u16 {
-    (NFNL_SUBSYS_NFTABLES << 8) | msg
+fn nul_terminated(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
 }
 
-/// The comment in a rule's user data (a list of type, length, value).
-fn comment(mut udata: &[u8]) -> Option<String> {
-    while let [t, len, rest @ ..] = udata {
-        let value = rest.get(..usize::from(*len))?;
-        if *t == NFTNL_UDATA_RULE_COMMENT {
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b.strip_suffix(&[0]).unwrap_or(b)).into_owned()
+}
+
+fn comment(udata: &[u8]) -> Option<String> {
+    let mut rest = udata;
+    while let [kind, len, tail @ ..] = rest {
+        let value = tail.get(..usize::from(*len))?;
+        if *kind == NFTNL_UDATA_RULE_COMMENT {
             return Some(text(value));
         }
-        udata = &rest[value.len()..];
+        rest = &tail[usize::from(*len)..];
     }
     None
 }
 
-/// (table, rule) of one NEWRULE payload.
-fn parse_rule(payload: &[u8]) -> Option<(String, NftRule)> {
-    let table = text(find(payload, NFTA_RULE_TABLE)?);
-    let handle = u64::from_be_bytes(find(payload, NFTA_RULE_HANDLE)?.try_into().ok()?);
-    Some((
-        table,
-        NftRule {
-            chain: text(find(payload, NFTA_RULE_CHAIN)?),
-            handle,
-            comment: find(payload, NFTA_RULE_USERDATA).and_then(comment),
+fn parse_rule(msg: &[u8]) -> Option<NftRuleRef> {
+    let handle = find(msg, NFTA_RULE_HANDLE).and_then(|h| <[u8; 8]>::try_from(h).ok())?;
+    Some(NftRuleRef {
+        chain: text(find(msg, NFTA_RULE_CHAIN)?),
+        handle: u64::from_be_bytes(handle),
+        comment: find(msg, NFTA_RULE_USERDATA).and_then(comment),
+    })
+}
+
+const fn nft(msg: u16) -> u16 {
+    (NFNL_SUBSYS_NFTABLES << 8) | msg
+}
+
+fn table_attr(table: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    put_attr(&mut body, NFTA_TABLE_NAME, &nul_terminated(table));
+    body
+}
+
+fn get_table(nl: &mut Nfnl, af: u8, table: &str, op: &str) -> Result<(), Error> {
+    let body = table_attr(table);
+    nl.exchange(
+        nft(NFT_MSG_GETTABLE),
+        NLM_F_REQUEST | NLM_F_ACK,
+        af,
+        &body,
+        op,
+        |_| {},
+    )
+}
+
+/// Whether nf_tables answers here and lets us change it: it refuses every
+/// request, reads too, without CAP_NET_ADMIN, and a kernel without it
+/// has no such subsystem. Asks for a table that does not exist.
+pub fn nf_tables_usable() -> bool {
+    let Ok(mut nl) = Nfnl::new() else {
+        return false;
+    };
+    match get_table(
+        &mut nl,
+        NFPROTO_INET,
+        "weft_probe_absent",
+        "probe nf_tables",
+    ) {
+        Ok(()) => true,
+        Err(e) => e.errno() == Some(Errno::ENOENT),
+    }
+}
+
+/// Every rule of `family`/`table`; None when the table does not exist
+/// (or nf_tables itself does not: then no table does).
+pub fn nft_list_rules(family_name: &str, table: &str) -> Result<Option<Vec<NftRuleRef>>, Error> {
+    let af = family(family_name)?;
+    let mut nl = Nfnl::new()?;
+    let op = format!("get nft table {family_name} {table}");
+    match get_table(&mut nl, af, table, &op) {
+        Err(e)
+            if matches!(
+                e.errno(),
+                Some(Errno::ENOENT | Errno::EOPNOTSUPP | Errno::EPROTONOSUPPORT)
+            ) =>
+        {
+            return Ok(None)
+        }
+        other => other?,
+    }
+    let name = table_attr(table);
+    let mut rules = Vec::new();
+    let op = format!("list the rules of nft table {family_name} {table}");
+    // NFTA_RULE_TABLE has the same number as NFTA_TABLE_NAME: the dump is
+    // filtered to this table.
+    nl.exchange(
+        nft(NFT_MSG_GETRULE),
+        NLM_F_REQUEST | NLM_F_DUMP,
+        af,
+        &name,
+        &op,
+        |m| {
+            rules.extend(parse_rule(m));
         },
-    ))
+    )?;
+    Ok(Some(rules))
+}
+
+/// Delete the rules `(chain, handle)` of `family`/`table`, all or none.
+pub fn nft_delete_rules(
+    family_name: &str,
+    table: &str,
+    rules: &[(&str, u64)],
+) -> Result<(), Error> {
+    let af = family(family_name)?;
+    let msgs: Vec<(u16, u8, Vec<u8>)> = rules
+        .iter()
+        .map(|(chain, handle)| {
+            let mut body = Vec::new();
+            put_attr(&mut body, NFTA_RULE_TABLE, &nul_terminated(table));
+            put_attr(&mut body, NFTA_RULE_CHAIN, &nul_terminated(chain));
+            put_attr(&mut body, NFTA_RULE_HANDLE, &handle.to_be_bytes());
+            (nft(NFT_MSG_DELRULE), af, body)
+        })
+        .collect();
+    let op = format!(
+        "delete {} rules of nft table {family_name} {table}",
+        rules.len()
+    );
+    Nfnl::new()?.batch(NFNL_SUBSYS_NFTABLES, None, &msgs, &op)
+}
+
+/// Delete `family`/`table` with everything in it.
+pub fn nft_delete_table(family_name: &str, table: &str) -> Result<(), Error> {
+    let msgs = [(
+        nft(NFT_MSG_DELTABLE),
+        family(family_name)?,
+        table_attr(table),
+    )];
+    let op = format!("delete nft table {family_name} {table}");
+    Nfnl::new()?.batch(NFNL_SUBSYS_NFTABLES, None, &msgs, &op)
+}
+
+/// One deletion of an [`NftTable::commit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NftDeletion {
+    Rule { chain: String, handle: u64 },
+    Table,
+}
+
+fn rule_attrs(table: &str, chain: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    put_attr(&mut body, NFTA_RULE_TABLE, &nul_terminated(table));
+    put_attr(&mut body, NFTA_RULE_CHAIN, &nul_terminated(chain));
+    body
 }
 
 /// One table, by family and name. Nothing is cached: every call asks the
 /// kernel.
 pub struct NftTable {
-    family: NftFamily,
+    af: u8,
     name: String,
     nl: Nfnl,
 }
 
 impl NftTable {
-    pub fn new(family: NftFamily, name: &str) -> Result<NftTable, Error> {
+    pub fn new(family_name: &str, name: &str) -> Result<NftTable, Error> {
         Ok(NftTable {
-            family,
+            af: family(family_name)?,
             name: name.to_string(),
             nl: Nfnl::new()?,
         })
-    }
-
-    fn rule_attrs(&self, chain: &str) -> Vec<u8> {
-        let mut body = Vec::new();
-        put_str(&mut body, NFTA_RULE_TABLE, &self.name);
-        put_str(&mut body, NFTA_RULE_CHAIN, chain);
-        body
     }
 
     /// The ruleset's generation now: pass it to [`NftTable::commit`].
     pub fn generation(&mut self) -> Result<u32, Error> {
         let mut generation = None;
         self.nl.exchange(
-            |seq| {
-                message(
-                    kind(NFT_MSG_GETGEN),
-                    NLM_F_REQUEST | NLM_F_ACK,
-                    seq,
-                    0,
-                    0,
-                    &[],
-                )
-            },
-            "get nf_tables generation",
-            |payload| {
-                generation = find(payload, NFTA_GEN_ID)
+            nft(NFT_MSG_GETGEN),
+            NLM_F_REQUEST | NLM_F_ACK,
+            0,
+            &[],
+            "get the nf_tables generation",
+            |m| {
+                generation = find(m, NFTA_GEN_ID)
                     .and_then(|v| v.try_into().ok())
                     .map(u32::from_be_bytes);
             },
@@ -150,23 +251,8 @@ impl NftTable {
     }
 
     pub fn exists(&mut self) -> Result<bool, Error> {
-        let mut body = Vec::new();
-        put_str(&mut body, NFTA_TABLE_NAME, &self.name);
-        let family = self.family.nfproto();
-        match self.nl.exchange(
-            |seq| {
-                message(
-                    kind(NFT_MSG_GETTABLE),
-                    NLM_F_REQUEST | NLM_F_ACK,
-                    seq,
-                    family,
-                    0,
-                    &body,
-                )
-            },
-            "get nf_tables table",
-            |_| {},
-        ) {
+        let op = format!("get nft table {}", self.name);
+        match get_table(&mut self.nl, self.af, &self.name, &op) {
             Ok(()) => Ok(true),
             Err(e) if e.errno() == Some(Errno::ENOENT) => Ok(false),
             Err(e) => Err(e),
@@ -175,24 +261,17 @@ impl NftTable {
 
     /// The rule `handle` of `chain`; None when the table, chain or rule is
     /// not there.
-    pub fn rule(&mut self, chain: &str, handle: u64) -> Result<Option<NftRule>, Error> {
-        let mut body = self.rule_attrs(chain);
-        put(&mut body, NFTA_RULE_HANDLE, &handle.to_be_bytes());
-        let family = self.family.nfproto();
+    pub fn rule(&mut self, chain: &str, handle: u64) -> Result<Option<NftRuleRef>, Error> {
+        let mut body = rule_attrs(&self.name, chain);
+        put_attr(&mut body, NFTA_RULE_HANDLE, &handle.to_be_bytes());
         let mut found = None;
         match self.nl.exchange(
-            |seq| {
-                message(
-                    kind(NFT_MSG_GETRULE),
-                    NLM_F_REQUEST | NLM_F_ACK,
-                    seq,
-                    family,
-                    0,
-                    &body,
-                )
-            },
-            "get nf_tables rule",
-            |payload| found = parse_rule(payload).map(|(_, r)| r),
+            nft(NFT_MSG_GETRULE),
+            NLM_F_REQUEST | NLM_F_ACK,
+            self.af,
+            &body,
+            "get an nft rule",
+            |m| found = parse_rule(m),
         ) {
             Ok(()) => Ok(found),
             Err(e) if e.errno() == Some(Errno::ENOENT) => Ok(None),
@@ -202,37 +281,20 @@ impl NftTable {
 
     /// Visit `chain`'s rules in order until `visit` breaks; a missing table
     /// or chain has none. The dump runs on its own socket, dropped when the
-    /// walk stops early, so the kernel never builds more of it than was read.
+    /// walk stops early, so the kernel builds no more of it than was read.
     pub fn walk(
         &self,
         chain: &str,
-        mut visit: impl FnMut(NftRule) -> ControlFlow<()>,
+        mut visit: impl FnMut(NftRuleRef) -> ControlFlow<()>,
     ) -> Result<(), Error> {
-        let body = self.rule_attrs(chain);
-        let family = self.family.nfproto();
-        let mut nl = Nfnl::new()?;
-        let seq = nl.next_seq();
-        let request = message(
-            kind(NFT_MSG_GETRULE),
+        let body = rule_attrs(&self.name, chain);
+        let walked = Nfnl::new()?.exchange_until(
+            nft(NFT_MSG_GETRULE),
             NLM_F_REQUEST | NLM_F_DUMP,
-            seq,
-            family,
-            0,
+            self.af,
             &body,
-        );
-        nl.send(&request, "dump nf_tables rules")?;
-        let walked = nl.replies(
-            "dump nf_tables rules",
-            |s| s == seq,
-            |reply| {
-                Ok(match reply {
-                    Reply::Data { payload, .. } => match parse_rule(payload) {
-                        Some((_, rule)) => visit(rule).is_break(),
-                        None => false,
-                    },
-                    Reply::Ack(_) | Reply::Done => true,
-                })
-            },
+            "walk an nft chain",
+            |m| parse_rule(m).is_some_and(|r| visit(r).is_break()),
         );
         match walked {
             Err(e) if e.errno() == Some(Errno::ENOENT) => Ok(()),
@@ -240,72 +302,24 @@ impl NftTable {
         }
     }
 
-    /// Apply `changes` in one transaction, only if the ruleset is still at
-    /// `generation`: else nothing changes and the error's errno is
+    /// Apply `deletions` in one transaction, only if the ruleset is still
+    /// at `generation`: else nothing changes and the error's errno is
     /// ERESTART (read again, decide again).
-    pub fn commit(&mut self, generation: u32, changes: &[NftChange]) -> Result<(), Error> {
-        let family = self.family.nfproto();
-        let first = self.nl.next_seq();
-        let mut genid = Vec::new();
-        put(&mut genid, NFNL_BATCH_GENID, &generation.to_be_bytes());
-        let mut batch = message(
-            NFNL_MSG_BATCH_BEGIN,
-            NLM_F_REQUEST,
-            first,
-            0,
-            NFNL_SUBSYS_NFTABLES,
-            &genid,
-        );
-        let mut pending = Vec::new();
-        for change in changes {
-            let seq = self.nl.next_seq();
-            let (msg, body) = match change {
-                NftChange::DeleteRule { chain, handle } => {
-                    let mut body = self.rule_attrs(chain);
-                    put(&mut body, NFTA_RULE_HANDLE, &handle.to_be_bytes());
-                    (NFT_MSG_DELRULE, body)
+    pub fn commit(&mut self, generation: u32, deletions: &[NftDeletion]) -> Result<(), Error> {
+        let msgs: Vec<(u16, u8, Vec<u8>)> = deletions
+            .iter()
+            .map(|d| match d {
+                NftDeletion::Rule { chain, handle } => {
+                    let mut body = rule_attrs(&self.name, chain);
+                    put_attr(&mut body, NFTA_RULE_HANDLE, &handle.to_be_bytes());
+                    (nft(NFT_MSG_DELRULE), self.af, body)
                 }
-                NftChange::DeleteTable => {
-                    let mut body = Vec::new();
-                    put_str(&mut body, NFTA_TABLE_NAME, &self.name);
-                    (NFT_MSG_DELTABLE, body)
-                }
-            };
-            batch.extend(message(
-                kind(msg),
-                NLM_F_REQUEST | NLM_F_ACK,
-                seq,
-                family,
-                0,
-                &body,
-            ));
-            pending.push(seq);
-        }
-        let end = self.nl.next_seq();
-        batch.extend(message(
-            NFNL_MSG_BATCH_END,
-            NLM_F_REQUEST,
-            end,
-            0,
-            NFNL_SUBSYS_NFTABLES,
-            &[],
-        ));
-        self.nl.send(&batch, "nf_tables transaction")?;
-        if pending.is_empty() {
-            return Ok(());
-        }
-        // Every change is acked; a refused generation is one error for the
-        // batch's first message.
-        self.nl.replies(
-            "nf_tables transaction",
-            |s| s >= first && s <= end,
-            |reply| {
-                if let Reply::Ack(seq) = reply {
-                    pending.retain(|s| *s != seq);
-                }
-                Ok(pending.is_empty())
-            },
-        )
+                NftDeletion::Table => (nft(NFT_MSG_DELTABLE), self.af, table_attr(&self.name)),
+            })
+            .collect();
+        let op = format!("delete from nft table {}", self.name);
+        self.nl
+            .batch(NFNL_SUBSYS_NFTABLES, Some(generation), &msgs, &op)
     }
 }
 
@@ -320,44 +334,30 @@ impl NftWatch {
         let nl = Nfnl::new()?;
         let sock = nl.socket();
         sock.set_rx_buf_sz(WATCH_RCVBUF)
-            .map_err(|e| Error::io("size nf_tables watch buffer", e))?;
+            .map_err(|e| Error::io("size the nf_tables watch buffer", e))?;
         sock.add_membership(NFNLGRP_NFTABLES)
-            .map_err(|e| Error::io("join NFNLGRP_NFTABLES", e))?;
+            .map_err(|e| Error::io("subscribe to nf_tables notifications", e))?;
         sock.set_non_blocking(true)
-            .map_err(|e| Error::io("make nf_tables watch non-blocking", e))?;
+            .map_err(|e| Error::io("make the nf_tables watch non-blocking", e))?;
         Ok(NftWatch { nl })
     }
 
-    /// The rules added to `family` `name` since [`NftWatch::new`], with
-    /// their handles. The kernel sends these notifications before it acks a
-    /// transaction, so they are all here once the adding process is done.
-    /// An error (ENOBUFS) when some were lost.
-    pub fn added(&mut self, family: NftFamily, name: &str) -> Result<Vec<NftRule>, Error> {
+    /// The rules added to `family_name`/`table` since [`NftWatch::new`],
+    /// with their handles. The kernel sends these notifications before it
+    /// acks a transaction, so they are all here once the adding process is
+    /// done. An error (ENOBUFS) when some were lost.
+    pub fn added(&mut self, family_name: &str, table: &str) -> Result<Vec<NftRuleRef>, Error> {
+        let af = family(family_name)?;
         let mut rules = Vec::new();
-        self.nl.replies(
-            "read nf_tables notifications",
-            |_| true,
-            |reply| {
-                if let Reply::Data {
-                    kind: k,
-                    family: f,
-                    payload,
-                } = reply
-                {
-                    match parse_rule(payload) {
-                        Some((table, rule))
-                            if k == kind(NFT_MSG_NEWRULE)
-                                && f == family.nfproto()
-                                && table == name =>
-                        {
-                            rules.push(rule)
-                        }
-                        _ => {}
-                    }
+        self.nl
+            .drain("read nf_tables notifications", |kind, f, m| {
+                let ours = kind == nft(NFT_MSG_NEWRULE)
+                    && f == af
+                    && find(m, NFTA_RULE_TABLE).map(text).as_deref() == Some(table);
+                if ours {
+                    rules.extend(parse_rule(m));
                 }
-                Ok(false)
-            },
-        )?;
+            })?;
         Ok(rules)
     }
 }
@@ -367,20 +367,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn comment_is_found_in_user_data() {
+    fn rule_and_comment_are_parsed() {
         let udata = [1u8, 2, 9, 9, 0, 4, b'a', b'b', b'c', 0];
         assert_eq!(comment(&udata).as_deref(), Some("abc"));
         assert_eq!(comment(&[0u8, 9, b'a']), None);
         assert_eq!(comment(&[]), None);
-        let mut payload = Vec::new();
-        put_str(&mut payload, NFTA_RULE_TABLE, "t");
-        put_str(&mut payload, NFTA_RULE_CHAIN, "c");
-        put(&mut payload, NFTA_RULE_HANDLE, &7u64.to_be_bytes());
-        put(&mut payload, NFTA_RULE_USERDATA, &udata);
-        let (table, rule) = parse_rule(&payload).unwrap_or_else(|| unreachable!());
-        assert_eq!(table, "t");
-        assert_eq!(rule.chain, "c");
-        assert_eq!(rule.handle, 7);
-        assert_eq!(rule.comment.as_deref(), Some("abc"));
+        let mut m = rule_attrs("t", "c");
+        put_attr(&mut m, NFTA_RULE_HANDLE, &7u64.to_be_bytes());
+        put_attr(&mut m, NFTA_RULE_USERDATA, &udata);
+        let rule = parse_rule(&m);
+        assert_eq!(
+            rule,
+            Some(NftRuleRef {
+                chain: "c".into(),
+                handle: 7,
+                comment: Some("abc".into())
+            })
+        );
     }
 }

@@ -1,8 +1,9 @@
 //! Request/response plumbing for one NETLINK_ROUTE socket.
 //!
-//! Strictly one request in flight: send, then read until the kernel's ACK
-//! (NLMSG_ERROR with code 0), an error, or NLMSG_DONE for dumps. Replies
-//! carrying another sequence number are leftovers and are skipped.
+//! One request in flight: send, then read until the kernel's ACK
+//! (NLMSG_ERROR with code 0), an error, or NLMSG_DONE for dumps; or one
+//! batch of non-dump requests in one datagram, then all their ACKs.
+//! Replies carrying another sequence number are leftovers and are skipped.
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP,
@@ -23,6 +24,10 @@ const NLMSG_HDRLEN: usize = 16;
 const NLMSGERR_ATTR_MSG: u16 = 1;
 /// How often a dump is retried when the kernel flags it inconsistent.
 const DUMP_ATTEMPTS: usize = 5;
+/// Requests per datagram in [`Socket::request_batch`]: their ACKs (an skb
+/// each, under 1 KiB of receive buffer) fit the default 208 KiB buffer
+/// with room to spare, and 64 routes are well under the send buffer.
+const BATCH: usize = 64;
 
 pub(crate) struct Socket {
     sock: netlink_sys::Socket,
@@ -97,6 +102,105 @@ impl Socket {
         ))
     }
 
+    /// Non-dump requests pipelined: up to [`BATCH`] of them in one
+    /// datagram, then their ACKs read, so 10,000 routes cost 160 round
+    /// trips, not 10,000. The kernel handles the messages of a datagram in
+    /// order and answers each (an error does not stop the rest), so one
+    /// result comes back per request, in order. `Err` only when the socket
+    /// itself fails (every request then counts as not done).
+    pub(crate) fn request_batch(
+        &mut self,
+        reqs: impl IntoIterator<Item = (RouteNetlinkMessage, u16)>,
+        op: &str,
+    ) -> Result<Vec<Result<(), Error>>, Error> {
+        let mut results = Vec::new();
+        let mut reqs = reqs.into_iter().peekable();
+        let mut bytes = Vec::new();
+        while reqs.peek().is_some() {
+            bytes.clear();
+            // Contiguous sequence numbers for the batch (next_seq skips 0).
+            if self.seq > u32::MAX - BATCH as u32 {
+                self.seq = 0;
+            }
+            let first = self.seq + 1;
+            let mut n = 0usize;
+            for (msg, flags) in reqs.by_ref().take(BATCH) {
+                let seq = self.next_seq();
+                bytes.extend(encode(msg, NLM_F_REQUEST | NLM_F_ACK | flags, seq));
+                bytes.resize(align4(bytes.len()), 0);
+                n += 1;
+            }
+            let start = results.len();
+            results.resize_with(start + n, || None);
+            self.send_all(&bytes, op)?;
+            self.collect_acks(first, &mut results[start..], op)?;
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Protocol(format!("{op}: no ACK")))))
+            .collect())
+    }
+
+    /// Read one reply datagram into `buf`; a truncated one is an error.
+    fn recv_datagram(&mut self, op: &str) -> Result<(), Error> {
+        self.buf.clear();
+        let n = loop {
+            match self.sock.recv(&mut self.buf, libc::MSG_TRUNC) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => break r.map_err(|e| Error::socket(format!("{op}: recv"), e))?,
+            }
+        };
+        if n > self.buf.len() {
+            return Err(Error::Protocol(format!(
+                "{op}: reply of {n} bytes truncated to {}",
+                self.buf.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn send_all(&mut self, bytes: &[u8], op: &str) -> Result<(), Error> {
+        let sent = loop {
+            match self.sock.send(bytes, 0) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => break r.map_err(|e| Error::socket(format!("{op}: send"), e))?,
+            }
+        };
+        if sent != bytes.len() {
+            return Err(Error::Protocol(format!("{op}: short send")));
+        }
+        Ok(())
+    }
+
+    /// Read until every request of a batch (sequence numbers from `first`)
+    /// has its ACK or error in `slots`.
+    fn collect_acks(
+        &mut self,
+        first: u32,
+        slots: &mut [Option<Result<(), Error>>],
+        op: &str,
+    ) -> Result<(), Error> {
+        let mut pending = slots.len();
+        while pending > 0 {
+            self.recv_datagram(op)?;
+            for item in split(&self.buf) {
+                let (hdr, raw) = item.map_err(|e| Error::Decode(format!("{op}: {e}")))?;
+                let Some(slot) = slots.get_mut(hdr.seq.wrapping_sub(first) as usize) else {
+                    continue; // leftover from an earlier, abandoned request
+                };
+                let r = match parse_reply(&hdr, raw, op) {
+                    Ok(Some(Reply::End)) => Ok(()),
+                    Ok(_) => continue, // an echo or NOOP, not the answer
+                    Err(e) => Err(e),
+                };
+                if slot.replace(r).is_none() {
+                    pending -= 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);
         if self.seq == 0 {
@@ -113,15 +217,7 @@ impl Socket {
     ) -> Result<(Vec<RouteNetlinkMessage>, bool), Error> {
         let seq = self.next_seq();
         let bytes = encode(msg, flags, seq);
-        let sent = loop {
-            match self.sock.send(&bytes, 0) {
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                r => break r.map_err(|e| Error::io(format!("{op}: send"), e))?,
-            }
-        };
-        if sent != bytes.len() {
-            return Err(Error::Protocol(format!("{op}: short send")));
-        }
+        self.send_all(&bytes, op)?;
 
         let mut out = Vec::new();
         let mut interrupted = false;
@@ -129,19 +225,7 @@ impl Socket {
         // reading to the end so the socket stays in sync, then report it.
         let mut decode_err: Option<Error> = None;
         loop {
-            self.buf.clear();
-            let n = loop {
-                match self.sock.recv(&mut self.buf, libc::MSG_TRUNC) {
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    r => break r.map_err(|e| Error::io(format!("{op}: recv"), e))?,
-                }
-            };
-            if n > self.buf.len() {
-                return Err(Error::Protocol(format!(
-                    "{op}: reply of {n} bytes truncated to {}",
-                    self.buf.len()
-                )));
-            }
+            self.recv_datagram(op)?;
             let mut done = false;
             for item in split(&self.buf) {
                 let (hdr, raw) = item.map_err(|e| Error::Decode(format!("{op}: {e}")))?;
@@ -503,6 +587,36 @@ mod tests {
                 let _ = parse_reply(&h, m, "fuzz");
             }
         }
+        Ok(())
+    }
+
+    /// A socket whose fd no longer is a netlink socket: the failure is
+    /// `Error::Socket` (reopen it), not `Error::Os` (the kernel said no).
+    #[test]
+    fn a_broken_socket_is_its_own_error_kind() -> TestResult {
+        use std::os::fd::AsRawFd;
+        let mut s = Socket::new()?;
+        let devnull = std::fs::File::open("/dev/null")?;
+        // SAFETY: both fds are open; dup2 atomically replaces the socket's
+        // fd with /dev/null, which the Socket then owns and closes.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::dup2(devnull.as_raw_fd(), s.sock.as_raw_fd()) };
+        assert_eq!(rc, s.sock.as_raw_fd());
+        let e = s
+            .request(
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+                0,
+                "get link",
+            )
+            .err()
+            .ok_or("request on a broken socket succeeded")?;
+        assert!(e.is_socket_broken(), "{e:?}");
+        assert_eq!(e.errno(), Some(Errno::ENOTSOCK));
+        assert!(
+            e.to_string()
+                .starts_with("get link: send: netlink socket broken"),
+            "{e}"
+        );
         Ok(())
     }
 

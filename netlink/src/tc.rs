@@ -2,7 +2,15 @@
 //! the u32 match-all filter whose mirred action redirects a device's
 //! ingress traffic to another device (an ifb), which is what the bandwidth
 //! plugin needs. netlink-packet-route knows the ingress qdisc, u32 and
-//! mirred; tbf's options are encoded here (`struct tc_tbf_qopt`).
+//! mirred; tbf's options are encoded here (`struct tc_tbf_qopt`). Shaping
+//! by destination adds an HTB tree ([`htb`]) and u32 classifiers on IP
+//! prefixes ([`classify`]).
+
+mod classify;
+mod htb;
+
+pub use classify::{prefix_keys, protocol_of, IpField, U32Key, ETH_P_IP, ETH_P_IPV6};
+pub use htb::{Class, Htb, HtbClass};
 
 use netlink_packet_core::{DefaultNla, Nla, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::tc::{
@@ -60,6 +68,10 @@ pub struct Qdisc {
     pub parent: u32,
     /// Decoded options when `kind` is "tbf".
     pub tbf: Option<Tbf>,
+    /// Decoded options when `kind` is "htb".
+    pub htb: Option<Htb>,
+    /// The limit when `kind` is "pfifo" or "bfifo".
+    pub fifo_limit: Option<u32>,
 }
 
 /// One classifier as the kernel reports it.
@@ -73,6 +85,10 @@ pub struct Filter {
     pub matches_all: bool,
     /// The target of a mirred egress redirect action, if it has one.
     pub redirect_to: Option<u32>,
+    /// The class it sends matching packets to (u32 `classid`/flowid).
+    pub classid: Option<u32>,
+    /// The u32 selector's keys.
+    pub keys: Vec<U32Key>,
 }
 
 fn tc_msg(ifindex: u32, parent: u32, handle: u32, info: u32) -> Result<TcMessage, Error> {
@@ -158,13 +174,18 @@ fn qdisc_from_msg(m: &TcMessage) -> Qdisc {
         handle: m.header.handle.into(),
         parent: m.header.parent.into(),
         tbf: None,
+        htb: None,
+        fifo_limit: None,
     };
     for a in &m.attributes {
         match a {
             TcAttribute::Kind(k) => q.kind = k.clone(),
-            TcAttribute::Options(opts) if q.kind == "tbf" => {
-                q.tbf = opts.first().and_then(|o| parse_tbf(&raw_value(o)));
-            }
+            TcAttribute::Options(opts) => match q.kind.as_str() {
+                "tbf" => q.tbf = opts.first().and_then(|o| parse_tbf(&raw_value(o))),
+                "htb" => q.htb = opts.first().and_then(|o| htb::parse_htb(&raw_value(o))),
+                "pfifo" | "bfifo" => q.fifo_limit = opts.first().and_then(htb::parse_fifo_limit),
+                _ => {}
+            },
             _ => {}
         }
     }
@@ -180,6 +201,8 @@ fn filter_from_msg(m: &TcMessage) -> Filter {
         protocol: u16::from_be(m.header.info as u16),
         matches_all: false,
         redirect_to: None,
+        classid: None,
+        keys: Vec::new(),
     };
     for a in &m.attributes {
         match a {
@@ -189,6 +212,18 @@ fn filter_from_msg(m: &TcMessage) -> Filter {
                     match o {
                         TcOption::U32(TcFilterU32Option::Selector(sel)) => {
                             f.matches_all = sel.keys.iter().all(|k| k.mask == 0);
+                            f.keys = sel
+                                .keys
+                                .iter()
+                                .map(|k| U32Key {
+                                    mask: k.mask,
+                                    val: k.val,
+                                    off: k.off,
+                                })
+                                .collect();
+                        }
+                        TcOption::U32(TcFilterU32Option::ClassId(h)) => {
+                            f.classid = Some(u32::from(*h));
                         }
                         TcOption::U32(TcFilterU32Option::Action(actions)) => {
                             f.redirect_to = actions.iter().find_map(redirect_target);
@@ -246,19 +281,31 @@ impl Netlink {
     /// Make a tbf qdisc `1:` the root of `ifindex`, replacing whatever root
     /// qdisc is there (so a repeated ADD converges instead of failing).
     pub fn replace_root_tbf(&mut self, ifindex: u32, tbf: &Tbf) -> Result<(), Error> {
+        self.replace_tbf(ifindex, ROOT, TBF_HANDLE, tbf)
+    }
+
+    /// Make a tbf qdisc `handle` the qdisc under `parent` of `ifindex`
+    /// (the root, or a class whose leaf it becomes).
+    pub fn replace_tbf(
+        &mut self,
+        ifindex: u32,
+        parent: u32,
+        handle: u32,
+        tbf: &Tbf,
+    ) -> Result<(), Error> {
         if tbf.rate == 0 || tbf.buffer == 0 {
             return Err(Error::Invalid(format!(
                 "tbf needs a rate and a buffer: {tbf:?}"
             )));
         }
-        let mut m = tc_msg(ifindex, ROOT, TBF_HANDLE, 0)?;
+        let mut m = tc_msg(ifindex, parent, handle, 0)?;
         m.attributes.push(TcAttribute::Kind("tbf".into()));
         m.attributes.push(TcAttribute::Options(tbf_options(tbf)));
         self.sock
             .request(
                 RouteNetlinkMessage::NewQueueDiscipline(m),
                 NLM_F_CREATE | NLM_F_REPLACE,
-                &format!("replace root tbf on #{ifindex}"),
+                &format!("replace tbf {:x}: on #{ifindex}", handle >> 16),
             )
             .map(drop)
     }
@@ -400,6 +447,12 @@ mod tests {
                 protocol: ETH_P_ALL,
                 matches_all: true,
                 redirect_to: Some(9),
+                classid: Some(0x0001_0001),
+                keys: vec![U32Key {
+                    mask: 0,
+                    val: 0,
+                    off: 0
+                }],
             }
         );
     }

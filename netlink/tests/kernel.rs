@@ -1,59 +1,35 @@
 //! Root-only tests against the real kernel. Everything happens inside
-//! throwaway namespaces (`ip netns add weftnl-<pid>-<n>`), removed on drop;
-//! the root namespace's links, routes and firewall are never touched.
+//! throwaway namespaces made by the shared harness (`weft_tests::Netns`,
+//! named from `unique_prefix()`, removed on drop); the root namespace's
+//! links, routes and firewall are never touched.
 //!
-//! Without root these tests print "skipping: needs root" and pass, unless
-//! WEFT_REQUIRE_ROOT=1 is set, in which case they fail.
+//! Each test is `#[ignore = "needs root"]`: a plain `cargo test` lists them
+//! as ignored; `scripts/test.sh` runs them with `--include-ignored` and
+//! WEFT_REQUIRE_ROOT=1, where `require_root()` fails instead of skipping.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ipnetwork::IpNetwork;
 use weft_netlink::{
-    format_mac, nud, read_sysctl, write_sysctl, BridgeVlan, IpFamily, Netlink, Netns, Route,
-    VxlanSpec,
+    format_mac, nud, read_sysctl, write_sysctl, BridgeVlan, Change, IpFamily, Netlink, Netns,
+    Route, VxlanSpec,
 };
+use weft_tests::require_root;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-fn have_root(test: &str) -> bool {
-    if nix::unistd::Uid::effective().is_root() {
-        return true;
-    }
-    let required = std::env::var("WEFT_REQUIRE_ROOT").is_ok_and(|v| v == "1");
-    assert!(
-        !required,
-        "{test}: WEFT_REQUIRE_ROOT=1 but not running as root"
-    );
-    eprintln!("{test}: skipping: needs root");
-    false
-}
-
-/// A named network namespace that is deleted on drop (also on failure).
+/// A harness namespace (deleted on drop, also on failure) opened as a
+/// `weft_netlink::Netns`.
 struct TestNs {
-    name: String,
     ns: Netns,
+    guard: weft_tests::Netns,
 }
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 impl TestNs {
     fn new() -> Result<TestNs, Box<dyn std::error::Error>> {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let name = format!("weftnl-{}-{n}", std::process::id());
-        let st = Command::new("ip").args(["netns", "add", &name]).status()?;
-        if !st.success() {
-            return Err(format!("ip netns add {name} failed: {st}").into());
-        }
-        // From here on, drop cleans up even if opening fails.
-        let mut t = TestNs {
-            name,
-            ns: Netns::current()?,
-        };
-        t.ns = Netns::open(&PathBuf::from(format!("/run/netns/{}", t.name)))?;
-        Ok(t)
+        let guard = weft_tests::Netns::new();
+        let ns = Netns::open(&guard.path)?;
+        Ok(TestNs { ns, guard })
     }
 
     fn nl(&self) -> Result<Netlink, weft_netlink::Error> {
@@ -62,24 +38,14 @@ impl TestNs {
 
     /// Run a command inside the namespace and return its stdout.
     fn exec(&self, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .output()?;
+        let (cmd, rest) = args.split_first().ok_or("empty command")?;
+        let out = self.guard.exec(cmd, rest);
         if !out.status.success() {
             return Err(
                 format!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr)).into(),
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    }
-}
-
-impl Drop for TestNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
     }
 }
 
@@ -109,8 +75,9 @@ fn up_veth_pair(t: &TestNs, nl: &mut Netlink) -> Result<(u32, u32), Box<dyn std:
 }
 
 #[test]
+#[ignore = "needs root"]
 fn netns_run_and_sysctl() -> TestResult {
-    if !have_root("netns_run_and_sysctl") {
+    if !require_root() {
         return Ok(());
     }
     let t = TestNs::new()?;
@@ -138,8 +105,9 @@ fn netns_run_and_sysctl() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn bridge_links() -> TestResult {
-    if !have_root("bridge_links") {
+    if !require_root() {
         return Ok(());
     }
     let t = TestNs::new()?;
@@ -203,8 +171,9 @@ fn bridge_links() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn veth_into_other_netns_and_bridge_ports() -> TestResult {
-    if !have_root("veth_into_other_netns_and_bridge_ports") {
+    if !require_root() {
         return Ok(());
     }
     let host = TestNs::new()?;
@@ -259,8 +228,9 @@ fn veth_into_other_netns_and_bridge_ports() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn addresses() -> TestResult {
-    if !have_root("addresses") {
+    if !require_root() {
         return Ok(());
     }
     let t = TestNs::new()?;
@@ -295,8 +265,9 @@ fn addresses() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn routes() -> TestResult {
-    if !have_root("routes") {
+    if !require_root() {
         return Ok(());
     }
     let t = TestNs::new()?;
@@ -399,8 +370,9 @@ fn routes() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn big_dump_is_multipart() -> TestResult {
-    if !have_root("big_dump_is_multipart") {
+    if !require_root() {
         return Ok(());
     }
     let t = TestNs::new()?;
@@ -418,8 +390,9 @@ fn big_dump_is_multipart() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn vxlan_neighbours_and_fdb() -> TestResult {
-    if !have_root("vxlan_neighbours_and_fdb") {
+    if !require_root() {
         return Ok(());
     }
     let t = TestNs::new()?;
@@ -507,8 +480,9 @@ fn vxlan_neighbours_and_fdb() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn bridge_vlans() -> TestResult {
-    if !have_root("bridge_vlans") {
+    if !require_root() {
         return Ok(());
     }
     let host = TestNs::new()?;
@@ -567,8 +541,9 @@ fn bridge_vlans() -> TestResult {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn veth_peer_group_is_set_by_the_creating_request() -> TestResult {
-    if !have_root("veth_peer_group_is_set_by_the_creating_request") {
+    if !require_root() {
         return Ok(());
     }
     let host = TestNs::new()?;
@@ -579,5 +554,82 @@ fn veth_peer_group_is_set_by_the_creating_request() -> TestResult {
     let peer = hn.link_by_name("vethgrp0")?.ok_or("peer missing")?;
     assert_eq!(peer.group, 0x1234_5678);
     assert_eq!(cn.link_by_name("eth0")?.ok_or("eth0 missing")?.group, 0);
+    Ok(())
+}
+
+/// `apply`: hundreds of changes pipelined (several datagrams), a failing
+/// one in the middle answered for itself without stopping the rest, and
+/// results in the order of the changes.
+#[test]
+#[ignore = "needs root"]
+fn batch_of_changes() -> TestResult {
+    if !require_root() {
+        return Ok(());
+    }
+    let t = TestNs::new()?;
+    let mut nl = t.nl()?;
+    let (v0, _) = up_veth_pair(&t, &mut nl)?;
+    nl.add_address(v0, net("198.51.100.1/24")?)?;
+    let spec = VxlanSpec {
+        name: "weft.1".into(),
+        vni: 1,
+        local: Some(ip("198.51.100.1")?),
+        dev: Some(v0),
+        port: 8472,
+        mtu: Some(1450),
+        mac: None,
+    };
+    nl.create_vxlan(&spec)?;
+    let vx = index_of(&mut nl, "weft.1")?;
+    nl.set_up(vx)?;
+    let peers = 150u8;
+    let mut changes = Vec::new();
+    for i in 0..peers {
+        let gw = IpAddr::V4(Ipv4Addr::new(10, 244, i, 0));
+        let mac = [0x0a, 0x58, 0, 0, 1, i];
+        changes.push(Change::ReplaceNeighbour {
+            index: vx,
+            ip: gw,
+            mac,
+        });
+        changes.push(Change::ReplaceFdb {
+            index: vx,
+            mac,
+            dst: IpAddr::V4(Ipv4Addr::new(198, 51, 100, i.saturating_add(2))),
+        });
+        let mut r = Route::new(net(&format!("10.244.{i}.0/24"))?);
+        r.gateway = Some(gw);
+        r.oif = Some(vx);
+        r.onlink = true;
+        changes.push(Change::ReplaceRoute(r));
+    }
+    // Fails (nothing to delete), between good ones.
+    changes.insert(
+        200,
+        Change::DelNeighbour {
+            index: vx,
+            ip: ip("10.9.9.9")?,
+        },
+    );
+    let results = nl.apply(&changes)?;
+    assert_eq!(results.len(), changes.len());
+    for (k, r) in results.iter().enumerate() {
+        match k {
+            200 => assert!(r.as_ref().is_err_and(|e| e.is_not_found()), "{r:?}"),
+            _ => assert!(r.is_ok(), "change {k}: {r:?}"),
+        }
+    }
+    let routes = nl.routes(IpFamily::V4)?;
+    assert_eq!(
+        routes.iter().filter(|r| r.oif == Some(vx)).count(),
+        peers as usize
+    );
+    assert_eq!(nl.neighbours(vx)?.len(), peers as usize);
+    assert_eq!(
+        nl.fdb(vx)?.iter().filter(|e| e.dst.is_some()).count(),
+        peers as usize
+    );
+    // The socket is in step afterwards: a single request still works.
+    nl.del_neighbour(vx, ip("10.244.0.0")?)?;
     Ok(())
 }

@@ -70,6 +70,8 @@
 #   cluster_converged   cluster_wait_converged [T]
 #   cluster_pod_add N POD (prints IP)   cluster_pod_del N POD   cluster_pod_ns/_ip/_cid N POD
 #   cluster_pods ("N POD IP")   cluster_pods_of N   cluster_cni N CMD [POD [IFNAME]]
+#   cluster_libcni N CMD POD CONFLIST [CAP]   cluster_chain_pod_add/_del N POD CONFLIST [CAP]
+#   cluster_node_var_lib_cni N
 #   cluster_ping N1 POD1 N2 POD2 [COUNT]   cluster_ping_all
 #   cluster_node_etcd_cut N   cluster_node_etcd_restore N
 
@@ -555,11 +557,77 @@ cluster_pod_del() {
     return $rc
 }
 
+# --- pods through a whole conflist (libcni) -----------------------------------
+# A node as a runtime sees it: an unchanged conflist (kube-flannel's, k3s's)
+# reads flannel's defaults /run/flannel/subnet.env and /var/lib/cni, so the
+# libcni driver runs in a private mount namespace of node N where
+# /run/flannel is the node's dir (its subnet.env) and /var/lib/cni is
+# nodes/N/var-lib-cni (host-local's store, flannel's delegate files,
+# libcni's result cache). CNI_PATH is WC_CNI_PATH (default WC_BIN).
+
+# cluster_node_var_lib_cni N: what node N's plugins see as /var/lib/cni.
+cluster_node_var_lib_cni() { echo "$WC_STATE/nodes/$1/var-lib-cni"; }
+
+# cluster_libcni N COMMAND POD CONFLIST [CAP_ARGS_JSON]: libcni-driver
+# COMMAND (add, check, del) for POD's eth0 on node N; prints its stdout.
+# DEL without the pod's netns when it is gone.
+cluster_libcni() {
+    _wc_need_init || return 1
+    local n=$1 cmd=$2 pod=$3 conflist=$4 cap=${5:-} dir vlc ns args
+    dir=$(cluster_node_dir "$n") vlc=$(cluster_node_var_lib_cni "$n") ns=$(cluster_pod_ns "$n" "$pod")
+    mkdir -p "$vlc"
+    args=(--conflist "$conflist" --cni-path "${WC_CNI_PATH:-$(_wc_bin)}" --cache-dir /var/lib/cni
+        --container-id "$(cluster_pod_cid "$n" "$pod")" --ifname eth0)
+    [ -e "/run/netns/$ns" ] && args+=(--netns "/run/netns/$ns")
+    [ -n "$cap" ] && args+=(--cap-args "$cap")
+    # shellcheck disable=SC2016 # expanded by the inner sh
+    ip netns exec "$(cluster_node_ns "$n")" unshare -m --propagation private sh -c \
+        'mount --bind "$1" /run/flannel && mount --bind "$2" /var/lib/cni && shift 2 &&
+         exec env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"' \
+        sh "$dir" "$vlc" "${WC_LIBCNI_DRIVER:-$WC_REPO/tests/libcni-driver/bin/libcni-driver}" "$cmd" "${args[@]}"
+}
+
+# cluster_chain_pod_add N POD CONFLIST [CAP_ARGS_JSON]: pod netns (lo up)
+# + libcni ADD of the conflist; records the result and prints the pod's IP.
+cluster_chain_pod_add() {
+    _wc_need_init || return 1
+    local n=$1 pod=$2 ns dir out ip
+    [[ $pod =~ ^[A-Za-z0-9_.]{1,20}$ ]] || { _wc_die "bad pod name '$pod'"; return 1; }
+    ns=$(cluster_pod_ns "$n" "$pod") dir=$(cluster_node_dir "$n")
+    [ -e "/run/netns/$ns" ] && { _wc_die "pod $pod exists on n$n"; return 1; }
+    _wc_netns_add "$ns" || return 1
+    out=$(cluster_libcni "$n" add "$pod" "${@:3}") || { _wc_die "libcni ADD failed for $pod on n$n: $out"; return 1; }
+    ip=$(jq -r '.ips[0].address' <<<"$out")
+    ip=${ip%/*}
+    [ -n "$ip" ] && [ "$ip" != null ] || { _wc_die "no IP in result: $out"; return 1; }
+    echo "$out" >"$dir/pods/$pod.json"
+    echo "$ip" >"$dir/pods/$pod.ip"
+    echo "$ip"
+}
+
+# cluster_chain_pod_del N POD CONFLIST [CAP_ARGS_JSON]: libcni DEL, then the
+# pod netns is removed.
+cluster_chain_pod_del() {
+    _wc_need_init || return 1
+    local n=$1 pod=$2 out rc=0
+    out=$(cluster_libcni "$1" del "$2" "${@:3}") || { rc=1; _wc_die "libcni DEL failed for $pod on n$n: $out"; }
+    _wc_netns_del "$(cluster_pod_ns "$n" "$pod")"
+    rm -f "$(cluster_node_dir "$n")/pods/$pod".{json,ip}
+    return $rc
+}
+
 # --- checks -------------------------------------------------------------------
 # cluster_ping N1 POD1 N2 POD2 [COUNT]: ping POD2's IP from POD1's netns.
 cluster_ping() {
     local c=${5:-1}
     ip netns exec "$(cluster_pod_ns "$1" "$2")" ping -n -q -c "$c" -i 0.2 -W 2 "$(cluster_pod_ip "$3" "$4")" >/dev/null 2>&1
+}
+
+# cluster_ping_rtt N1 POD1 N2 POD2: one ping; prints its own round-trip
+# time in ms as ping measured it (not the time the whole command took).
+cluster_ping_rtt() {
+    ip netns exec "$(cluster_pod_ns "$1" "$2")" ping -n -c 1 -W 2 "$(cluster_pod_ip "$3" "$4")" 2>/dev/null |
+        sed -n 's/.* time=\([0-9.]*\) ms.*/\1/p' | grep .
 }
 
 # cluster_node_peer_form N PUBLIC_IP: how node N should reach that peer:
@@ -639,7 +707,7 @@ cluster_node_show() {
 # cluster_ping_all: every ordered pair of pods on different nodes; prints
 # one line per pair and a summary; fails if any ping fails.
 cluster_ping_all() {
-    local ok=0 fail=0 a b na pa ia nb pb ib t0 t1
+    local ok=0 fail=0 a b na pa ia nb pb ib rtt
     local all
     mapfile -t all < <(cluster_pods)
     for a in "${all[@]}"; do
@@ -647,11 +715,9 @@ cluster_ping_all() {
         for b in "${all[@]}"; do
             read -r nb pb ib <<<"$b"
             [ "$na" = "$nb" ] && continue
-            t0=$(date +%s%N)
-            if cluster_ping "$na" "$pa" "$nb" "$pb" 1; then
-                t1=$(date +%s%N)
+            if rtt=$(cluster_ping_rtt "$na" "$pa" "$nb" "$pb"); then
                 ok=$((ok + 1))
-                printf '  ok    n%s/%-3s %-12s -> n%s/%-3s %-12s %4d ms\n' "$na" "$pa" "$ia" "$nb" "$pb" "$ib" $(((t1 - t0) / 1000000))
+                printf '  ok    n%s/%-3s %-12s -> n%s/%-3s %-12s rtt %s ms\n' "$na" "$pa" "$ia" "$nb" "$pb" "$ib" "$rtt"
             else
                 fail=$((fail + 1))
                 printf '  FAIL  n%s/%-3s %-12s -> n%s/%-3s %s\n' "$na" "$pa" "$ia" "$nb" "$pb" "$ib"

@@ -414,6 +414,16 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// Waits up to `within` for weftd on node `n` to log `needle`; panics
+    /// with the log when it does not.
+    pub fn wait_for_log(&self, n: u32, needle: &str, within: Duration) {
+        assert!(
+            self.wait_for(within, || self.weftd_log(n).contains(needle)),
+            "weftd on n{n} never logged {needle:?}:\n{}",
+            self.weftd_log(n)
+        );
+    }
+
     /// The value of an unlabelled metric from node `n`'s /metrics.
     pub fn metric(&self, n: u32, name: &str) -> Option<u64> {
         let out = self.try_sh(&format!(
@@ -435,5 +445,94 @@ impl Cluster {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
         (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+}
+
+/// Helpers for the overlay end-to-end tests (tests/overlay.rs).
+impl Cluster {
+    /// etcd key prefix of the cluster (scripts/lib/cluster.sh's default).
+    pub const ETCD_PREFIX: &'static str = "/coreos.com/network";
+
+    /// Adds node `n` with extra weftd flags (after the cluster's) and waits
+    /// until it is ready.
+    pub fn node_add_with(&self, n: u32, weftd_args: &str) {
+        self.sh(&format!("cluster_node_add {n} {weftd_args}"));
+    }
+
+    /// Creates node `n` (netns on the underlay, CNI config) without
+    /// starting weftd.
+    pub fn node_create(&self, n: u32) {
+        self.sh(&format!("cluster_node_create {n}"));
+    }
+
+    /// Starts weftd on node `n` with these extra flags (empty: the node's
+    /// own) and waits until it is ready.
+    pub fn weftd_start(&self, n: u32, weftd_args: &str) {
+        self.sh(&format!(
+            "cluster_weftd_start {n} {weftd_args} && cluster_node_wait_ready {n}"
+        ));
+    }
+
+    /// Runs weftd in the foreground in node `n`'s netns against the
+    /// cluster's etcd (subnet file in the node dir, `once.env`), killed after
+    /// `timeout_s` (exit 124); for flags and configs it must refuse.
+    pub fn weftd_once(&self, n: u32, args: &str, timeout_s: u32) -> Output {
+        self.try_sh(&format!(
+            "ip netns exec \"$(cluster_node_ns {n})\" timeout {timeout_s} \"$(_wc_bin)/weftd\" \
+             --etcd-endpoints=\"$WC_ETCD_EP\" --etcd-prefix=\"$WC_ETCD_PREFIX\" --iface=eth0 \
+             --subnet-file=\"$(cluster_node_dir {n})/once.env\" {args}"
+        ))
+    }
+
+    /// `etcdctl put key value`.
+    pub fn etcd_put(&self, key: &str, value: &str) {
+        self.sh(&format!(
+            "cluster_etcd_put {} {}",
+            shell_quote(key),
+            shell_quote(value)
+        ));
+    }
+
+    /// `etcdctl del key`.
+    pub fn etcd_del(&self, key: &str) {
+        self.sh(&format!("cluster_etcd_del {}", shell_quote(key)));
+    }
+
+    pub fn etcd_stop(&self) {
+        self.sh("cluster_etcd_stop");
+    }
+
+    /// Starts etcd again (same data dir) and waits until it is healthy.
+    pub fn etcd_start(&self) {
+        self.sh("cluster_etcd_start");
+    }
+
+    /// Waits up to `timeout` until node `n`'s unlabelled metric `name`
+    /// reaches `min`; returns its last value.
+    pub fn wait_metric(&self, n: u32, name: &str, min: u64, timeout: Duration) -> Option<u64> {
+        let mut last = None;
+        self.wait_for(timeout, || {
+            last = self.metric(n, name);
+            last.is_some_and(|v| v >= min)
+        });
+        last
+    }
+
+    /// Waits until node `n` completed `passes` more reconcile passes than
+    /// now (`weftd_reconcile_passes_total`): the positive signal that weftd
+    /// had its chance before a test asserts something did not happen.
+    pub fn wait_reconcile_passes(&self, n: u32, passes: u64) {
+        let now = self.metric(n, "weftd_reconcile_passes_total").unwrap_or(0);
+        let got = self.wait_metric(
+            n,
+            "weftd_reconcile_passes_total",
+            now + passes,
+            Duration::from_secs(30),
+        );
+        assert!(
+            got.is_some_and(|v| v >= now + passes),
+            "n{n}: {passes} reconcile passes after {now} not seen (last {got:?}):\n{}",
+            self.log_tails()
+        );
     }
 }

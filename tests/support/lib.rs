@@ -28,8 +28,11 @@
 mod cluster;
 mod cni;
 mod config;
+mod containerd;
+pub mod cri;
 mod driver;
 mod fault;
+mod fixture;
 mod inspect;
 mod netns;
 mod process;
@@ -40,8 +43,11 @@ pub use cni::{plugin_dir, plugin_path, reference_plugin_dir, workspace_root, Cni
 pub use config::{
     bridge_plugin, conflist, host_local_ipam, merged, network, subnet_range, with_prev,
 };
+pub use containerd::{containerd_lib, Containerd, CriPod, RecordedCall};
+pub use cri::{CriClient, SandboxSpec};
 pub use driver::{driver_path, Driver};
 pub use fault::sendto_failing_wrapper;
+pub use fixture::{assert_ping, container_id, host_veth, BridgeEnv};
 pub use inspect::{
     addrs, assert_no_veths, eventually, has_flag, ipv4_addrs, is_up, link, links, nft_rules,
     nft_ruleset, routes, routes6, veth_names, veths_on_host, wait_until,
@@ -62,11 +68,16 @@ pub const REQUIRE_ROOT_ENV: &str = "WEFT_REQUIRE_ROOT";
 /// `skipping <test>: needs root` and returns false, or panics when
 /// `WEFT_REQUIRE_ROOT=1` is set, so CI cannot silently skip.
 ///
+/// The one root check of every root-only test in the workspace (with
+/// [`Netns`] and [`TempDir`] as their guards). Each such test also carries
+/// `#[ignore = "needs root"]`, so that a plain non-root `cargo test` counts
+/// it as ignored rather than passed; `scripts/test.sh` includes them.
+///
 /// ```no_run
 /// if !weft_tests::require_root() { return; }
 /// ```
 pub fn require_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
+    if is_root() {
         return true;
     }
     let thread = std::thread::current();
@@ -76,6 +87,16 @@ pub fn require_root() -> bool {
     }
     note(&format!("skipping {test}: needs root"));
     false
+}
+
+/// Whether the *effective* uid is 0. The kernel checks the effective uid
+/// (and the capabilities that come with it) for what these tests do
+/// (`ip netns add`, setns, netlink writes), so that is the one to test: under
+/// `setpriv --euid=0` or a setuid wrapper the real uid is not 0 yet the
+/// tests can run, and with a real uid 0 but an unprivileged effective uid
+/// they cannot.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
 }
 
 /// Prints a line on the real stderr, bypassing libtest's output capture

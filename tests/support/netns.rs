@@ -246,7 +246,7 @@ static SWEEP: Once = Once::new();
 /// Runs [`sweep_stale`] once per process (as root only).
 pub(crate) fn sweep_once() {
     SWEEP.call_once(|| {
-        if nix::unistd::geteuid().is_root() {
+        if crate::is_root() {
             sweep_stale();
         }
     });

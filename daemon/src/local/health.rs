@@ -1,11 +1,19 @@
-//! A tiny HTTP/1.1 responder for /healthz, /readyz and /metrics.
+//! /healthz, /readyz and /metrics over HTTP/1.1, served by hyper (linked
+//! already through tonic). One request per connection.
 
 use crate::metrics::Metrics;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+
+/// How long a client may take to send its request and read the answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// (status, content type, body) for a request path.
 pub fn respond(path: &str, m: &Metrics) -> (u16, &'static str, String) {
@@ -17,54 +25,23 @@ pub fn respond(path: &str, m: &Metrics) -> (u16, &'static str, String) {
             Some(why) => (503, "text/plain", format!("{why}\n")),
         },
         "/metrics" => (200, "text/plain; version=0.0.4", m.render()),
+        "/state" => (200, "application/json", m.status.json(m)),
         _ => (404, "text/plain", "not found\n".into()),
     }
 }
 
-fn reason(code: u16) -> &'static str {
-    match code {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        503 => "Service Unavailable",
-        _ => "Unknown",
-    }
-}
-
-async fn handle(mut s: TcpStream, m: Arc<Metrics>) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > 16 * 1024 {
-            break;
-        }
-    }
-    let text = String::from_utf8_lossy(&buf);
-    let mut parts = text.lines().next().unwrap_or("").split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (code, ctype, body) = if path.is_empty() {
-        (400, "text/plain", "bad request\n".to_string())
-    } else if method != "GET" && method != "HEAD" {
+/// One request's answer (hyper leaves the body out for HEAD).
+fn answer<B>(req: &Request<B>, m: &Metrics) -> Response<Full<Bytes>> {
+    let (code, ctype, body) = if req.method() != Method::GET && req.method() != Method::HEAD {
         (405, "text/plain", "method not allowed\n".to_string())
     } else {
-        respond(path, &m)
+        respond(req.uri().path(), m)
     };
-    let mut out = format!(
-        "HTTP/1.1 {code} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        reason(code),
-        body.len()
-    );
-    if method != "HEAD" {
-        out.push_str(&body);
-    }
-    s.write_all(out.as_bytes()).await?;
-    s.shutdown().await
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r
 }
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -72,12 +49,21 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 pub async fn serve(l: TcpListener, m: Arc<Metrics>) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.keep_alive(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(CLIENT_TIMEOUT);
     loop {
         match l.accept().await {
             Ok((s, _)) => {
                 let m = m.clone();
+                let svc = hyper::service::service_fn(move |req| {
+                    let r = answer(&req, &m);
+                    async move { Ok::<_, std::convert::Infallible>(r) }
+                });
+                let conn = http.serve_connection(TokioIo::new(s), svc);
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), handle(s, m)).await;
+                    let _ = tokio::time::timeout(CLIENT_TIMEOUT, conn).await;
                 });
             }
             Err(e) => {
@@ -92,6 +78,8 @@ pub async fn serve(l: TcpListener, m: Arc<Metrics>) {
 mod tests {
     use super::*;
     use std::sync::atomic::Ordering::Relaxed;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     #[test]
     fn readiness_follows_state() {
@@ -132,5 +120,34 @@ mod tests {
         s.read_to_string(&mut out).await.unwrap();
         assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
         assert!(out.ends_with("\r\n\r\nok\n"));
+        let lower = out.to_ascii_lowercase();
+        assert!(lower.contains("content-type: text/plain\r\n"), "{out}");
+        assert!(lower.contains("content-length: 3\r\n"), "{out}");
+        // Wrong method, unknown path, HEAD, a readiness gap.
+        for (req, status, body) in [
+            (
+                "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+                "405 Method Not Allowed",
+                "method not allowed\n",
+            ),
+            (
+                "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n",
+                "404 Not Found",
+                "not found\n",
+            ),
+            ("HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "200 OK", ""),
+            (
+                "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n",
+                "503 Service Unavailable",
+                "subnet.env not written yet\n",
+            ),
+        ] {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            assert!(out.starts_with(&format!("HTTP/1.1 {status}\r\n")), "{out}");
+            assert!(out.ends_with(&format!("\r\n\r\n{body}")), "{out}");
+        }
     }
 }

@@ -19,6 +19,9 @@ pub struct Metrics {
     pub lease_acquisitions: AtomicU64,
     pub lease_renewals: AtomicU64,
     pub reconcile_repairs: AtomicU64,
+    /// Completed data-plane reconcile passes: tests wait on it to know that
+    /// weftd had its chance to act before asserting it did not.
+    pub reconcile_passes: AtomicU64,
     pub device_recreations: AtomicU64,
     pub masq_repairs: AtomicU64,
     /// Unix time (seconds) of the last successful data-plane sync; 0 = never.
@@ -29,6 +32,8 @@ pub struct Metrics {
     pub masq_enabled: AtomicBool,
     /// The masquerade rules were installed (and found intact by the last resync).
     pub masq_ok: AtomicBool,
+    /// What weftd knows, in words (weftctl, the plugin's errors, /state).
+    pub status: super::status::Status,
 }
 
 impl Metrics {
@@ -118,6 +123,12 @@ impl Metrics {
             "counter",
             "Kernel operations applied to repair drift or follow lease changes.",
             self.reconcile_repairs.load(Relaxed),
+        );
+        put(
+            "weftd_reconcile_passes_total",
+            "counter",
+            "Data-plane reconcile passes completed.",
+            self.reconcile_passes.load(Relaxed),
         );
         put(
             "weftd_device_recreations_total",

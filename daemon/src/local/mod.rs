@@ -1,4 +1,6 @@
-//! The local interfaces: /healthz, /readyz and /metrics.
+//! The local interfaces: /healthz, /readyz, /metrics, and weftd's state
+//! for weftctl and the flannel plugin (the state file, /state).
 
 pub mod health;
 pub mod metrics;
+pub mod status;

@@ -7,7 +7,7 @@ use ipnetwork::IpNetwork;
 use std::collections::BTreeSet;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
-use weft_netlink::{nud, IpFamily, KernelEvent, LinkMonitor, Netlink, Route};
+use weft_netlink::{nud, Change, IpFamily, KernelEvent, LinkMonitor, Netlink, Route};
 
 use super::Command;
 
@@ -99,36 +99,62 @@ pub fn our_route(
     })
 }
 
-/// Execute one operation; a deletion of something already gone succeeds.
-pub fn exec(nl: &mut Netlink, op: &Op) -> Result<(), weft_netlink::Error> {
-    let r = match *op {
-        Op::Set(Entry::Neigh { dev, ip, mac }) => nl.replace_neighbour(dev, ip, mac),
-        Op::Set(Entry::Fdb { dev, mac, dst }) => nl.replace_fdb(dev, mac, dst),
+/// The netlink change that carries out one operation.
+fn change_of(op: &Op) -> Change {
+    let route = |dst, gw, dev, onlink| {
+        let mut r = Route::new(dst);
+        r.gateway = Some(gw);
+        r.oif = Some(dev);
+        r.onlink = onlink;
+        r
+    };
+    match *op {
+        Op::Set(Entry::Neigh { dev, ip, mac }) => Change::ReplaceNeighbour {
+            index: dev,
+            ip,
+            mac,
+        },
+        Op::Set(Entry::Fdb { dev, mac, dst }) => Change::ReplaceFdb {
+            index: dev,
+            mac,
+            dst,
+        },
         Op::Set(Entry::Route {
             dst,
             gw,
             dev,
             onlink,
-        }) => {
-            let mut r = Route::new(dst);
-            r.gateway = Some(gw);
-            r.oif = Some(dev);
-            r.onlink = onlink;
-            nl.replace_route(&r)
-        }
-        Op::Del(Entry::Route { dst, gw, dev, .. }) => {
-            let mut r = Route::new(dst);
-            r.gateway = Some(gw);
-            r.oif = Some(dev);
-            nl.del_route(&r)
-        }
-        Op::Del(Entry::Neigh { dev, ip, .. }) => nl.del_neighbour(dev, ip),
-        Op::Del(Entry::Fdb { dev, mac, dst }) => nl.del_fdb(dev, mac, dst),
-    };
-    match r {
-        Err(e) if e.is_not_found() && matches!(op, Op::Del(_)) => Ok(()),
-        r => r,
+        }) => Change::ReplaceRoute(route(dst, gw, dev, onlink)),
+        // Deleted by destination, gateway and device, whatever its flags.
+        Op::Del(Entry::Route { dst, gw, dev, .. }) => Change::DelRoute(route(dst, gw, dev, false)),
+        Op::Del(Entry::Neigh { dev, ip, .. }) => Change::DelNeighbour { index: dev, ip },
+        Op::Del(Entry::Fdb { dev, mac, dst }) => Change::DelFdb {
+            index: dev,
+            mac,
+            dst,
+        },
     }
+}
+
+/// Execute operations in order, pipelined (one netlink round trip per
+/// batch, not per operation); one result per operation. A deletion of
+/// something already gone succeeds. `Err`: the socket failed.
+pub fn exec(
+    nl: &mut Netlink,
+    ops: &[Op],
+) -> Result<Vec<Result<(), weft_netlink::Error>>, weft_netlink::Error> {
+    // In slices, so a start with 30,000 operations holds 256 changes at a
+    // time, not a second copy of them all.
+    let mut out = Vec::with_capacity(ops.len());
+    for slice in ops.chunks(256) {
+        let changes: Vec<Change> = slice.iter().map(change_of).collect();
+        let results = nl.apply(&changes)?;
+        out.extend(slice.iter().zip(results).map(|(op, r)| match r {
+            Err(e) if e.is_not_found() && matches!(op, Op::Del(_)) => Ok(()),
+            r => r,
+        }));
+    }
+    Ok(out)
 }
 
 /// The vxlan devices weftd (or flanneld) makes, `flannel.<VNI>` and
@@ -207,6 +233,8 @@ impl Scope {
 /// deleted entry restored at once instead of at the next
 /// `--reconcile-interval` pass. Returns when the data plane is gone.
 pub fn watch(scope: Scope, tx: Sender<Command>) {
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let mut mon = match LinkMonitor::with_entries() {
             Ok(m) => m,
@@ -215,7 +243,7 @@ pub fn watch(scope: Scope, tx: Sender<Command>) {
                     "cannot subscribe to kernel notifications; retrying",
                     error = e
                 );
-                std::thread::sleep(Duration::from_secs(5));
+                backoff.wait_blocking();
                 continue;
             }
         };
@@ -224,10 +252,11 @@ pub fn watch(scope: Scope, tx: Sender<Command>) {
                 Ok(ev) => ev,
                 Err(e) => {
                     crate::error!("kernel notifications failed; resubscribing", error = e);
-                    std::thread::sleep(Duration::from_secs(1));
+                    backoff.wait_blocking();
                     break;
                 }
             };
+            backoff.reset();
             let mut full = false;
             for c in events.iter().filter_map(|ev| scope.command(ev)) {
                 if matches!(c, Command::Kernel) {

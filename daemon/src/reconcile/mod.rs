@@ -160,8 +160,12 @@ impl Dataplane {
 
     fn full_pass(&mut self) {
         let synced = match self.reconcile() {
-            Ok(synced) => synced,
+            Ok(synced) => {
+                self.metrics.status.sync(Ok(()));
+                synced
+            }
             Err(e) => {
+                self.metrics.status.sync(Err(e.to_string()));
                 self.metrics.programming_errors.fetch_add(1, Relaxed);
                 if let Some(n) = self.errors.check(&e.to_string()) {
                     crate::error!(
@@ -170,9 +174,9 @@ impl Dataplane {
                         repeats_suppressed = n
                     );
                 }
-                if matches!(e, BackendError::Netlink(weft_netlink::Error::Io { .. })) {
-                    if let Ok(nl) = Netlink::new() {
-                        self.nl = nl;
+                if let BackendError::Netlink(n) = &e {
+                    if n.is_socket_broken() {
+                        self.reopen_socket(n);
                     }
                 }
                 false
@@ -350,6 +354,32 @@ impl Dataplane {
             self.metrics.peers_synced.store(false, Relaxed);
         }
         self.publish_counts(failed);
+        // weftd's state shows what is wanted (weftctl checks the kernel against it).
+        let known = peer.is_some_and(|p| !self.is_own(&p.subnet));
+        let wanted = known.then(|| self.wanted_of(&subnet));
+        let status = &self.metrics.status;
+        status.programmed(subnet, wanted, &|i| self.dev_name(i));
+    }
+
+    /// A peer's entries as programmed, or why it has none.
+    fn wanted_of(&self, subnet: &IpNetwork) -> Result<&[Entry], &str> {
+        match (self.programmed.get(subnet), self.unprogrammable.get(subnet)) {
+            (Some(es), _) => Ok(es),
+            (None, Some(why)) => Err(why),
+            (None, None) => Ok(&[]),
+        }
+    }
+
+    /// A device index as `ip` names it: the underlay or one of ours.
+    fn dev_name(&self, index: u32) -> String {
+        if index == self.underlay.index {
+            return self.underlay.name.clone();
+        }
+        [IpFamily::V4, IpFamily::V6]
+            .into_iter()
+            .filter(|f| self.devices[slot(*f)] == Some(index))
+            .find_map(|f| self.backend.device(f))
+            .map_or_else(|| format!("if{index}"), |d| d.name.clone())
     }
 
     fn publish_counts(&self, failed: usize) {
@@ -362,11 +392,43 @@ impl Dataplane {
             .store(self.unprogrammable.len() as u64, Relaxed);
     }
 
+    /// A send or receive on the netlink socket failed (not a kernel NACK):
+    /// nothing more can go through it, so open a fresh one.
+    fn reopen_socket(&mut self, why: &weft_netlink::Error) {
+        match Netlink::new() {
+            Ok(nl) => {
+                self.nl = nl;
+                crate::warn!("netlink socket broken; reopened it", error = why);
+            }
+            Err(e) => crate::error!("reopening the netlink socket failed", error = e),
+        }
+    }
+
     /// Execute operations in order; returns how many failed.
     fn exec_all(&mut self, ops: &[Op]) -> usize {
+        if ops.is_empty() {
+            return 0;
+        }
+        let results = match kernel::exec(&mut self.nl, ops) {
+            Ok(r) => r,
+            Err(e) => {
+                // The batch did not go through: nothing is known done; the
+                // next full pass repairs it.
+                self.metrics
+                    .programming_errors
+                    .fetch_add(ops.len() as u64, Relaxed);
+                if let Some(n) = self.errors.check(&e.to_string()) {
+                    crate::error!("programming failed", error = e, repeats_suppressed = n);
+                }
+                if e.is_socket_broken() {
+                    self.reopen_socket(&e);
+                }
+                return ops.len();
+            }
+        };
         let mut failed = 0;
-        for op in ops {
-            match kernel::exec(&mut self.nl, op) {
+        for (op, r) in ops.iter().zip(results) {
+            match r {
                 Ok(()) => {
                     self.metrics.reconcile_repairs.fetch_add(1, Relaxed);
                     crate::debug!("programmed", op = format!("{op:?}"));
@@ -474,6 +536,13 @@ impl Dataplane {
         }
         self.programmed = wanted_by_peer;
         self.publish_counts(failed);
+        self.metrics.reconcile_passes.fetch_add(1, Relaxed);
+        let wanted = peers.keys().filter(|s| !self.is_own(s));
+        self.metrics
+            .status
+            .programmed_all(wanted.map(|s| (*s, self.wanted_of(s))), &|i| {
+                self.dev_name(i)
+            });
         let clean = failed == 0;
         if clean {
             self.metrics.last_sync_seconds.store(now_unix(), Relaxed);

@@ -24,13 +24,13 @@ pub struct LeaseAttrs {
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub backend_data: Option<Value>,
+    pub backend_data: Option<JsonText>,
     #[serde(
         rename = "BackendV6Data",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub backend_v6_data: Option<Value>,
+    pub backend_v6_data: Option<JsonText>,
 }
 
 impl LeaseAttrs {
@@ -39,10 +39,10 @@ impl LeaseAttrs {
             public_ip: public_ip.to_string(),
             public_ipv6: None,
             backend_type: "vxlan".to_string(),
-            backend_data: Some(serde_json::json!({
+            backend_data: Some(JsonText::from(serde_json::json!({
                 "VNI": vni,
                 "VtepMAC": weft_netlink::format_mac(mac),
-            })),
+            }))),
             backend_v6_data: None,
         }
     }
@@ -57,10 +57,10 @@ impl LeaseAttrs {
     ) -> LeaseAttrs {
         LeaseAttrs {
             public_ipv6: Some(public_ipv6.to_string()),
-            backend_v6_data: Some(serde_json::json!({
+            backend_v6_data: Some(JsonText::from(serde_json::json!({
                 "VNI": vni,
                 "VtepMAC": weft_netlink::format_mac(mac6),
-            })),
+            }))),
             ..LeaseAttrs::vxlan(public_ip, vni, mac)
         }
     }
@@ -103,14 +103,50 @@ impl LeaseAttrs {
         self.mac_of(self.backend_v6_data.as_ref())
     }
 
-    fn mac_of(&self, data: Option<&Value>) -> Option<[u8; 6]> {
+    fn mac_of(&self, data: Option<&JsonText>) -> Option<[u8; 6]> {
         if self.backend_type != "vxlan" {
             return None;
         }
-        match field(data?.as_object()?, "VtepMAC")? {
+        let data = data?.value()?;
+        match field(data.as_object()?, "VtepMAC")? {
             Value::String(s) => weft_netlink::parse_mac(s),
             _ => None,
         }
+    }
+}
+
+/// A JSON value kept as its compact text: a node holds every peer's
+/// BackendData, and as text it is one small allocation instead of a map
+/// (a BTreeMap node alone is ~600 bytes), which at 10,000 peers is most of
+/// weftd's memory. The text is serde_json's canonical form, so two equal
+/// values have equal texts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonText(Box<str>);
+
+impl JsonText {
+    /// The value, parsed again (only when a lease is validated).
+    pub fn value(&self) -> Option<Value> {
+        serde_json::from_str(&self.0).ok()
+    }
+}
+
+impl From<Value> for JsonText {
+    fn from(v: Value) -> Self {
+        JsonText(v.to_string().into_boxed_str())
+    }
+}
+
+impl Serialize for JsonText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.value()
+            .ok_or_else(|| serde::ser::Error::custom("stored JSON text does not parse"))?
+            .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for JsonText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Value::deserialize(d).map(JsonText::from)
     }
 }
 

@@ -201,9 +201,14 @@ pub struct TlsFiles {
     pub cert_key: Option<(Vec<u8>, Vec<u8>)>,
 }
 
+/// How long one connection attempt to etcd may take. Short, because it
+/// adds to how long a node stays behind once etcd is back (see
+/// [`crate::backoff::ETCD_CAP`]); etcd is on the node's network.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 pub fn connect_options(tls: Option<TlsFiles>, user: Option<(String, String)>) -> ConnectOptions {
     let mut o = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(5))
+        .with_connect_timeout(CONNECT_TIMEOUT)
         .with_timeout(Duration::from_secs(15))
         .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
         .with_keep_alive_while_idle(true)

@@ -1,5 +1,7 @@
-//! The host-local config: parsing, canonicalization and validation, with
-//! every error naming the offending field and value.
+//! The host-local config: decoding (serde, see `decode.rs`), then
+//! canonicalization and validation, with every error naming the offending
+//! field and value. Keys host-local does not read are ignored, as the
+//! reference ignores them.
 //!
 //! Range sets come, in this order (which fixes the `last_reserved_ip.N`
 //! index N, as in the reference): `runtimeConfig.ipRanges`, then the legacy
@@ -9,11 +11,14 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use ipnetwork::IpNetwork;
-use serde_json::{Map, Value};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
 use weft_cni::args::CniArgs;
 use weft_cni::{Error, Route};
 
-use crate::range::{canonical_ip, from_u128, to_u128, Range, RangeSet};
+use crate::decode::{self, decode, object, parse_cidr, parse_ip, required, shaped, Kind};
+use crate::range::{from_u128, to_u128, Range, RangeSet};
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
 
@@ -27,84 +32,253 @@ pub struct IpamConfig {
     pub resolv_conf: Option<PathBuf>,
 }
 
+/// What every command reads of the network config.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawNet {
+    #[serde(default, deserialize_with = "object")]
+    ipam: Option<RawIpam>,
+    #[serde(default, deserialize_with = "object")]
+    runtime_config: Option<RawRuntime>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawRuntime {
+    /// The `ipRanges` capability.
+    #[serde(default, deserialize_with = "range_sets")]
+    ip_ranges: Option<Vec<RawRangeSet>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawIpam {
+    #[serde(default, deserialize_with = "range_sets")]
+    ranges: Option<Vec<RawRangeSet>>,
+    #[serde(default, deserialize_with = "routes")]
+    routes: Option<Vec<RawRoute>>,
+    #[serde(default, deserialize_with = "decode::text")]
+    data_dir: Option<String>,
+    #[serde(default, deserialize_with = "decode::text")]
+    resolv_conf: Option<String>,
+}
+
+/// The legacy single range: a range's keys at the top of `ipam`, decoded
+/// on their own so that errors name them `ipam.subnet` and so on.
+#[derive(Deserialize)]
+struct RawLegacy {
+    #[serde(default, deserialize_with = "object")]
+    ipam: Option<RawRange>,
+}
+
+/// One range set: a list of ranges.
+struct RawRangeSet(Vec<RawRange>);
+
+/// One `{subnet, rangeStart, rangeEnd, gateway}` object, each key decoded
+/// but not yet checked against the others.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawRange {
+    #[serde(default, deserialize_with = "subnet")]
+    subnet: Option<IpNetwork>,
+    #[serde(default, deserialize_with = "decode::ip")]
+    range_start: Option<IpAddr>,
+    #[serde(default, deserialize_with = "decode::ip")]
+    range_end: Option<IpAddr>,
+    #[serde(default, deserialize_with = "decode::ip")]
+    gateway: Option<IpAddr>,
+}
+
+#[derive(Deserialize)]
+struct RawRoute {
+    #[serde(default, deserialize_with = "decode::cidr")]
+    dst: Option<IpNetwork>,
+    #[serde(default, deserialize_with = "decode::ip")]
+    gw: Option<IpAddr>,
+    #[serde(default, deserialize_with = "decode::uint")]
+    mtu: Option<u32>,
+    #[serde(default, deserialize_with = "decode::uint")]
+    advmss: Option<u32>,
+    #[serde(default, deserialize_with = "decode::uint")]
+    priority: Option<u32>,
+    #[serde(default, deserialize_with = "decode::uint")]
+    table: Option<u32>,
+    #[serde(default, deserialize_with = "decode::uint")]
+    scope: Option<u32>,
+}
+
+fn range_sets<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<RawRangeSet>>, D::Error> {
+    shaped(d, Kind::List, "a list of range sets")
+}
+
+impl<'de> Deserialize<'de> for RawRangeSet {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let ranges: Vec<RangeItem> = required(d, Kind::List, "a list of ranges")?;
+        Ok(RawRangeSet(ranges.into_iter().map(|r| r.0).collect()))
+    }
+}
+
+/// A range as an item of a range set, where it must be an object.
+struct RangeItem(RawRange);
+
+impl<'de> Deserialize<'de> for RangeItem {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        required(d, Kind::Object, "an object with a subnet").map(RangeItem)
+    }
+}
+
+fn routes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<RawRoute>>, D::Error> {
+    let items: Option<Vec<RouteItem>> = shaped(d, Kind::List, "a list of routes")?;
+    Ok(items.map(|routes| routes.into_iter().map(|r| r.0).collect()))
+}
+
+/// A route as an item of `routes`, where it must be an object.
+struct RouteItem(RawRoute);
+
+impl<'de> Deserialize<'de> for RouteItem {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        required(d, Kind::Object, "an object with a dst").map(RouteItem)
+    }
+}
+
+/// A range's subnet: a CIDR written as its network address, IPv4 as IPv4,
+/// with room for at least two addresses. Unset as `decode::text`.
+fn subnet<'de, D: Deserializer<'de>>(d: D) -> Result<Option<IpNetwork>, D::Error> {
+    decode::text(d)?
+        .map(|s| check_subnet(&s).map_err(D::Error::custom))
+        .transpose()
+}
+
+fn check_subnet(s: &str) -> Result<IpNetwork, String> {
+    let net = parse_cidr(s).ok_or_else(|| format!("\"{s}\" is not a valid CIDR"))?;
+    if let IpAddr::V6(v6) = net.ip() {
+        if v6.to_ipv4_mapped().is_some() {
+            return Err(format!(
+                "\"{s}\" is an IPv4-mapped IPv6 subnet; write it as an IPv4 subnet"
+            ));
+        }
+    }
+    let bits: u8 = if net.is_ipv4() { 32 } else { 128 };
+    if net.prefix() > bits - 2 {
+        return Err(format!(
+            "\"{s}\" is too small to allocate from: the prefix must be at most /{}",
+            bits - 2
+        ));
+    }
+    if net.network() != net.ip() {
+        return Err(format!(
+            "\"{s}\" has host bits set: for a /{} the network address is {}",
+            net.prefix(),
+            net.network()
+        ));
+    }
+    IpNetwork::new(net.network(), net.prefix()).map_err(|e| format!("\"{s}\": {e}"))
+}
+
 impl IpamConfig {
     /// Parse the full network config (`name`, `ipam`, `runtimeConfig`).
     pub fn parse(name: &str, config: &Value) -> Result<IpamConfig, Error> {
-        let ipam = match config.get("ipam") {
-            Some(Value::Object(m)) => m,
-            None | Some(Value::Null) => {
-                return Err(Error::config("the network config has no \"ipam\" section"))
-            }
-            Some(other) => {
-                return Err(Error::config(format!(
-                    "ipam must be an object, not {other}"
-                )))
-            }
-        };
-
+        let net: RawNet = decode(config)?;
+        let ipam = net
+            .ipam
+            .ok_or_else(|| Error::config("the network config has no \"ipam\" section"))?;
         let mut sets: Vec<(String, RangeSet)> = Vec::new();
-        if let Some(runtime) = object_field(config, "runtimeConfig", "runtimeConfig")? {
-            if let Some(v) = non_null(runtime.get("ipRanges")) {
-                sets.extend(parse_range_sets(v, "runtimeConfig.ipRanges")?);
-            }
+        if let Some(runtime) = net.runtime_config.and_then(|r| r.ip_ranges) {
+            sets.extend(parse_range_sets(&runtime, "runtimeConfig.ipRanges")?);
         }
-        if non_empty_str(ipam.get("subnet")) {
-            let range = parse_range(&Value::Object(ipam.clone()), "ipam")?;
-            sets.push((
-                "ipam.subnet".into(),
-                RangeSet {
-                    ranges: vec![range],
-                },
-            ));
+        let legacy: RawLegacy = decode(config)?;
+        if let Some(range) = legacy.ipam.filter(|r| r.subnet.is_some()) {
+            let ranges = vec![parse_range(&range, "ipam")?];
+            sets.push(("ipam.subnet".into(), RangeSet { ranges }));
         }
-        if let Some(v) = non_null(ipam.get("ranges")) {
-            sets.extend(parse_range_sets(v, "ipam.ranges")?);
+        if let Some(ranges) = &ipam.ranges {
+            sets.extend(parse_range_sets(ranges, "ipam.ranges")?);
         }
         if sets.is_empty() {
             return Err(Error::config(
                 "no IP ranges specified: set ipam.ranges (or ipam.subnet)",
             ));
         }
-        for (i, (path_a, a)) in sets.iter().enumerate() {
-            for (path_b, b) in sets.iter().skip(i + 1) {
-                if a.overlaps(b) {
-                    return Err(Error::config(format!(
-                        "range set {path_a} ({a}) overlaps range set {path_b} ({b})"
-                    )));
-                }
-            }
-        }
-
-        let routes = match non_null(ipam.get("routes")) {
-            None => Vec::new(),
-            Some(Value::Array(items)) => items
-                .iter()
-                .enumerate()
-                .map(|(i, r)| parse_route(r, &format!("ipam.routes[{i}]")))
-                .collect::<Result<_, _>>()?,
-            Some(other) => {
-                return Err(Error::config(format!(
-                    "ipam.routes must be a list, not {other}"
-                )))
-            }
-        };
-        let data_dir =
-            optional_str(ipam.get("dataDir"), "ipam.dataDir")?.unwrap_or(DEFAULT_DATA_DIR);
-        let resolv_conf =
-            optional_str(ipam.get("resolvConf"), "ipam.resolvConf")?.map(PathBuf::from);
-
+        refuse_overlapping_sets(&sets)?;
+        let routes = ipam
+            .routes
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, r)| parse_route(r, &format!("ipam.routes[{i}]")))
+            .collect::<Result<_, _>>()?;
         Ok(IpamConfig {
             name: name.to_string(),
-            data_dir: PathBuf::from(data_dir),
+            data_dir: PathBuf::from(ipam.data_dir.as_deref().unwrap_or(DEFAULT_DATA_DIR)),
             range_sets: sets.into_iter().map(|(_, s)| s).collect(),
             routes,
-            resolv_conf,
+            resolv_conf: ipam.resolv_conf.map(PathBuf::from),
         })
     }
 
     /// The directory holding this network's reservations.
     pub fn store_dir(&self) -> PathBuf {
         self.data_dir.join(&self.name)
+    }
+}
+
+fn refuse_overlapping_sets(sets: &[(String, RangeSet)]) -> Result<(), Error> {
+    for (i, (path_a, a)) in sets.iter().enumerate() {
+        for (path_b, b) in sets.iter().skip(i + 1) {
+            if a.overlaps(b) {
+                return Err(Error::config(format!(
+                    "range set {path_a} ({a}) overlaps range set {path_b} ({b})"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What ADD reads of the network config besides [`IpamConfig`]: the
+/// addresses asked for in `args.cni.ips` and `runtimeConfig.ips`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawRequests {
+    #[serde(default, deserialize_with = "object")]
+    args: Option<RawArgs>,
+    #[serde(default, deserialize_with = "object")]
+    runtime_config: Option<RawIps>,
+}
+
+#[derive(Deserialize)]
+struct RawArgs {
+    #[serde(default, deserialize_with = "object")]
+    cni: Option<RawIps>,
+}
+
+#[derive(Deserialize)]
+struct RawIps {
+    #[serde(default, deserialize_with = "addresses")]
+    ips: Option<Vec<Address>>,
+}
+
+fn addresses<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Address>>, D::Error> {
+    shaped(d, Kind::List, "a list of addresses")
+}
+
+/// A requested address: "ip" or "ip/prefix" (the prefix is checked, then dropped).
+struct Address(IpAddr);
+
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let item = Value::deserialize(d)?;
+        let Some(s) = item.as_str() else {
+            return Err(D::Error::custom(format!("must be a string, not {item}")));
+        };
+        let addr = s.split_once('/').map_or(s, |(a, _)| a);
+        let valid_prefix = s.split_once('/').is_none() || parse_cidr(s).is_some();
+        match parse_ip(addr) {
+            Some(ip) if valid_prefix => Ok(Address(ip)),
+            _ => Err(D::Error::custom(format!(
+                "\"{s}\" is not a valid IP address"
+            ))),
+        }
     }
 }
 
@@ -122,15 +296,16 @@ pub fn requested_ips(config: &Value, cni_args: &str) -> Result<Vec<IpAddr>, Erro
             out.push(ip);
         }
     }
-    let from_args = config
-        .get("args")
-        .and_then(|a| a.get("cni"))
-        .and_then(|c| c.get("ips"));
-    out.extend(parse_ip_list(from_args, "args.cni.ips")?);
-    out.extend(parse_ip_list(
-        config.get("runtimeConfig").and_then(|r| r.get("ips")),
-        "runtimeConfig.ips",
-    )?);
+    let raw: RawRequests = decode(config)?;
+    let from_args = raw.args.and_then(|a| a.cni).and_then(|c| c.ips);
+    let from_runtime = raw.runtime_config.and_then(|r| r.ips);
+    out.extend(
+        from_args
+            .into_iter()
+            .chain(from_runtime)
+            .flatten()
+            .map(|a| a.0),
+    );
     let mut unique = Vec::with_capacity(out.len());
     for ip in out {
         if !unique.contains(&ip) {
@@ -140,112 +315,10 @@ pub fn requested_ips(config: &Value, cni_args: &str) -> Result<Vec<IpAddr>, Erro
     Ok(unique)
 }
 
-fn parse_ip_list(value: Option<&Value>, path: &str) -> Result<Vec<IpAddr>, Error> {
-    let items = match non_null(value) {
-        None => return Ok(Vec::new()),
-        Some(Value::Array(items)) => items,
-        Some(other) => {
-            return Err(Error::config(format!(
-                "{path} must be a list of addresses, not {other}"
-            )))
-        }
-    };
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| {
-            let s = item.as_str().ok_or_else(|| {
-                Error::config(format!("{path}[{i}] must be a string, not {item}"))
-            })?;
-            let addr = s.split_once('/').map_or(s, |(a, _)| a);
-            let valid_prefix = s.split_once('/').is_none() || parse_cidr(s).is_some();
-            match parse_ip(addr) {
-                Some(ip) if valid_prefix => Ok(ip),
-                _ => Err(Error::config(format!(
-                    "{path}[{i}] \"{s}\" is not a valid IP address"
-                ))),
-            }
-        })
-        .collect()
-}
-
-fn non_null(v: Option<&Value>) -> Option<&Value> {
-    v.filter(|v| !v.is_null())
-}
-
-fn non_empty_str(v: Option<&Value>) -> bool {
-    match non_null(v) {
-        Some(Value::String(s)) => !s.is_empty(),
-        Some(_) => true,
-        None => false,
-    }
-}
-
-fn object_field<'a>(
-    v: &'a Value,
-    key: &str,
-    path: &str,
-) -> Result<Option<&'a Map<String, Value>>, Error> {
-    match non_null(v.get(key)) {
-        None => Ok(None),
-        Some(Value::Object(m)) => Ok(Some(m)),
-        Some(other) => Err(Error::config(format!(
-            "{path} must be an object, not {other}"
-        ))),
-    }
-}
-
-/// A string field; absent, null and "" all mean unset (as Go's net.IP
-/// decoding treats "").
-fn optional_str<'a>(v: Option<&'a Value>, path: &str) -> Result<Option<&'a str>, Error> {
-    match non_null(v) {
-        None => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(Error::config(format!(
-            "{path} must be a string, not {other}"
-        ))),
-    }
-}
-
-fn parse_ip(s: &str) -> Option<IpAddr> {
-    s.parse::<IpAddr>().ok().map(canonical_ip)
-}
-
-/// `addr/prefix` with the address as written (host bits kept).
-fn parse_cidr(s: &str) -> Option<IpNetwork> {
-    let (addr, prefix) = s.split_once('/')?;
-    if prefix.is_empty() || prefix.len() > 3 || !prefix.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let ip = addr.parse::<IpAddr>().ok()?;
-    IpNetwork::new(ip, prefix.parse::<u8>().ok()?).ok()
-}
-
-fn optional_ip(obj: &Value, key: &str, path: &str) -> Result<Option<IpAddr>, Error> {
-    let field = format!("{path}.{key}");
-    match optional_str(obj.get(key), &field)? {
-        None => Ok(None),
-        Some(s) => parse_ip(s)
-            .map(Some)
-            .ok_or_else(|| Error::config(format!("{field} \"{s}\" is not a valid IP address"))),
-    }
-}
-
-fn parse_range_sets(v: &Value, path: &str) -> Result<Vec<(String, RangeSet)>, Error> {
-    let Value::Array(sets) = v else {
-        return Err(Error::config(format!(
-            "{path} must be a list of range sets, not {v}"
-        )));
-    };
+fn parse_range_sets(sets: &[RawRangeSet], path: &str) -> Result<Vec<(String, RangeSet)>, Error> {
     let mut out = Vec::with_capacity(sets.len());
-    for (i, set) in sets.iter().enumerate() {
+    for (i, RawRangeSet(ranges)) in sets.iter().enumerate() {
         let set_path = format!("{path}[{i}]");
-        let Value::Array(ranges) = set else {
-            return Err(Error::config(format!(
-                "{set_path} must be a list of ranges, not {set}"
-            )));
-        };
         if ranges.is_empty() {
             return Err(Error::config(format!("{set_path} is an empty range set")));
         }
@@ -273,53 +346,21 @@ fn parse_range_sets(v: &Value, path: &str) -> Result<Vec<(String, RangeSet)>, Er
     Ok(out)
 }
 
-/// Canonicalize one `{subnet, rangeStart, rangeEnd, gateway}` object found at `path`.
-pub fn parse_range(v: &Value, path: &str) -> Result<Range, Error> {
-    if !v.is_object() {
-        return Err(Error::config(format!(
-            "{path} must be an object with a subnet, not {v}"
-        )));
-    }
+/// Canonicalize the range found at `path`: defaults filled in, its keys
+/// checked against each other.
+fn parse_range(raw: &RawRange, path: &str) -> Result<Range, Error> {
     let subnet_path = format!("{path}.subnet");
-    let subnet_str = optional_str(v.get("subnet"), &subnet_path)?
+    let subnet = raw
+        .subnet
         .ok_or_else(|| Error::config(format!("{subnet_path} is missing")))?;
-    let net = parse_cidr(subnet_str).ok_or_else(|| {
-        Error::config(format!(
-            "{subnet_path} \"{subnet_str}\" is not a valid CIDR"
-        ))
-    })?;
-    if let IpAddr::V6(v6) = net.ip() {
-        if v6.to_ipv4_mapped().is_some() {
-            return Err(Error::config(format!(
-                "{subnet_path} \"{subnet_str}\" is an IPv4-mapped IPv6 subnet; write it as an IPv4 subnet"
-            )));
-        }
-    }
-    let bits: u8 = if net.is_ipv4() { 32 } else { 128 };
-    if net.prefix() > bits - 2 {
-        return Err(Error::config(format!(
-            "{subnet_path} \"{subnet_str}\" is too small to allocate from: the prefix must be at most /{}",
-            bits - 2
-        )));
-    }
-    if net.network() != net.ip() {
-        return Err(Error::config(format!(
-            "{subnet_path} \"{subnet_str}\" has host bits set: for a /{} the network address is {}",
-            net.prefix(),
-            net.network()
-        )));
-    }
-    let network = to_u128(net.network());
-    let broadcast = to_u128(net.broadcast());
-    let first = from_u128(network + 1, net.ip());
-    let last = if net.is_ipv4() {
-        from_u128(broadcast - 1, net.ip())
+    let network = to_u128(subnet.network());
+    let broadcast = to_u128(subnet.broadcast());
+    let first = from_u128(network + 1, subnet.ip());
+    let last = if subnet.is_ipv4() {
+        from_u128(broadcast - 1, subnet.ip())
     } else {
-        net.broadcast()
+        subnet.broadcast()
     };
-    let subnet = IpNetwork::new(net.network(), net.prefix())
-        .map_err(|e| Error::config(format!("{subnet_path} \"{subnet_str}\": {e}")))?;
-
     let check = |key: &str, ip: IpAddr| -> Result<IpAddr, Error> {
         if ip.is_ipv4() != subnet.is_ipv4() || !subnet.contains(ip) {
             return Err(Error::config(format!(
@@ -328,11 +369,13 @@ pub fn parse_range(v: &Value, path: &str) -> Result<Range, Error> {
         }
         Ok(ip)
     };
-    let start = optional_ip(v, "rangeStart", path)?
+    let start = raw
+        .range_start
         .map(|ip| check("rangeStart", ip))
         .transpose()?
         .unwrap_or(first);
-    let end = optional_ip(v, "rangeEnd", path)?
+    let end = raw
+        .range_end
         .map(|ip| check("rangeEnd", ip))
         .transpose()?
         .unwrap_or(last);
@@ -341,7 +384,7 @@ pub fn parse_range(v: &Value, path: &str) -> Result<Range, Error> {
             "{path}.rangeStart {start} is after {path}.rangeEnd {end}"
         )));
     }
-    let gateway = match optional_ip(v, "gateway", path)? {
+    let gateway = match raw.gateway {
         // The reference accepts a gateway outside the subnet; only the family must match.
         Some(gw) if gw.is_ipv4() != subnet.is_ipv4() => {
             return Err(Error::config(format!(
@@ -359,46 +402,24 @@ pub fn parse_range(v: &Value, path: &str) -> Result<Range, Error> {
     })
 }
 
-fn parse_route(v: &Value, path: &str) -> Result<Route, Error> {
-    if !v.is_object() {
-        return Err(Error::config(format!(
-            "{path} must be an object with a dst, not {v}"
-        )));
-    }
-    let dst_path = format!("{path}.dst");
-    let dst_str = optional_str(v.get("dst"), &dst_path)?
-        .ok_or_else(|| Error::config(format!("{dst_path} is missing")))?;
-    let dst = parse_cidr(dst_str)
-        .ok_or_else(|| Error::config(format!("{dst_path} \"{dst_str}\" is not a valid CIDR")))?;
-    let gw = optional_ip(v, "gw", path)?;
-    let num = |key: &str| -> Result<Option<u32>, Error> {
-        match non_null(v.get(key)) {
-            None => Ok(None),
-            Some(n) => n
-                .as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .map(Some)
-                .ok_or_else(|| {
-                    Error::config(format!(
-                        "{path}.{key} must be a non-negative integer, not {n}"
-                    ))
-                }),
-        }
-    };
-    let scope = match num("scope")? {
-        None => None,
-        Some(s) => Some(
+fn parse_route(raw: &RawRoute, path: &str) -> Result<Route, Error> {
+    let dst = raw
+        .dst
+        .ok_or_else(|| Error::config(format!("{path}.dst is missing")))?;
+    let scope = raw
+        .scope
+        .map(|s| {
             u8::try_from(s)
-                .map_err(|_| Error::config(format!("{path}.scope {s} is out of range 0-255")))?,
-        ),
-    };
+                .map_err(|_| Error::config(format!("{path}.scope {s} is out of range 0-255")))
+        })
+        .transpose()?;
     Ok(Route {
         dst,
-        gw,
-        mtu: num("mtu")?,
-        adv_mss: num("advmss")?,
-        priority: num("priority")?,
-        table: num("table")?,
+        gw: raw.gw,
+        mtu: raw.mtu,
+        adv_mss: raw.advmss,
+        priority: raw.priority,
+        table: raw.table,
         scope,
     })
 }
@@ -517,6 +538,85 @@ mod tests {
         );
         let e = IpamConfig::parse("net", &json!({"name": "net"})).unwrap_err();
         assert_eq!(e.code(), 7);
+    }
+
+    #[test]
+    fn decode_errors_name_the_field_and_the_value() {
+        let cases = [
+            (
+                json!({"ranges": {}}),
+                "ipam.ranges must be a list of range sets, not {}",
+            ),
+            (
+                json!({"ranges": [{"subnet": "10.0.0.0/24"}]}),
+                r#"ipam.ranges[0] must be a list of ranges, not {"subnet":"10.0.0.0/24"}"#,
+            ),
+            (
+                json!({"ranges": [["10.0.0.0/24"]]}),
+                r#"ipam.ranges[0][0] must be an object with a subnet, not "10.0.0.0/24""#,
+            ),
+            (
+                json!({"ranges": [[null]]}),
+                "ipam.ranges[0][0] must be an object with a subnet, not null",
+            ),
+            (
+                json!({"ranges": [[{"subnet": "10.0.0.1/24"}]]}),
+                r#"ipam.ranges[0][0].subnet "10.0.0.1/24" has host bits set: for a /24 the network address is 10.0.0.0"#,
+            ),
+            (
+                json!({"subnet": "10.0.0.0/24", "gateway": 7}),
+                "ipam.gateway must be a string, not 7",
+            ),
+            (
+                json!({"ranges": [[{"subnet": "10.0.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0", "mtu": -1}]}),
+                "ipam.routes[0].mtu must be a non-negative integer, not -1",
+            ),
+            (
+                json!({"ranges": [[{"subnet": "10.0.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0", "scope": 300}]}),
+                "ipam.routes[0].scope 300 is out of range 0-255",
+            ),
+            (
+                json!({"ranges": [[{"subnet": "10.0.0.0/24"}]], "routes": ["0.0.0.0/0"]}),
+                r#"ipam.routes[0] must be an object with a dst, not "0.0.0.0/0""#,
+            ),
+            (
+                json!({"ranges": [[{"subnet": "10.0.0.0/24"}]], "dataDir": ["/x"]}),
+                r#"ipam.dataDir must be a string, not ["/x"]"#,
+            ),
+        ];
+        for (ipam, want) in cases {
+            assert_eq!(err(ipam), want);
+        }
+        let e = IpamConfig::parse("n", &json!({"ipam": 5})).unwrap_err();
+        assert_eq!(e.to_string(), "ipam must be an object, not 5");
+        let e = IpamConfig::parse("n", &json!({"ipam": {}, "runtimeConfig": true})).unwrap_err();
+        assert_eq!(e.to_string(), "runtimeConfig must be an object, not true");
+        let e = requested_ips(&json!({"runtimeConfig": {"ips": ["10.0.0.1", 5]}}), "").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "runtimeConfig.ips[1] must be a string, not 5"
+        );
+        let e = requested_ips(&json!({"args": {"cni": {"ips": [""]}}}), "").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"args.cni.ips[0] "" is not a valid IP address"#
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_ignored_like_the_reference() {
+        let conf = json!({
+            "name": "net", "type": "bridge", "bridge": "cni0",
+            "args": {"mesos": {"x": 1}, "cni": {"labels": [{"key": "a"}]}},
+            "runtimeConfig": {"portMappings": [{"hostPort": 80}]},
+            "ipam": {"type": "host-local", "extra": [1, {"a": null}],
+                     "ranges": [[{"subnet": "10.0.0.0/24", "note": "x"}]],
+                     "routes": [{"dst": "0.0.0.0/0", "via": "?"}]}
+        });
+        let c = IpamConfig::parse("net", &conf).unwrap();
+        assert_eq!(c.range_sets.len(), 1);
+        assert_eq!(c.routes.len(), 1);
+        assert!(requested_ips(&conf, "").unwrap().is_empty());
     }
 
     #[test]

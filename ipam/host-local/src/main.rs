@@ -5,6 +5,7 @@
 
 mod allocator;
 mod config;
+mod decode;
 mod dns;
 mod plugin;
 mod range;

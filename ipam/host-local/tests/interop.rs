@@ -1,97 +1,37 @@
 //! Store interoperability with the Go reference host-local
 //! (`/usr/lib/cni/host-local`, Debian containernetworking-plugins): both
 //! binaries run as subprocesses on one dataDir, each reading what the other
-//! wrote. Needs root (a network namespace for CNI_NETNS); skipped otherwise,
-//! unless WEFT_REQUIRE_ROOT=1 makes that a failure.
+//! wrote. Needs root (a network namespace for CNI_NETNS): the tests are
+//! `#[ignore = "needs root"]` and use the shared harness's root check and
+//! guards (weft_tests).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::{json, Value};
+use weft_tests::{require_root, root_required_by_env, Netns, TempDir};
 
 const GO: &str = "/usr/lib/cni/host-local";
 const WEFT: &str = env!("CARGO_BIN_EXE_host-local");
 
-/// A named netns (`ip netns add`), deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// A unique temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-static N: AtomicU32 = AtomicU32::new(0);
-
-fn is_root() -> bool {
-    // "Uid:\treal\teffective\tsaved\tfs" in /proc/self/status.
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2))
-                .map(|e| e == "0")
-        })
-        .unwrap_or(false)
-}
-
-/// Everything a test needs, or None (test skipped) when not root / no Go plugin.
-fn setup(tag: &str) -> Option<(Netns, TempDir)> {
-    let require = std::env::var("WEFT_REQUIRE_ROOT").is_ok_and(|v| v == "1");
-    if !is_root() {
-        assert!(
-            !require,
-            "WEFT_REQUIRE_ROOT=1 but the interop tests are not running as root"
-        );
-        eprintln!("skipping {tag}: needs root to create a network namespace (set WEFT_REQUIRE_ROOT=1 to make this a failure)");
+/// A netns and a dataDir, or None (test skipped) when not root / no Go plugin.
+fn setup() -> Option<(Netns, TempDir)> {
+    if !require_root() {
         return None;
     }
     if !Path::new(GO).exists() {
         assert!(
-            !require,
+            !root_required_by_env(),
             "WEFT_REQUIRE_ROOT=1 but {GO} is missing (apt-get install containernetworking-plugins)"
         );
-        eprintln!("skipping {tag}: {GO} is missing");
+        weft_tests::note(&format!("skipping: {GO} is missing"));
         return None;
     }
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let name = format!("wthl{}{n}", std::process::id());
-    let status = Command::new("ip")
-        .args(["netns", "add", &name])
-        .status()
-        .expect("run ip netns add");
-    assert!(status.success(), "ip netns add {name} failed");
-    let ns = Netns { name };
-    let dir =
-        std::env::temp_dir().join(format!("weft-hl-interop-{tag}-{}-{n}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    Some((ns, TempDir(dir)))
+    Some((Netns::new(), TempDir::new()))
 }
 
 struct Out {
@@ -106,7 +46,7 @@ fn run(bin: &str, cmd: &str, ns: &Netns, id: &str, ifname: &str, conf: &Value) -
         .env("CNI_COMMAND", cmd)
         .env("CNI_CONTAINERID", id)
         .env("CNI_IFNAME", ifname)
-        .env("CNI_NETNS", ns.path())
+        .env("CNI_NETNS", &ns.path)
         .env("CNI_PATH", "/usr/lib/cni")
         .env("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default")
         .stdin(Stdio::piped())
@@ -156,15 +96,16 @@ fn conf(dir: &Path, ranges: Value) -> Value {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn stores_are_shared_both_ways() {
-    let Some((ns, tmp)) = setup("shared") else {
+    let Some((ns, tmp)) = setup() else {
         return;
     };
     let conf = conf(
-        &tmp.0,
+        tmp.path(),
         json!([[{"subnet": "10.77.0.0/29"}], [{"subnet": "fd77::/120"}]]),
     );
-    let store = tmp.0.join("interop");
+    let store = tmp.path().join("interop");
 
     // Go allocates first; weft continues after Go's last_reserved_ip.N.
     assert_eq!(add(GO, &ns, "go1", &conf), ["10.77.0.2/29", "fd77::2/120"]);
@@ -259,11 +200,12 @@ fn stores_are_shared_both_ways() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn requested_ips_are_honoured_by_both() {
-    let Some((ns, tmp)) = setup("requested") else {
+    let Some((ns, tmp)) = setup() else {
         return;
     };
-    let mut conf = conf(&tmp.0, json!([[{"subnet": "10.78.0.0/24"}]]));
+    let mut conf = conf(tmp.path(), json!([[{"subnet": "10.78.0.0/24"}]]));
     conf["runtimeConfig"] = json!({"ips": ["10.78.0.50/24"]});
     assert_eq!(add(GO, &ns, "go1", &conf), ["10.78.0.50/24"]);
     // weft sees Go's reservation of the requested address.
@@ -276,12 +218,13 @@ fn requested_ips_are_honoured_by_both() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn concurrent_go_and_weft_never_share_an_address() {
-    let Some((ns, tmp)) = setup("race") else {
+    let Some((ns, tmp)) = setup() else {
         return;
     };
     // 10.79.0.0/28: .2-.14 are allocatable (13 addresses), 20 contenders.
-    let conf = conf(&tmp.0, json!([[{"subnet": "10.79.0.0/28"}]]));
+    let conf = conf(tmp.path(), json!([[{"subnet": "10.79.0.0/28"}]]));
     let conf_text = conf.to_string();
     let children: Vec<(String, std::process::Child)> = (0..20)
         .map(|i| {
@@ -292,7 +235,7 @@ fn concurrent_go_and_weft_never_share_an_address() {
                 .env("CNI_COMMAND", "ADD")
                 .env("CNI_CONTAINERID", &id)
                 .env("CNI_IFNAME", "eth0")
-                .env("CNI_NETNS", ns.path())
+                .env("CNI_NETNS", &ns.path)
                 .env("CNI_PATH", "/usr/lib/cni")
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -322,7 +265,7 @@ fn concurrent_go_and_weft_never_share_an_address() {
     addrs.sort();
     addrs.dedup();
     assert_eq!(addrs.len(), 13, "an address was handed out twice: {got:?}");
-    let store = tmp.0.join("interop");
+    let store = tmp.path().join("interop");
     for (id, addr) in &got {
         assert_eq!(
             fs::read_to_string(store.join(addr)).unwrap(),

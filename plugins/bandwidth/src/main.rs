@@ -1,16 +1,19 @@
 //! bandwidth: a chained plugin that limits a pod's traffic with token
 //! buckets, as the reference plugin does: traffic into the pod through a
 //! root tbf on the host end of its veth, traffic out of the pod through an
-//! ifb that the host veth's ingress redirects to. All tc work is netlink.
+//! ifb that the host veth's ingress redirects to; with shapedSubnets or
+//! unshapedSubnets under an HTB that sorts by far end. All tc work is
+//! netlink.
 
 mod config;
 mod sha512;
 mod shaper;
+mod subnets;
 
 use std::process::ExitCode;
 
 use weft_cni::{CniResult, Error, Interface, Plugin, Request};
-use weft_netlink::{format_mac, Link, Netlink, Netns};
+use weft_netlink::{format_mac, IpField, Link, Netlink, Netns};
 
 use config::Limits;
 use shaper::Made;
@@ -132,7 +135,7 @@ fn shape(
     made: &mut Made,
 ) -> Result<Option<Link>, Error> {
     if let Some(limit) = limits.ingress {
-        shaper::shape_ingress(host, veth, limit, made)?;
+        shaper::shape_ingress(host, veth, limit, &limits.scope, made)?;
     }
     match limits.egress {
         Some(limit) => shaper::shape_egress(
@@ -141,6 +144,7 @@ fn shape(
             &ifb_name(req),
             &attachment_label(req),
             limit,
+            &limits.scope,
             made,
         )
         .map(Some),
@@ -181,7 +185,14 @@ fn check(req: &Request) -> Result<(), Error> {
     let mut host = host_netlink()?;
     let veth = host_veth(req, Some(&prev), &mut host)?;
     if let Some(limit) = limits.ingress {
-        shaper::verify_tbf(&mut host, &veth, limit, veth.mtu)?;
+        shaper::verify_shaper(
+            &mut host,
+            &veth,
+            limit,
+            veth.mtu,
+            &limits.scope,
+            IpField::Source,
+        )?;
     }
     if let Some(limit) = limits.egress {
         let name = ifb_name(req);
@@ -195,7 +206,14 @@ fn check(req: &Request) -> Result<(), Error> {
                     format!("ifb {name} is missing or down"),
                 )
             })?;
-        shaper::verify_tbf(&mut host, &ifb, limit, veth.mtu)?;
+        shaper::verify_shaper(
+            &mut host,
+            &ifb,
+            limit,
+            veth.mtu,
+            &limits.scope,
+            IpField::Destination,
+        )?;
         shaper::verify_redirect(&mut host, &veth, &ifb)?;
     }
     Ok(())

@@ -1,13 +1,16 @@
 //! From a configured rate and burst to the kernel's tbf parameters, and
 //! the tc objects that shape one attachment: a root tbf on the host veth
 //! (traffic into the pod) and, for traffic out of the pod, an ifb with its
-//! own root tbf that the host veth's ingress redirects to.
+//! own root tbf that the host veth's ingress redirects to. With
+//! shaped/unshaped subnets the tbf moves under a classifying HTB
+//! ([`crate::subnets`]).
 
 use nix::errno::Errno;
 use weft_cni::{Error, ErrorCode};
-use weft_netlink::{tc, Link, Netlink, Tbf};
+use weft_netlink::{tc, IpField, Link, Netlink, Tbf};
 
-use crate::config::Limit;
+use crate::config::{Limit, Scope};
+use crate::subnets::{self, Selection};
 
 /// The reference's fixed queueing latency: the queue holds this much
 /// traffic at the rate, on top of the bucket.
@@ -47,7 +50,7 @@ fn kernel(what: String) -> impl FnOnce(weft_netlink::Error) -> Error {
 /// back out.
 #[derive(Debug, Default)]
 pub struct Made {
-    pub root_tbf_on: Option<u32>,
+    pub root_qdisc_on: Option<u32>,
     pub ingress_qdisc_on: Option<u32>,
     pub ifb: Option<String>,
 }
@@ -60,22 +63,66 @@ impl Made {
         if let Some(name) = self.ifb {
             remove_ifb(host, &name);
         }
-        if let Some(index) = self.root_tbf_on {
+        if let Some(index) = self.root_qdisc_on {
             let _ = host.delete_qdisc(index, tc::ROOT, tc::TBF_HANDLE);
         }
     }
 }
 
-/// Shape traffic into the pod: a root tbf on the host veth.
+/// The listed subnets of `scope`, or None when everything is shaped.
+fn selection(scope: &Scope) -> Option<Selection<'_>> {
+    match scope {
+        Scope::All => None,
+        Scope::Only(nets) => Some(Selection {
+            nets,
+            listed_are_shaped: true,
+        }),
+        Scope::Except(nets) => Some(Selection {
+            nets,
+            listed_are_shaped: false,
+        }),
+    }
+}
+
+/// Shape what `scope` selects of the traffic leaving `dev` (a device of
+/// `mtu`), telling it by the packet's `field` address: a root tbf, or the
+/// classifying tree of [`subnets::install`].
+fn install(
+    host: &mut Netlink,
+    dev: &Link,
+    limit: Limit,
+    mtu: u32,
+    scope: &Scope,
+    field: IpField,
+) -> Result<(), Error> {
+    let tbf = tbf_for(limit, mtu);
+    let what = || format!("add the shaper to {}", dev.name);
+    match selection(scope) {
+        None => match host.replace_root_tbf(dev.index, &tbf) {
+            // A root 1: of another kind (an earlier ADD's HTB) cannot be
+            // changed into a tbf, only replaced.
+            Err(e) if e.errno() == Some(Errno::EINVAL) => {
+                let _ = host.delete_qdisc(dev.index, tc::ROOT, tc::TBF_HANDLE);
+                host.replace_root_tbf(dev.index, &tbf)
+                    .map_err(kernel(what()))
+            }
+            other => other.map_err(kernel(what())),
+        },
+        Some(sel) => subnets::install(host, dev, &tbf, sel, field),
+    }
+}
+
+/// Shape traffic into the pod on the host veth, telling subnets apart by
+/// the sender's address.
 pub fn shape_ingress(
     host: &mut Netlink,
     veth: &Link,
     limit: Limit,
+    scope: &Scope,
     made: &mut Made,
 ) -> Result<(), Error> {
-    made.root_tbf_on = Some(veth.index);
-    host.replace_root_tbf(veth.index, &tbf_for(limit, veth.mtu))
-        .map_err(kernel(format!("shape traffic to the pod on {}", veth.name)))
+    made.root_qdisc_on = Some(veth.index);
+    install(host, veth, limit, veth.mtu, scope, IpField::Source)
 }
 
 /// Shape traffic out of the pod: ifb `ifb_name` (labelled `label`, the
@@ -87,6 +134,7 @@ pub fn shape_egress(
     ifb_name: &str,
     label: &str,
     limit: Limit,
+    scope: &Scope,
     made: &mut Made,
 ) -> Result<Link, Error> {
     match host.create_ifb(ifb_name, veth.mtu, 0) {
@@ -108,8 +156,7 @@ pub fn shape_egress(
     made.ifb = Some(ifb_name.to_string());
     host.set_alias_up(ifb.index, label)
         .map_err(kernel(format!("label and set up {ifb_name}")))?;
-    host.replace_root_tbf(ifb.index, &tbf_for(limit, veth.mtu))
-        .map_err(kernel(format!("shape traffic from the pod on {ifb_name}")))?;
+    install(host, &ifb, limit, veth.mtu, scope, IpField::Destination)?;
     made.ingress_qdisc_on = Some(veth.index);
     host.ensure_ingress_qdisc(veth.index)
         .map_err(kernel(format!("add an ingress qdisc to {}", veth.name)))?;
@@ -128,7 +175,8 @@ pub fn remove_ifb(host: &mut Netlink, name: &str) {
 }
 
 /// Remove the shaping from the host veth: its ingress qdisc (with the
-/// redirect) and a root tbf `1:`. What is already gone counts as removed.
+/// redirect) and a root tbf or htb `1:` (with its classes and filters).
+/// What is already gone counts as removed.
 pub fn unshape_veth(host: &mut Netlink, veth: &Link) -> Result<(), Error> {
     let qdiscs = host
         .qdiscs(veth.index)
@@ -136,7 +184,9 @@ pub fn unshape_veth(host: &mut Netlink, veth: &Link) -> Result<(), Error> {
     let mut errors = Vec::new();
     for q in qdiscs {
         let ours = (q.kind == "ingress" && q.handle == tc::INGRESS_HANDLE)
-            || (q.kind == "tbf" && q.parent == tc::ROOT && q.handle == tc::TBF_HANDLE);
+            || (matches!(q.kind.as_str(), "tbf" | "htb")
+                && q.parent == tc::ROOT
+                && q.handle == tc::TBF_HANDLE);
         if !ours {
             continue;
         }
@@ -157,9 +207,24 @@ fn mismatch(msg: String) -> Error {
     Error::new(ErrorCode::CheckFailed, msg)
 }
 
+/// CHECK: `dev` shapes as [`install`] made it.
+pub fn verify_shaper(
+    host: &mut Netlink,
+    dev: &Link,
+    limit: Limit,
+    mtu: u32,
+    scope: &Scope,
+    field: IpField,
+) -> Result<(), Error> {
+    match selection(scope) {
+        None => verify_tbf(host, dev, limit, mtu),
+        Some(sel) => subnets::verify(host, dev, &tbf_for(limit, mtu), sel, field),
+    }
+}
+
 /// CHECK: `dev` has a root tbf `1:` with exactly the parameters `limit`
 /// gives on a device of `mtu`.
-pub fn verify_tbf(host: &mut Netlink, dev: &Link, limit: Limit, mtu: u32) -> Result<(), Error> {
+fn verify_tbf(host: &mut Netlink, dev: &Link, limit: Limit, mtu: u32) -> Result<(), Error> {
     let want = tbf_for(limit, mtu);
     let qdiscs = host
         .qdiscs(dev.index)

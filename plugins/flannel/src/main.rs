@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use weft_cni::delegate::Delegate;
 use weft_cni::{CniResult, Command, Error, ErrorCode, Plugin, Request};
+use weft_node_state::{self as node_state, Observed};
 
 const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
 const DEFAULT_DATA_DIR: &str = "/var/lib/cni/flannel";
@@ -64,15 +65,55 @@ impl FlannelConfig {
 }
 
 /// subnet.env, or why not: absent or unreadable means weftd/flanneld has not
-/// written it yet (try again later), garbage is a config error.
+/// written it yet (try again later, with weftd's reason), garbage is a
+/// config error.
 fn read_subnet_env(path: &Path) -> Result<SubnetEnv, Error> {
     SubnetEnv::read(path).map_err(|e| match e {
         ReadError::Io { .. } => Error::new(
             ErrorCode::TryAgainLater,
-            format!("{e} (is weftd/flanneld running?)"),
+            format!("{e}: {}", weftd_says(path)),
         ),
         ReadError::Parse { .. } => Error::config(e.to_string()),
     })
+}
+
+/// What weftd's state file (next to subnet.env) says, in words.
+fn weftd_says(subnet_file: &Path) -> String {
+    let state_path = node_state::path_for_subnet_file(subnet_file);
+    let now = node_state::now_unix();
+    match node_state::observe(&state_path) {
+        Ok(Observed::Running(s)) => match s.reason_at(now) {
+            Some(why) => format!("weftd is not ready: {why}"),
+            None => "weftd is running and ready, yet the file is gone".into(),
+        },
+        Ok(Observed::Stopped(s)) => {
+            let last = s.reason_at(s.updated_at).unwrap_or_else(|| "ready".into());
+            format!(
+                "weftd is not running (it stopped {} ago; its last state: {last})",
+                node_state::format_duration(now.saturating_sub(s.updated_at))
+            )
+        }
+        Ok(Observed::Missing) => format!(
+            "weftd is not running (no state at {}); is weftd or flanneld running?",
+            state_path.display()
+        ),
+        Err(e) => format!("weftd's state is unreadable: {e}"),
+    }
+}
+
+/// STATUS: not available while weftd runs and says it is not ready, even
+/// if an earlier run's subnet.env is still there.
+fn check_weftd_ready(subnet_file: &Path) -> Result<(), Error> {
+    let state_path = node_state::path_for_subnet_file(subnet_file);
+    if let Ok(Observed::Running(s)) = node_state::observe(&state_path) {
+        if let Some(why) = s.reason_at(node_state::now_unix()) {
+            return Err(Error::new(
+                ErrorCode::NotAvailable,
+                format!("network not ready: weftd is not ready: {why}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The delegate config flannel's plugin would build, key for key.
@@ -211,6 +252,7 @@ impl Plugin for Flannel {
         let config = FlannelConfig::parse(req)?;
         let env = read_subnet_env(config.subnet_file())
             .map_err(|e| Error::new(ErrorCode::NotAvailable, format!("network not ready: {e}")))?;
+        check_weftd_ready(config.subnet_file())?;
         let delegate = build_delegate(req, &config, &env)?;
         delegate_for(req, &delegate)?.run(Command::Status, delegate.to_string().as_bytes())
     }

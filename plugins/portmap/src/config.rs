@@ -34,14 +34,20 @@ struct RawRuntime {
     port_mappings: Option<Vec<RawMapping>>,
 }
 
+/// One entry of `runtimeConfig.portMappings`. The reference decodes it with
+/// Go's case-insensitive JSON matching, and containerd's CRI (go-cni's
+/// untagged struct) sends `HostPort`, `ContainerPort`, `Protocol`,
+/// `HostIP`: those spellings are accepted too.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawMapping {
+    #[serde(alias = "HostPort")]
     host_port: i64,
+    #[serde(alias = "ContainerPort")]
     container_port: i64,
-    #[serde(default)]
+    #[serde(default, alias = "Protocol")]
     protocol: String,
-    #[serde(default, rename = "hostIP")]
+    #[serde(default, rename = "hostIP", alias = "HostIP")]
     host_ip: Option<String>,
 }
 
@@ -293,6 +299,18 @@ mod tests {
             protocol,
             host_ip: host_ip.map(|s| s.parse().unwrap()),
         }
+    }
+
+    #[test]
+    fn containerds_capitalised_mapping_keys_are_read() {
+        // What containerd 1.6 sends for a hostPort (measured in tests/cri.rs).
+        let raw: RawMapping = serde_json::from_value(serde_json::json!(
+            {"HostPort": 8080, "ContainerPort": 80, "Protocol": "tcp", "HostIP": ""}
+        ))
+        .unwrap();
+        let m = mapping(&raw).unwrap();
+        assert_eq!((m.host_port, m.container_port), (8080, 80));
+        assert_eq!((m.protocol, m.host_ip), (Protocol::Tcp, None));
     }
 
     #[test]

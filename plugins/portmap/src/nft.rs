@@ -27,18 +27,18 @@ use std::ops::ControlFlow;
 use nix::errno::Errno;
 use weft_cni::{Error, ErrorCode};
 use weft_firewall::{comment_key, run};
-use weft_netlink::{NftChange, NftFamily, NftRule, NftTable, NftWatch};
+use weft_netlink::{NftDeletion, NftRuleRef as NftRule, NftTable, NftWatch};
 
 use crate::attachment::{Attachment, Target};
 use crate::config::{Mapping, PortmapConfig};
-use crate::record::NftRuleRef;
+use crate::record::RuleHandle;
 
 const TABLE: &str = "weft_portmap";
 const DNAT_CHAIN: &str = "hostports";
 const MASQ_CHAIN: &str = "masquerading";
 /// The chains whose rules carry attachment keys.
 const KEYED: [&str; 2] = [DNAT_CHAIN, MASQ_CHAIN];
-const FAMILY: NftFamily = NftFamily::Inet;
+const FAMILY: &str = "inet";
 /// Transactions refused because the ruleset changed under them, before
 /// DEL gives up with "try again later".
 const ATTEMPTS: usize = 200;
@@ -148,7 +148,7 @@ fn open() -> Result<NftTable, Error> {
 
 /// ADD: everything in one transaction, so a failure leaves nothing. Returns
 /// the handles of this attachment's rules when the watch saw them all.
-pub fn add(att: &Attachment, config: &PortmapConfig) -> Result<Option<Vec<NftRuleRef>>, Error> {
+pub fn add(att: &Attachment, config: &PortmapConfig) -> Result<Option<Vec<RuleHandle>>, Error> {
     let mut script = skeleton();
     let mut expected = 0;
     for t in att.targets() {
@@ -164,11 +164,11 @@ pub fn add(att: &Attachment, config: &PortmapConfig) -> Result<Option<Vec<NftRul
     let watch = NftWatch::new();
     run("nft", &["-f", "-"], &script)?;
     let added = watch.and_then(|mut w| w.added(FAMILY, TABLE));
-    let mine: Vec<NftRuleRef> = match added {
+    let mine: Vec<RuleHandle> = match added {
         Ok(rules) => rules
             .into_iter()
             .filter(|r| KEYED.contains(&r.chain.as_str()) && key_of(r) == Some(att.key.as_str()))
-            .map(|r| NftRuleRef {
+            .map(|r| RuleHandle {
                 chain: r.chain,
                 handle: r.handle,
             })
@@ -189,7 +189,7 @@ fn key_of(rule: &NftRule) -> Option<&str> {
 /// `doomed` accepts; None when any is not (then look the slow way).
 fn verified(
     table: &mut NftTable,
-    recorded: &[NftRuleRef],
+    recorded: &[RuleHandle],
     doomed: &dyn Fn(&str) -> bool,
 ) -> Result<Option<Vec<NftRule>>, Error> {
     let mut rules = Vec::with_capacity(recorded.len());
@@ -211,7 +211,7 @@ fn verified(
 fn doomed_rules(
     table: &mut NftTable,
     doomed: &dyn Fn(&str) -> bool,
-    recorded: Option<&[NftRuleRef]>,
+    recorded: Option<&[RuleHandle]>,
 ) -> Result<(Vec<NftRule>, bool), Error> {
     let known = match recorded {
         Some(r) => verified(table, r, doomed)?,
@@ -248,7 +248,7 @@ fn doomed_rules(
 pub fn check(
     att: &Attachment,
     config: &PortmapConfig,
-    recorded: Option<&[NftRuleRef]>,
+    recorded: Option<&[RuleHandle]>,
 ) -> Result<(), Error> {
     let missing = |what: String| Err(Error::new(ErrorCode::CheckFailed, what));
     let mut table = open()?;
@@ -293,19 +293,19 @@ pub fn check(
 /// Delete the rules whose key is `doomed` (`recorded` says where they
 /// are, when known); the table goes with the last mapping. Each attempt
 /// reads and deletes at one ruleset generation; a refused one reads again.
-pub fn remove(doomed: &dyn Fn(&str) -> bool, recorded: Option<&[NftRuleRef]>) -> Result<(), Error> {
+pub fn remove(doomed: &dyn Fn(&str) -> bool, recorded: Option<&[RuleHandle]>) -> Result<(), Error> {
     let mut table = open()?;
     for _ in 0..ATTEMPTS {
         let generation = table
             .generation()
             .map_err(|e| kernel("read the generation of", e))?;
         let (gone, others) = doomed_rules(&mut table, doomed, recorded)?;
-        let changes: Vec<NftChange> =
+        let changes: Vec<NftDeletion> =
             if !others && table.exists().map_err(|e| kernel("look up", e))? {
-                vec![NftChange::DeleteTable]
+                vec![NftDeletion::Table]
             } else {
                 gone.into_iter()
-                    .map(|r| NftChange::DeleteRule {
+                    .map(|r| NftDeletion::Rule {
                         chain: r.chain,
                         handle: r.handle,
                     })

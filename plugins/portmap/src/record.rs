@@ -22,7 +22,7 @@ const DIR: &str = "/run/weft/portmap";
 
 /// One nft rule ADD made.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NftRuleRef {
+pub struct RuleHandle {
     pub chain: String,
     pub handle: u64,
 }
@@ -33,7 +33,7 @@ pub enum Record {
     /// Written before an ADD replaces a record: if that ADD dies, nothing
     /// recorded can be trusted to be complete.
     Pending,
-    Nft(Vec<NftRuleRef>),
+    Nft(Vec<RuleHandle>),
 }
 
 fn path(key: &str) -> PathBuf {

@@ -15,18 +15,27 @@ use weft_netlink::{format_mac, read_sysctl, write_sysctl, Link, Netlink, Netns};
 use backup::Backup;
 use config::TuningConfig;
 
+/// The pod's side of a command: a netlink socket and the interface, both
+/// in the pod's netns (see `with_pod`).
 struct Pod {
-    ns: Netns,
     nl: Netlink,
     link: Link,
 }
 
-fn open_pod(req: &Request) -> Result<Pod, Error> {
+/// Moves the process into the pod's netns and runs `f` there, so the
+/// netlink socket is the pod's and /proc/sys/net shows the pod's sysctls.
+/// tuning is single-threaded and has no host-netns work left once it gets
+/// here, so it enters on its own thread and stays: a helper thread per trip
+/// (ADD made three, DEL two) cost more than the work on a loaded node, since
+/// each new thread waits for a CPU (profiled with strace -f -tt). Files (the
+/// backup) are unaffected: they live in the mount namespace.
+fn with_pod<R>(req: &Request, f: impl FnOnce(&mut Pod) -> Result<R, Error>) -> Result<R, Error> {
     let path = req.netns_path()?;
     let ns = Netns::open(path)
         .map_err(|e| Error::env(format!("CNI_NETNS \"{}\": {e}", path.display())))?;
-    let mut nl =
-        Netlink::in_netns(&ns).map_err(|e| Error::kernel("open netlink in the pod netns", e))?;
+    ns.enter_for_good()
+        .map_err(|e| Error::kernel("enter the pod netns", e))?;
+    let mut nl = Netlink::new().map_err(|e| Error::kernel("open netlink in the pod netns", e))?;
     let link = nl
         .link_by_name(&req.ifname)
         .map_err(|e| Error::kernel(format!("look up {}", req.ifname), e))?
@@ -37,54 +46,35 @@ fn open_pod(req: &Request) -> Result<Pod, Error> {
                 path.display()
             ))
         })?;
-    Ok(Pod { ns, nl, link })
-}
-
-fn in_pod<R: Send>(
-    ns: &Netns,
-    f: impl FnOnce() -> Result<R, weft_netlink::Error> + Send,
-) -> Result<R, weft_netlink::Error> {
-    ns.run(f)?
+    f(&mut Pod { nl, link })
 }
 
 /// The current values of everything `config` will change; a sysctl that
 /// does not exist in the pod's netns (a host-only or unknown name) is an
-/// error here, before anything is written.
+/// error here, before anything is written. Runs in the pod's netns.
 fn originals(req: &Request, config: &TuningConfig, pod: &Pod) -> Result<Backup, Error> {
     let mut b = Backup {
         network: Some(req.name.clone()),
         ..Default::default()
     };
-    // One trip into the netns for all of them. Some host-wide sysctls show
-    // up read-only in every netns (net.core.rmem_max): opening for
-    // writing tells them apart.
-    let paths: Vec<String> = config.sysctls.iter().map(|s| s.path.clone()).collect();
-    let found = if paths.is_empty() {
-        Vec::new()
-    } else {
-        pod.ns
-            .run(move || {
-                paths
-                    .iter()
-                    .map(|path| {
-                        let value = read_sysctl(path).map_err(|e| e.to_string())?;
-                        std::fs::OpenOptions::new()
-                            .write(true)
-                            .open(Path::new("/proc/sys").join(path))
-                            .map_err(|e| format!("not writable: {e}"))?;
-                        Ok(value)
-                    })
-                    .collect::<Vec<Result<String, String>>>()
+    for s in &config.sysctls {
+        // Some host-wide sysctls show up read-only in every netns
+        // (net.core.rmem_max): opening for writing tells them apart.
+        let value = read_sysctl(&s.path)
+            .map_err(|e| e.to_string())
+            .and_then(|value| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(Path::new("/proc/sys").join(&s.path))
+                    .map_err(|e| format!("not writable: {e}"))?;
+                Ok(value)
             })
-            .map_err(|e| Error::kernel("enter the pod netns", e))?
-    };
-    for (s, value) in config.sysctls.iter().zip(found) {
-        let value = value.map_err(|e| {
-            Error::config(format!(
-                "sysctl {} is not one of the pod netns's own ({e})",
-                s.name
-            ))
-        })?;
+            .map_err(|e| {
+                Error::config(format!(
+                    "sysctl {} is not one of the pod netns's own ({e})",
+                    s.name
+                ))
+            })?;
         b.sysctl.insert(s.path.clone(), value);
     }
     let l = &pod.link;
@@ -101,21 +91,13 @@ fn kernel(what: String) -> impl FnOnce(weft_netlink::Error) -> Error {
 }
 
 /// Apply `config` in the reference's order: sysctls, mac, promisc, mtu,
-/// allmulti, txQLen.
+/// allmulti, txQLen. Runs in the pod's netns.
 fn apply(config: &TuningConfig, pod: &mut Pod) -> Result<(), Error> {
-    let writes: Vec<(String, String)> = config
+    config
         .sysctls
         .iter()
-        .map(|s| (s.path.clone(), s.value.clone()))
-        .collect();
-    if !writes.is_empty() {
-        in_pod(&pod.ns, move || {
-            writes
-                .iter()
-                .try_for_each(|(path, value)| write_sysctl(path, value))
-        })
+        .try_for_each(|s| write_sysctl(&s.path, &s.value))
         .map_err(kernel("set the sysctls".into()))?;
-    }
     let (nl, index, name) = (&mut pod.nl, pod.link.index, &pod.link.name);
     if let Some(mac) = config.mac {
         nl.set_mac(index, mac)
@@ -142,7 +124,9 @@ fn apply(config: &TuningConfig, pod: &mut Pod) -> Result<(), Error> {
 
 /// Put the saved values back, in the reference's order (MTU, MAC, promisc,
 /// allmulti, txQLen), then the sysctls. Keeps going; returns the failures.
-fn restore(b: &Backup, ns: &Netns, nl: &mut Netlink, index: u32) -> Vec<Error> {
+/// Runs in the pod's netns.
+fn restore(b: &Backup, pod: &mut Pod) -> Vec<Error> {
+    let (nl, index) = (&mut pod.nl, pod.link.index);
     let mut results = Vec::new();
     if let Some(mtu) = b.mtu {
         results.push(nl.set_mtu(index, mtu));
@@ -159,21 +143,11 @@ fn restore(b: &Backup, ns: &Netns, nl: &mut Netlink, index: u32) -> Vec<Error> {
     if let Some(len) = b.txqlen {
         results.push(nl.set_txqlen(index, len));
     }
-    let sysctls = b.sysctl.clone();
-    let written = if sysctls.is_empty() {
-        Ok(Vec::new())
-    } else {
-        ns.run(move || {
-            sysctls
-                .iter()
-                .map(|(path, value)| write_sysctl(path, value))
-                .collect::<Vec<_>>()
-        })
-    };
-    match written {
-        Ok(all) => results.extend(all),
-        Err(e) => results.push(Err(e)),
-    }
+    results.extend(
+        b.sysctl
+            .iter()
+            .map(|(path, value)| write_sysctl(path, value)),
+    );
     results
         .into_iter()
         .filter_map(Result::err)
@@ -186,20 +160,22 @@ fn add(req: &Request) -> Result<CniResult, Error> {
     let mut result = req.prev_result()?.ok_or_else(|| {
         Error::config("tuning must be called as a chained plugin: the config has no prevResult")
     })?;
-    let mut pod = open_pod(req)?;
-    if config.is_empty() {
-        return Ok(result);
-    }
-    let saved = originals(req, &config, &pod)?;
-    let file = backup::path(&config.data_dir, &req.container_id, &req.ifname);
-    let created = backup::create(&file, &saved)?;
-    if let Err(e) = apply(&config, &mut pod) {
-        let _ = restore(&saved, &pod.ns, &mut pod.nl, pod.link.index);
-        if created {
-            let _ = backup::remove(&file);
+    with_pod(req, |pod| {
+        if config.is_empty() {
+            return Ok(());
         }
-        return Err(e);
-    }
+        let saved = originals(req, &config, pod)?;
+        let file = backup::path(&config.data_dir, &req.container_id, &req.ifname);
+        let created = backup::create(&file, &saved)?;
+        if let Err(e) = apply(&config, pod) {
+            let _ = restore(&saved, pod);
+            if created {
+                let _ = backup::remove(&file);
+            }
+            return Err(e);
+        }
+        Ok(())
+    })?;
     if let Some(mac) = config.mac {
         let netns = req.netns_path()?.display().to_string();
         for iface in result
@@ -222,8 +198,8 @@ fn del(req: &Request) -> Result<(), Error> {
         return backup::remove(&file);
     };
     if req.netns_exists() {
-        if let Ok(mut pod) = open_pod(req) {
-            for e in restore(&saved, &pod.ns, &mut pod.nl, pod.link.index) {
+        if let Ok(errors) = with_pod(req, |pod| Ok(restore(&saved, pod))) {
+            for e in errors {
                 weft_cni::log::warn(&format!("DEL: {e}"));
             }
         }
@@ -246,11 +222,13 @@ fn check(req: &Request) -> Result<(), Error> {
     req.prev_result()?.ok_or_else(|| {
         Error::config("tuning must be called as a chained plugin: the config has no prevResult")
     })?;
-    let pod = open_pod(req)?;
+    with_pod(req, |pod| verify(&config, pod))
+}
+
+/// CHECK's comparisons; runs in the pod's netns.
+fn verify(config: &TuningConfig, pod: &Pod) -> Result<(), Error> {
     for s in &config.sysctls {
-        let path = s.path.clone();
-        let got = in_pod(&pod.ns, move || read_sysctl(&path))
-            .map_err(kernel(format!("read sysctl {}", s.name)))?;
+        let got = read_sysctl(&s.path).map_err(kernel(format!("read sysctl {}", s.name)))?;
         if !same_value(&got, &s.value) {
             return Err(mismatch(format!(
                 "sysctl {} is {got:?}, expected {:?}",
