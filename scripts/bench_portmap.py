@@ -159,6 +159,7 @@ def weft_rss(p, tmp, netns):
         with_nft.append(p.call("ADD", f"rss{i}", c, rss=True))
         dele.append(p.call("DEL", f"rss{i}", c, rss=True))
         own.append(p.call("ADD", f"own{i}", c, rss=True, path_env=f"{fake}:/usr/bin:/bin"))
+        p.call("DEL", f"own{i}", c)  # its pending record
     return max(own), max(with_nft), max(dele)
 
 

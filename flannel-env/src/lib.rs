@@ -297,6 +297,19 @@ pub fn is_temp_name(name: &str) -> bool {
 /// `path`, then the directory fsynced. `mode` is set exactly (not narrowed
 /// by the umask). The directory must exist.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    replace(path, data, mode, true)
+}
+
+/// [`write_atomic`] without the fsyncs: readers still see the old file or
+/// the new one, but after a crash either (or a partly written one) may be
+/// there. For state that is only a cache of something a crash loses
+/// anyway (a runtime dir's record of kernel state): fsyncs on a disk-backed
+/// /run cost milliseconds per write.
+pub fn write_replacing(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    replace(path, data, mode, false)
+}
+
+fn replace(path: &Path, data: &[u8], mode: u32, durable: bool) -> std::io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| {
@@ -320,14 +333,19 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
             .open(&tmp)?;
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.write_all(data)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, path)
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    std::fs::File::open(dir)?.sync_all()
+    if durable {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -470,6 +488,9 @@ mod tests {
         write_atomic(&stored, b"{}", 0o600).unwrap();
         write_atomic(&stored, b"{\"a\":1}", 0o600).unwrap();
         assert_eq!(std::fs::read(&stored).unwrap(), b"{\"a\":1}");
+        write_replacing(&stored, b"{\"a\":2}", 0o600).unwrap();
+        assert_eq!(std::fs::read(&stored).unwrap(), b"{\"a\":2}");
+        write_replacing(&stored, b"{\"a\":1}", 0o600).unwrap();
         assert_eq!(
             std::fs::metadata(&stored).unwrap().permissions().mode() & 0o777,
             0o600

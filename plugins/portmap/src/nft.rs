@@ -45,7 +45,7 @@ const ATTEMPTS: usize = 200;
 
 /// The table and its base chains. The base chains hold only fixed jumps,
 /// so flushing and refilling them in the same transaction is harmless and
-/// needs no lookup.
+/// needs no lookup (ADD sends this only when the table is not in place).
 fn skeleton() -> String {
     let t = format!("inet {TABLE}");
     format!(
@@ -149,7 +149,7 @@ fn open() -> Result<NftTable, Error> {
 /// ADD: everything in one transaction, so a failure leaves nothing. Returns
 /// the handles of this attachment's rules when the watch saw them all.
 pub fn add(att: &Attachment, config: &PortmapConfig) -> Result<Option<Vec<RuleHandle>>, Error> {
-    let mut script = skeleton();
+    let mut script = String::new();
     let mut expected = 0;
     for t in att.targets() {
         let n = att.mappings_for(t, &config.mappings).count();
@@ -162,7 +162,14 @@ pub fn add(att: &Attachment, config: &PortmapConfig) -> Result<Option<Vec<RuleHa
         }
     }
     let watch = NftWatch::new();
-    run("nft", &["-f", "-"], &script)?;
+    // With the table in place, the rules alone: declaring the base chains
+    // again and refilling them costs a kernel commit several ms. Should a
+    // DEL of the last attachment drop the table meanwhile, that fails as a
+    // whole, and the full script recreates it.
+    let rules_only = skeleton_in_place() && run("nft", &["-f", "-"], &script).is_ok();
+    if !rules_only {
+        run("nft", &["-f", "-"], &(skeleton() + &script))?;
+    }
     let added = watch.and_then(|mut w| w.added(FAMILY, TABLE));
     let mine: Vec<RuleHandle> = match added {
         Ok(rules) => rules
@@ -179,6 +186,29 @@ pub fn add(att: &Attachment, config: &PortmapConfig) -> Result<Option<Vec<RuleHa
         }
     };
     Ok(Some(mine).filter(|m| m.len() == expected))
+}
+
+const BASE_CHAINS: [&str; 3] = ["prerouting", "output", "postrouting"];
+
+/// Whether `base` holds a rule (its one jump).
+fn jumps_from(table: &NftTable, base: &str) -> Result<bool, Error> {
+    let mut jumps = false;
+    table
+        .walk(base, |_| {
+            jumps = true;
+            ControlFlow::Break(())
+        })
+        .map_err(|e| kernel("list", e))?;
+    Ok(jumps)
+}
+
+/// The table is there with the jumps from all its base chains.
+fn skeleton_in_place() -> bool {
+    open().is_ok_and(|table| {
+        BASE_CHAINS
+            .iter()
+            .all(|base| jumps_from(&table, base).unwrap_or(false))
+    })
 }
 
 fn key_of(rule: &NftRule) -> Option<&str> {
@@ -255,15 +285,8 @@ pub fn check(
     if !table.exists().map_err(|e| kernel("look up", e))? {
         return missing(format!("table inet {TABLE} is missing"));
     }
-    for base in ["prerouting", "output", "postrouting"] {
-        let mut jumps = false;
-        table
-            .walk(base, |_| {
-                jumps = true;
-                ControlFlow::Break(())
-            })
-            .map_err(|e| kernel("list", e))?;
-        if !jumps {
+    for base in BASE_CHAINS {
+        if !jumps_from(&table, base)? {
             return missing(format!("chain {base} of inet {TABLE} has lost its jump"));
         }
     }

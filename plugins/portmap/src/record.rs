@@ -2,7 +2,8 @@
 //! instead of listing every attachment's rules (nftables; the iptables
 //! backend finds an attachment by its one jump): a small root-only file
 //! under /run/weft/portmap named by the attachment key, replaced
-//! atomically, removed by DEL.
+//! atomically (flannel-env's temp file and rename, without fsync), removed
+//! by DEL.
 //!
 //! A record is only a shortcut. Everything in it is verified before it is
 //! used (an nft rule's handle against the key in its comment, within one
@@ -57,7 +58,9 @@ fn write(key: &str, record: &Record) -> Result<(), Error> {
         .map_err(|e| io("cannot create", e))?;
     let data = serde_json::to_vec(record)
         .map_err(|e| Error::io("cannot encode a portmap record", &std::io::Error::other(e)))?;
-    flannel_env::write_atomic(&path(key), &data, 0o600)
+    // No fsync: a record only mirrors kernel state, which a crash loses
+    // too (and an unreadable record means "look the slow way").
+    flannel_env::write_replacing(&path(key), &data, 0o600)
         .map_err(|e| io("cannot write a record in", e))
 }
 
