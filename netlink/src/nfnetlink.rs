@@ -191,17 +191,32 @@ impl Nfnl {
         })
     }
 
-    /// One transaction of subsystem `subsys`: all of `msgs` ((type, af,
-    /// body)) apply, or none does. Every message asks for an ACK, so the
-    /// kernel answers each; the first error is returned. With a
-    /// `generation`, the kernel refuses the whole batch (ERESTART) unless
-    /// the ruleset is still at it (NFNL_BATCH_GENID).
+    /// One transaction of subsystem `subsys`: all of `msgs` apply, or none
+    /// does. Every message asks for an ACK, so the kernel answers each;
+    /// the first error is returned. With a `generation`, the kernel
+    /// refuses the whole batch (ERESTART) unless the ruleset is still at
+    /// it (NFNL_BATCH_GENID).
     pub(crate) fn batch(
         &mut self,
         subsys: u16,
         generation: Option<u32>,
-        msgs: &[(u16, u8, Vec<u8>)],
+        msgs: &[BatchMsg],
         op: &str,
+    ) -> Result<(), Error> {
+        self.batch_echoed(subsys, generation, msgs, op, |_, _, _| {})
+    }
+
+    /// As [`Nfnl::batch`], with flags per message: what the kernel echoes
+    /// for those with NLM_F_ECHO (after it commits, before its ACKs) goes
+    /// to `echoed` as (index into `msgs`, message type, payload after the
+    /// nfgenmsg).
+    pub(crate) fn batch_echoed(
+        &mut self,
+        subsys: u16,
+        generation: Option<u32>,
+        msgs: &[BatchMsg],
+        op: &str,
+        mut echoed: impl FnMut(usize, u16, &[u8]),
     ) -> Result<(), Error> {
         if msgs.is_empty() {
             return Ok(());
@@ -219,9 +234,10 @@ impl Nfnl {
             subsys,
             &genid,
         );
-        for (i, (kind, af, body)) in msgs.iter().enumerate() {
+        for (i, m) in msgs.iter().enumerate() {
             let seq = first.wrapping_add(1 + i as u32);
-            req.extend(message(*kind, NLM_F_REQUEST | NLM_F_ACK, seq, *af, 0, body));
+            let flags = NLM_F_REQUEST | NLM_F_ACK | m.flags;
+            req.extend(message(m.kind, flags, seq, m.af, 0, &m.body));
         }
         let last = first.wrapping_add(1 + msgs.len() as u32);
         req.extend(message(
@@ -239,17 +255,48 @@ impl Nfnl {
         let mut pending = msgs.len();
         let mut failure = None;
         self.receive(op, |s, kind, payload| {
-            if kind != NLMSG_ERROR || s.wrapping_sub(first) > msgs.len() as u32 {
+            // 0 is the batch itself (refused as a whole), 1.. its messages.
+            let index = s.wrapping_sub(first) as usize;
+            if index > msgs.len() {
+                return Ok(false);
+            }
+            if kind != NLMSG_ERROR {
+                if let Some(i) = index.checked_sub(1) {
+                    echoed(i, kind, payload.get(NFGENMSG_LEN..).unwrap_or_default());
+                }
                 return Ok(false);
             }
             let code = errno_of(payload);
             if code != 0 && failure.is_none() {
                 failure = Some(Error::os(op, Errno::from_raw(code)));
             }
-            pending -= 1;
+            pending = pending.saturating_sub(1);
             // A failed batch may not ACK the rest: stop at the first error.
             Ok(pending == 0 || failure.is_some())
         })?;
         failure.map_or(Ok(()), Err)
     }
 }
+
+/// One message of a transaction.
+pub(crate) struct BatchMsg {
+    /// (subsystem << 8) | message.
+    pub(crate) kind: u16,
+    pub(crate) af: u8,
+    /// Besides NLM_F_REQUEST and NLM_F_ACK: NLM_F_CREATE, NLM_F_APPEND,
+    /// NLM_F_ECHO ...
+    pub(crate) flags: u16,
+    pub(crate) body: Vec<u8>,
+}
+
+impl BatchMsg {
+    pub(crate) fn new(kind: u16, af: u8, body: Vec<u8>) -> BatchMsg {
+        BatchMsg {
+            kind,
+            af,
+            flags: 0,
+            body,
+        }
+    }
+}
+

@@ -16,7 +16,8 @@ use std::ops::ControlFlow;
 use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use nix::errno::Errno;
 
-use crate::nfnetlink::{find, put_attr, Nfnl};
+use crate::nfnetlink::{find, put_attr, BatchMsg, Nfnl};
+use crate::nft_expr::{comment_udata, encode, nul_terminated, put_nested, NftExpr};
 use crate::Error;
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -58,12 +59,6 @@ fn family(name: &str) -> Result<u8, Error> {
         "ip6" => 10,
         _ => return Err(Error::Protocol(format!("unknown nft family {name}"))),
     })
-}
-
-fn nul_terminated(s: &str) -> Vec<u8> {
-    let mut v = s.as_bytes().to_vec();
-    v.push(0);
-    v
 }
 
 fn text(b: &[u8]) -> String {
@@ -173,14 +168,12 @@ pub fn nft_delete_rules(
     rules: &[(&str, u64)],
 ) -> Result<(), Error> {
     let af = family(family_name)?;
-    let msgs: Vec<(u16, u8, Vec<u8>)> = rules
+    let msgs: Vec<BatchMsg> = rules
         .iter()
         .map(|(chain, handle)| {
-            let mut body = Vec::new();
-            put_attr(&mut body, NFTA_RULE_TABLE, &nul_terminated(table));
-            put_attr(&mut body, NFTA_RULE_CHAIN, &nul_terminated(chain));
+            let mut body = rule_attrs(table, chain);
             put_attr(&mut body, NFTA_RULE_HANDLE, &handle.to_be_bytes());
-            (nft(NFT_MSG_DELRULE), af, body)
+            BatchMsg::new(nft(NFT_MSG_DELRULE), af, body)
         })
         .collect();
     let op = format!(
@@ -192,7 +185,7 @@ pub fn nft_delete_rules(
 
 /// Delete `family`/`table` with everything in it.
 pub fn nft_delete_table(family_name: &str, table: &str) -> Result<(), Error> {
-    let msgs = [(
+    let msgs = [BatchMsg::new(
         nft(NFT_MSG_DELTABLE),
         family(family_name)?,
         table_attr(table),
@@ -306,15 +299,17 @@ impl NftTable {
     /// at `generation`: else nothing changes and the error's errno is
     /// ERESTART (read again, decide again).
     pub fn commit(&mut self, generation: u32, deletions: &[NftDeletion]) -> Result<(), Error> {
-        let msgs: Vec<(u16, u8, Vec<u8>)> = deletions
+        let msgs: Vec<BatchMsg> = deletions
             .iter()
             .map(|d| match d {
                 NftDeletion::Rule { chain, handle } => {
                     let mut body = rule_attrs(&self.name, chain);
                     put_attr(&mut body, NFTA_RULE_HANDLE, &handle.to_be_bytes());
-                    (nft(NFT_MSG_DELRULE), self.af, body)
+                    BatchMsg::new(nft(NFT_MSG_DELRULE), self.af, body)
                 }
-                NftDeletion::Table => (nft(NFT_MSG_DELTABLE), self.af, table_attr(&self.name)),
+                NftDeletion::Table => {
+                    BatchMsg::new(nft(NFT_MSG_DELTABLE), self.af, table_attr(&self.name))
+                }
             })
             .collect();
         let op = format!("delete from nft table {}", self.name);
