@@ -135,7 +135,7 @@ fn hundred_pods_added_and_deleted_sixteen_at_a_time() {
             .all(|f| f == "lock" || f.starts_with("last_reserved_ip.")),
         "{left:?}"
     );
-    assert!(veths_on_host(&node).is_empty());
+    assert_no_veths(&node);
     assert!(masq_rules(&node).is_empty(), "{:?}", masq_rules(&node));
     for pod in &pods {
         assert!(link(pod, "eth0").is_none(), "{}", pod.name);
@@ -187,7 +187,7 @@ fn racing_for_a_small_range_gives_each_address_once_and_cleans_up_losers() {
         out.expect_ok();
     }
     assert!(reserved_ips(data.path(), NET).is_empty());
-    assert!(veths_on_host(&node).is_empty());
+    assert_no_veths(&node);
     assert!(masq_rules(&node).is_empty());
 }
 
@@ -222,7 +222,7 @@ fn interleaved_adds_and_dels_keep_the_store_consistent() {
     }
     let reserved = reserved_ips(data.path(), NET);
     assert_eq!(reserved.len(), new.len(), "{reserved:?}");
-    assert_eq!(veths_on_host(&node).len(), new.len());
+    assert_veth_count(&node, new.len());
     for pod in old {
         assert!(link(pod, "eth0").is_none());
     }
@@ -237,6 +237,6 @@ fn interleaved_adds_and_dels_keep_the_store_consistent() {
         out.expect_ok();
     }
     assert!(reserved_ips(data.path(), NET).is_empty());
-    assert!(veths_on_host(&node).is_empty());
+    assert_no_veths(&node);
     assert!(masq_rules(&node).is_empty());
 }

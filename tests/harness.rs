@@ -287,7 +287,7 @@ fn cni_call_runs_reference_plugins_like_a_runtime() {
         .cni_path(&[&refdir])
         .run_in(&node, &reference("bridge"))
         .expect_ok();
-    assert!(veths_on_host(&node).is_empty());
+    assert_no_veths(&node);
     assert!(link(&pod, "eth0").is_none());
 }
 
@@ -334,7 +334,7 @@ fn libcni_driver_add_check_gc_del_status() {
     driver.add(&node, &pod, "c3", "eth0").expect_error(999);
 
     driver.del(&node, Some(&pod), "c1", "eth0").expect_ok();
-    assert!(veths_on_host(&node).is_empty());
+    assert_no_veths(&node);
     assert!(!data.join("wtnet/10.244.2.2").exists());
     // DEL is idempotent, also without a netns.
     driver.del(&node, None, "c1", "eth0").expect_ok();

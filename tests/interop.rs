@@ -108,7 +108,7 @@ fn bridge_and_host_local_round_trip(bridge: Impl, ipam: Impl, third: u8) {
 
     net.del(&node, Some(&pod), "c1", "eth0").expect_ok();
     assert!(link(&pod, "eth0").is_none());
-    assert!(veths_on_host(&node).is_empty());
+    assert_no_veths(&node);
     assert!(reserved_ips(data.path(), NET).is_empty());
     net.del(&node, Some(&pod), "c1", "eth0").expect_ok();
     net.del(&node, None, "c1", "eth0").expect_ok();
@@ -301,7 +301,7 @@ fn weft_bridge_chained_with_reference_portmap_tuning_bandwidth() {
     let nat = nat_rules(&node);
     assert!(!nat.contains("10.244.12.2"), "portmap rules left:\n{nat}");
     assert!(!nat.contains("-N CNI-DN-"), "portmap chain left:\n{nat}");
-    assert!(veths_on_host(&node).is_empty());
+    assert_no_veths(&node);
     assert!(
         !links(&node)
             .iter()

@@ -131,7 +131,7 @@ fn runtime_add_check_del_lifecycle() {
     net.del(&node, Some(&pod), "c1", "eth0").expect_ok();
     lo.del(&node, Some(&pod), "c1", "lo").expect_ok();
     assert!(link(&pod, "eth0").is_none());
-    assert!(veths_on_host(&node).is_empty());
+    assert_no_veths(&node);
     assert!(reserved_ips(data.path(), NET).is_empty());
     assert!(
         !nft_ruleset(&node).contains("id=c1"),
@@ -188,7 +188,7 @@ fn del_after_the_pod_netns_is_gone_releases_everything() {
     );
     out.expect_ok();
     assert!(reserved_ips(data.path(), NET).is_empty());
-    assert!(veths_on_host(&node).is_empty());
+    assert_no_veths(&node);
     assert!(
         !nft_ruleset(&node).contains("id=c1"),
         "{}",
@@ -222,7 +222,7 @@ fn capability_args_set_ip_and_mac() {
     net.check(&node, &pod, "c1", "eth0").expect_ok();
     net.del(&node, Some(&pod), "c1", "eth0").expect_ok();
     assert!(reserved_ips(data.path(), NET).is_empty());
-    assert!(veths_on_host(&node).is_empty());
+    assert_no_veths(&node);
 }
 
 #[test]
@@ -267,7 +267,7 @@ fn gc_releases_stale_attachments_and_keeps_valid_ones() {
     // host-local released c2's address, bridge removed its host veth (and so
     // the pod end) and its masquerade rule.
     assert_eq!(reserved_ips(data.path(), NET), vec!["10.244.4.2"]);
-    assert_eq!(veths_on_host(&node).len(), 1);
+    assert_veth_count(&node, 1);
     assert!(link(&pods[2], "eth0").is_none());
     let rules = nft_ruleset(&node);
     assert!(rules.contains("id=c0"), "{rules}");
@@ -287,7 +287,7 @@ fn gc_releases_stale_attachments_and_keeps_valid_ones() {
     net.set_conflist(&v11);
     net.gc(&node, Some(&[])).expect_ok();
     assert!(reserved_ips(data.path(), NET).is_empty());
-    assert!(veths_on_host(&node).is_empty());
+    assert_no_veths(&node);
     assert!(!nft_ruleset(&node).contains("id=c0"));
 }
 
@@ -317,5 +317,5 @@ fn disable_check_skips_check_but_not_add_or_del() {
 
     net.del(&node, Some(&pod), "c1", "eth0").expect_ok();
     assert!(reserved_ips(data.path(), NET).is_empty());
-    assert!(veths_on_host(&node).is_empty());
+    assert_no_veths(&node);
 }

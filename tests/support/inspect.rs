@@ -156,12 +156,28 @@ pub fn eventually(what: &str, cond: impl FnMut() -> bool) {
     );
 }
 
-/// Waits ([`eventually`]) until `node` has no veth left. Deleting one end of
-/// a veth pair removes the other end (in another netns) asynchronously on
-/// recent kernels (seen on 6.18).
+/// Waits until `node` has exactly `n` veths. A count right after DEL or GC
+/// holds only eventually: bridge's DEL leaves the host end to a detached
+/// reaper (plugins/bridge/src/del.rs), and deleting one end of a pair
+/// removes the other end (in another netns) asynchronously on recent
+/// kernels (seen on 6.18). The deadline is generous because dozens of
+/// reapers share the rtnl lock on a loaded machine.
+#[track_caller]
+pub fn assert_veth_count(node: &Netns, n: usize) {
+    let mut last = Vec::new();
+    let settled = wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
+        last = veth_names(node);
+        last.len() == n
+    });
+    assert!(
+        settled,
+        "expected {n} veths in {}, still have {last:?}",
+        node.name
+    );
+}
+
+/// Waits ([`assert_veth_count`]) until `node` has no veth left.
 #[track_caller]
 pub fn assert_no_veths(node: &Netns) {
-    eventually("no veth is left in the node", || {
-        veths_on_host(node).is_empty()
-    });
+    assert_veth_count(node, 0);
 }

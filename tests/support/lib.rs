@@ -49,8 +49,8 @@ pub use driver::{driver_path, Driver};
 pub use fault::sendto_failing_wrapper;
 pub use fixture::{assert_ping, container_id, host_veth, BridgeEnv};
 pub use inspect::{
-    addrs, assert_no_veths, eventually, has_flag, ipv4_addrs, is_up, link, links, nft_rules,
-    nft_ruleset, routes, routes6, veth_names, veths_on_host, wait_until,
+    addrs, assert_no_veths, assert_veth_count, eventually, has_flag, ipv4_addrs, is_up, link,
+    links, nft_rules, nft_ruleset, routes, routes6, veth_names, veths_on_host, wait_until,
 };
 pub use netns::{sweep_stale, Background, Netns, Node, TempDir};
 pub use process::{run_with_timeout, DEFAULT_TIMEOUT};
