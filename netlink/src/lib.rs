@@ -26,6 +26,7 @@ mod neigh;
 mod netfilter;
 pub mod netns;
 mod nfnetlink;
+mod nft_expr;
 mod nftables;
 mod route;
 mod socket;
@@ -40,9 +41,10 @@ pub use monitor::{KernelEvent, LinkEvent, LinkMonitor};
 pub use neigh::{FdbEntry, Neighbour};
 pub use netfilter::{xtables_entries, NftChange, NftEvent, NftMonitor};
 pub use netns::{read_sysctl, write_sysctl, Netns};
+pub use nft_expr::{NftAddr, NftExpr};
 pub use nftables::{
-    nf_tables_usable, nft_delete_rules, nft_delete_table, nft_list_rules, NftDeletion, NftRuleRef,
-    NftTable, NftWatch,
+    nf_tables_usable, nft_delete_rules, nft_delete_table, nft_list_rules, NftCommand, NftDeletion,
+    NftHook, NftRuleRef, NftTable, NftWatch,
 };
 pub use route::{IpFamily, Route};
 pub use tc::{Class, Filter, Htb, HtbClass, IpField, Qdisc, Tbf};

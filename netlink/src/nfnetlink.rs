@@ -5,6 +5,7 @@
 use netlink_packet_core::{NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_REQUEST};
 use netlink_sys::{protocols::NETLINK_NETFILTER, SocketAddr};
 use nix::errno::Errno;
+use nix::sys::socket::{setsockopt, sockopt};
 
 use crate::socket::split;
 use crate::Error;
@@ -16,6 +17,10 @@ const RECV_BUF: usize = 64 * 1024;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
 const NFNL_BATCH_GENID: u16 = 1;
+/// What one queued ACK takes of a socket's receive buffer (its skb).
+const ACK_ROOM: usize = 1024;
+/// Below net.core.{r,w}mem_default (212992).
+const DEFAULT_SOCKET_BUF: usize = 160 * 1024;
 
 /// One attribute: (type without flags, payload, whole attribute bytes).
 pub(crate) fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8], &[u8])> {
@@ -249,6 +254,7 @@ impl Nfnl {
             &[],
         ));
         self.seq = last;
+        self.make_room(&req, msgs.len())?;
         self.sock
             .send(&req, 0)
             .map_err(|e| Error::io(format!("{op}: send"), e))?;
@@ -278,6 +284,22 @@ impl Nfnl {
     }
 }
 
+impl Nfnl {
+    /// The kernel takes a batch in one send and queues every ACK (and
+    /// echo) before we read one: past the default buffers a large batch
+    /// would fail (EMSGSIZE) or lose its ACKs (ENOBUFS). So, as nft does,
+    /// grow both to fit (root may exceed the sysctl limits).
+    fn make_room(&self, req: &[u8], msgs: usize) -> Result<(), Error> {
+        let room = req.len() * 2 + msgs * ACK_ROOM;
+        if room <= DEFAULT_SOCKET_BUF {
+            return Ok(());
+        }
+        let grow = |e: Errno| Error::io("grow the NETLINK_NETFILTER buffers", e.into());
+        setsockopt(&self.sock, sockopt::SndBufForce, &room).map_err(grow)?;
+        setsockopt(&self.sock, sockopt::RcvBufForce, &room).map_err(grow)
+    }
+}
+
 /// One message of a transaction.
 pub(crate) struct BatchMsg {
     /// (subsystem << 8) | message.
@@ -299,4 +321,3 @@ impl BatchMsg {
         }
     }
 }
-

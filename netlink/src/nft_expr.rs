@@ -43,7 +43,9 @@ const DPORT_OFFSET: u32 = 2;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NftExpr {
     /// `meta nfproto` (true) or `meta l4proto` (false) into register 1.
-    Meta { nfproto: bool },
+    Meta {
+        nfproto: bool,
+    },
     /// `len` bytes of the network (true) or transport header at `offset`.
     Payload {
         network: bool,
@@ -51,18 +53,29 @@ pub enum NftExpr {
         len: u32,
     },
     /// register 1 = (register 1 & mask) ^ xor.
-    Bitwise { mask: Vec<u8>, xor: Vec<u8> },
+    Bitwise {
+        mask: Vec<u8>,
+        xor: Vec<u8>,
+    },
     /// Register 1 equals (true) or differs from `data`.
-    Cmp { eq: bool, data: Vec<u8> },
+    Cmp {
+        eq: bool,
+        data: Vec<u8>,
+    },
     /// `ct status` into register 1.
     CtStatus,
     /// `fib daddr type` (the destination's route type) into register 1.
     FibDaddrType,
     /// `data` into `register`.
-    Immediate { register: u32, data: Vec<u8> },
+    Immediate {
+        register: u32,
+        data: Vec<u8>,
+    },
     Jump(String),
     /// DNAT to the address in register 1 and the port in register 2.
-    Dnat { v4: bool },
+    Dnat {
+        v4: bool,
+    },
     Masquerade,
 }
 

@@ -1,8 +1,9 @@
-//! nf_tables over netlink, only what DEL, CHECK and GC need: list one
-//! table's rules (chain, handle, comment) and delete rules by handle or
-//! the whole table in one transaction. Rules are still written by `nft
-//! -f`; reading and deleting them this way spares each DEL two or three
-//! `nft` execs (each one loads libnftables and the table into its cache).
+//! nf_tables over netlink, what weft's own tables need: list one table's
+//! rules (chain, handle, comment), delete rules by handle or the whole
+//! table in one transaction, and write a table, its chains and rules in
+//! one transaction as `nft -f` would ([`NftTable::apply`], with the
+//! expressions of [`NftExpr`]). Each of these spares an `nft` exec, which
+//! loads libnftables and the table into its cache.
 //!
 //! [`NftTable`] goes further, for costs that must not grow with the
 //! ruleset: one rule by handle, a chain walk that stops early, and
@@ -13,7 +14,9 @@
 
 use std::ops::ControlFlow;
 
-use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_REQUEST,
+};
 use nix::errno::Errno;
 
 use crate::nfnetlink::{find, put_attr, BatchMsg, Nfnl};
@@ -21,8 +24,10 @@ use crate::nft_expr::{comment_udata, encode, nul_terminated, put_nested, NftExpr
 use crate::Error;
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_DELTABLE: u16 = 2;
+const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_NEWRULE: u16 = 6;
@@ -32,6 +37,16 @@ const NFNLGRP_NFTABLES: u32 = 7;
 /// Room for a burst of other processes' changes while ours commits.
 const WATCH_RCVBUF: usize = 4 << 20;
 const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_FLAGS: u16 = 2;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_CHAIN_TYPE: u16 = 7;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NF_ACCEPT: u32 = 1;
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_HANDLE: u16 = 3;
@@ -208,6 +223,104 @@ fn rule_attrs(table: &str, chain: &str) -> Vec<u8> {
     body
 }
 
+/// The netfilter hook of a base chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NftHook {
+    Prerouting = 0,
+    Input = 1,
+    Forward = 2,
+    Output = 3,
+    Postrouting = 4,
+}
+
+/// One command of an [`NftTable::apply`], as the `nft` command of the
+/// same name does it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NftCommand {
+    /// `add table` (nothing happens if it exists).
+    Table,
+    /// `add chain NAME { type nat hook HOOK priority PRIORITY; policy
+    /// accept; }`.
+    NatChain {
+        name: String,
+        hook: NftHook,
+        priority: i32,
+    },
+    /// `add chain NAME`: a regular chain, for jumps.
+    Chain(String),
+    /// `flush chain NAME`.
+    Flush(String),
+    /// `add rule CHAIN EXPRS comment "COMMENT"`: appended.
+    Rule {
+        chain: String,
+        exprs: Vec<NftExpr>,
+        comment: Option<String>,
+    },
+}
+
+fn chain_attrs(table: &str, name: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    put_attr(&mut body, NFTA_CHAIN_TABLE, &nul_terminated(table));
+    put_attr(&mut body, NFTA_CHAIN_NAME, &nul_terminated(name));
+    body
+}
+
+/// The message `command` is, in `table` of family `af`.
+fn command_msg(table: &str, af: u8, command: &NftCommand) -> Result<BatchMsg, Error> {
+    let msg = match command {
+        NftCommand::Table => {
+            let mut body = table_attr(table);
+            put_attr(&mut body, NFTA_TABLE_FLAGS, &0u32.to_be_bytes());
+            BatchMsg::new(nft(NFT_MSG_NEWTABLE), af, body)
+        }
+        NftCommand::NatChain {
+            name,
+            hook,
+            priority,
+        } => {
+            let mut body = chain_attrs(table, name);
+            let mut hook_attrs = Vec::new();
+            put_attr(
+                &mut hook_attrs,
+                NFTA_HOOK_HOOKNUM,
+                &(*hook as u32).to_be_bytes(),
+            );
+            put_attr(&mut hook_attrs, NFTA_HOOK_PRIORITY, &priority.to_be_bytes());
+            put_nested(&mut body, NFTA_CHAIN_HOOK, &hook_attrs);
+            put_attr(&mut body, NFTA_CHAIN_POLICY, &NF_ACCEPT.to_be_bytes());
+            put_attr(&mut body, NFTA_CHAIN_TYPE, &nul_terminated("nat"));
+            BatchMsg::new(nft(NFT_MSG_NEWCHAIN), af, body)
+        }
+        NftCommand::Chain(name) => {
+            BatchMsg::new(nft(NFT_MSG_NEWCHAIN), af, chain_attrs(table, name))
+        }
+        NftCommand::Flush(chain) => {
+            BatchMsg::new(nft(NFT_MSG_DELRULE), af, rule_attrs(table, chain))
+        }
+        NftCommand::Rule {
+            chain,
+            exprs,
+            comment,
+        } => {
+            let mut body = rule_attrs(table, chain);
+            put_nested(&mut body, NFTA_RULE_EXPRESSIONS, &encode(exprs));
+            if let Some(c) = comment {
+                let udata = comment_udata(c)
+                    .ok_or_else(|| Error::Invalid(format!("nft rule comment too long: {c}")))?;
+                put_attr(&mut body, NFTA_RULE_USERDATA, &udata);
+            }
+            let mut msg = BatchMsg::new(nft(NFT_MSG_NEWRULE), af, body);
+            // ECHO: the kernel sends the rule back with its handle.
+            msg.flags = NLM_F_APPEND | NLM_F_ECHO;
+            msg
+        }
+    };
+    Ok(BatchMsg {
+        flags: msg.flags | NLM_F_CREATE,
+        ..msg
+    })
+}
+
 /// One table, by family and name. Nothing is cached: every call asks the
 /// kernel.
 pub struct NftTable {
@@ -315,6 +428,25 @@ impl NftTable {
         let op = format!("delete from nft table {}", self.name);
         self.nl
             .batch(NFNL_SUBSYS_NFTABLES, Some(generation), &msgs, &op)
+    }
+    /// Run `commands` in one transaction, as `nft -f` runs a script: all
+    /// of them or, on an error, none. Returns the rules added, with the
+    /// handles the kernel gave them.
+    pub fn apply(&mut self, commands: &[NftCommand]) -> Result<Vec<NftRuleRef>, Error> {
+        let msgs = commands
+            .iter()
+            .map(|c| command_msg(&self.name, self.af, c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let op = format!("write nft table {}", self.name);
+        let mut added = Vec::new();
+        let new_rule = nft(NFT_MSG_NEWRULE);
+        self.nl
+            .batch_echoed(NFNL_SUBSYS_NFTABLES, None, &msgs, &op, |_, kind, m| {
+                if kind == new_rule {
+                    added.extend(parse_rule(m));
+                }
+            })?;
+        Ok(added)
     }
 }
 

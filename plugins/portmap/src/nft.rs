@@ -11,10 +11,13 @@
 //! - `postrouting` (nat, 100) → `masquerading`: with snat, DNATed flows
 //!   from the pod's subnet (hairpin) and from 127.0.0.1 are masqueraded.
 //!
-//! Cost and concurrency: ADD is one `nft -f` transaction, run while a
-//! netlink watch collects the handles the kernel gives its rules (`nft
-//! --echo` would load the whole table to print them). DEL, CHECK and GC
-//! talk netlink: DEL looks up the recorded handles one by one (verified by
+//! Cost and concurrency: ADD is one nf_tables transaction over netlink,
+//! the same commands and expressions `nft -f` would send for the script
+//! below (so `nft list` reads the same), and the kernel echoes the rules
+//! with their handles. Only `conditionsV4`/`conditionsV6`, arbitrary nft
+//! text, need nft's parser: with those, ADD runs the script through `nft
+//! -f` while a netlink watch collects the handles. DEL, CHECK and GC
+//! talk netlink too: DEL looks up the recorded handles one by one (verified by
 //! the key in their comments), or walks the two keyed chains when there is
 //! no record, and deletes in one transaction the kernel applies only if
 //! the ruleset is still the generation that was read; the table goes the
@@ -22,12 +25,15 @@
 //! needed: a concurrent ADD either committed first (the delete is refused
 //! and decided again) or commits after (and recreates the table).
 
+use std::net::IpAddr;
 use std::ops::ControlFlow;
 
 use nix::errno::Errno;
 use weft_cni::{Error, ErrorCode};
 use weft_firewall::{comment_key, run};
-use weft_netlink::{NftDeletion, NftRuleRef as NftRule, NftTable, NftWatch};
+use weft_netlink::{
+    NftAddr, NftCommand, NftDeletion, NftExpr, NftHook, NftRuleRef as NftRule, NftTable, NftWatch,
+};
 
 use crate::attachment::{Attachment, Target};
 use crate::config::{Mapping, PortmapConfig};
@@ -146,9 +152,154 @@ fn open() -> Result<NftTable, Error> {
     NftTable::new(FAMILY, TABLE).map_err(|e| kernel("open netlink for", e))
 }
 
+/// The skeleton as commands: what [`skeleton`] says.
+fn skeleton_commands() -> Vec<NftCommand> {
+    let base = |name: &str, hook, priority| NftCommand::NatChain {
+        name: name.into(),
+        hook,
+        priority,
+    };
+    let jump = |chain: &str, mut exprs: Vec<NftExpr>, to: &str| {
+        exprs.push(NftExpr::Jump(to.into()));
+        [
+            NftCommand::Flush(chain.into()),
+            NftCommand::Rule {
+                chain: chain.into(),
+                exprs,
+                comment: None,
+            },
+        ]
+    };
+    let mut commands = vec![
+        NftCommand::Table,
+        base("prerouting", NftHook::Prerouting, -100),
+        base("output", NftHook::Output, -100),
+        base("postrouting", NftHook::Postrouting, 100),
+        NftCommand::Chain(DNAT_CHAIN.into()),
+        NftCommand::Chain(MASQ_CHAIN.into()),
+    ];
+    commands.extend(jump("prerouting", NftExpr::fib_daddr_local(), DNAT_CHAIN));
+    commands.extend(jump("output", NftExpr::fib_daddr_local(), DNAT_CHAIN));
+    commands.extend(jump("postrouting", Vec::new(), MASQ_CHAIN));
+    commands
+}
+
+/// A whole address's prefix (the longest; [`NftExpr::addr`] caps it).
+const HOST: u8 = 128;
+
+/// [`dnat_rule`] without conditions.
+fn dnat_exprs(t: &Target, m: &Mapping) -> Vec<NftExpr> {
+    let mut exprs = NftExpr::nfproto(t.v4());
+    if let Some(ip) = m.daddr() {
+        exprs.extend(NftExpr::addr(NftAddr::Destination, ip, HOST));
+    }
+    exprs.extend(NftExpr::dport(m.protocol.number(), m.host_port));
+    exprs.extend(NftExpr::dnat_to(t.pod.ip(), m.container_port));
+    exprs
+}
+
+/// [`masq_rules`]' rule from `source` (any with None).
+fn masq_exprs(t: &Target, m: &Mapping, source: Option<(IpAddr, u8)>) -> Vec<NftExpr> {
+    // `ip saddr`/`ip daddr` in an inet table: nft puts `meta nfproto` first.
+    let mut exprs = NftExpr::nfproto(t.v4());
+    if let Some((ip, prefix)) = source {
+        exprs.extend(NftExpr::addr(NftAddr::Source, ip, prefix));
+    }
+    exprs.extend(NftExpr::addr(NftAddr::Destination, t.pod.ip(), HOST));
+    exprs.extend(NftExpr::dport(m.protocol.number(), m.container_port));
+    exprs.extend(NftExpr::ct_status_dnat());
+    exprs.push(NftExpr::Masquerade);
+    exprs
+}
+
+/// This attachment's rules as commands (what the script's rules say).
+fn rule_commands(att: &Attachment, config: &PortmapConfig) -> Vec<NftCommand> {
+    let rule = |chain: &str, exprs| NftCommand::Rule {
+        chain: chain.into(),
+        exprs,
+        comment: Some(att.comment()),
+    };
+    let mut commands = Vec::new();
+    for t in att.targets() {
+        let subnet = t.subnet();
+        let mut sources = vec![Some((subnet.network(), subnet.prefix()))];
+        if t.v4() {
+            sources.push(Some((IpAddr::from([127, 0, 0, 1]), HOST)));
+        }
+        if config.masq_all {
+            sources = vec![None];
+        }
+        for m in att.mappings_for(t, &config.mappings) {
+            commands.push(rule(DNAT_CHAIN, dnat_exprs(t, m)));
+            if config.snat {
+                for source in &sources {
+                    commands.push(rule(MASQ_CHAIN, masq_exprs(t, m, *source)));
+                }
+            }
+        }
+    }
+    commands
+}
+
+/// Whether a mapping needs conditions, which only `nft` can parse.
+fn needs_script(att: &Attachment, config: &PortmapConfig) -> bool {
+    att.targets().any(|t| {
+        let conditions = if t.v4() {
+            &config.conditions_v4
+        } else {
+            &config.conditions_v6
+        };
+        !conditions.is_empty() && att.mappings_for(t, &config.mappings).next().is_some()
+    })
+}
+
+/// The handles of this attachment's rules among `added`, when they are
+/// all there (`expected` of them).
+fn handles(att: &Attachment, added: Vec<NftRule>, expected: usize) -> Option<Vec<RuleHandle>> {
+    let mine: Vec<RuleHandle> = added
+        .into_iter()
+        .filter(|r| KEYED.contains(&r.chain.as_str()) && key_of(r) == Some(att.key.as_str()))
+        .map(|r| RuleHandle {
+            chain: r.chain,
+            handle: r.handle,
+        })
+        .collect();
+    Some(mine).filter(|m| m.len() == expected)
+}
+
 /// ADD: everything in one transaction, so a failure leaves nothing. Returns
-/// the handles of this attachment's rules when the watch saw them all.
+/// the handles of this attachment's rules when they are all known.
 pub fn add(att: &Attachment, config: &PortmapConfig) -> Result<Option<Vec<RuleHandle>>, Error> {
+    if needs_script(att, config) {
+        return add_by_script(att, config);
+    }
+    let rules = rule_commands(att, config);
+    let expected = rules.len();
+    // With the table in place, the rules alone: declaring the base chains
+    // again and refilling them costs a kernel commit several ms. Should a
+    // DEL of the last attachment drop the table meanwhile, that fails as a
+    // whole, and the full transaction recreates it.
+    let rules_only = if skeleton_in_place() {
+        open()?.apply(&rules).ok()
+    } else {
+        None
+    };
+    let added = match rules_only {
+        Some(added) => added,
+        None => {
+            let mut all = skeleton_commands();
+            all.extend(rules);
+            open()?.apply(&all).map_err(|e| kernel("write", e))?
+        }
+    };
+    Ok(handles(att, added, expected))
+}
+
+/// ADD through `nft -f`, for conditions.
+fn add_by_script(
+    att: &Attachment,
+    config: &PortmapConfig,
+) -> Result<Option<Vec<RuleHandle>>, Error> {
     let mut script = String::new();
     let mut expected = 0;
     for t in att.targets() {
@@ -162,30 +313,17 @@ pub fn add(att: &Attachment, config: &PortmapConfig) -> Result<Option<Vec<RuleHa
         }
     }
     let watch = NftWatch::new();
-    // With the table in place, the rules alone: declaring the base chains
-    // again and refilling them costs a kernel commit several ms. Should a
-    // DEL of the last attachment drop the table meanwhile, that fails as a
-    // whole, and the full script recreates it.
     let rules_only = skeleton_in_place() && run("nft", &["-f", "-"], &script).is_ok();
     if !rules_only {
         run("nft", &["-f", "-"], &(skeleton() + &script))?;
     }
-    let added = watch.and_then(|mut w| w.added(FAMILY, TABLE));
-    let mine: Vec<RuleHandle> = match added {
-        Ok(rules) => rules
-            .into_iter()
-            .filter(|r| KEYED.contains(&r.chain.as_str()) && key_of(r) == Some(att.key.as_str()))
-            .map(|r| RuleHandle {
-                chain: r.chain,
-                handle: r.handle,
-            })
-            .collect(),
+    match watch.and_then(|mut w| w.added(FAMILY, TABLE)) {
+        Ok(rules) => Ok(handles(att, rules, expected)),
         Err(e) => {
             weft_cni::log::warn(&format!("watching nf_tables for this ADD's rules: {e}"));
-            return Ok(None);
+            Ok(None)
         }
-    };
-    Ok(Some(mine).filter(|m| m.len() == expected))
+    }
 }
 
 const BASE_CHAINS: [&str; 3] = ["prerouting", "output", "postrouting"];
