@@ -1130,3 +1130,166 @@ fn podman_cni_backend_publishes_ports_through_weft() {
         assert_eq!(stdin["prevResult"]["ips"][0]["version"], "4");
     }
 }
+
+/// One mapping as the oracle script writes it: (protocol, host port,
+/// container port, hostIP).
+type OracleMapping = (&'static str, u16, u16, Option<&'static str>);
+
+/// The `nft -f` script portmap ran for an ADD before its ADD went over
+/// netlink (`skeleton` when the table is new, then every target's rules),
+/// kept here as the oracle the netlink ADD must match.
+fn oracle_script(
+    skeleton: bool,
+    comment: &str,
+    pods: [(&str, &str); 2],
+    mappings: &[OracleMapping],
+    snat: bool,
+    masq_all: bool,
+) -> String {
+    let t = format!("inet {TABLE}");
+    let mut s = String::new();
+    if skeleton {
+        s += &format!(
+            "add table {t}\n\
+             add chain {t} prerouting {{ type nat hook prerouting priority -100; policy accept; }}\n\
+             add chain {t} output {{ type nat hook output priority -100; policy accept; }}\n\
+             add chain {t} postrouting {{ type nat hook postrouting priority 100; policy accept; }}\n\
+             add chain {t} hostports\nadd chain {t} masquerading\n\
+             flush chain {t} prerouting\nadd rule {t} prerouting fib daddr type local jump hostports\n\
+             flush chain {t} output\nadd rule {t} output fib daddr type local jump hostports\n\
+             flush chain {t} postrouting\nadd rule {t} postrouting jump masquerading\n"
+        );
+    }
+    for (v4, (pod, subnet)) in [(true, pods[0]), (false, pods[1])] {
+        let (fam, nfproto) = if v4 { ("ip", "ipv4") } else { ("ip6", "ipv6") };
+        let to = if v4 { pod.to_string() } else { format!("[{pod}]") };
+        for (proto, host, cont, host_ip) in mappings {
+            if host_ip.is_some_and(|ip| ip.contains('.') != v4) {
+                continue;
+            }
+            let daddr = host_ip.map(|ip| format!("{fam} daddr {ip} ")).unwrap_or_default();
+            s += &format!(
+                "add rule {t} hostports meta nfproto {nfproto} {daddr}{proto} dport {host} \
+                 dnat {fam} to {to}:{cont} comment \"{comment}\"\n"
+            );
+            let mut sources = vec![format!("{fam} saddr {subnet} ")];
+            if v4 {
+                sources.push("ip saddr 127.0.0.1 ".into());
+            }
+            if masq_all {
+                sources = vec![String::new()];
+            }
+            for source in sources.iter().filter(|_| snat) {
+                s += &format!(
+                    "add rule {t} masquerading {source}{fam} daddr {pod} {proto} dport {cont} \
+                     ct status dnat masquerade comment \"{comment}\"\n"
+                );
+            }
+        }
+    }
+    s
+}
+
+/// `nft -j list table` without the handles (which count differently in
+/// another netns).
+fn table_json(ns: &Netns) -> Value {
+    fn strip(v: &mut Value) {
+        match v {
+            Value::Object(o) => {
+                o.remove("handle");
+                o.values_mut().for_each(strip);
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut v: Value =
+        serde_json::from_str(&ns.sh(&format!("nft -j list table inet {TABLE}"))).unwrap();
+    strip(&mut v);
+    v
+}
+
+/// The netlink ADD writes what `nft -f` wrote: for each option set, the
+/// table after weft's ADD reads the same (`nft list`, `nft -j list`) as a
+/// fresh netns after the oracle script, also after a second ADD with the
+/// table in place (the rules-only transaction).
+#[test]
+#[ignore = "needs root"]
+fn netlink_add_writes_the_same_ruleset_as_nft_script() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let (pod, prev, _server) = env.pod_with_server("1.0.0", "podA", 80);
+    let pods = [
+        (pod_ip(&prev, true), "10.244.1.0/24"),
+        (pod_ip(&prev, false), "fd00:10:244:1::/64"),
+    ];
+    let pods = [(pods[0].0.as_str(), pods[0].1), (pods[1].0.as_str(), pods[1].1)];
+    let mappings: [OracleMapping; 5] = [
+        ("tcp", 8080, 80, None),
+        ("udp", 8080, 80, None),
+        ("sctp", 7070, 70, None),
+        ("tcp", 9090, 80, Some(NODE_V4_EXTRA)),
+        ("udp", 9091, 80, Some(NODE_V6)),
+    ];
+    let as_json: Vec<Value> = mappings
+        .iter()
+        .map(|(proto, host, cont, ip)| {
+            let mut m = json!({"hostPort": host, "containerPort": cont, "protocol": proto});
+            if let Some(ip) = ip {
+                m["hostIP"] = json!(ip);
+            }
+            m
+        })
+        .collect();
+    let cases = [
+        (json!({}), true, false),
+        (json!({"snat": false, "markMasqBit": 14}), false, false),
+        (json!({"masqAll": true}), true, true),
+    ];
+    for (options, snat, masq_all) in cases {
+        let conf = merged(&portmap_conf("1.0.0", json!(as_json)), options.clone());
+        env.add(&pod, &conf, &prev).expect_ok();
+        let comment = nft_rules(&env.node)
+            .iter()
+            .find(|r| r["chain"] == "hostports")
+            .and_then(|r| r["comment"].as_str().map(String::from))
+            .expect("a commented DNAT rule");
+        assert!(comment.contains("net=pmnet"), "{comment}");
+        let oracle = Netns::with_tag("o");
+        let script = oracle_script(true, &comment, pods, &mappings, snat, masq_all);
+        oracle.sh(&format!("nft -f - <<'EOF'\n{script}EOF"));
+        let list = |ns: &Netns| ns.sh(&format!("nft list table inet {TABLE}"));
+        assert_eq!(list(&env.node), list(&oracle), "options {options}");
+        assert_eq!(table_json(&env.node), table_json(&oracle), "options {options}");
+        // A second attachment, with the table in place: rules only.
+        let (id, other) = extra_attachment(&pod, &prev, 1);
+        let other = merged(&other, options.clone());
+        env.run(&CniCall::add(&pod, other.clone()).container_id(&id))
+            .expect_ok();
+        let rules = nft_rules(&env.node);
+        let comment2 = rules
+            .iter()
+            .filter_map(|r| r["comment"].as_str())
+            .find(|c| c.contains(&id))
+            .expect("the second attachment's rules")
+            .to_string();
+        let pods2 = ["10.244.1.101", "fd00:10:244:1::101"];
+        let script = oracle_script(
+            false,
+            &comment2,
+            [(pods2[0], pods[0].1), (pods2[1], pods[1].1)],
+            &[("tcp", 20001, 80, None), ("udp", 20001, 80, None)],
+            snat,
+            masq_all,
+        );
+        oracle.sh(&format!("nft -f - <<'EOF'\n{script}EOF"));
+        assert_eq!(list(&env.node), list(&oracle), "options {options}, second ADD");
+        assert_eq!(table_json(&env.node), table_json(&oracle), "options {options}");
+        env.run(&CniCall::del(&pod, other).container_id(&id))
+            .expect_ok();
+        env.del(&pod, &with_prev(&conf, &prev)).expect_ok();
+        assert!(!env.ruleset().contains(TABLE), "{}", env.ruleset());
+    }
+}

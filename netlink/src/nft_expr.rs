@@ -26,7 +26,7 @@ const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 const NFT_CMP_EQ: u32 = 0;
 const NFT_CMP_NEQ: u32 = 1;
-const NFT_CT_STATUS: u32 = 1;
+const NFT_CT_STATUS: u32 = 2;
 /// IPS_DST_NAT: `ct status dnat`.
 const IPS_DST_NAT: u32 = 1 << 5;
 const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
