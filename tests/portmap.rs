@@ -1145,6 +1145,7 @@ fn oracle_script(
     mappings: &[OracleMapping],
     snat: bool,
     masq_all: bool,
+    condition_v4: Option<&str>,
 ) -> String {
     let t = format!("inet {TABLE}");
     let mut s = String::new();
@@ -1162,12 +1163,21 @@ fn oracle_script(
     }
     for (v4, (pod, subnet)) in [(true, pods[0]), (false, pods[1])] {
         let (fam, nfproto) = if v4 { ("ip", "ipv4") } else { ("ip6", "ipv6") };
-        let to = if v4 { pod.to_string() } else { format!("[{pod}]") };
+        let to = if v4 {
+            pod.to_string()
+        } else {
+            format!("[{pod}]")
+        };
         for (proto, host, cont, host_ip) in mappings {
             if host_ip.is_some_and(|ip| ip.contains('.') != v4) {
                 continue;
             }
-            let daddr = host_ip.map(|ip| format!("{fam} daddr {ip} ")).unwrap_or_default();
+            let mut daddr = host_ip
+                .map(|ip| format!("{fam} daddr {ip} "))
+                .unwrap_or_default();
+            if let Some(c) = condition_v4.filter(|_| v4) {
+                daddr = format!("{c} {daddr}");
+            }
             s += &format!(
                 "add rule {t} hostports meta nfproto {nfproto} {daddr}{proto} dport {host} \
                  dnat {fam} to {to}:{cont} comment \"{comment}\"\n"
@@ -1212,7 +1222,8 @@ fn table_json(ns: &Netns) -> Value {
 /// The netlink ADD writes what `nft -f` wrote: for each option set, the
 /// table after weft's ADD reads the same (`nft list`, `nft -j list`) as a
 /// fresh netns after the oracle script, also after a second ADD with the
-/// table in place (the rules-only transaction).
+/// table in place (the rules-only transaction). conditionsV4 (nft text)
+/// still goes through `nft -f`; DEL finds those rules all the same.
 #[test]
 #[ignore = "needs root"]
 fn netlink_add_writes_the_same_ruleset_as_nft_script() {
@@ -1225,7 +1236,10 @@ fn netlink_add_writes_the_same_ruleset_as_nft_script() {
         (pod_ip(&prev, true), "10.244.1.0/24"),
         (pod_ip(&prev, false), "fd00:10:244:1::/64"),
     ];
-    let pods = [(pods[0].0.as_str(), pods[0].1), (pods[1].0.as_str(), pods[1].1)];
+    let pods = [
+        (pods[0].0.as_str(), pods[0].1),
+        (pods[1].0.as_str(), pods[1].1),
+    ];
     let mappings: [OracleMapping; 5] = [
         ("tcp", 8080, 80, None),
         ("udp", 8080, 80, None),
@@ -1243,12 +1257,24 @@ fn netlink_add_writes_the_same_ruleset_as_nft_script() {
             m
         })
         .collect();
+    let condition = "ip saddr != 203.0.113.0/24";
     let cases = [
-        (json!({}), true, false),
-        (json!({"snat": false, "markMasqBit": 14}), false, false),
-        (json!({"masqAll": true}), true, true),
+        (json!({}), true, false, None),
+        (
+            json!({"snat": false, "markMasqBit": 14}),
+            false,
+            false,
+            None,
+        ),
+        (json!({"masqAll": true}), true, true, None),
+        (
+            json!({"conditionsV4": [condition]}),
+            true,
+            false,
+            Some(condition),
+        ),
     ];
-    for (options, snat, masq_all) in cases {
+    for (options, snat, masq_all, condition) in cases {
         let conf = merged(&portmap_conf("1.0.0", json!(as_json)), options.clone());
         env.add(&pod, &conf, &prev).expect_ok();
         let comment = nft_rules(&env.node)
@@ -1258,11 +1284,15 @@ fn netlink_add_writes_the_same_ruleset_as_nft_script() {
             .expect("a commented DNAT rule");
         assert!(comment.contains("net=pmnet"), "{comment}");
         let oracle = Netns::with_tag("o");
-        let script = oracle_script(true, &comment, pods, &mappings, snat, masq_all);
+        let script = oracle_script(true, &comment, pods, &mappings, snat, masq_all, condition);
         oracle.sh(&format!("nft -f - <<'EOF'\n{script}EOF"));
         let list = |ns: &Netns| ns.sh(&format!("nft list table inet {TABLE}"));
         assert_eq!(list(&env.node), list(&oracle), "options {options}");
-        assert_eq!(table_json(&env.node), table_json(&oracle), "options {options}");
+        assert_eq!(
+            table_json(&env.node),
+            table_json(&oracle),
+            "options {options}"
+        );
         // A second attachment, with the table in place: rules only.
         let (id, other) = extra_attachment(&pod, &prev, 1);
         let other = merged(&other, options.clone());
@@ -1283,10 +1313,19 @@ fn netlink_add_writes_the_same_ruleset_as_nft_script() {
             &[("tcp", 20001, 80, None), ("udp", 20001, 80, None)],
             snat,
             masq_all,
+            condition,
         );
         oracle.sh(&format!("nft -f - <<'EOF'\n{script}EOF"));
-        assert_eq!(list(&env.node), list(&oracle), "options {options}, second ADD");
-        assert_eq!(table_json(&env.node), table_json(&oracle), "options {options}");
+        assert_eq!(
+            list(&env.node),
+            list(&oracle),
+            "options {options}, second ADD"
+        );
+        assert_eq!(
+            table_json(&env.node),
+            table_json(&oracle),
+            "options {options}"
+        );
         env.run(&CniCall::del(&pod, other).container_id(&id))
             .expect_ok();
         env.del(&pod, &with_prev(&conf, &prev)).expect_ok();
