@@ -36,6 +36,7 @@ mod fixture;
 mod inspect;
 mod netns;
 mod process;
+mod rate;
 mod store;
 
 pub use cluster::{cluster_lib, shell_quote, Cluster};
@@ -54,6 +55,7 @@ pub use inspect::{
 };
 pub use netns::{sweep_stale, Background, Netns, Node, TempDir};
 pub use process::{run_with_timeout, DEFAULT_TIMEOUT};
+pub use rate::{assert_shaped_within_10_percent, iperf3_received_bps};
 pub use store::{
     is_reservation_name, last_reserved, reservation, reserved_addrs, reserved_ips, store_dir,
     store_files,
