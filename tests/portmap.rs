@@ -1332,3 +1332,28 @@ fn netlink_add_writes_the_same_ruleset_as_nft_script() {
         assert!(!env.ruleset().contains(TABLE), "{}", env.ruleset());
     }
 }
+
+/// One ADD of 400 mappings (2,000 rules, about a megabyte of netlink in
+/// one transaction, more than a socket's default buffers hold): every
+/// rule is made and CHECK and DEL find them.
+#[test]
+#[ignore = "needs root"]
+fn an_add_of_many_mappings_is_one_transaction() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let (pod, prev, _server) = env.pod_with_server("1.0.0", "podA", 80);
+    let mappings: Vec<Value> = (0..400)
+        .map(|i| json!({"hostPort": 30000 + i, "containerPort": 80, "protocol": "tcp"}))
+        .collect();
+    let conf = portmap_conf("1.0.0", json!(mappings));
+    env.add(&pod, &conf, &prev).expect_ok();
+    let id = container_id(&pod);
+    // Dual-stack: a DNAT rule per family, masquerade 2 (IPv4) + 1 (IPv6).
+    assert_eq!(rules_of(&env.node, &id), (800, 1200));
+    assert!(answer(&env.client, "tcp", NODE_V4, 30399).starts_with("podA"));
+    env.check(&pod, &conf, &prev).expect_ok();
+    env.del(&pod, &with_prev(&conf, &prev)).expect_ok();
+    assert!(!env.ruleset().contains(TABLE), "{}", env.ruleset());
+}

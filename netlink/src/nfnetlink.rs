@@ -282,9 +282,7 @@ impl Nfnl {
         })?;
         failure.map_or(Ok(()), Err)
     }
-}
 
-impl Nfnl {
     /// The kernel takes a batch in one send and queues every ACK (and
     /// echo) before we read one: past the default buffers a large batch
     /// would fail (EMSGSIZE) or lose its ACKs (ENOBUFS). So, as nft does,
