@@ -209,7 +209,7 @@ def main():
         print(f"\nweft / Go {command}: {e:.2f}x with none present, {f:.2f}x with {mappings:,} present.")
     print(f"\nPeak RSS with {mappings:,} mappings present, max of 5 runs: weft's portmap ADD "
           f"{rss[0] / 1024:.2f} MiB (nft stubbed by /usr/bin/true), {rss[1] / 1024:.2f} MiB "
-          f"including the nft it runs; DEL {rss[2] / 1024:.2f} MiB (it runs no nft)")
+          f"with the real nft on PATH (run only for conditionsV4/V6); DEL {rss[2] / 1024:.2f} MiB (it runs no nft)")
 
 
 if __name__ == "__main__":
