@@ -1,14 +1,41 @@
 //! The deployment files in conf/ parse, agree with each other, and refer
-//! only to binaries, flags and files that exist. No root needed.
+//! only to binaries, flags and files that exist. No root needed. They live
+//! in weftd's package so that `cargo test` builds the weftd and
+//! weft-install they run, also without a prior release build.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::Deserialize;
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
-use weft_tests::{plugin_dir, workspace_root};
+
+fn workspace_root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("weft-manifests-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 fn conf(name: &str) -> PathBuf {
     workspace_root().join("conf").join(name)
@@ -48,7 +75,9 @@ fn strings(v: &Yaml) -> Vec<String> {
 
 /// Binaries the workspace builds, from `cargo metadata`.
 fn workspace_binaries() -> Vec<String> {
-    let out = Command::new("cargo")
+    // cargo sets CARGO for the tests it runs.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
         .args(["metadata", "--no-deps", "--format-version", "1"])
         .current_dir(workspace_root())
         .output()
@@ -138,7 +167,7 @@ fn daemonset_runs_weftd_with_its_real_flags_and_installs_real_binaries() {
     );
     let command = strings(&weftd["command"]);
     assert_eq!(command[0], "/opt/weft/bin/weftd");
-    let help = Command::new(plugin_dir().join("weftd"))
+    let help = Command::new(env!("CARGO_BIN_EXE_weftd"))
         .arg("--help")
         .output()
         .expect("run weftd --help");
@@ -236,8 +265,8 @@ fn containerfile_copies_files_that_exist() {
 #[test]
 fn weft_install_installs_what_the_image_carries() {
     use std::os::unix::fs::PermissionsExt;
-    let src = weft_tests::TempDir::new();
-    let dst = weft_tests::TempDir::new();
+    let src = TempDir::new("src");
+    let dst = TempDir::new("dst");
     for (name, mode) in [
         ("bridge", 0o755),
         ("static", 0o755),
@@ -250,8 +279,8 @@ fn weft_install_installs_what_the_image_carries() {
     }
     std::fs::write(src.join("conf.json"), "{}").unwrap();
     let run = |extra: &[&str]| {
-        Command::new(plugin_dir().join("weft-install"))
-            .arg(format!("--bin-src={}", src.path().display()))
+        Command::new(env!("CARGO_BIN_EXE_weft-install"))
+            .arg(format!("--bin-src={}", src.0.display()))
             .arg(format!("--bin-dst={}", dst.join("bin").display()))
             .arg(format!("--conf-src={}", src.join("conf.json").display()))
             .arg(format!(
