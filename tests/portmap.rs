@@ -412,10 +412,10 @@ fn check_in_a_chain_with_bridge_sees_only_its_own_rules() {
     // Drop one of B's rules: B's CHECK fails, A's still passes.
     let rule = nft_rules(&env.node)
         .into_iter()
-        .find(|r| r["chain"] == "hostports" && r.to_string().contains("8081"))
+        .find(|r| r["chain"] == "hostport-8081")
         .unwrap();
     env.node.sh(&format!(
-        "nft delete rule inet {TABLE} hostports handle {}",
+        "nft delete rule inet {TABLE} hostport-8081 handle {}",
         rule["handle"]
     ));
     env.check(&pod_b, &conf_b, &prev_b).expect_error(105);
@@ -475,14 +475,15 @@ fn del_without_netns_or_mappings_and_gc() {
 fn rules_of(node: &Netns, id: &str) -> (usize, usize) {
     let tagged = format!("id={id} ");
     let rules = nft_rules(node);
-    let count = |chain: &str| {
+    let count = |prefix: &str| {
         rules
             .iter()
-            .filter(|r| r["table"] == TABLE && r["chain"] == chain)
+            .filter(|r| r["table"] == TABLE)
+            .filter(|r| r["chain"].as_str().is_some_and(|c| c.starts_with(prefix)))
             .filter(|r| r["comment"].as_str().is_some_and(|c| c.contains(&tagged)))
             .count()
     };
-    (count("hostports"), count("masquerading"))
+    (count("hostport-"), count("pod-"))
 }
 
 /// Attachment `i` on `pod`'s bridge: its container ID and a portmap
@@ -630,7 +631,7 @@ fn del_of_the_last_attachment_spares_an_add_in_between() {
     };
     std::thread::scope(|scope| {
         let del = scope.spawn(|| call(CniCall::del, &x, &x_conf, &slow));
-        // The DEL has walked both keyed chains (only x's rules: the table
+        // The DEL has walked its chains and the table (only x's rules: the table
         // is to go) and is asking whether the table exists (strace prints
         // a request before delaying it): its transaction is yet to come.
         let decided = || sent("NFT_MSG_GETTABLE") > 0;
@@ -1152,17 +1153,36 @@ fn oracle_script(
     if skeleton {
         s += &format!(
             "add table {t}\n\
+             add map {t} hostports {{ type inet_service : verdict; }}\n\
+             add map {t} pods4 {{ type ipv4_addr : verdict; }}\n\
+             add map {t} pods6 {{ type ipv6_addr : verdict; }}\n\
              add chain {t} prerouting {{ type nat hook prerouting priority -100; policy accept; }}\n\
              add chain {t} output {{ type nat hook output priority -100; policy accept; }}\n\
              add chain {t} postrouting {{ type nat hook postrouting priority 100; policy accept; }}\n\
-             add chain {t} hostports\nadd chain {t} masquerading\n\
-             flush chain {t} prerouting\nadd rule {t} prerouting fib daddr type local jump hostports\n\
-             flush chain {t} output\nadd rule {t} output fib daddr type local jump hostports\n\
-             flush chain {t} postrouting\nadd rule {t} postrouting jump masquerading\n"
+             flush chain {t} prerouting\n\
+             add rule {t} prerouting fib daddr type local th dport vmap @hostports\n\
+             flush chain {t} output\n\
+             add rule {t} output fib daddr type local th dport vmap @hostports\n\
+             flush chain {t} postrouting\n\
+             add rule {t} postrouting ct status dnat ip daddr vmap @pods4\n\
+             add rule {t} postrouting ct status dnat ip6 daddr vmap @pods6\n"
         );
     }
+    // Each port's and pod's chain, and the map element that jumps to it,
+    // before the chain's first rule.
+    let mut made = Vec::new();
+    let mut declare = |s: &mut String, chain: String, map: &str, key: &str| {
+        if !made.contains(&chain) {
+            *s += &format!(
+                "add chain {t} {chain}\nadd element {t} {map} {{ {key} : jump {chain} }}\n"
+            );
+            made.push(chain);
+        }
+    };
     for (v4, (pod, subnet)) in [(true, pods[0]), (false, pods[1])] {
         let (fam, nfproto) = if v4 { ("ip", "ipv4") } else { ("ip6", "ipv6") };
+        let pod_chain = format!("pod-{}", pod.replace(':', "-"));
+        let pods_map = if v4 { "pods4" } else { "pods6" };
         let to = if v4 {
             pod.to_string()
         } else {
@@ -1178,8 +1198,14 @@ fn oracle_script(
             if let Some(c) = condition_v4.filter(|_| v4) {
                 daddr = format!("{c} {daddr}");
             }
+            declare(
+                &mut s,
+                format!("hostport-{host}"),
+                "hostports",
+                &host.to_string(),
+            );
             s += &format!(
-                "add rule {t} hostports meta nfproto {nfproto} {daddr}{proto} dport {host} \
+                "add rule {t} hostport-{host} meta nfproto {nfproto} {daddr}{proto} dport {host} \
                  dnat {fam} to {to}:{cont} comment \"{comment}\"\n"
             );
             let mut sources = vec![format!("{fam} saddr {subnet} ")];
@@ -1189,9 +1215,12 @@ fn oracle_script(
             if masq_all {
                 sources = vec![String::new()];
             }
+            if snat {
+                declare(&mut s, pod_chain.clone(), pods_map, pod);
+            }
             for source in sources.iter().filter(|_| snat) {
                 s += &format!(
-                    "add rule {t} masquerading {source}{fam} daddr {pod} {proto} dport {cont} \
+                    "add rule {t} {pod_chain} {source}{fam} daddr {pod} {proto} dport {cont} \
                      ct status dnat masquerade comment \"{comment}\"\n"
                 );
             }
@@ -1279,7 +1308,11 @@ fn netlink_add_writes_the_same_ruleset_as_nft_script() {
         env.add(&pod, &conf, &prev).expect_ok();
         let comment = nft_rules(&env.node)
             .iter()
-            .find(|r| r["chain"] == "hostports")
+            .find(|r| {
+                r["chain"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("hostport-"))
+            })
             .and_then(|r| r["comment"].as_str().map(String::from))
             .expect("a commented DNAT rule");
         assert!(comment.contains("net=pmnet"), "{comment}");

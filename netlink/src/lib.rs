@@ -44,7 +44,7 @@ pub use netns::{read_sysctl, write_sysctl, Netns};
 pub use nft_expr::{NftAddr, NftExpr};
 pub use nftables::{
     nf_tables_usable, nft_delete_rules, nft_delete_table, nft_list_rules, NftCommand, NftDeletion,
-    NftHook, NftRuleRef, NftTable, NftWatch,
+    NftHook, NftMapKey, NftRuleRef, NftTable, NftWatch,
 };
 pub use route::{IpFamily, Route};
 pub use tc::{Class, Filter, Htb, HtbClass, IpField, Qdisc, Tbf};

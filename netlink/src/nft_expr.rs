@@ -16,6 +16,9 @@ const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
 const NFTA_VERDICT_CHAIN: u16 = 2;
+const NFTA_LOOKUP_SET: u16 = 1;
+const NFTA_LOOKUP_SREG: u16 = 2;
+const NFTA_LOOKUP_DREG: u16 = 3;
 const NFT_JUMP: i32 = -3;
 const NFT_REG_VERDICT: u32 = 0;
 const NFT_REG_1: u32 = 1;
@@ -72,6 +75,8 @@ pub enum NftExpr {
         data: Vec<u8>,
     },
     Jump(String),
+    /// The verdict map `name` at register 1's key: `vmap @name`.
+    Lookup(String),
     /// DNAT to the address in register 1 and the port in register 2.
     Dnat {
         v4: bool,
@@ -183,6 +188,28 @@ impl NftExpr {
         ]
     }
 
+    /// `th dport` (any transport's destination port) into register 1.
+    pub fn th_dport() -> NftExpr {
+        NftExpr::Payload {
+            network: false,
+            offset: DPORT_OFFSET,
+            len: 2,
+        }
+    }
+
+    /// `ip daddr` / `ip6 daddr` into register 1, after the `meta nfproto`
+    /// dependency nft puts before it in an inet table.
+    pub fn daddr(v4: bool) -> Vec<NftExpr> {
+        let (offset, len) = if v4 { (16, 4) } else { (24, 16) };
+        let mut exprs = NftExpr::nfproto(v4);
+        exprs.push(NftExpr::Payload {
+            network: true,
+            offset,
+            len,
+        });
+        exprs
+    }
+
     /// `ct status dnat`.
     pub fn ct_status_dnat() -> Vec<NftExpr> {
         vec![
@@ -233,6 +260,7 @@ impl NftExpr {
             NftExpr::CtStatus => "ct",
             NftExpr::FibDaddrType => "fib",
             NftExpr::Immediate { .. } | NftExpr::Jump(_) => "immediate",
+            NftExpr::Lookup(_) => "lookup",
             NftExpr::Dnat { .. } => "nat",
             NftExpr::Masquerade => "masq",
         }
@@ -293,13 +321,13 @@ impl NftExpr {
                 put_nested(&mut d, 2, &value(data)); // NFTA_IMMEDIATE_DATA
             }
             NftExpr::Jump(chain) => {
-                let mut verdict = Vec::new();
-                put_attr(&mut verdict, NFTA_VERDICT_CODE, &NFT_JUMP.to_be_bytes());
-                put_attr(&mut verdict, NFTA_VERDICT_CHAIN, &nul_terminated(chain));
-                let mut data = Vec::new();
-                put_nested(&mut data, NFTA_DATA_VERDICT, &verdict);
                 u32_attr(&mut d, 1, NFT_REG_VERDICT); // NFTA_IMMEDIATE_DREG
-                put_nested(&mut d, 2, &data); // NFTA_IMMEDIATE_DATA
+                put_nested(&mut d, 2, &jump_data(chain)); // NFTA_IMMEDIATE_DATA
+            }
+            NftExpr::Lookup(map) => {
+                put_attr(&mut d, NFTA_LOOKUP_SET, &nul_terminated(map));
+                u32_attr(&mut d, NFTA_LOOKUP_SREG, NFT_REG_1);
+                u32_attr(&mut d, NFTA_LOOKUP_DREG, NFT_REG_VERDICT);
             }
             NftExpr::Dnat { v4 } => {
                 let family = if *v4 { NFPROTO_IPV4 } else { NFPROTO_IPV6 };
@@ -325,8 +353,18 @@ pub(crate) fn put_nested(body: &mut Vec<u8>, kind: u16, value: &[u8]) {
     put_attr(body, kind | NLA_F_NESTED, value);
 }
 
+/// An NFTA_DATA_VERDICT: jump to `chain`.
+pub(crate) fn jump_data(chain: &str) -> Vec<u8> {
+    let mut verdict = Vec::new();
+    put_attr(&mut verdict, NFTA_VERDICT_CODE, &NFT_JUMP.to_be_bytes());
+    put_attr(&mut verdict, NFTA_VERDICT_CHAIN, &nul_terminated(chain));
+    let mut data = Vec::new();
+    put_nested(&mut data, NFTA_DATA_VERDICT, &verdict);
+    data
+}
+
 /// An NFTA_DATA_VALUE holding `bytes`.
-fn value(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn value(bytes: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
     put_attr(&mut v, NFTA_DATA_VALUE, bytes);
     v

@@ -20,7 +20,9 @@ use netlink_packet_core::{
 use nix::errno::Errno;
 
 use crate::nfnetlink::{find, put_attr, BatchMsg, Nfnl};
-use crate::nft_expr::{comment_udata, encode, nul_terminated, put_nested, NftExpr};
+use crate::nft_expr::{
+    comment_udata, encode, jump_data, nul_terminated, put_nested, value, NftExpr,
+};
 use crate::Error;
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -28,6 +30,28 @@ const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_DELCHAIN: u16 = 5;
+const NFT_MSG_NEWSET: u16 = 9;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_NAME: u16 = 2;
+const NFTA_SET_FLAGS: u16 = 3;
+const NFTA_SET_KEY_TYPE: u16 = 4;
+const NFTA_SET_KEY_LEN: u16 = 5;
+const NFTA_SET_DATA_TYPE: u16 = 6;
+const NFTA_SET_ID: u16 = 10;
+const NFT_SET_MAP: u32 = 0x8;
+/// The data type of a verdict map's values.
+const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_LIST_ELEM: u16 = 1;
+/// DELCHAIN: refuse (EBUSY) rather than delete the rules still in it.
+const NLM_F_NONREC: u16 = 0x100;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_NEWRULE: u16 = 6;
@@ -212,8 +236,80 @@ pub fn nft_delete_table(family_name: &str, table: &str) -> Result<(), Error> {
 /// One deletion of an [`NftTable::commit`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NftDeletion {
-    Rule { chain: String, handle: u64 },
+    Rule {
+        chain: String,
+        handle: u64,
+    },
+    /// An element of a map, by key.
+    Element {
+        map: String,
+        key: Vec<u8>,
+    },
+    /// A chain, only if nothing is in it or jumps to it by then (else the
+    /// transaction fails with EBUSY).
+    Chain(String),
     Table,
+}
+
+/// The key type of a verdict map, as nft names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NftMapKey {
+    /// `inet_service`: a port, 2 bytes big-endian.
+    Port,
+    /// `ipv4_addr`.
+    Ipv4,
+    /// `ipv6_addr`.
+    Ipv6,
+}
+
+impl NftMapKey {
+    /// nft's datatype number and the key's length.
+    fn type_and_len(self) -> (u32, u32) {
+        match self {
+            NftMapKey::Port => (13, 2),
+            NftMapKey::Ipv4 => (7, 4),
+            NftMapKey::Ipv6 => (8, 16),
+        }
+    }
+}
+
+/// NEWSETELEM/DELSETELEM's body: one element `key` of `map`, with `jump`
+/// as its verdict when adding.
+fn element_attrs(table: &str, map: &str, key: &[u8], jump: Option<&str>) -> Vec<u8> {
+    let mut elem = Vec::new();
+    put_nested(&mut elem, NFTA_SET_ELEM_KEY, &value(key));
+    if let Some(chain) = jump {
+        put_nested(&mut elem, NFTA_SET_ELEM_DATA, &jump_data(chain));
+    }
+    let mut list = Vec::new();
+    put_nested(&mut list, NFTA_LIST_ELEM, &elem);
+    let mut body = Vec::new();
+    put_attr(&mut body, NFTA_SET_ELEM_LIST_TABLE, &nul_terminated(table));
+    put_attr(&mut body, NFTA_SET_ELEM_LIST_SET, &nul_terminated(map));
+    put_nested(&mut body, NFTA_SET_ELEM_LIST_ELEMENTS, &list);
+    body
+}
+
+/// The message that deletes `d` from `table`.
+fn deletion_msg(table: &str, af: u8, d: &NftDeletion) -> BatchMsg {
+    match d {
+        NftDeletion::Rule { chain, handle } => {
+            let mut body = rule_attrs(table, chain);
+            put_attr(&mut body, NFTA_RULE_HANDLE, &handle.to_be_bytes());
+            BatchMsg::new(nft(NFT_MSG_DELRULE), af, body)
+        }
+        NftDeletion::Element { map, key } => BatchMsg::new(
+            nft(NFT_MSG_DELSETELEM),
+            af,
+            element_attrs(table, map, key, None),
+        ),
+        NftDeletion::Chain(name) => {
+            let mut msg = BatchMsg::new(nft(NFT_MSG_DELCHAIN), af, chain_attrs(table, name));
+            msg.flags |= NLM_F_NONREC;
+            msg
+        }
+        NftDeletion::Table => BatchMsg::new(nft(NFT_MSG_DELTABLE), af, table_attr(table)),
+    }
 }
 
 fn rule_attrs(table: &str, chain: &str) -> Vec<u8> {
@@ -248,6 +344,15 @@ pub enum NftCommand {
     },
     /// `add chain NAME`: a regular chain, for jumps.
     Chain(String),
+    /// `add map NAME { type KEY : verdict; }`.
+    Map { name: String, key: NftMapKey },
+    /// `add element MAP { KEY : jump CHAIN }` (nothing happens if it is
+    /// there with that verdict).
+    Element {
+        map: String,
+        key: Vec<u8>,
+        jump: String,
+    },
     /// `flush chain NAME`.
     Flush(String),
     /// `add rule CHAIN EXPRS comment "COMMENT"`: appended.
@@ -265,8 +370,10 @@ fn chain_attrs(table: &str, name: &str) -> Vec<u8> {
     body
 }
 
-/// The message `command` is, in `table` of family `af`.
-fn command_msg(table: &str, af: u8, command: &NftCommand) -> Result<BatchMsg, Error> {
+/// The message `command` is, in `table` of family `af`; `index` is its
+/// place in the transaction (a new set's id there, which the kernel
+/// requires).
+fn command_msg(table: &str, af: u8, index: usize, command: &NftCommand) -> Result<BatchMsg, Error> {
     let msg = match command {
         NftCommand::Table => {
             let mut body = table_attr(table);
@@ -294,6 +401,27 @@ fn command_msg(table: &str, af: u8, command: &NftCommand) -> Result<BatchMsg, Er
         NftCommand::Chain(name) => {
             BatchMsg::new(nft(NFT_MSG_NEWCHAIN), af, chain_attrs(table, name))
         }
+        NftCommand::Map { name, key } => {
+            let (key_type, key_len) = key.type_and_len();
+            let mut body = Vec::new();
+            put_attr(&mut body, NFTA_SET_TABLE, &nul_terminated(table));
+            put_attr(&mut body, NFTA_SET_NAME, &nul_terminated(name));
+            put_attr(&mut body, NFTA_SET_FLAGS, &NFT_SET_MAP.to_be_bytes());
+            put_attr(&mut body, NFTA_SET_KEY_TYPE, &key_type.to_be_bytes());
+            put_attr(&mut body, NFTA_SET_KEY_LEN, &key_len.to_be_bytes());
+            put_attr(
+                &mut body,
+                NFTA_SET_DATA_TYPE,
+                &NFT_DATA_VERDICT.to_be_bytes(),
+            );
+            put_attr(&mut body, NFTA_SET_ID, &(index as u32).to_be_bytes());
+            BatchMsg::new(nft(NFT_MSG_NEWSET), af, body)
+        }
+        NftCommand::Element { map, key, jump } => BatchMsg::new(
+            nft(NFT_MSG_NEWSETELEM),
+            af,
+            element_attrs(table, map, key, Some(jump)),
+        ),
         NftCommand::Flush(chain) => {
             BatchMsg::new(nft(NFT_MSG_DELRULE), af, rule_attrs(table, chain))
         }
@@ -391,9 +519,22 @@ impl NftTable {
     pub fn walk(
         &self,
         chain: &str,
+        visit: impl FnMut(NftRuleRef) -> ControlFlow<()>,
+    ) -> Result<(), Error> {
+        self.walk_rules(rule_attrs(&self.name, chain), visit)
+    }
+
+    /// As [`NftTable::walk`], over every chain of the table, in the
+    /// order the chains were made.
+    pub fn walk_all(&self, visit: impl FnMut(NftRuleRef) -> ControlFlow<()>) -> Result<(), Error> {
+        self.walk_rules(table_attr(&self.name), visit)
+    }
+
+    fn walk_rules(
+        &self,
+        body: Vec<u8>,
         mut visit: impl FnMut(NftRuleRef) -> ControlFlow<()>,
     ) -> Result<(), Error> {
-        let body = rule_attrs(&self.name, chain);
         let walked = Nfnl::new()?.exchange_until(
             nft(NFT_MSG_GETRULE),
             NLM_F_REQUEST | NLM_F_DUMP,
@@ -414,16 +555,7 @@ impl NftTable {
     pub fn commit(&mut self, generation: u32, deletions: &[NftDeletion]) -> Result<(), Error> {
         let msgs: Vec<BatchMsg> = deletions
             .iter()
-            .map(|d| match d {
-                NftDeletion::Rule { chain, handle } => {
-                    let mut body = rule_attrs(&self.name, chain);
-                    put_attr(&mut body, NFTA_RULE_HANDLE, &handle.to_be_bytes());
-                    BatchMsg::new(nft(NFT_MSG_DELRULE), self.af, body)
-                }
-                NftDeletion::Table => {
-                    BatchMsg::new(nft(NFT_MSG_DELTABLE), self.af, table_attr(&self.name))
-                }
-            })
+            .map(|d| deletion_msg(&self.name, self.af, d))
             .collect();
         let op = format!("delete from nft table {}", self.name);
         self.nl
@@ -435,7 +567,8 @@ impl NftTable {
     pub fn apply(&mut self, commands: &[NftCommand]) -> Result<Vec<NftRuleRef>, Error> {
         let msgs = commands
             .iter()
-            .map(|c| command_msg(&self.name, self.af, c))
+            .enumerate()
+            .map(|(i, c)| command_msg(&self.name, self.af, i, c))
             .collect::<Result<Vec<_>, _>>()?;
         let op = format!("write nft table {}", self.name);
         let mut added = Vec::new();

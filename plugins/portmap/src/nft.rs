@@ -32,7 +32,8 @@ use nix::errno::Errno;
 use weft_cni::{Error, ErrorCode};
 use weft_firewall::{comment_key, run};
 use weft_netlink::{
-    NftAddr, NftCommand, NftDeletion, NftExpr, NftHook, NftRuleRef as NftRule, NftTable, NftWatch,
+    NftAddr, NftCommand, NftDeletion, NftExpr, NftHook, NftMapKey, NftRuleRef as NftRule, NftTable,
+    NftWatch,
 };
 
 use crate::attachment::{Attachment, Target};
@@ -40,34 +41,91 @@ use crate::config::{Mapping, PortmapConfig};
 use crate::record::RuleHandle;
 
 const TABLE: &str = "weft_portmap";
-const DNAT_CHAIN: &str = "hostports";
-const MASQ_CHAIN: &str = "masquerading";
-/// The chains whose rules carry attachment keys.
-const KEYED: [&str; 2] = [DNAT_CHAIN, MASQ_CHAIN];
+/// The verdict map from a host port to its chain.
+const PORTS: &str = "hostports";
+/// The verdict maps from a DNATed pod address to its masquerade chain.
+const PODS_V4: &str = "pods4";
+const PODS_V6: &str = "pods6";
+const PORT_CHAIN: &str = "hostport-";
+const POD_CHAIN: &str = "pod-";
 const FAMILY: &str = "inet";
 /// Transactions refused because the ruleset changed under them, before
 /// DEL gives up with "try again later".
 const ATTEMPTS: usize = 200;
 
-/// The table and its base chains. The base chains hold only fixed jumps,
-/// so flushing and refilling them in the same transaction is harmless and
-/// needs no lookup (ADD sends this only when the table is not in place).
+/// The chain of `port`'s DNAT rules, every attachment's.
+fn port_chain(port: u16) -> String {
+    format!("{PORT_CHAIN}{port}")
+}
+
+/// The chain of the masquerade rules for flows DNATed to `pod` (nft
+/// names take no `:`, so an IPv6 address has `-` instead).
+fn pod_chain(pod: IpAddr) -> String {
+    format!("{POD_CHAIN}{}", pod.to_string().replace(':', "-"))
+}
+
+/// The map element that jumps to `chain`, when it is a port or pod chain.
+fn element_of(chain: &str) -> Option<NftDeletion> {
+    let (map, key) = if let Some(port) = chain.strip_prefix(PORT_CHAIN) {
+        let port: u16 = port.parse().ok()?;
+        (PORTS, port.to_be_bytes().to_vec())
+    } else {
+        let pod: IpAddr = chain
+            .strip_prefix(POD_CHAIN)?
+            .replace('-', ":")
+            .parse()
+            .ok()?;
+        (pods_map(pod.is_ipv4()), octets(pod))
+    };
+    Some(NftDeletion::Element {
+        map: map.into(),
+        key,
+    })
+}
+
+fn pods_map(v4: bool) -> &'static str {
+    if v4 {
+        PODS_V4
+    } else {
+        PODS_V6
+    }
+}
+
+fn octets(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// The table, its maps and base chains. The base chains hold only fixed
+/// lookups, so flushing and refilling them in the same transaction is
+/// harmless and needs no lookup (ADD sends this only when the table is
+/// not in place).
 fn skeleton() -> String {
     let t = format!("inet {TABLE}");
     format!(
         "add table {t}\n\
+         add map {t} {PORTS} {{ type inet_service : verdict; }}\n\
+         add map {t} {PODS_V4} {{ type ipv4_addr : verdict; }}\n\
+         add map {t} {PODS_V6} {{ type ipv6_addr : verdict; }}\n\
          add chain {t} prerouting {{ type nat hook prerouting priority -100; policy accept; }}\n\
          add chain {t} output {{ type nat hook output priority -100; policy accept; }}\n\
          add chain {t} postrouting {{ type nat hook postrouting priority 100; policy accept; }}\n\
-         add chain {t} {DNAT_CHAIN}\n\
-         add chain {t} {MASQ_CHAIN}\n\
          flush chain {t} prerouting\n\
-         add rule {t} prerouting fib daddr type local jump {DNAT_CHAIN}\n\
+         add rule {t} prerouting fib daddr type local th dport vmap @{PORTS}\n\
          flush chain {t} output\n\
-         add rule {t} output fib daddr type local jump {DNAT_CHAIN}\n\
+         add rule {t} output fib daddr type local th dport vmap @{PORTS}\n\
          flush chain {t} postrouting\n\
-         add rule {t} postrouting jump {MASQ_CHAIN}\n"
+         add rule {t} postrouting ct status dnat ip daddr vmap @{PODS_V4}\n\
+         add rule {t} postrouting ct status dnat ip6 daddr vmap @{PODS_V6}\n"
     )
+}
+
+/// The chain `chain` and the element of `map` at `key` that jumps to it.
+fn dispatch_script(map: &str, key: &str, chain: &str) -> String {
+    let t = format!("inet {TABLE}");
+    format!("add chain {t} {chain}\nadd element {t} {map} {{ {key} : jump {chain} }}\n")
 }
 
 fn family(target: &Target) -> &'static str {
@@ -103,7 +161,8 @@ fn dnat_rule(att: &Attachment, config: &PortmapConfig, t: &Target, m: &Mapping) 
         rule.push_str(&format!("{fam} daddr {ip} "));
     }
     format!(
-        "add rule inet {TABLE} {DNAT_CHAIN} {rule}{} dport {} dnat {fam} to {} comment \"{}\"\n",
+        "add rule inet {TABLE} {} {rule}{} dport {} dnat {fam} to {} comment \"{}\"\n",
+        port_chain(m.host_port),
         m.protocol.as_str(),
         m.host_port,
         socket(t, m.container_port),
@@ -121,7 +180,8 @@ fn masq_rules(att: &Attachment, config: &PortmapConfig, t: &Target, m: &Mapping)
     );
     let add = |source: String| {
         format!(
-            "add rule inet {TABLE} {MASQ_CHAIN} {source}{to_pod} masquerade comment \"{}\"\n",
+            "add rule inet {TABLE} {} {source}{to_pod} masquerade comment \"{}\"\n",
+            pod_chain(t.pod.ip()),
             att.comment()
         )
     };
@@ -159,29 +219,43 @@ fn skeleton_commands() -> Vec<NftCommand> {
         hook,
         priority,
     };
-    let jump = |chain: &str, mut exprs: Vec<NftExpr>, to: &str| {
-        exprs.push(NftExpr::Jump(to.into()));
-        [
-            NftCommand::Flush(chain.into()),
-            NftCommand::Rule {
-                chain: chain.into(),
-                exprs,
-                comment: None,
-            },
-        ]
+    let map = |name: &str, key| NftCommand::Map {
+        name: name.into(),
+        key,
     };
-    let mut commands = vec![
+    let rule = |chain: &str, exprs| NftCommand::Rule {
+        chain: chain.into(),
+        exprs,
+        comment: None,
+    };
+    let to_port = || {
+        let mut exprs = NftExpr::fib_daddr_local();
+        exprs.push(NftExpr::th_dport());
+        exprs.push(NftExpr::Lookup(PORTS.into()));
+        exprs
+    };
+    let to_pod = |v4| {
+        let mut exprs = NftExpr::ct_status_dnat();
+        exprs.extend(NftExpr::daddr(v4));
+        exprs.push(NftExpr::Lookup(pods_map(v4).into()));
+        exprs
+    };
+    vec![
         NftCommand::Table,
+        map(PORTS, NftMapKey::Port),
+        map(PODS_V4, NftMapKey::Ipv4),
+        map(PODS_V6, NftMapKey::Ipv6),
         base("prerouting", NftHook::Prerouting, -100),
         base("output", NftHook::Output, -100),
         base("postrouting", NftHook::Postrouting, 100),
-        NftCommand::Chain(DNAT_CHAIN.into()),
-        NftCommand::Chain(MASQ_CHAIN.into()),
-    ];
-    commands.extend(jump("prerouting", NftExpr::fib_daddr_local(), DNAT_CHAIN));
-    commands.extend(jump("output", NftExpr::fib_daddr_local(), DNAT_CHAIN));
-    commands.extend(jump("postrouting", Vec::new(), MASQ_CHAIN));
-    commands
+        NftCommand::Flush("prerouting".into()),
+        rule("prerouting", to_port()),
+        NftCommand::Flush("output".into()),
+        rule("output", to_port()),
+        NftCommand::Flush("postrouting".into()),
+        rule("postrouting", to_pod(true)),
+        rule("postrouting", to_pod(false)),
+    ]
 }
 
 /// A whole address's prefix (the longest; [`NftExpr::addr`] caps it).
@@ -212,13 +286,32 @@ fn masq_exprs(t: &Target, m: &Mapping, source: Option<(IpAddr, u8)>) -> Vec<NftE
     exprs
 }
 
-/// This attachment's rules as commands (what the script's rules say).
+/// The commands that make `chain` and the element of `map` that jumps to
+/// it, the first time `chain` is named (`made` remembers).
+fn declare(made: &mut Vec<String>, chain: String, element: (&str, Vec<u8>)) -> Vec<NftCommand> {
+    if made.contains(&chain) {
+        return Vec::new();
+    }
+    made.push(chain.clone());
+    vec![
+        NftCommand::Chain(chain.clone()),
+        NftCommand::Element {
+            map: element.0.into(),
+            key: element.1,
+            jump: chain,
+        },
+    ]
+}
+
+/// This attachment's chains, map elements and rules as commands, in the
+/// order the script says them.
 fn rule_commands(att: &Attachment, config: &PortmapConfig) -> Vec<NftCommand> {
-    let rule = |chain: &str, exprs| NftCommand::Rule {
-        chain: chain.into(),
+    let rule = |chain: String, exprs| NftCommand::Rule {
+        chain,
         exprs,
         comment: Some(att.comment()),
     };
+    let mut made = Vec::new();
     let mut commands = Vec::new();
     for t in att.targets() {
         let subnet = t.subnet();
@@ -229,11 +322,17 @@ fn rule_commands(att: &Attachment, config: &PortmapConfig) -> Vec<NftCommand> {
         if config.masq_all {
             sources = vec![None];
         }
+        let pod = t.pod.ip();
         for m in att.mappings_for(t, &config.mappings) {
-            commands.push(rule(DNAT_CHAIN, dnat_exprs(t, m)));
+            let port = port_chain(m.host_port);
+            let key = m.host_port.to_be_bytes().to_vec();
+            commands.extend(declare(&mut made, port.clone(), (PORTS, key)));
+            commands.push(rule(port, dnat_exprs(t, m)));
             if config.snat {
+                let key = (pods_map(t.v4()), octets(pod));
+                commands.extend(declare(&mut made, pod_chain(pod), key));
                 for source in &sources {
-                    commands.push(rule(MASQ_CHAIN, masq_exprs(t, m, *source)));
+                    commands.push(rule(pod_chain(pod), masq_exprs(t, m, *source)));
                 }
             }
         }
@@ -258,7 +357,7 @@ fn needs_script(att: &Attachment, config: &PortmapConfig) -> bool {
 fn handles(att: &Attachment, added: Vec<NftRule>, expected: usize) -> Option<Vec<RuleHandle>> {
     let mine: Vec<RuleHandle> = added
         .into_iter()
-        .filter(|r| KEYED.contains(&r.chain.as_str()) && key_of(r) == Some(att.key.as_str()))
+        .filter(|r| key_of(r) == Some(att.key.as_str()))
         .map(|r| RuleHandle {
             chain: r.chain,
             handle: r.handle,
@@ -302,12 +401,28 @@ fn add_by_script(
 ) -> Result<Option<Vec<RuleHandle>>, Error> {
     let mut script = String::new();
     let mut expected = 0;
+    let mut made = Vec::new();
+    let mut declare = |script: &mut String, chain: String, map: &str, key: String| {
+        if !made.contains(&chain) {
+            script.push_str(&dispatch_script(map, &key, &chain));
+            made.push(chain);
+        }
+    };
     for t in att.targets() {
         let n = att.mappings_for(t, &config.mappings).count();
         expected += n * (1 + masq_rules_per_mapping(config, t));
+        let pod = t.pod.ip();
         for m in att.mappings_for(t, &config.mappings) {
+            let port = m.host_port;
+            declare(&mut script, port_chain(port), PORTS, port.to_string());
             script.push_str(&dnat_rule(att, config, t, m));
             if config.snat {
+                declare(
+                    &mut script,
+                    pod_chain(pod),
+                    pods_map(t.v4()),
+                    pod.to_string(),
+                );
                 script.push_str(&masq_rules(att, config, t, m));
             }
         }
@@ -373,43 +488,81 @@ fn verified(
     Ok(Some(rules))
 }
 
+/// What a DEL finds of the attachments it removes.
+struct Doomed {
+    /// Their rules.
+    rules: Vec<NftRule>,
+    /// The port and pod chains that hold nothing else.
+    emptied: Vec<String>,
+    /// Whether any other rule is in the table, past the base chains.
+    others: bool,
+}
+
 /// The rules whose key is `doomed`, from the record when it holds, else by
-/// walking the keyed chains; and whether any other rule is in them. With a
-/// record, the walk stops at the first rule that is not one of these.
+/// walking the table; then each of their chains, and the table as far as
+/// the first rule that is not one of these.
 fn doomed_rules(
     table: &mut NftTable,
     doomed: &dyn Fn(&str) -> bool,
     recorded: Option<&[RuleHandle]>,
-) -> Result<(Vec<NftRule>, bool), Error> {
+) -> Result<Doomed, Error> {
     let known = match recorded {
         Some(r) => verified(table, r, doomed)?,
         None => None,
     };
-    let mut others = false;
-    let mut gone = Vec::new();
-    for chain in KEYED {
-        table
-            .walk(chain, |rule| match &known {
-                Some(k) if k.contains(&rule) => ControlFlow::Continue(()),
-                Some(_) => {
-                    others = true;
-                    ControlFlow::Break(())
-                }
-                None => {
+    let list = |e| kernel("list", e);
+    let rules = match known {
+        Some(rules) => rules,
+        None => {
+            let mut found = Vec::new();
+            table
+                .walk_all(|rule| {
                     if key_of(&rule).is_some_and(doomed) {
-                        gone.push(rule);
-                    } else {
-                        others = true;
+                        found.push(rule);
                     }
+                    ControlFlow::Continue(())
+                })
+                .map_err(list)?;
+            found
+        }
+    };
+    let foreign = |rule: &NftRule| !rules.contains(rule);
+    let mut emptied: Vec<String> = Vec::new();
+    for rule in &rules {
+        if emptied.contains(&rule.chain) || element_of(&rule.chain).is_none() {
+            continue;
+        }
+        let mut shared = false;
+        table
+            .walk(&rule.chain, |r| {
+                shared = foreign(&r);
+                if shared {
+                    ControlFlow::Break(())
+                } else {
                     ControlFlow::Continue(())
                 }
             })
-            .map_err(|e| kernel("list", e))?;
-        if others && known.is_some() {
-            break;
+            .map_err(list)?;
+        if !shared {
+            emptied.push(rule.chain.clone());
         }
     }
-    Ok((known.unwrap_or(gone), others))
+    let mut others = false;
+    table
+        .walk_all(|r| {
+            others = !BASE_CHAINS.contains(&r.chain.as_str()) && foreign(&r);
+            if others {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .map_err(list)?;
+    Ok(Doomed {
+        rules,
+        emptied,
+        others,
+    })
 }
 
 /// CHECK: this attachment's rules, and the jumps into them, are present.
@@ -428,27 +581,46 @@ pub fn check(
             return missing(format!("chain {base} of inet {TABLE} has lost its jump"));
         }
     }
-    let (rules, _) = doomed_rules(&mut table, &|k| k == att.key, recorded)?;
-    let count = |chain: &str| rules.iter().filter(|r| r.chain == chain).count();
+    let rules = doomed_rules(&mut table, &|k| k == att.key, recorded)?.rules;
+    let count = |prefix: &str| rules.iter().filter(|r| r.chain.starts_with(prefix)).count();
     let (mut dnat, mut masq) = (0, 0);
     for t in att.targets() {
         let n = att.mappings_for(t, &config.mappings).count();
         dnat += n;
         masq += n * masq_rules_per_mapping(config, t);
     }
-    if count(DNAT_CHAIN) < dnat {
+    if count(PORT_CHAIN) < dnat {
         return missing(format!(
             "{} of {dnat} DNAT rules of this attachment are in inet {TABLE}",
-            count(DNAT_CHAIN)
+            count(PORT_CHAIN)
         ));
     }
-    if count(MASQ_CHAIN) < masq {
+    if count(POD_CHAIN) < masq {
         return missing(format!(
             "{} of {masq} masquerade rules of this attachment are in inet {TABLE}",
-            count(MASQ_CHAIN)
+            count(POD_CHAIN)
         ));
     }
     Ok(())
+}
+
+/// The rules, then the chains they leave empty with the map elements
+/// that jump to them: in this order the kernel lets the chains go, and it
+/// refuses the whole transaction (EBUSY) should a chain still be in use.
+fn deletions(found: Doomed) -> Vec<NftDeletion> {
+    let mut changes: Vec<NftDeletion> = found
+        .rules
+        .into_iter()
+        .map(|r| NftDeletion::Rule {
+            chain: r.chain,
+            handle: r.handle,
+        })
+        .collect();
+    for chain in found.emptied {
+        changes.extend(element_of(&chain));
+        changes.push(NftDeletion::Chain(chain));
+    }
+    changes
 }
 
 /// Delete the rules whose key is `doomed` (`recorded` says where they
@@ -460,18 +632,12 @@ pub fn remove(doomed: &dyn Fn(&str) -> bool, recorded: Option<&[RuleHandle]>) ->
         let generation = table
             .generation()
             .map_err(|e| kernel("read the generation of", e))?;
-        let (gone, others) = doomed_rules(&mut table, doomed, recorded)?;
-        let changes: Vec<NftDeletion> =
-            if !others && table.exists().map_err(|e| kernel("look up", e))? {
-                vec![NftDeletion::Table]
-            } else {
-                gone.into_iter()
-                    .map(|r| NftDeletion::Rule {
-                        chain: r.chain,
-                        handle: r.handle,
-                    })
-                    .collect()
-            };
+        let found = doomed_rules(&mut table, doomed, recorded)?;
+        let changes = if !found.others && table.exists().map_err(|e| kernel("look up", e))? {
+            vec![NftDeletion::Table]
+        } else {
+            deletions(found)
+        };
         if changes.is_empty() {
             return Ok(());
         }
