@@ -373,7 +373,10 @@ pub fn add(att: &Attachment, config: &PortmapConfig) -> Result<Option<Vec<RuleHa
         return add_by_script(att, config);
     }
     let rules = rule_commands(att, config);
-    let expected = rules.len();
+    let expected = rules
+        .iter()
+        .filter(|c| matches!(c, NftCommand::Rule { .. }))
+        .count();
     // With the table in place, the rules alone: declaring the base chains
     // again and refilling them costs a kernel commit several ms. Should a
     // DEL of the last attachment drop the table meanwhile, that fails as a
