@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnetwork::IpNetwork;
 use weft_netlink::{
     format_mac, nud, read_sysctl, write_sysctl, BridgeVlan, Change, IpFamily, Netlink, Netns,
-    Route, VxlanSpec,
+    NftCommand, NftDeletion, NftExpr, NftMapKey, NftTable, Route, VxlanSpec,
 };
 use weft_tests::require_root;
 
@@ -632,4 +632,67 @@ fn batch_of_changes() -> TestResult {
     // The socket is in step afterwards: a single request still works.
     nl.del_neighbour(vx, ip("10.244.0.0")?)?;
     Ok(())
+}
+
+/// What portmap's layout relies on: adding a chain and a map element that
+/// are already there (same verdict) changes nothing; a chain still holding
+/// a rule is not deleted (EBUSY, the whole transaction refused) even with
+/// its element gone; deleting its rule, element and chain in that order
+/// in one transaction works.
+#[test]
+#[ignore = "needs root"]
+fn verdict_map_elements_and_chain_deletion() -> TestResult {
+    if !require_root() {
+        return Ok(());
+    }
+    let t = TestNs::new()?;
+    t.ns.run(map_and_chains)??;
+    let listed = t.exec(&["nft", "list", "table", "inet", "wpvtest"])?;
+    assert!(!listed.contains("port-8080"), "{listed}");
+    Ok(())
+}
+
+/// [`verdict_map_elements_and_chain_deletion`] inside its namespace.
+fn map_and_chains() -> Result<(), weft_netlink::Error> {
+    let mut table = NftTable::new("inet", "wpvtest")?;
+    let port = 8080u16.to_be_bytes().to_vec();
+    let declare = [
+        NftCommand::Table,
+        NftCommand::Map {
+            name: "ports".into(),
+            key: NftMapKey::Port,
+        },
+        NftCommand::Chain("port-8080".into()),
+        NftCommand::Element {
+            map: "ports".into(),
+            key: port.clone(),
+            jump: "port-8080".into(),
+        },
+    ];
+    let mut first = declare.to_vec();
+    first.push(NftCommand::Rule {
+        chain: "port-8080".into(),
+        exprs: vec![NftExpr::Masquerade],
+        comment: Some("mine".into()),
+    });
+    let added = table.apply(&first)?;
+    table.apply(&declare)?;
+    let element = NftDeletion::Element {
+        map: "ports".into(),
+        key: port,
+    };
+    let chain = NftDeletion::Chain("port-8080".into());
+    let generation = table.generation()?;
+    let busy = table.commit(generation, &[element.clone(), chain.clone()]);
+    assert_eq!(
+        busy.err().and_then(|e| e.errno()),
+        Some(nix::errno::Errno::EBUSY)
+    );
+    assert!(table.rule("port-8080", added[0].handle)?.is_some());
+    let rule = NftDeletion::Rule {
+        chain: "port-8080".into(),
+        handle: added[0].handle,
+    };
+    let generation = table.generation()?;
+    table.commit(generation, &[rule, element, chain])
 }

@@ -1,15 +1,22 @@
-//! The nftables backend: one `inet weft_portmap` table. Each mapping is a
-//! flat rule with the attachment's key in its comment: no per-attachment
-//! chains and no anonymous sets, since `nft` loads every chain and set of a
-//! table into its cache before an `add`; plain rules keep ADD's cost flat
-//! however many mappings exist.
+//! The nftables backend: one `inet weft_portmap` table in which an ADD
+//! touches no chain that grows with the number of other attachments, and
+//! a packet meets one map lookup instead of every mapping's rule:
 //!
-//! - `prerouting`/`output` (nat, -100): `fib daddr type local jump hostports`
-//!   (the local check keeps forwarded traffic alone, unlike
-//!   CVE-2025-67499).
-//! - `hostports`: per mapping `[conditions] [daddr hostIP] dport → dnat`.
-//! - `postrouting` (nat, 100) → `masquerading`: with snat, DNATed flows
-//!   from the pod's subnet (hairpin) and from 127.0.0.1 are masqueraded.
+//! - `prerouting`/`output` (nat, -100): `fib daddr type local th dport
+//!   vmap @hostports` (the local check keeps forwarded traffic alone,
+//!   unlike CVE-2025-67499).
+//! - `hostports` (inet_service : verdict) jumps to `hostport-<port>`:
+//!   that port's DNAT rules, every attachment's, `[conditions] [daddr
+//!   hostIP] dport → dnat`.
+//! - `postrouting` (nat, 100): `ct status dnat ip daddr vmap @pods4` (and
+//!   `ip6 daddr vmap @pods6`) jumps to `pod-<address>` (`:` written `-`):
+//!   with snat, the masquerade of flows DNATed to that pod from its subnet
+//!   (hairpin) and from 127.0.0.1.
+//!
+//! An ADD adds its chains and map elements (both idempotent: the same
+//! element with the same verdict is no change) and its rules; the kernel's
+//! commit rebuilds the rule array only of the chains it touched, which
+//! hold one port's or one pod's rules. The map elements live in a hash.
 //!
 //! Cost and concurrency: ADD is one nf_tables transaction over netlink,
 //! the same commands and expressions `nft -f` would send for the script
@@ -17,11 +24,15 @@
 //! with their handles. Only `conditionsV4`/`conditionsV6`, arbitrary nft
 //! text, need nft's parser: with those, ADD runs the script through `nft
 //! -f` while a netlink watch collects the handles. DEL, CHECK and GC
-//! talk netlink too: DEL looks up the recorded handles one by one (verified by
-//! the key in their comments), or walks the two keyed chains when there is
-//! no record, and deletes in one transaction the kernel applies only if
-//! the ruleset is still the generation that was read; the table goes the
-//! same way, when no other attachment's rule is left. So no lock is
+//! talk netlink too: DEL looks up the recorded handles one by one
+//! (verified by the key in their comments), or walks the table when there
+//! is no record; it walks each of its chains (one port's or pod's: short)
+//! and the table up to the first rule not its own. It deletes in one
+//! transaction the kernel applies only if the ruleset is still the
+//! generation that was read: its rules, then each chain it leaves empty
+//! with the map element that jumps there (NLM_F_NONREC: the kernel
+//! refuses, EBUSY, rather than take a rule along), or the whole table
+//! when no other attachment's rule is left. So no lock is
 //! needed: a concurrent ADD either committed first (the delete is refused
 //! and decided again) or commits after (and recreates the table).
 
