@@ -21,8 +21,10 @@ const INGRESS_BURST: u64 = 800_000;
 const EGRESS_RATE: u64 = 16_000_000;
 const EGRESS_BURST: u64 = 1_600_000;
 
-/// bridge + host-local, tuning (sysctls, MTU, txqueuelen; the MAC comes
-/// from podman) and bandwidth (static rates). Both chain plugins declare
+/// bridge + host-local, tuning (sysctls, MTU, txqueuelen, and a MAC that
+/// podman's CNI_ARGS `MAC=` must override, as in the reference: bridge sets
+/// podman's MAC too, so only this shows tuning reads it) and bandwidth
+/// (static rates). Both chain plugins declare
 /// the capabilities the reference knows, so the test sees whether podman
 /// fills them.
 fn chain(data: &TempDir, backups: &TempDir) -> Value {
@@ -38,7 +40,7 @@ fn chain(data: &TempDir, backups: &TempDir) -> Value {
                    "capabilities": {"mac": true},
                    "sysctl": {"net.core.somaxconn": "512",
                               "net.ipv4.conf.eth0.rp_filter": "2"},
-                   "mtu": 1400, "txQLen": 500}),
+                   "mac": "02:77:70:64:00:99", "mtu": 1400, "txQLen": 500}),
             json!({"type": "bandwidth", "capabilities": {"bandwidth": true},
                    "ingressRate": INGRESS_RATE, "ingressBurst": INGRESS_BURST,
                    "egressRate": EGRESS_RATE, "egressBurst": EGRESS_BURST}),
