@@ -941,108 +941,6 @@ fn udp_conntrack_is_flushed_on_add_and_del() {
     }
 }
 
-/// podman 4.3 with its CNI backend, with private storage and config under
-/// a temp dir, run inside the node netns (nsenter keeps /sys, so runc
-/// finds the cgroup mounts; `ip netns exec` would remount it).
-struct Podman {
-    dir: TempDir,
-    node: String,
-}
-
-impl Podman {
-    fn new(node: &Node, conflist: &Value) -> Podman {
-        let dir = TempDir::new();
-        for sub in [
-            "root",
-            "runroot",
-            "tmp",
-            "net",
-            "bin",
-            "rootfs/bin",
-            "rootfs/www",
-        ] {
-            std::fs::create_dir_all(dir.join(sub)).unwrap();
-        }
-        std::fs::copy("/usr/bin/busybox", dir.join("rootfs/bin/busybox")).unwrap();
-        std::fs::write(dir.join("rootfs/www/index.html"), "hello-from-podman").unwrap();
-        for plugin in ["bridge", "host-local", "loopback"] {
-            std::os::unix::fs::symlink(plugin_path(plugin), dir.join("bin").join(plugin)).unwrap();
-        }
-        // portmap behind a wrapper that records what podman sends.
-        let wrapper = format!(
-            "#!/bin/sh\nin=$(cat)\nprintf '%s\\n' \"$CNI_COMMAND $in\" >> {log}\nprintf '%s' \"$in\" | exec {pm}\n",
-            log = dir.join("sent").display(),
-            pm = plugin_path("portmap").display()
-        );
-        let wrapper_path = dir.join("bin/portmap");
-        std::fs::write(&wrapper_path, wrapper).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&wrapper_path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::write(dir.join("net/pmnet.conflist"), conflist.to_string()).unwrap();
-        std::fs::write(
-            dir.join("containers.conf"),
-            format!(
-                "[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\"]\n\
-                 [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
-                dir.join("bin").display()
-            ),
-        )
-        .unwrap();
-        Podman {
-            dir,
-            node: node.path_str().to_string(),
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        let d = |p: &str| self.dir.join(p).display().to_string();
-        let net = format!("--net={}", self.node);
-        let mut cmd = std::process::Command::new("nsenter");
-        cmd.args([
-            net.as_str(),
-            "podman",
-            "--root",
-            &d("root"),
-            "--runroot",
-            &d("runroot"),
-        ])
-        .args([
-            "--tmpdir",
-            &d("tmp"),
-            "--storage-driver",
-            "vfs",
-            "--runtime",
-            "runc",
-        ])
-        .args([
-            "--network-backend",
-            "cni",
-            "--network-config-dir",
-            &d("net"),
-        ])
-        .args(args)
-        .env("CONTAINERS_CONF", d("containers.conf"));
-        cmd.output().unwrap()
-    }
-
-    /// What podman sent to portmap: (command, stdin) per call.
-    fn sent(&self) -> Vec<(String, Value)> {
-        std::fs::read_to_string(self.dir.join("sent"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_once(' '))
-            .filter(|(cmd, _)| *cmd != "VERSION")
-            .map(|(cmd, json)| (cmd.to_string(), serde_json::from_str(json).unwrap()))
-            .collect()
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        let _ = self.run(&["rm", "-f", "-a"]);
-    }
-}
-
 #[test]
 #[ignore = "needs root"]
 fn podman_cni_backend_publishes_ports_through_weft() {
@@ -1051,7 +949,7 @@ fn podman_cni_backend_publishes_ports_through_weft() {
     }
     let env = Env::new();
     let list = env.chain("0.4.0");
-    let podman = Podman::new(&env.node, &list);
+    let podman = Podman::new(&env.node, &list, &["portmap"]);
     let rootfs = podman.dir.join("rootfs").display().to_string();
     // The ulimits only because podman's defaults exceed what some sandboxes
     // allow; flags must precede the rootfs path (the first positional).
@@ -1102,7 +1000,7 @@ fn podman_cni_backend_publishes_ports_through_weft() {
 
     // What podman really sends: 0.4.0, prevResult with "version" per IP,
     // the portMappings on ADD and again on DEL, `capabilities` passed on.
-    let sent = podman.sent();
+    let sent = podman.sent("portmap");
     let cmds: Vec<&str> = sent.iter().map(|(c, _)| c.as_str()).collect();
     assert!(cmds.len() >= 2 && cmds[0] == "ADD", "{cmds:?}");
     assert!(cmds[1..].iter().all(|c| *c == "DEL"), "{cmds:?}");

@@ -35,6 +35,7 @@ mod fault;
 mod fixture;
 mod inspect;
 mod netns;
+mod podman;
 mod process;
 mod rate;
 mod store;
@@ -54,6 +55,7 @@ pub use inspect::{
     links, nft_rules, nft_ruleset, routes, routes6, veth_names, veths_on_host, wait_until,
 };
 pub use netns::{sweep_stale, Background, Netns, Node, TempDir};
+pub use podman::{Podman, PodmanCall};
 pub use process::{run_with_timeout, DEFAULT_TIMEOUT};
 pub use rate::{assert_shaped_within_10_percent, iperf3_received_bps};
 pub use store::{
