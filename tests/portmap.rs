@@ -1288,3 +1288,67 @@ fn an_add_of_many_mappings_is_one_transaction() {
     env.del(&pod, &with_prev(&conf, &prev)).expect_ok();
     assert!(!env.ruleset().contains(TABLE), "{}", env.ruleset());
 }
+
+/// A node upgraded from the flat layout (every attachment's rules in the
+/// `hostports` and `masquerading` chains): a new ADD keeps those chains
+/// reachable behind the maps, the old attachment's DEL finds its rules by
+/// key (no record), and the table goes with the last attachment.
+#[test]
+#[ignore = "needs root"]
+fn an_upgrade_from_the_flat_layout_keeps_the_old_rules() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let (pod, prev, _server) = env.pod_with_server("1.0.0", "real", 80);
+    let call = |make: fn(&Netns, Value) -> CniCall, id: &str, conf: &Value| {
+        env.run(&make(&pod, conf.clone()).container_id(id))
+    };
+    let (x, x_conf) = extra_attachment(&pod, &prev, 0);
+    let (y, y_conf) = extra_attachment(&pod, &prev, 1);
+    // x's comment as this version writes it; then x as the flat layout
+    // wrote it, with no record.
+    call(CniCall::add, &x, &x_conf).expect_ok();
+    let comment = nft_rules(&env.node)
+        .iter()
+        .filter_map(|r| r["comment"].as_str())
+        .find(|c| c.contains(&x))
+        .expect("x's rules")
+        .to_string();
+    call(CniCall::del, &x, &x_conf).expect_ok();
+    let t = format!("inet {TABLE}");
+    env.node.sh(&format!(
+        "nft -f - <<'EOF'\n\
+         add table {t}\n\
+         add chain {t} prerouting {{ type nat hook prerouting priority -100; policy accept; }}\n\
+         add chain {t} output {{ type nat hook output priority -100; policy accept; }}\n\
+         add chain {t} postrouting {{ type nat hook postrouting priority 100; policy accept; }}\n\
+         add chain {t} hostports\nadd chain {t} masquerading\n\
+         add rule {t} prerouting fib daddr type local jump hostports\n\
+         add rule {t} output fib daddr type local jump hostports\n\
+         add rule {t} postrouting jump masquerading\n\
+         add rule {t} hostports meta nfproto ipv4 tcp dport 20000 dnat ip to 10.244.1.100:80 \
+         comment \"{comment}\"\n\
+         add rule {t} masquerading ip saddr 10.244.1.0/24 ip daddr 10.244.1.100 tcp dport 80 \
+         ct status dnat masquerade comment \"{comment}\"\nEOF"
+    ));
+    call(CniCall::add, &y, &y_conf).expect_ok();
+    let chain = |name: &str| env.node.sh(&format!("nft list chain {t} {name}"));
+    let pre = chain("prerouting");
+    assert!(
+        pre.contains("vmap @hostports") && pre.contains("jump hostports"),
+        "{pre}"
+    );
+    assert!(
+        chain("postrouting").contains("jump masquerading"),
+        "{}",
+        env.ruleset()
+    );
+    assert_eq!(rules_of(&env.node, &y), INTACT, "{}", env.ruleset());
+    call(CniCall::check, &y, &y_conf).expect_ok();
+    call(CniCall::del, &x, &x_conf).expect_ok();
+    assert!(!env.ruleset().contains(&comment), "{}", env.ruleset());
+    assert_eq!(rules_of(&env.node, &y), INTACT, "{}", env.ruleset());
+    call(CniCall::del, &y, &y_conf).expect_ok();
+    assert!(!env.ruleset().contains(TABLE), "{}", env.ruleset());
+}
