@@ -480,12 +480,15 @@ const BASE_CHAINS: [&str; 3] = ["prerouting", "output", "postrouting"];
 const FLAT_DNAT: &str = "hostports";
 const FLAT_MASQ: &str = "masquerading";
 
-/// The jumps (base chain, match, target) that keep an earlier version's
+/// A jump from a base chain: (base chain, match, target chain).
+type FlatJump = (&'static str, Vec<NftExpr>, &'static str);
+
+/// The jumps that keep an earlier version's
 /// flat chains working while they still hold rules: attachments made
 /// before an upgrade keep their mappings until their DEL. The base chains
 /// look the maps up first, so only a port without a chain of its own
 /// falls through to the flat rules.
-fn flat_jumps(table: &NftTable) -> Result<Vec<(&'static str, Vec<NftExpr>, &'static str)>, Error> {
+fn flat_jumps(table: &NftTable) -> Result<Vec<FlatJump>, Error> {
     let mut jumps = Vec::new();
     if jumps_from(table, FLAT_DNAT)? {
         jumps.push(("prerouting", NftExpr::fib_daddr_local(), FLAT_DNAT));
