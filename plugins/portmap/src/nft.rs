@@ -17,6 +17,10 @@
 //! element with the same verdict is no change) and its rules; the kernel's
 //! commit rebuilds the rule array only of the chains it touched, which
 //! hold one port's or one pod's rules. The map elements live in a hash.
+//! (What still grows is the kernel's validation of the table, which a
+//! commit adding a NAT rule or a jump runs over every reachable chain.)
+//! An earlier version's flat chains stay reachable while they hold rules
+//! ([`flat_jumps`]).
 //!
 //! Cost and concurrency: ADD is one nf_tables transaction over netlink,
 //! the same commands and expressions `nft -f` would send for the script
