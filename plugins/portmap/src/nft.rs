@@ -19,8 +19,6 @@
 //! hold one port's or one pod's rules. The map elements live in a hash.
 //! (What still grows is the kernel's validation of the table, which a
 //! commit adding a NAT rule or a jump runs over every reachable chain.)
-//! An earlier version's flat chains stay reachable while they hold rules
-//! ([`flat_jumps`]).
 //!
 //! Cost and concurrency: ADD is one nf_tables transaction over netlink,
 //! the same commands and expressions `nft -f` would send for the script
@@ -210,7 +208,8 @@ fn masq_rules(att: &Attachment, config: &PortmapConfig, t: &Target, m: &Mapping)
     rules
 }
 
-/// How many rules one mapping makes in each chain for `t`.
+/// How many masquerade rules one mapping makes for `t` (besides its one
+/// DNAT rule).
 fn masq_rules_per_mapping(config: &PortmapConfig, t: &Target) -> usize {
     match (config.snat, config.masq_all, t.v4()) {
         (false, _, _) => 0,
@@ -404,19 +403,9 @@ pub fn add(att: &Attachment, config: &PortmapConfig) -> Result<Option<Vec<RuleHa
     let added = match rules_only {
         Some(added) => added,
         None => {
-            let mut table = open()?;
             let mut all = skeleton_commands();
-            all.extend(flat_jumps(&table)?.into_iter().map(|(base, exprs, chain)| {
-                let mut exprs = exprs;
-                exprs.push(NftExpr::Jump(chain.into()));
-                NftCommand::Rule {
-                    chain: base.into(),
-                    exprs,
-                    comment: None,
-                }
-            }));
             all.extend(rules);
-            table.apply(&all).map_err(|e| kernel("write", e))?
+            open()?.apply(&all).map_err(|e| kernel("write", e))?
         }
     };
     Ok(handles(att, added, expected))
@@ -458,16 +447,7 @@ fn add_by_script(
     let watch = NftWatch::new();
     let rules_only = skeleton_in_place() && run("nft", &["-f", "-"], &script).is_ok();
     if !rules_only {
-        let mut flat = String::new();
-        for (base, _, chain) in open().and_then(|t| flat_jumps(&t))? {
-            let local = if base == "postrouting" {
-                ""
-            } else {
-                "fib daddr type local "
-            };
-            flat += &format!("add rule inet {TABLE} {base} {local}jump {chain}\n");
-        }
-        run("nft", &["-f", "-"], &(skeleton() + &flat + &script))?;
+        run("nft", &["-f", "-"], &(skeleton() + &script))?;
     }
     match watch.and_then(|mut w| w.added(FAMILY, TABLE)) {
         Ok(rules) => Ok(handles(att, rules, expected)),
@@ -479,30 +459,6 @@ fn add_by_script(
 }
 
 const BASE_CHAINS: [&str; 3] = ["prerouting", "output", "postrouting"];
-/// The chains of the flat layout before the verdict maps (one DNAT and
-/// one masquerade chain for every attachment).
-const FLAT_DNAT: &str = "hostports";
-const FLAT_MASQ: &str = "masquerading";
-
-/// A jump from a base chain: (base chain, match, target chain).
-type FlatJump = (&'static str, Vec<NftExpr>, &'static str);
-
-/// The jumps that keep an earlier version's
-/// flat chains working while they still hold rules: attachments made
-/// before an upgrade keep their mappings until their DEL. The base chains
-/// look the maps up first, so only a port without a chain of its own
-/// falls through to the flat rules.
-fn flat_jumps(table: &NftTable) -> Result<Vec<FlatJump>, Error> {
-    let mut jumps = Vec::new();
-    if jumps_from(table, FLAT_DNAT)? {
-        jumps.push(("prerouting", NftExpr::fib_daddr_local(), FLAT_DNAT));
-        jumps.push(("output", NftExpr::fib_daddr_local(), FLAT_DNAT));
-    }
-    if jumps_from(table, FLAT_MASQ)? {
-        jumps.push(("postrouting", Vec::new(), FLAT_MASQ));
-    }
-    Ok(jumps)
-}
 
 /// Whether `base` holds a rule (its one jump).
 fn jumps_from(table: &NftTable, base: &str) -> Result<bool, Error> {
