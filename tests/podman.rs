@@ -117,28 +117,11 @@ fn podman_cni_backend_runs_tuning_and_bandwidth_from_weft() {
     let node = Node::new();
     let (data, backups) = (TempDir::new(), TempDir::new());
     let podman = Podman::new(&node, &chain(&data, &backups), &["tuning", "bandwidth"]);
-    let rootfs = podman.dir.join("rootfs").display().to_string();
-    // The ulimits only because podman's defaults exceed what some sandboxes
-    // allow; flags must precede the rootfs path (the first positional).
-    let id = podman.run_ok(&[
-        "run",
-        "-d",
-        "--name",
+    let id = podman.run_container(
         "pd",
-        "--network",
-        NET,
-        "--mac-address",
-        MAC,
-        "--ulimit",
-        "nofile=1024:1024",
-        "--ulimit",
-        "nproc=1024:1024",
-        "--rootfs",
-        &rootfs,
-        "/bin/busybox",
-        "sleep",
-        "3600",
-    ]);
+        &["--network", NET, "--mac-address", MAC],
+        &["/bin/busybox", "sleep", "3600"],
+    );
     let netns = podman.run_ok(&[
         "inspect",
         "--format",

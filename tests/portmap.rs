@@ -950,38 +950,17 @@ fn podman_cni_backend_publishes_ports_through_weft() {
     let env = Env::new();
     let list = env.chain("0.4.0");
     let podman = Podman::new(&env.node, &list, &["portmap"]);
-    let rootfs = podman.dir.join("rootfs").display().to_string();
-    // The ulimits only because podman's defaults exceed what some sandboxes
-    // allow; flags must precede the rootfs path (the first positional).
-    let out = podman.run(&[
-        "run",
-        "-d",
-        "--name",
+    podman.run_container(
         "pm",
-        "--network",
-        NET,
-        "--ulimit",
-        "nofile=1024:1024",
-        "--ulimit",
-        "nproc=1024:1024",
-        "--publish",
-        "8080:80/tcp",
-        "--publish",
-        "5353:53/udp",
-        "--rootfs",
-        &rootfs,
-        "/bin/busybox",
-        "httpd",
-        "-f",
-        "-p",
-        "80",
-        "-h",
-        "/www",
-    ]);
-    assert!(
-        out.status.success(),
-        "podman run: {}",
-        String::from_utf8_lossy(&out.stderr)
+        &[
+            "--network",
+            NET,
+            "--publish",
+            "8080:80/tcp",
+            "--publish",
+            "5353:53/udp",
+        ],
+        &["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www"],
     );
     let fetched = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
         env.client

@@ -121,6 +121,25 @@ impl Podman {
         cmd.output().unwrap()
     }
 
+    /// `podman run -d --name <name> <flags> --rootfs <busybox rootfs>
+    /// <command>`, which must succeed; the container's id. The ulimits only because podman's defaults exceed what
+    /// some sandboxes allow; flags must precede the rootfs path (the first
+    /// positional).
+    pub fn run_container(&self, name: &str, flags: &[&str], command: &[&str]) -> String {
+        let rootfs = self.dir.join("rootfs").display().to_string();
+        let mut args = vec!["run", "-d", "--name", name];
+        args.extend_from_slice(&[
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ]);
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--rootfs", &rootfs]);
+        args.extend_from_slice(command);
+        self.run_ok(&args)
+    }
+
     /// `podman <args>` that must succeed; its stdout, trimmed.
     pub fn run_ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
