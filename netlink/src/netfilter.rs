@@ -258,12 +258,7 @@ mod tests {
 
     fn attr(kind: u16, value: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
-        v.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
-        v.extend_from_slice(&kind.to_ne_bytes());
-        v.extend_from_slice(value);
-        while v.len() % 4 != 0 {
-            v.push(0);
-        }
+        crate::nfnetlink::put_attr(&mut v, kind, value);
         v
     }
 
