@@ -41,10 +41,10 @@ pub use monitor::{KernelEvent, LinkEvent, LinkMonitor};
 pub use neigh::{FdbEntry, Neighbour};
 pub use netfilter::{xtables_entries, NftChange, NftEvent, NftMonitor};
 pub use netns::{read_sysctl, write_sysctl, Netns};
-pub use nft_expr::{NftAddr, NftExpr};
+pub use nft_expr::{nft_concat, NftAddr, NftExpr, NftField};
 pub use nftables::{
     nf_tables_usable, nft_delete_rules, nft_delete_table, nft_list_rules, NftCommand, NftDeletion,
-    NftHook, NftMapKey, NftRuleRef, NftTable, NftWatch,
+    NftElement, NftHook, NftRuleRef, NftSet, NftTable, NftWatch,
 };
 pub use route::{IpFamily, Route};
 pub use tc::{Class, Filter, Htb, HtbClass, IpField, Qdisc, Tbf};

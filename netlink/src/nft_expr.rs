@@ -1,8 +1,10 @@
 //! The nf_tables expressions weft writes, encoded exactly as nft 1.0
 //! encodes the same rule text (checked against `nft --debug=netlink`), so
 //! a ruleset reads the same in `nft list` whoever wrote it. Matches load
-//! into register 1 (nft's NFT_REG_1, 16 bytes) and compare it; NAT
-//! takes its address in register 1 and its port in register 2.
+//! into register 1 (nft's NFT_REG_1, 16 bytes) and compare it; a
+//! concatenated set key is loaded field after field into consecutive
+//! 32-bit registers from register 1 on, as nft lays it out. NAT takes its
+//! address in register 1 and its port in the register after it.
 
 use std::net::IpAddr;
 
@@ -23,6 +25,9 @@ const NFT_JUMP: i32 = -3;
 const NFT_REG_VERDICT: u32 = 0;
 const NFT_REG_1: u32 = 1;
 const NFT_REG_2: u32 = 2;
+/// The first of the 32-bit registers (NFT_REG32_00 overlaps NFT_REG_1).
+const NFT_REG32_00: u32 = 8;
+const NFT_BYTEORDER_HTON: u32 = 1;
 const NFT_META_NFPROTO: u32 = 15;
 const NFT_META_L4PROTO: u32 = 16;
 const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
@@ -45,15 +50,26 @@ const DPORT_OFFSET: u32 = 2;
 /// One expression of a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NftExpr {
-    /// `meta nfproto` (true) or `meta l4proto` (false) into register 1.
+    /// `meta nfproto` (true) or `meta l4proto` (false) into `reg`.
     Meta {
         nfproto: bool,
+        reg: u32,
     },
-    /// `len` bytes of the network (true) or transport header at `offset`.
+    /// `len` bytes of the network (true) or transport header at `offset`,
+    /// into `reg`.
     Payload {
         network: bool,
         offset: u32,
         len: u32,
+        reg: u32,
+    },
+    /// `reg` = hton(`reg`, `size`, `len`): what nft puts after `meta
+    /// l4proto` in an interval set's key (with `len` 1 the kernel swaps
+    /// nothing, but nft lists the rule by it).
+    Byteorder {
+        reg: u32,
+        len: u32,
+        size: u32,
     },
     /// register 1 = (register 1 & mask) ^ xor.
     Bitwise {
@@ -75,11 +91,16 @@ pub enum NftExpr {
         data: Vec<u8>,
     },
     Jump(String),
-    /// The verdict map `name` at register 1's key: `vmap @name`.
-    Lookup(String),
-    /// DNAT to the address in register 1 and the port in register 2.
+    /// The set `set` at the key from register 1 on: a match (`@set`), or
+    /// with `dreg` a map whose value goes there (`... map @set`).
+    Lookup {
+        set: String,
+        dreg: Option<u32>,
+    },
+    /// DNAT to the address in register 1 and the port in `proto_reg`.
     Dnat {
         v4: bool,
+        proto_reg: u32,
     },
     Masquerade,
 }
@@ -89,6 +110,81 @@ pub enum NftExpr {
 pub enum NftAddr {
     Source,
     Destination,
+}
+
+/// One field of a concatenated set key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NftField {
+    /// `ip saddr`/`ip daddr` (v4) or `ip6 saddr`/`ip6 daddr`.
+    Addr { which: NftAddr, v4: bool },
+    /// `meta l4proto`.
+    L4proto,
+    /// `th dport`.
+    Dport,
+}
+
+impl NftField {
+    /// The field's length in bytes (in a key each field takes whole
+    /// 32-bit registers, so it is padded to 4 bytes there).
+    pub fn width(self) -> u32 {
+        match self {
+            NftField::Addr { v4: true, .. } => 4,
+            NftField::Addr { v4: false, .. } => 16,
+            NftField::L4proto => 1,
+            NftField::Dport => 2,
+        }
+    }
+
+    /// nft's datatype number (ipv4_addr, ipv6_addr, inet_proto,
+    /// inet_service).
+    pub(crate) fn type_id(self) -> u32 {
+        match self {
+            NftField::Addr { v4: true, .. } => 7,
+            NftField::Addr { v4: false, .. } => 8,
+            NftField::L4proto => 12,
+            NftField::Dport => 13,
+        }
+    }
+}
+
+/// The register a key field at byte `offset` goes to: nft uses the
+/// 16-byte registers where one starts there, else the 32-bit ones.
+fn register_at(offset: u32) -> u32 {
+    if offset.is_multiple_of(16) {
+        NFT_REG_1 + offset / 16
+    } else {
+        NFT_REG32_00 + offset / 4
+    }
+}
+
+fn padded(len: u32) -> u32 {
+    len.div_ceil(4) * 4
+}
+
+/// The register after `fields` laid out from register 1.
+fn register_after(fields: &[NftField]) -> u32 {
+    register_at(fields.iter().map(|f| padded(f.width())).sum())
+}
+
+/// A concatenated key or value as the kernel compares it: each part
+/// padded with zeros to whole 32-bit registers.
+pub fn nft_concat(parts: &[&[u8]]) -> Vec<u8> {
+    let mut key = Vec::new();
+    for part in parts {
+        key.extend_from_slice(part);
+        key.resize(padded(key.len() as u32) as usize, 0);
+    }
+    key
+}
+
+/// Where `which` address is in the IPv4 (v4) or IPv6 header.
+fn addr_offset(which: NftAddr, v4: bool) -> u32 {
+    match (v4, which) {
+        (true, NftAddr::Source) => 12,
+        (true, NftAddr::Destination) => 16,
+        (false, NftAddr::Source) => 8,
+        (false, NftAddr::Destination) => 24,
+    }
 }
 
 fn octets(ip: IpAddr) -> Vec<u8> {
@@ -103,7 +199,10 @@ impl NftExpr {
     pub fn nfproto(v4: bool) -> Vec<NftExpr> {
         let proto = if v4 { NFPROTO_IPV4 } else { NFPROTO_IPV6 };
         vec![
-            NftExpr::Meta { nfproto: true },
+            NftExpr::Meta {
+                nfproto: true,
+                reg: NFT_REG_1,
+            },
             NftExpr::Cmp {
                 eq: true,
                 data: vec![proto],
@@ -118,12 +217,7 @@ impl NftExpr {
     pub fn addr(which: NftAddr, ip: IpAddr, prefix: u8) -> Vec<NftExpr> {
         let bytes = octets(ip);
         let full = bytes.len() as u32;
-        let offset = match (ip.is_ipv4(), which) {
-            (true, NftAddr::Source) => 12,
-            (true, NftAddr::Destination) => 16,
-            (false, NftAddr::Source) => 8,
-            (false, NftAddr::Destination) => 24,
-        };
+        let offset = addr_offset(which, ip.is_ipv4());
         let bits = u32::from(prefix).min(full * 8);
         if bits > 0 && bits % 8 == 0 {
             let len = bits / 8;
@@ -132,6 +226,7 @@ impl NftExpr {
                     network: true,
                     offset,
                     len,
+                    reg: NFT_REG_1,
                 },
                 NftExpr::Cmp {
                     eq: true,
@@ -155,6 +250,7 @@ impl NftExpr {
                 network: true,
                 offset,
                 len: full,
+                reg: NFT_REG_1,
             },
             NftExpr::Bitwise {
                 xor: vec![0; mask.len()],
@@ -171,7 +267,10 @@ impl NftExpr {
     /// with the `meta l4proto` dependency nft puts before it in an inet table.
     pub fn dport(l4proto: u8, port: u16) -> Vec<NftExpr> {
         vec![
-            NftExpr::Meta { nfproto: false },
+            NftExpr::Meta {
+                nfproto: false,
+                reg: NFT_REG_1,
+            },
             NftExpr::Cmp {
                 eq: true,
                 data: vec![l4proto],
@@ -180,6 +279,7 @@ impl NftExpr {
                 network: false,
                 offset: DPORT_OFFSET,
                 len: 2,
+                reg: NFT_REG_1,
             },
             NftExpr::Cmp {
                 eq: true,
@@ -188,24 +288,72 @@ impl NftExpr {
         ]
     }
 
-    /// `th dport` (any transport's destination port) into register 1.
-    pub fn th_dport() -> NftExpr {
-        NftExpr::Payload {
-            network: false,
-            offset: DPORT_OFFSET,
-            len: 2,
+    /// `fields` loaded into consecutive registers from register 1, as nft
+    /// loads a concatenated key (`ip daddr . meta l4proto . th dport`). An
+    /// interval set's key has nft's byteorder after `meta l4proto`. The
+    /// `meta nfproto` an address needs is the caller's.
+    pub fn concat(fields: &[NftField], interval: bool) -> Vec<NftExpr> {
+        let mut exprs = Vec::new();
+        let mut offset = 0;
+        for field in fields {
+            let reg = register_at(offset);
+            match *field {
+                NftField::Addr { which, v4 } => exprs.push(NftExpr::Payload {
+                    network: true,
+                    offset: addr_offset(which, v4),
+                    len: field.width(),
+                    reg,
+                }),
+                NftField::L4proto => {
+                    exprs.push(NftExpr::Meta {
+                        nfproto: false,
+                        reg,
+                    });
+                    if interval {
+                        exprs.push(NftExpr::Byteorder {
+                            reg,
+                            len: 1,
+                            size: 2,
+                        });
+                    }
+                }
+                NftField::Dport => exprs.push(NftExpr::Payload {
+                    network: false,
+                    offset: DPORT_OFFSET,
+                    len: 2,
+                    reg,
+                }),
+            }
+            offset += padded(field.width());
         }
+        exprs
     }
 
-    /// `ip daddr` / `ip6 daddr` into register 1, after the `meta nfproto`
-    /// dependency nft puts before it in an inet table.
-    pub fn daddr(v4: bool) -> Vec<NftExpr> {
-        let (offset, len) = if v4 { (16, 4) } else { (24, 16) };
-        let mut exprs = NftExpr::nfproto(v4);
-        exprs.push(NftExpr::Payload {
-            network: true,
-            offset,
-            len,
+    /// `dnat ip to KEY map @map` (ip6 unless `v4`): the map's value is the
+    /// pod's address and port.
+    pub fn dnat_map(map: &str, v4: bool, key: &[NftField]) -> Vec<NftExpr> {
+        let mut exprs = NftExpr::concat(key, false);
+        exprs.push(NftExpr::Lookup {
+            set: map.into(),
+            dreg: Some(NFT_REG_1),
+        });
+        let addr = NftField::Addr {
+            which: NftAddr::Destination,
+            v4,
+        };
+        exprs.push(NftExpr::Dnat {
+            v4,
+            proto_reg: register_after(&[addr]),
+        });
+        exprs
+    }
+
+    /// `KEY @set`: the key is in the set.
+    pub fn in_set(set: &str, key: &[NftField], interval: bool) -> Vec<NftExpr> {
+        let mut exprs = NftExpr::concat(key, interval);
+        exprs.push(NftExpr::Lookup {
+            set: set.into(),
+            dreg: None,
         });
         exprs
     }
@@ -247,7 +395,10 @@ impl NftExpr {
                 register: NFT_REG_2,
                 data: port.to_be_bytes().to_vec(),
             },
-            NftExpr::Dnat { v4: ip.is_ipv4() },
+            NftExpr::Dnat {
+                v4: ip.is_ipv4(),
+                proto_reg: NFT_REG_2,
+            },
         ]
     }
 
@@ -260,7 +411,8 @@ impl NftExpr {
             NftExpr::CtStatus => "ct",
             NftExpr::FibDaddrType => "fib",
             NftExpr::Immediate { .. } | NftExpr::Jump(_) => "immediate",
-            NftExpr::Lookup(_) => "lookup",
+            NftExpr::Byteorder { .. } => "byteorder",
+            NftExpr::Lookup { .. } => "lookup",
             NftExpr::Dnat { .. } => "nat",
             NftExpr::Masquerade => "masq",
         }
@@ -271,26 +423,27 @@ impl NftExpr {
         let mut d = Vec::new();
         let u32_attr = |d: &mut Vec<u8>, kind: u16, v: u32| put_attr(d, kind, &v.to_be_bytes());
         match self {
-            NftExpr::Meta { nfproto } => {
+            NftExpr::Meta { nfproto, reg } => {
                 let key = if *nfproto {
                     NFT_META_NFPROTO
                 } else {
                     NFT_META_L4PROTO
                 };
                 u32_attr(&mut d, 2, key); // NFTA_META_KEY
-                u32_attr(&mut d, 1, NFT_REG_1); // NFTA_META_DREG
+                u32_attr(&mut d, 1, *reg); // NFTA_META_DREG
             }
             NftExpr::Payload {
                 network,
                 offset,
                 len,
+                reg,
             } => {
                 let base = if *network {
                     NFT_PAYLOAD_NETWORK_HEADER
                 } else {
                     NFT_PAYLOAD_TRANSPORT_HEADER
                 };
-                u32_attr(&mut d, 1, NFT_REG_1); // NFTA_PAYLOAD_DREG
+                u32_attr(&mut d, 1, *reg); // NFTA_PAYLOAD_DREG
                 u32_attr(&mut d, 2, base); // NFTA_PAYLOAD_BASE
                 u32_attr(&mut d, 3, *offset); // NFTA_PAYLOAD_OFFSET
                 u32_attr(&mut d, 4, *len); // NFTA_PAYLOAD_LEN
@@ -324,17 +477,26 @@ impl NftExpr {
                 u32_attr(&mut d, 1, NFT_REG_VERDICT); // NFTA_IMMEDIATE_DREG
                 put_nested(&mut d, 2, &jump_data(chain)); // NFTA_IMMEDIATE_DATA
             }
-            NftExpr::Lookup(map) => {
-                put_attr(&mut d, NFTA_LOOKUP_SET, &nul_terminated(map));
-                u32_attr(&mut d, NFTA_LOOKUP_SREG, NFT_REG_1);
-                u32_attr(&mut d, NFTA_LOOKUP_DREG, NFT_REG_VERDICT);
+            NftExpr::Byteorder { reg, len, size } => {
+                u32_attr(&mut d, 1, *reg); // NFTA_BYTEORDER_SREG
+                u32_attr(&mut d, 2, *reg); // NFTA_BYTEORDER_DREG
+                u32_attr(&mut d, 3, NFT_BYTEORDER_HTON); // NFTA_BYTEORDER_OP
+                u32_attr(&mut d, 4, *len); // NFTA_BYTEORDER_LEN
+                u32_attr(&mut d, 5, *size); // NFTA_BYTEORDER_SIZE
             }
-            NftExpr::Dnat { v4 } => {
+            NftExpr::Lookup { set, dreg } => {
+                put_attr(&mut d, NFTA_LOOKUP_SET, &nul_terminated(set));
+                u32_attr(&mut d, NFTA_LOOKUP_SREG, NFT_REG_1);
+                if let Some(dreg) = dreg {
+                    u32_attr(&mut d, NFTA_LOOKUP_DREG, *dreg);
+                }
+            }
+            NftExpr::Dnat { v4, proto_reg } => {
                 let family = if *v4 { NFPROTO_IPV4 } else { NFPROTO_IPV6 };
                 u32_attr(&mut d, 1, NFT_NAT_DNAT); // NFTA_NAT_TYPE
                 u32_attr(&mut d, 2, u32::from(family)); // NFTA_NAT_FAMILY
                 u32_attr(&mut d, 3, NFT_REG_1); // NFTA_NAT_REG_ADDR_MIN
-                u32_attr(&mut d, 5, NFT_REG_2); // NFTA_NAT_REG_PROTO_MIN
+                u32_attr(&mut d, 5, *proto_reg); // NFTA_NAT_REG_PROTO_MIN
                 u32_attr(&mut d, 7, NF_NAT_RANGE_PROTO_SPECIFIED); // NFTA_NAT_FLAGS
             }
             NftExpr::Masquerade => {}
@@ -405,6 +567,7 @@ mod tests {
             network: true,
             offset,
             len,
+            reg: NFT_REG_1,
         }
     }
 
@@ -475,6 +638,55 @@ mod tests {
         assert_eq!(
             encode(&[NftExpr::Masquerade]),
             b"\x14\x00\x01\x80\x09\x00\x01\x00masq\x00\x00\x00\x00\x04\x00\x02\x80"
+        );
+    }
+
+    /// The registers of the loads as `nft --debug=netlink` shows them for
+    /// portmap's fixed rules (nft 1.0.6).
+    fn registers(exprs: &[NftExpr]) -> Vec<u32> {
+        exprs
+            .iter()
+            .filter_map(|e| match e {
+                NftExpr::Meta { reg, .. } | NftExpr::Payload { reg, .. } => Some(*reg),
+                NftExpr::Byteorder { reg, .. } => Some(100 + reg),
+                NftExpr::Dnat { proto_reg, .. } => Some(200 + proto_reg),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn concatenations_use_nfts_registers() {
+        let daddr = |v4| NftField::Addr {
+            which: NftAddr::Destination,
+            v4,
+        };
+        let saddr = |v4| NftField::Addr {
+            which: NftAddr::Source,
+            v4,
+        };
+        let (l4, port) = (NftField::L4proto, NftField::Dport);
+        // dnat ip to ip daddr . meta l4proto . th dport map @hostip4:
+        // reg 1, 9, 10; nat proto_min reg 9.
+        let hostip4 = NftExpr::dnat_map("hostip4", true, &[daddr(true), l4, port]);
+        assert_eq!(registers(&hostip4), [1, 9, 10, 209]);
+        // The IPv6 one: reg 1, 2, 13; proto_min reg 2.
+        let hostip6 = NftExpr::dnat_map("hostip6", false, &[daddr(false), l4, port]);
+        assert_eq!(registers(&hostip6), [1, 2, 13, 202]);
+        // meta l4proto . th dport map @ports4: reg 1, 9.
+        assert_eq!(
+            registers(&NftExpr::dnat_map("ports4", true, &[l4, port])),
+            [1, 9, 209]
+        );
+        // ip saddr . ip daddr . meta l4proto . th dport @masq4, interval:
+        // reg 1, 9, 10 (hton), 11; the IPv6 one 1, 2, 3 (hton), 17.
+        let masq4 = NftExpr::in_set("masq4", &[saddr(true), daddr(true), l4, port], true);
+        assert_eq!(registers(&masq4), [1, 9, 10, 110, 11]);
+        let masq6 = NftExpr::in_set("masq6", &[saddr(false), daddr(false), l4, port], true);
+        assert_eq!(registers(&masq6), [1, 2, 3, 103, 17]);
+        assert_eq!(
+            nft_concat(&[&[6], &[0x1f, 0x90]]),
+            [6, 0, 0, 0, 0x1f, 0x90, 0, 0]
         );
     }
 

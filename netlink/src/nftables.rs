@@ -6,22 +6,22 @@
 //! loads libnftables and the table into its cache.
 //!
 //! [`NftTable`] goes further, for costs that must not grow with the
-//! ruleset: one rule by handle, a chain walk that stops early, and
-//! deletions the kernel applies only if the ruleset is still at the
-//! generation they were decided at. [`NftWatch`] sees the rules another
+//! ruleset: one rule or set element by key, a walk of a chain or a set
+//! that stops early, and transactions the kernel applies only if the
+//! ruleset is still at the generation they were decided at. [`NftWatch`] sees the rules another
 //! process's transaction adds, with their handles (which `nft --echo`
 //! would load the whole table to print).
 
 use std::ops::ControlFlow;
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_REQUEST,
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use nix::errno::Errno;
 
-use crate::nfnetlink::{find, put_attr, BatchMsg, Nfnl};
+use crate::nfnetlink::{attrs, find, put_attr, BatchMsg, Nfnl};
 use crate::nft_expr::{
-    comment_udata, encode, jump_data, nul_terminated, put_nested, value, NftExpr,
+    comment_udata, encode, nul_terminated, put_nested, value, NftExpr, NftField,
 };
 use crate::Error;
 
@@ -30,9 +30,9 @@ const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
-const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWSET: u16 = 9;
 const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_GETSETELEM: u16 = 13;
 const NFT_MSG_DELSETELEM: u16 = 14;
 const NFTA_SET_TABLE: u16 = 1;
 const NFTA_SET_NAME: u16 = 2;
@@ -40,18 +40,34 @@ const NFTA_SET_FLAGS: u16 = 3;
 const NFTA_SET_KEY_TYPE: u16 = 4;
 const NFTA_SET_KEY_LEN: u16 = 5;
 const NFTA_SET_DATA_TYPE: u16 = 6;
+const NFTA_SET_DATA_LEN: u16 = 7;
+const NFTA_SET_DESC: u16 = 9;
 const NFTA_SET_ID: u16 = 10;
+const NFTA_SET_USERDATA: u16 = 13;
+const NFTA_SET_DESC_CONCAT: u16 = 2;
+const NFTA_SET_FIELD_LEN: u16 = 1;
+const NFT_SET_INTERVAL: u32 = 0x4;
 const NFT_SET_MAP: u32 = 0x8;
-/// The data type of a verdict map's values.
-const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
+const NFT_SET_CONCAT: u32 = 0x80;
+/// Bits per field in the datatype number of a concatenation.
+const CONCAT_TYPE_BITS: u32 = 6;
+/// The user data nft 1.0.6 gives a map and an interval set of these
+/// concatenations (byte order and type hints `nft list` reads back), as
+/// `nft --debug=mnl` shows it; without it `nft list` prints raw keys.
+const MAP_UDATA: &[u8] = &[
+    0, 4, 0, 0, 0, 0, 1, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0, 4, 8, 0, 4, 13, 0, 0, 0, 1,
+    0, 6, 4, 0, 0, 0, 0,
+];
+const INTERVAL_SET_UDATA: &[u8] = &[0, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0];
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_USERDATA: u16 = 6;
+const NFTA_SET_ELEM_KEY_END: u16 = 10;
+const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_LIST_ELEM: u16 = 1;
-/// DELCHAIN: refuse (EBUSY) rather than delete the rules still in it.
-const NLM_F_NONREC: u16 = 0x100;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_NEWRULE: u16 = 6;
@@ -76,8 +92,8 @@ const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_HANDLE: u16 = 3;
 const NFTA_RULE_USERDATA: u16 = 7;
 const NFPROTO_INET: u8 = 1;
-/// libnftnl's user-data TLV type for a rule's comment.
-const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
+/// libnftnl's user-data TLV type for a rule's or an element's comment.
+const NFTNL_UDATA_COMMENT: u8 = 0;
 
 /// One rule of a listed table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,7 +124,7 @@ fn comment(udata: &[u8]) -> Option<String> {
     let mut rest = udata;
     while let [kind, len, tail @ ..] = rest {
         let value = tail.get(..usize::from(*len))?;
-        if *kind == NFTNL_UDATA_RULE_COMMENT {
+        if *kind == NFTNL_UDATA_COMMENT {
             return Some(text(value));
         }
         rest = &tail[usize::from(*len)..];
@@ -233,83 +249,133 @@ pub fn nft_delete_table(family_name: &str, table: &str) -> Result<(), Error> {
     Nfnl::new()?.batch(NFNL_SUBSYS_NFTABLES, None, &msgs, &op)
 }
 
-/// One deletion of an [`NftTable::commit`].
+/// One deletion of an [`NftTable::apply`] ([`NftCommand::Delete`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NftDeletion {
     Rule {
         chain: String,
         handle: u64,
     },
-    /// An element of a map, by key.
+    /// An element of a set or map, by key (and, in an interval set, the
+    /// key its range ends at).
     Element {
-        map: String,
+        set: String,
         key: Vec<u8>,
+        key_end: Option<Vec<u8>>,
     },
-    /// A chain, only if nothing is in it or jumps to it by then (else the
-    /// transaction fails with EBUSY).
-    Chain(String),
     Table,
 }
 
-/// The key type of a verdict map, as nft names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NftMapKey {
-    /// `inet_service`: a port, 2 bytes big-endian.
-    Port,
-    /// `ipv4_addr`.
-    Ipv4,
-    /// `ipv6_addr`.
-    Ipv6,
+/// A named set or map of concatenated keys, as `add set`/`add map` with
+/// `type KEY . KEY [: VALUE . VALUE]` makes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftSet {
+    pub name: String,
+    pub key: Vec<NftField>,
+    /// The value's fields; empty for a set.
+    pub data: Vec<NftField>,
+    /// `flags interval` (each key a range; for a set only).
+    pub interval: bool,
 }
 
-impl NftMapKey {
-    /// nft's datatype number and the key's length.
-    fn type_and_len(self) -> (u32, u32) {
-        match self {
-            NftMapKey::Port => (13, 2),
-            NftMapKey::Ipv4 => (7, 4),
-            NftMapKey::Ipv6 => (8, 16),
-        }
-    }
+/// The datatype number and length of a concatenation of `fields`.
+fn concat_type(fields: &[NftField]) -> (u32, u32) {
+    let id = fields
+        .iter()
+        .fold(0, |id, f| (id << CONCAT_TYPE_BITS) | f.type_id());
+    let len = fields.iter().map(|f| f.width().div_ceil(4) * 4).sum();
+    (id, len)
 }
 
-/// NEWSETELEM/DELSETELEM's body: one element `key` of `map`, with `jump`
-/// as its verdict when adding.
-fn element_attrs(table: &str, map: &str, key: &[u8], jump: Option<&str>) -> Vec<u8> {
+/// One element of a set or map: what [`NftCommand::Element`] adds and
+/// what [`NftTable::element`] and [`NftTable::walk_elements`] find.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftElement {
+    /// The key, as [`crate::nft_concat`] lays it out.
+    pub key: Vec<u8>,
+    /// Where the range ends, in an interval set (inclusive).
+    pub key_end: Option<Vec<u8>>,
+    /// A map's value.
+    pub data: Option<Vec<u8>>,
+    pub comment: Option<String>,
+}
+
+/// NEWSETELEM/GETSETELEM/DELSETELEM's body: one element of `set`.
+fn element_attrs(table: &str, set: &str, element: &NftElement) -> Result<Vec<u8>, Error> {
     let mut elem = Vec::new();
-    put_nested(&mut elem, NFTA_SET_ELEM_KEY, &value(key));
-    if let Some(chain) = jump {
-        put_nested(&mut elem, NFTA_SET_ELEM_DATA, &jump_data(chain));
+    put_nested(&mut elem, NFTA_SET_ELEM_KEY, &value(&element.key));
+    if let Some(end) = &element.key_end {
+        put_nested(&mut elem, NFTA_SET_ELEM_KEY_END, &value(end));
+    }
+    if let Some(data) = &element.data {
+        put_nested(&mut elem, NFTA_SET_ELEM_DATA, &value(data));
+    }
+    if let Some(c) = &element.comment {
+        let udata = comment_udata(c)
+            .ok_or_else(|| Error::Invalid(format!("nft element comment too long: {c}")))?;
+        put_attr(&mut elem, NFTA_SET_ELEM_USERDATA, &udata);
     }
     let mut list = Vec::new();
     put_nested(&mut list, NFTA_LIST_ELEM, &elem);
+    let mut body = set_attrs(table, set);
+    put_nested(&mut body, NFTA_SET_ELEM_LIST_ELEMENTS, &list);
+    Ok(body)
+}
+
+/// The table and set of a set-element message.
+fn set_attrs(table: &str, set: &str) -> Vec<u8> {
     let mut body = Vec::new();
     put_attr(&mut body, NFTA_SET_ELEM_LIST_TABLE, &nul_terminated(table));
-    put_attr(&mut body, NFTA_SET_ELEM_LIST_SET, &nul_terminated(map));
-    put_nested(&mut body, NFTA_SET_ELEM_LIST_ELEMENTS, &list);
+    put_attr(&mut body, NFTA_SET_ELEM_LIST_SET, &nul_terminated(set));
     body
 }
 
+/// An NFTA_DATA_VALUE's bytes inside the nest `nest`.
+fn data_value(nest: &[u8]) -> Option<Vec<u8>> {
+    find(nest, NFTA_DATA_VALUE).map(<[u8]>::to_vec)
+}
+
+fn parse_element(elem: &[u8]) -> Option<NftElement> {
+    Some(NftElement {
+        key: data_value(find(elem, NFTA_SET_ELEM_KEY)?)?,
+        key_end: find(elem, NFTA_SET_ELEM_KEY_END).and_then(data_value),
+        data: find(elem, NFTA_SET_ELEM_DATA).and_then(data_value),
+        comment: find(elem, NFTA_SET_ELEM_USERDATA).and_then(comment),
+    })
+}
+
+/// The elements of a NEWSETELEM message.
+fn parse_elements(msg: &[u8]) -> Vec<NftElement> {
+    find(msg, NFTA_SET_ELEM_LIST_ELEMENTS)
+        .map(|list| {
+            attrs(list)
+                .filter(|(kind, _, _)| *kind == NFTA_LIST_ELEM)
+                .filter_map(|(_, elem, _)| parse_element(elem))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The message that deletes `d` from `table`.
-fn deletion_msg(table: &str, af: u8, d: &NftDeletion) -> BatchMsg {
-    match d {
+fn deletion_msg(table: &str, af: u8, d: &NftDeletion) -> Result<BatchMsg, Error> {
+    Ok(match d {
         NftDeletion::Rule { chain, handle } => {
             let mut body = rule_attrs(table, chain);
             put_attr(&mut body, NFTA_RULE_HANDLE, &handle.to_be_bytes());
             BatchMsg::new(nft(NFT_MSG_DELRULE), af, body)
         }
-        NftDeletion::Element { map, key } => BatchMsg::new(
-            nft(NFT_MSG_DELSETELEM),
-            af,
-            element_attrs(table, map, key, None),
-        ),
-        NftDeletion::Chain(name) => {
-            let mut msg = BatchMsg::new(nft(NFT_MSG_DELCHAIN), af, chain_attrs(table, name));
-            msg.flags |= NLM_F_NONREC;
-            msg
+        NftDeletion::Element { set, key, key_end } => {
+            let element = NftElement {
+                key: key.clone(),
+                key_end: key_end.clone(),
+                data: None,
+                comment: None,
+            };
+            let body = element_attrs(table, set, &element)?;
+            BatchMsg::new(nft(NFT_MSG_DELSETELEM), af, body)
         }
         NftDeletion::Table => BatchMsg::new(nft(NFT_MSG_DELTABLE), af, table_attr(table)),
-    }
+    })
 }
 
 fn rule_attrs(table: &str, chain: &str) -> Vec<u8> {
@@ -344,14 +410,13 @@ pub enum NftCommand {
     },
     /// `add chain NAME`: a regular chain, for jumps.
     Chain(String),
-    /// `add map NAME { type KEY : verdict; }`.
-    Map { name: String, key: NftMapKey },
-    /// `add element MAP { KEY : jump CHAIN }` (nothing happens if it is
-    /// there with that verdict).
+    /// `add set`/`add map` (nothing happens if it is there as asked).
+    Set(NftSet),
+    /// `create element SET { KEY [: VALUE] [comment ...] }`: EEXIST when
+    /// the key is there already (ENOTEMPTY when an interval overlaps one).
     Element {
-        map: String,
-        key: Vec<u8>,
-        jump: String,
+        set: String,
+        element: NftElement,
     },
     /// `flush chain NAME`.
     Flush(String),
@@ -361,6 +426,50 @@ pub enum NftCommand {
         exprs: Vec<NftExpr>,
         comment: Option<String>,
     },
+    Delete(NftDeletion),
+}
+
+/// NEWSET of `set`, as nft 1.0.6 sends it (`index` is its id in the
+/// transaction, which the kernel requires).
+fn set_msg(table: &str, af: u8, index: usize, set: &NftSet) -> BatchMsg {
+    let (key_type, key_len) = concat_type(&set.key);
+    let mut body = Vec::new();
+    put_attr(&mut body, NFTA_SET_TABLE, &nul_terminated(table));
+    put_attr(&mut body, NFTA_SET_NAME, &nul_terminated(&set.name));
+    let flags = if set.interval {
+        NFT_SET_CONCAT | NFT_SET_INTERVAL
+    } else if set.data.is_empty() {
+        0
+    } else {
+        NFT_SET_MAP
+    };
+    put_attr(&mut body, NFTA_SET_FLAGS, &flags.to_be_bytes());
+    put_attr(&mut body, NFTA_SET_KEY_TYPE, &key_type.to_be_bytes());
+    put_attr(&mut body, NFTA_SET_KEY_LEN, &key_len.to_be_bytes());
+    if !set.data.is_empty() {
+        let (data_type, data_len) = concat_type(&set.data);
+        put_attr(&mut body, NFTA_SET_DATA_TYPE, &data_type.to_be_bytes());
+        put_attr(&mut body, NFTA_SET_DATA_LEN, &data_len.to_be_bytes());
+    }
+    put_attr(&mut body, NFTA_SET_ID, &(index as u32).to_be_bytes());
+    if set.interval {
+        let mut fields = Vec::new();
+        for f in &set.key {
+            let mut field = Vec::new();
+            put_attr(&mut field, NFTA_SET_FIELD_LEN, &f.width().to_be_bytes());
+            put_nested(&mut fields, NFTA_LIST_ELEM, &field);
+        }
+        let mut desc = Vec::new();
+        put_nested(&mut desc, NFTA_SET_DESC_CONCAT, &fields);
+        put_nested(&mut body, NFTA_SET_DESC, &desc);
+    }
+    let udata = if set.interval {
+        INTERVAL_SET_UDATA
+    } else {
+        MAP_UDATA
+    };
+    put_attr(&mut body, NFTA_SET_USERDATA, udata);
+    BatchMsg::new(nft(NFT_MSG_NEWSET), af, body)
 }
 
 fn chain_attrs(table: &str, name: &str) -> Vec<u8> {
@@ -401,27 +510,17 @@ fn command_msg(table: &str, af: u8, index: usize, command: &NftCommand) -> Resul
         NftCommand::Chain(name) => {
             BatchMsg::new(nft(NFT_MSG_NEWCHAIN), af, chain_attrs(table, name))
         }
-        NftCommand::Map { name, key } => {
-            let (key_type, key_len) = key.type_and_len();
-            let mut body = Vec::new();
-            put_attr(&mut body, NFTA_SET_TABLE, &nul_terminated(table));
-            put_attr(&mut body, NFTA_SET_NAME, &nul_terminated(name));
-            put_attr(&mut body, NFTA_SET_FLAGS, &NFT_SET_MAP.to_be_bytes());
-            put_attr(&mut body, NFTA_SET_KEY_TYPE, &key_type.to_be_bytes());
-            put_attr(&mut body, NFTA_SET_KEY_LEN, &key_len.to_be_bytes());
-            put_attr(
-                &mut body,
-                NFTA_SET_DATA_TYPE,
-                &NFT_DATA_VERDICT.to_be_bytes(),
+        NftCommand::Set(set) => set_msg(table, af, index, set),
+        NftCommand::Element { set, element } => {
+            let mut msg = BatchMsg::new(
+                nft(NFT_MSG_NEWSETELEM),
+                af,
+                element_attrs(table, set, element)?,
             );
-            put_attr(&mut body, NFTA_SET_ID, &(index as u32).to_be_bytes());
-            BatchMsg::new(nft(NFT_MSG_NEWSET), af, body)
+            msg.flags = NLM_F_EXCL;
+            msg
         }
-        NftCommand::Element { map, key, jump } => BatchMsg::new(
-            nft(NFT_MSG_NEWSETELEM),
-            af,
-            element_attrs(table, map, key, Some(jump)),
-        ),
+        NftCommand::Delete(d) => return deletion_msg(table, af, d),
         NftCommand::Flush(chain) => {
             BatchMsg::new(nft(NFT_MSG_DELRULE), af, rule_attrs(table, chain))
         }
@@ -466,7 +565,7 @@ impl NftTable {
         })
     }
 
-    /// The ruleset's generation now: pass it to [`NftTable::commit`].
+    /// The ruleset's generation now: pass it to [`NftTable::apply`].
     pub fn generation(&mut self) -> Result<u32, Error> {
         let mut generation = None;
         self.nl.exchange(
@@ -549,22 +648,71 @@ impl NftTable {
         }
     }
 
-    /// Apply `deletions` in one transaction, only if the ruleset is still
-    /// at `generation`: else nothing changes and the error's errno is
-    /// ERESTART (read again, decide again).
-    pub fn commit(&mut self, generation: u32, deletions: &[NftDeletion]) -> Result<(), Error> {
-        let msgs: Vec<BatchMsg> = deletions
-            .iter()
-            .map(|d| deletion_msg(&self.name, self.af, d))
-            .collect();
-        let op = format!("delete from nft table {}", self.name);
-        self.nl
-            .batch(NFNL_SUBSYS_NFTABLES, Some(generation), &msgs, &op)
+    /// The element of `set` whose key (and range end) is exactly this;
+    /// None when the table, set or element is not there.
+    pub fn element(
+        &mut self,
+        set: &str,
+        key: &[u8],
+        key_end: Option<&[u8]>,
+    ) -> Result<Option<NftElement>, Error> {
+        let wanted = NftElement {
+            key: key.to_vec(),
+            key_end: key_end.map(<[u8]>::to_vec),
+            data: None,
+            comment: None,
+        };
+        let body = element_attrs(&self.name, set, &wanted)?;
+        let mut found = Vec::new();
+        match self.nl.exchange(
+            nft(NFT_MSG_GETSETELEM),
+            NLM_F_REQUEST | NLM_F_ACK,
+            self.af,
+            &body,
+            "get an nft set element",
+            |m| found.extend(parse_elements(m)),
+        ) {
+            // An interval set answers with the element holding the key,
+            // which need not be this one.
+            Ok(()) => Ok(found
+                .into_iter()
+                .find(|e| e.key == wanted.key && e.key_end == wanted.key_end)),
+            Err(e) if e.errno() == Some(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
+
+    /// Visit the elements of `set` until `visit` breaks; a missing table or
+    /// set has none. As [`NftTable::walk`], on a socket of its own.
+    pub fn walk_elements(
+        &self,
+        set: &str,
+        mut visit: impl FnMut(NftElement) -> ControlFlow<()>,
+    ) -> Result<(), Error> {
+        let walked = Nfnl::new()?.exchange_until(
+            nft(NFT_MSG_GETSETELEM),
+            NLM_F_REQUEST | NLM_F_DUMP,
+            self.af,
+            &set_attrs(&self.name, set),
+            "walk an nft set",
+            |m| parse_elements(m).into_iter().any(|e| visit(e).is_break()),
+        );
+        match walked {
+            Err(e) if e.errno() == Some(Errno::ENOENT) => Ok(()),
+            other => other,
+        }
+    }
+
     /// Run `commands` in one transaction, as `nft -f` runs a script: all
-    /// of them or, on an error, none. Returns the rules added, with the
-    /// handles the kernel gave them.
-    pub fn apply(&mut self, commands: &[NftCommand]) -> Result<Vec<NftRuleRef>, Error> {
+    /// of them or, on an error, none. With a `generation`, only if the
+    /// ruleset is still at it: else nothing changes and the error's errno
+    /// is ERESTART (read again, decide again). Returns the rules added,
+    /// with the handles the kernel gave them.
+    pub fn apply(
+        &mut self,
+        generation: Option<u32>,
+        commands: &[NftCommand],
+    ) -> Result<Vec<NftRuleRef>, Error> {
         let msgs = commands
             .iter()
             .enumerate()
@@ -573,12 +721,17 @@ impl NftTable {
         let op = format!("write nft table {}", self.name);
         let mut added = Vec::new();
         let new_rule = nft(NFT_MSG_NEWRULE);
-        self.nl
-            .batch_echoed(NFNL_SUBSYS_NFTABLES, None, &msgs, &op, |_, kind, m| {
+        self.nl.batch_echoed(
+            NFNL_SUBSYS_NFTABLES,
+            generation,
+            &msgs,
+            &op,
+            |_, kind, m| {
                 if kind == new_rule {
                     added.extend(parse_rule(m));
                 }
-            })?;
+            },
+        )?;
         Ok(added)
     }
 }

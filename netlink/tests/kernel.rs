@@ -8,11 +8,13 @@
 //! WEFT_REQUIRE_ROOT=1, where `require_root()` fails instead of skipping.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::ops::ControlFlow;
 
 use ipnetwork::IpNetwork;
+use nix::errno::Errno;
 use weft_netlink::{
-    format_mac, nud, read_sysctl, write_sysctl, BridgeVlan, Change, IpFamily, Netlink, Netns,
-    NftCommand, NftDeletion, NftExpr, NftMapKey, NftTable, Route, VxlanSpec,
+    format_mac, nft_concat, nud, read_sysctl, write_sysctl, BridgeVlan, Change, IpFamily, Netlink,
+    Netns, NftCommand, NftDeletion, NftElement, NftField, NftSet, NftTable, Route, VxlanSpec,
 };
 use weft_tests::require_root;
 
@@ -634,65 +636,128 @@ fn batch_of_changes() -> TestResult {
     Ok(())
 }
 
-/// What portmap's layout relies on: adding a chain and a map element that
-/// are already there (same verdict) changes nothing; a chain still holding
-/// a rule is not deleted (EBUSY, the whole transaction refused) even with
-/// its element gone; deleting its rule, element and chain in that order
-/// in one transaction works.
+/// What portmap's layout relies on: a map and an interval set of
+/// concatenations; an element added again, or a range overlapping one,
+/// is refused (and nothing of that transaction is made); an element is
+/// read back by its exact key with its value and comment; a walk stops
+/// early; a transaction decided at an old generation is refused
+/// (ERESTART); an element is deleted by its key and range end.
 #[test]
 #[ignore = "needs root"]
-fn verdict_map_elements_and_chain_deletion() -> TestResult {
+fn set_elements_of_concatenated_keys() -> TestResult {
     if !require_root() {
         return Ok(());
     }
     let t = TestNs::new()?;
-    t.ns.run(map_and_chains)??;
+    t.ns.run(sets_and_elements)??;
     let listed = t.exec(&["nft", "list", "table", "inet", "wpvtest"])?;
-    assert!(!listed.contains("port-8080"), "{listed}");
+    assert!(
+        listed.contains("tcp . 8080 comment \"a\" : 10.244.1.5 . 80"),
+        "{listed}"
+    );
+    assert!(!listed.contains("10.244.1.0/24 . 10.244.1.5"), "{listed}");
     Ok(())
 }
 
-/// [`verdict_map_elements_and_chain_deletion`] inside its namespace.
-fn map_and_chains() -> Result<(), weft_netlink::Error> {
+fn element(key: Vec<u8>, key_end: Option<Vec<u8>>, data: Option<Vec<u8>>) -> NftElement {
+    NftElement {
+        key,
+        key_end,
+        data,
+        comment: Some("a".into()),
+    }
+}
+
+/// [`set_elements_of_concatenated_keys`] inside its namespace.
+fn sets_and_elements() -> Result<(), weft_netlink::Error> {
+    use weft_netlink::NftAddr::{Destination, Source};
+    let addr = |which| NftField::Addr { which, v4: true };
     let mut table = NftTable::new("inet", "wpvtest")?;
-    let port = 8080u16.to_be_bytes().to_vec();
-    let declare = [
-        NftCommand::Table,
-        NftCommand::Map {
-            name: "ports".into(),
-            key: NftMapKey::Port,
-        },
-        NftCommand::Chain("port-8080".into()),
-        NftCommand::Element {
-            map: "ports".into(),
-            key: port.clone(),
-            jump: "port-8080".into(),
-        },
-    ];
-    let mut first = declare.to_vec();
-    first.push(NftCommand::Rule {
-        chain: "port-8080".into(),
-        exprs: vec![NftExpr::Masquerade],
-        comment: Some("mine".into()),
-    });
-    let added = table.apply(&first)?;
-    table.apply(&declare)?;
-    let element = NftDeletion::Element {
-        map: "ports".into(),
-        key: port,
+    let ports = NftSet {
+        name: "ports".into(),
+        key: vec![NftField::L4proto, NftField::Dport],
+        data: vec![addr(Destination), NftField::Dport],
+        interval: false,
     };
-    let chain = NftDeletion::Chain("port-8080".into());
-    let generation = table.generation()?;
-    let busy = table.commit(generation, &[element.clone(), chain.clone()]);
-    assert_eq!(
-        busy.err().and_then(|e| e.errno()),
-        Some(nix::errno::Errno::EBUSY)
+    let masq = NftSet {
+        name: "masq".into(),
+        key: vec![addr(Source), addr(Destination)],
+        data: Vec::new(),
+        interval: true,
+    };
+    let pod = [10, 244, 1, 5];
+    let dnat = element(
+        nft_concat(&[&[6], &8080u16.to_be_bytes()]),
+        None,
+        Some(nft_concat(&[&pod, &80u16.to_be_bytes()])),
     );
-    assert!(table.rule("port-8080", added[0].handle)?.is_some());
-    let rule = NftDeletion::Rule {
-        chain: "port-8080".into(),
-        handle: added[0].handle,
+    let subnet = element(
+        nft_concat(&[&[10, 244, 1, 0], &pod]),
+        Some(nft_concat(&[&[10, 244, 1, 255], &pod])),
+        None,
+    );
+    let add = |set: &str, element: &NftElement| NftCommand::Element {
+        set: set.into(),
+        element: element.clone(),
     };
-    let generation = table.generation()?;
-    table.commit(generation, &[rule, element, chain])
+    table.apply(
+        None,
+        &[
+            NftCommand::Table,
+            NftCommand::Set(ports),
+            NftCommand::Set(masq),
+            add("ports", &dnat),
+            add("masq", &subnet),
+        ],
+    )?;
+    let errno = |r: Result<_, weft_netlink::Error>| r.err().and_then(|e| e.errno());
+    assert_eq!(
+        errno(table.apply(None, &[add("ports", &dnat)])),
+        Some(Errno::EEXIST)
+    );
+    // 10.244.1.128/25 lies inside the /24: refused, and so is the rest of
+    // that transaction.
+    let inside = element(
+        nft_concat(&[&[10, 244, 1, 128], &pod]),
+        Some(nft_concat(&[&[10, 244, 1, 255], &pod])),
+        None,
+    );
+    let other = element(
+        nft_concat(&[&[17], &53u16.to_be_bytes()]),
+        None,
+        dnat.data.clone(),
+    );
+    let refused = errno(table.apply(None, &[add("ports", &other), add("masq", &inside)]));
+    assert!(
+        matches!(refused, Some(Errno::EEXIST | Errno::ENOTEMPTY)),
+        "{refused:?}"
+    );
+    assert_eq!(table.element("ports", &other.key, None)?, None);
+    assert_eq!(table.element("ports", &dnat.key, None)?, Some(dnat.clone()));
+    let found = table.element("masq", &subnet.key, subnet.key_end.as_deref())?;
+    assert_eq!(found, Some(subnet.clone()));
+    let mut seen = 0;
+    table.walk_elements("masq", |_| {
+        seen += 1;
+        ControlFlow::Break(())
+    })?;
+    assert_eq!(seen, 1);
+    let old = table.generation()?;
+    table.apply(None, &[add("ports", &other)])?;
+    let gone = NftCommand::Delete(NftDeletion::Element {
+        set: "masq".into(),
+        key: subnet.key.clone(),
+        key_end: subnet.key_end.clone(),
+    });
+    assert_eq!(
+        errno(table.apply(Some(old), std::slice::from_ref(&gone))),
+        Some(Errno::ERESTART)
+    );
+    let now = table.generation()?;
+    table.apply(Some(now), &[gone])?;
+    assert_eq!(
+        table.element("masq", &subnet.key, subnet.key_end.as_deref())?,
+        None
+    );
+    Ok(())
 }

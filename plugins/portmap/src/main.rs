@@ -94,7 +94,7 @@ impl Plugin for Portmap {
         }
         let att = Attachment::new(req, &prev, &config)?;
         match record::load(&att.key) {
-            Some(Record::Nft(rules)) => nft::check(&att, &config, Some(&rules)),
+            Some(Record::Nft(made)) => nft::check(&att, &config, Some(&made)),
             _ => match backend(&config) {
                 Backend::Nftables => nft::check(&att, &config, None),
                 Backend::Iptables => iptables::check(&att, &config),
@@ -131,7 +131,7 @@ fn teardown(req: &Request, config: &PortmapConfig) -> Result<(), Error> {
     let mine = |k: &str| k == key;
     // A record names the backend too, so DEL need not probe for it.
     match record::load(&key) {
-        Some(Record::Nft(rules)) => nft::remove(&mine, Some(&rules)),
+        Some(Record::Nft(made)) => nft::remove(&mine, Some(&made)),
         _ => match backend(config) {
             Backend::Nftables => nft::remove(&mine, None),
             Backend::Iptables => lock::acquire().and_then(|_lock| iptables::remove(&mine)),

@@ -6,8 +6,9 @@
 //! by DEL.
 //!
 //! A record is only a shortcut. Everything in it is verified before it is
-//! used (an nft rule's handle against the key in its comment, within one
-//! transaction that fails if the ruleset changed meanwhile), and a missing,
+//! used (an nft rule's handle or a set element's key against the key in
+//! its comment, within one transaction that fails if the ruleset changed
+//! meanwhile), and a missing,
 //! pending or unreadable record means "look it up the slow way". So the
 //! worst a stale or foreign record can cost is time, never another
 //! attachment's rule.
@@ -28,13 +29,28 @@ pub struct RuleHandle {
     pub handle: u64,
 }
 
+/// One set element ADD made, by its set and key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElementHandle {
+    pub set: String,
+    pub key: Vec<u8>,
+    pub key_end: Option<Vec<u8>>,
+}
+
+/// What an nftables ADD made.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NftRecord {
+    pub rules: Vec<RuleHandle>,
+    pub elements: Vec<ElementHandle>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Record {
     /// Written before an ADD replaces a record: if that ADD dies, nothing
     /// recorded can be trusted to be complete.
     Pending,
-    Nft(Vec<RuleHandle>),
+    Nft(NftRecord),
 }
 
 fn path(key: &str) -> PathBuf {
