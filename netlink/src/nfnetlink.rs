@@ -2,6 +2,8 @@
 //! (nftables.rs) share: nfgenmsg framing, one request with its replies,
 //! and nf_tables' transactional batches.
 
+use std::os::fd::{AsFd, OwnedFd};
+
 use netlink_packet_core::{NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_REQUEST};
 use netlink_sys::{protocols::NETLINK_NETFILTER, SocketAddr};
 use nix::errno::Errno;
@@ -95,6 +97,15 @@ impl Nfnl {
 
     pub(crate) fn socket(&self) -> &netlink_sys::Socket {
         &self.sock
+    }
+
+    /// The socket as a file descriptor of its own (a duplicate: this one
+    /// closes).
+    pub(crate) fn into_socket(self) -> Result<OwnedFd, Error> {
+        self.sock
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| Error::io("duplicate a NETLINK_NETFILTER socket", e))
     }
 
     /// Receive until `done` says the exchange is over; every message of

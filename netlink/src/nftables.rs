@@ -13,6 +13,7 @@
 //! would load the whole table to print).
 
 use std::ops::ControlFlow;
+use std::os::fd::OwnedFd;
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST,
@@ -701,6 +702,12 @@ impl NftTable {
             Err(e) if e.errno() == Some(Errno::ENOENT) => Ok(()),
             other => other,
         }
+    }
+
+    /// The socket, for a caller that closes it elsewhere (see
+    /// `weft_firewall::hold_in_background`).
+    pub fn into_socket(self) -> Result<OwnedFd, Error> {
+        self.nl.into_socket()
     }
 
     /// Run `commands` in one transaction, as `nft -f` runs a script: all

@@ -142,5 +142,8 @@ fn teardown(req: &Request, config: &PortmapConfig) -> Result<(), Error> {
 }
 
 fn main() -> ExitCode {
+    if let Some(held) = weft_firewall::hold_if_asked() {
+        return held;
+    }
     weft_cni::skel::main(&Portmap)
 }

@@ -42,7 +42,7 @@ use std::ops::ControlFlow;
 
 use nix::errno::Errno;
 use weft_cni::{Error, ErrorCode};
-use weft_firewall::{comment_key, run};
+use weft_firewall::{comment_key, hold_in_background, run};
 use weft_netlink::{
     nft_concat, NftAddr, NftCommand, NftDeletion, NftElement, NftExpr, NftField, NftHook,
     NftRuleRef as NftRule, NftSet, NftTable, NftWatch,
@@ -820,7 +820,15 @@ pub fn remove(doomed: &dyn Fn(&str) -> bool, recorded: Option<&NftRecord>) -> Re
         }
         match table.apply(Some(generation), &changes) {
             Err(e) if e.errno() == Some(Errno::ERESTART) => continue,
-            done => return done.map(|_| ()).map_err(|e| kernel("delete from", e)),
+            Err(e) => return Err(kernel("delete from", e)),
+            Ok(_) => {
+                // Closing it now would wait for the kernel to free what
+                // was deleted.
+                if let Ok(socket) = table.into_socket() {
+                    hold_in_background(socket);
+                }
+                return Ok(());
+            }
         }
     }
     Err(Error::new(
