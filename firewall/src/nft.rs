@@ -7,7 +7,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use weft_cni::Error;
-use weft_netlink::{nf_tables_usable, nft_delete_rules, nft_list_rules};
+use weft_netlink::{nf_tables_usable, nft_list_rules, NftCommand, NftDeletion, NftTable};
+
+use crate::hold::hold_in_background;
 
 use crate::run::fail;
 
@@ -56,13 +58,31 @@ pub fn nft_handles(
         .collect())
 }
 
+/// Delete, in one transaction, the rules of `table`/`chain` whose comment
+/// `matches`; the socket goes to [`hold_in_background`], since closing it
+/// would wait for the kernel to free them.
 pub fn nft_delete_where(
     family: &str,
     table: &str,
     chain: &str,
     matches: impl Fn(&str) -> bool,
 ) -> Result<(), Error> {
-    let handles = nft_handles(family, table, chain, matches)?;
-    let rules: Vec<(&str, u64)> = handles.iter().map(|h| (chain, *h)).collect();
-    nft_delete_rules(family, table, &rules).map_err(kernel)
+    let deletions: Vec<NftCommand> = nft_handles(family, table, chain, matches)?
+        .into_iter()
+        .map(|handle| {
+            NftCommand::Delete(NftDeletion::Rule {
+                chain: chain.into(),
+                handle,
+            })
+        })
+        .collect();
+    if deletions.is_empty() {
+        return Ok(());
+    }
+    let mut nft = NftTable::new(family, table).map_err(kernel)?;
+    nft.apply(None, &deletions).map_err(kernel)?;
+    if let Ok(socket) = nft.into_socket() {
+        hold_in_background(socket);
+    }
+    Ok(())
 }

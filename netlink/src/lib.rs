@@ -43,8 +43,8 @@ pub use netfilter::{xtables_entries, NftChange, NftEvent, NftMonitor};
 pub use netns::{read_sysctl, write_sysctl, Netns};
 pub use nft_expr::{nft_concat, NftAddr, NftExpr, NftField};
 pub use nftables::{
-    nf_tables_usable, nft_delete_rules, nft_delete_table, nft_list_rules, NftCommand, NftDeletion,
-    NftElement, NftHook, NftRuleRef, NftSet, NftTable, NftWatch,
+    nf_tables_usable, nft_list_rules, NftCommand, NftDeletion, NftElement, NftHook, NftRuleRef,
+    NftSet, NftTable, NftWatch,
 };
 pub use route::{IpFamily, Route};
 pub use tc::{Class, Filter, Htb, HtbClass, IpField, Qdisc, Tbf};

@@ -211,21 +211,10 @@ impl Nfnl {
     /// does. Every message asks for an ACK, so the kernel answers each;
     /// the first error is returned. With a `generation`, the kernel
     /// refuses the whole batch (ERESTART) unless the ruleset is still at
-    /// it (NFNL_BATCH_GENID).
-    pub(crate) fn batch(
-        &mut self,
-        subsys: u16,
-        generation: Option<u32>,
-        msgs: &[BatchMsg],
-        op: &str,
-    ) -> Result<(), Error> {
-        self.batch_echoed(subsys, generation, msgs, op, |_, _, _| {})
-    }
-
-    /// As [`Nfnl::batch`], with flags per message: what the kernel echoes
-    /// for those with NLM_F_ECHO (after it commits, before its ACKs) goes
-    /// to `echoed` as (index into `msgs`, message type, payload after the
-    /// nfgenmsg).
+    /// it (NFNL_BATCH_GENID). Flags are per message: what the kernel
+    /// echoes for those with NLM_F_ECHO (after it commits, before its
+    /// ACKs) goes to `echoed` as (index into `msgs`, message type, payload
+    /// after the nfgenmsg).
     pub(crate) fn batch_echoed(
         &mut self,
         subsys: u16,

@@ -217,39 +217,6 @@ pub fn nft_list_rules(family_name: &str, table: &str) -> Result<Option<Vec<NftRu
     Ok(Some(rules))
 }
 
-/// Delete the rules `(chain, handle)` of `family`/`table`, all or none.
-pub fn nft_delete_rules(
-    family_name: &str,
-    table: &str,
-    rules: &[(&str, u64)],
-) -> Result<(), Error> {
-    let af = family(family_name)?;
-    let msgs: Vec<BatchMsg> = rules
-        .iter()
-        .map(|(chain, handle)| {
-            let mut body = rule_attrs(table, chain);
-            put_attr(&mut body, NFTA_RULE_HANDLE, &handle.to_be_bytes());
-            BatchMsg::new(nft(NFT_MSG_DELRULE), af, body)
-        })
-        .collect();
-    let op = format!(
-        "delete {} rules of nft table {family_name} {table}",
-        rules.len()
-    );
-    Nfnl::new()?.batch(NFNL_SUBSYS_NFTABLES, None, &msgs, &op)
-}
-
-/// Delete `family`/`table` with everything in it.
-pub fn nft_delete_table(family_name: &str, table: &str) -> Result<(), Error> {
-    let msgs = [BatchMsg::new(
-        nft(NFT_MSG_DELTABLE),
-        family(family_name)?,
-        table_attr(table),
-    )];
-    let op = format!("delete nft table {family_name} {table}");
-    Nfnl::new()?.batch(NFNL_SUBSYS_NFTABLES, None, &msgs, &op)
-}
-
 /// One deletion of an [`NftTable::apply`] ([`NftCommand::Delete`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NftDeletion {

@@ -580,6 +580,9 @@ cluster_libcni() {
         --container-id "$(cluster_pod_cid "$n" "$pod")" --ifname eth0)
     [ -e "/run/netns/$ns" ] && args+=(--netns "/run/netns/$ns")
     [ -n "$cap" ] && args+=(--cap-args "$cap")
+    # The mount points must exist (empty) on a fresh host, as containerd.sh
+    # makes its own.
+    mkdir -p /run/flannel /var/lib/cni || return 1
     # shellcheck disable=SC2016 # expanded by the inner sh
     ip netns exec "$(cluster_node_ns "$n")" unshare -m --propagation private sh -c \
         'mount --bind "$1" /run/flannel && mount --bind "$2" /var/lib/cni && shift 2 &&

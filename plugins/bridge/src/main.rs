@@ -93,5 +93,8 @@ fn main() -> ExitCode {
     if let Some(veth) = std::env::var_os(del::REAP_ENV) {
         return del::reap(&veth.to_string_lossy());
     }
+    if let Some(held) = weft_firewall::hold_if_asked() {
+        return held;
+    }
     weft_cni::skel::main(&Bridge)
 }

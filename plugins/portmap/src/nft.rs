@@ -123,34 +123,19 @@ fn pod_value(v4: bool) -> Vec<NftField> {
     vec![addr(NftAddr::Destination, v4), NftField::Dport]
 }
 
+/// The maps and sets, in the order `nft list` shows them.
 fn sets() -> Vec<NftSet> {
-    let mut sets = Vec::new();
-    for v4 in [true, false] {
-        let map = |name: &str, key| NftSet {
-            name: name.into(),
-            key,
-            data: pod_value(v4),
-            interval: false,
-        };
-        sets.push(map(hostip_map(v4), hostip_key(v4)));
-    }
-    for v4 in [true, false] {
-        sets.push(NftSet {
-            name: ports_map(v4).into(),
-            key: ports_key(),
-            data: pod_value(v4),
-            interval: false,
-        });
-    }
-    for v4 in [true, false] {
-        sets.push(NftSet {
-            name: masq_set(v4).into(),
-            key: masq_key(v4),
-            data: Vec::new(),
-            interval: true,
-        });
-    }
-    sets
+    let set = |name: &str, key, data, interval| NftSet {
+        name: name.into(),
+        key,
+        data,
+        interval,
+    };
+    let families = [true, false];
+    let hostip = families.map(|v4| set(hostip_map(v4), hostip_key(v4), pod_value(v4), false));
+    let ports = families.map(|v4| set(ports_map(v4), ports_key(), pod_value(v4), false));
+    let masq = families.map(|v4| set(masq_set(v4), masq_key(v4), Vec::new(), true));
+    hostip.into_iter().chain(ports).chain(masq).collect()
 }
 
 /// The table, its sets and its fixed chains, as nft text: what
