@@ -37,7 +37,7 @@
 //! concurrent ADD either committed first (the delete is refused and
 //! decided again) or commits after (and recreates the table).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::ControlFlow;
 
 use nix::errno::Errno;
@@ -324,7 +324,12 @@ fn dnat_element(att: &Attachment, t: &Target, m: &Mapping) -> Element {
 fn masq_sources(config: &PortmapConfig, t: &Target) -> Vec<(IpAddr, u8)> {
     let subnet = t.subnet();
     if config.masq_all {
-        return vec![(subnet.network(), 0)];
+        let any = if t.v4() {
+            IpAddr::from(Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::from(Ipv6Addr::UNSPECIFIED)
+        };
+        return vec![(any, 0)];
     }
     let mut sources = vec![(subnet.network(), subnet.prefix())];
     if t.v4() {
