@@ -157,7 +157,8 @@ fn register_at(offset: u32) -> u32 {
     }
 }
 
-fn padded(len: u32) -> u32 {
+/// `len` bytes rounded up to whole 32-bit registers.
+pub(crate) fn padded(len: u32) -> u32 {
     len.div_ceil(4) * 4
 }
 

@@ -22,7 +22,7 @@ use nix::errno::Errno;
 
 use crate::nfnetlink::{attrs, find, put_attr, BatchMsg, Nfnl};
 use crate::nft_expr::{
-    comment_udata, encode, nul_terminated, put_nested, value, NftExpr, NftField,
+    comment_udata, encode, nul_terminated, padded, put_nested, value, NftExpr, NftField,
 };
 use crate::Error;
 
@@ -251,7 +251,7 @@ fn concat_type(fields: &[NftField]) -> (u32, u32) {
     let id = fields
         .iter()
         .fold(0, |id, f| (id << CONCAT_TYPE_BITS) | f.type_id());
-    let len = fields.iter().map(|f| f.width().div_ceil(4) * 4).sum();
+    let len = fields.iter().map(|f| padded(f.width())).sum();
     (id, len)
 }
 

@@ -529,33 +529,6 @@ fn taken(e: &weft_netlink::Error) -> bool {
     )
 }
 
-/// The elements of `set` holding `element`'s key: the one with exactly
-/// its key (and range), and in an interval set any holding the range's
-/// first or last point.
-fn holders(
-    table: &mut NftTable,
-    set: &str,
-    element: &NftElement,
-) -> Result<Vec<NftElement>, Error> {
-    let mut lookups = vec![(element.key.as_slice(), element.key_end.as_deref())];
-    if let Some(end) = &element.key_end {
-        lookups.push((&element.key, Some(&element.key)));
-        lookups.push((end, Some(end)));
-    }
-    let mut found: Vec<NftElement> = Vec::new();
-    for (key, key_end) in lookups {
-        if let Some(e) = table
-            .element(set, key, key_end)
-            .map_err(|e| kernel("look up an element of", e))?
-        {
-            if !found.contains(&e) {
-                found.push(e);
-            }
-        }
-    }
-    Ok(found)
-}
-
 /// Add `elements` where some keys are held already: this attachment's own
 /// (an ADD again) stay, others' are deleted first, in the same
 /// transaction, decided at one ruleset generation.
@@ -566,11 +539,15 @@ fn take_over(table: &mut NftTable, elements: &[Element]) -> Result<(), Error> {
             .map_err(|e| kernel("read the generation of", e))?;
         let mut commands = Vec::new();
         for e in elements {
-            let mut ours = false;
-            for held in holders(table, e.set, &e.element)? {
+            // Only an element with exactly this key (and range) is found:
+            // a foreign range that merely overlaps ours is not taken over,
+            // and the transaction fails as the first one did.
+            let held = table
+                .element(e.set, &e.element.key, e.element.key_end.as_deref())
+                .map_err(|e| kernel("look up an element of", e))?;
+            if let Some(held) = held {
                 if held == e.element {
-                    ours = true;
-                    continue;
+                    continue; // ours already: an ADD again
                 }
                 weft_cni::log::warn(&format!(
                     "{}: taking it over from \"{}\"",
@@ -583,12 +560,10 @@ fn take_over(table: &mut NftTable, elements: &[Element]) -> Result<(), Error> {
                     key_end: held.key_end,
                 }));
             }
-            if !ours {
-                commands.push(NftCommand::Element {
-                    set: e.set.into(),
-                    element: e.element.clone(),
-                });
-            }
+            commands.push(NftCommand::Element {
+                set: e.set.into(),
+                element: e.element.clone(),
+            });
         }
         match table.apply(Some(generation), &commands) {
             Err(e) if e.errno() == Some(Errno::ERESTART) => continue,
@@ -695,11 +670,8 @@ fn verified(
             .element(&e.set, &e.key, e.key_end.as_deref())
             .map_err(|e| kernel("look up an element of", e))?
         {
-            Some(el)
-                if el.key == e.key
-                    && el.key_end == e.key_end
-                    && key_of(el.comment.as_deref()).is_some_and(doomed) =>
-            {
+            // element() finds only this exact key and range.
+            Some(el) if key_of(el.comment.as_deref()).is_some_and(doomed) => {
                 found.elements.push((e.set.clone(), el))
             }
             _ => return Ok(None),
